@@ -1,0 +1,132 @@
+"""One typed configuration, read once at start-up from the environment.
+
+A bad value is rejected at start with a message naming the variable, so a typo in a
+port never turns into a confusing bind error later.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Port:
+    """A listening port, with the variable that moves it (for error messages)."""
+
+    name: str
+    port: int
+    envvar: str
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Where localcloud keeps its state and where each part listens."""
+
+    data_dir: Path = field(default_factory=lambda: Path(".localcloud").resolve())
+    host: str = "127.0.0.1"
+    grpc_port: int = 8085
+    storage_port: int = 4443
+    registry_port: int = 5000
+    http_port: int = 8090
+    project: str = "local-project"
+    region: str = "us-central1"
+    # Object notifications of every bucket are published here, in Google's format.
+    storage_events_topic: str = "localcloud-storage-events"
+    # Push backoff bounds when a push subscription sets no retry policy (Google: 100 ms..60 s).
+    push_min_backoff: float = 0.1
+    push_max_backoff: float = 60.0
+    fsync: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if environ is None else environ
+        data = env.get("LOCALCLOUD_DATA") or ".localcloud"
+        cfg = cls(
+            data_dir=Path(data).expanduser().resolve(),
+            host=env.get("LOCALCLOUD_HOST") or "127.0.0.1",
+            grpc_port=_int(env, "LOCALCLOUD_GRPC_PORT", 8085, 0, 65535),
+            storage_port=_int(env, "LOCALCLOUD_STORAGE_PORT", 4443, 0, 65535),
+            registry_port=_int(env, "LOCALCLOUD_REGISTRY_PORT", 5000, 0, 65535),
+            http_port=_int(env, "LOCALCLOUD_HTTP_PORT", 8090, 0, 65535),
+            project=env.get("LOCALCLOUD_PROJECT") or "local-project",
+            region=env.get("LOCALCLOUD_REGION") or "us-central1",
+            push_min_backoff=_int(env, "LOCALCLOUD_PUSH_MIN_BACKOFF_MS", 100, 0, 600_000) / 1000,
+            push_max_backoff=_int(env, "LOCALCLOUD_PUSH_MAX_BACKOFF_MS", 60_000, 0, 600_000) / 1000,
+            fsync=_bool(env, "LOCALCLOUD_FSYNC", False),
+        )
+        if cfg.push_max_backoff < cfg.push_min_backoff:
+            raise ConfigError(
+                "LOCALCLOUD_PUSH_MAX_BACKOFF_MS must not be below LOCALCLOUD_PUSH_MIN_BACKOFF_MS"
+            )
+        return cfg
+
+    def with_ports(self, **ports: int) -> Config:
+        return replace(self, **ports)
+
+    @property
+    def ports(self) -> list[Port]:
+        return [
+            Port("gRPC APIs", self.grpc_port, "LOCALCLOUD_GRPC_PORT"),
+            Port("Cloud Storage", self.storage_port, "LOCALCLOUD_STORAGE_PORT"),
+            Port("Artifact Registry", self.registry_port, "LOCALCLOUD_REGISTRY_PORT"),
+            Port("HTTP (OIDC keys, health)", self.http_port, "LOCALCLOUD_HTTP_PORT"),
+        ]
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def storage_address(self) -> str:
+        return f"{self.host}:{self.storage_port}"
+
+    @property
+    def registry_address(self) -> str:
+        return f"{self.host}:{self.registry_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    def client_env(self) -> dict[str, str]:
+        """The variables that point the official clients (and the orchestrator) here."""
+        return {
+            "PUBSUB_EMULATOR_HOST": self.grpc_address,
+            "STORAGE_EMULATOR_HOST": f"http://{self.storage_address}",
+            "LOCALCLOUD_GRPC_HOST": self.grpc_address,
+            "LOCALCLOUD_REGISTRY": self.registry_address,
+            "LOCALCLOUD_OIDC_ISSUER": self.http_url,
+            "GOOGLE_CLOUD_PROJECT": self.project,
+        }

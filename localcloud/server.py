@@ -1,0 +1,138 @@
+"""The API server: one asyncio loop carrying gRPC (all our Google APIs) and HTTP.
+
+``LocalCloud`` wires the stores and engines to the wire layer. Later services add their
+servicers in ``_handlers``; everything shares the database, the operations store, the
+IAM policies, the OIDC issuer and the HTTP client session.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+import grpc
+from aiohttp import web
+
+from localcloud.core.config import Config
+from localcloud.core.db import Database
+from localcloud.core.iam import IamService, PolicyStore
+from localcloud.core.oidc import Issuer, aiohttp_routes
+from localcloud.operations.service import OperationsService
+from localcloud.operations.store import OperationStore
+from localcloud.pubsub import names
+from localcloud.pubsub.engine import PubSub
+from localcloud.pubsub.push import PushWorker
+from localcloud.pubsub.service import Publisher, Subscriber
+from localcloud.storage.notifier import Notifier
+
+LOG = logging.getLogger(__name__)
+MAX_MESSAGE = 32 * 1024 * 1024  # above Pub/Sub's 10 MB so oversize gets INVALID_ARGUMENT
+
+TOPIC_PERMISSIONS = {
+    "pubsub.topics.attachSubscription",
+    "pubsub.topics.delete",
+    "pubsub.topics.detachSubscription",
+    "pubsub.topics.get",
+    "pubsub.topics.getIamPolicy",
+    "pubsub.topics.publish",
+    "pubsub.topics.setIamPolicy",
+    "pubsub.topics.update",
+    "pubsub.topics.updateTag",
+}
+SUBSCRIPTION_PERMISSIONS = {
+    "pubsub.subscriptions.consume",
+    "pubsub.subscriptions.delete",
+    "pubsub.subscriptions.get",
+    "pubsub.subscriptions.getIamPolicy",
+    "pubsub.subscriptions.setIamPolicy",
+    "pubsub.subscriptions.update",
+}
+
+
+class LocalCloud:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.health: dict[str, Any] = {}
+        self._grpc: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(cfg.data_dir / "localcloud.db", fsync=cfg.fsync)
+        self.operations = OperationStore(self.db)
+        self.policies = PolicyStore(self.db)
+        self.pubsub = PubSub(self.db, push_backoff=(cfg.push_min_backoff, cfg.push_max_backoff))
+        self.db.start()
+        self.issuer = Issuer(cfg.data_dir / "oidc", cfg.http_url)
+        self.session = aiohttp.ClientSession()
+        self.pubsub.push_factory = lambda engine, st: PushWorker(
+            engine, st, self.session, self.issuer
+        )
+        await self.pubsub.start()
+        self.notifier = Notifier(self.pubsub, cfg)
+        await self.notifier.start()
+
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._grpc.add_generic_rpc_handlers(self._handlers())
+        bound = self._grpc.add_insecure_port(cfg.grpc_address)
+        if bound == 0:
+            raise OSError(f"could not bind the gRPC server to {cfg.grpc_address}")
+        await self._grpc.start()
+
+        app = web.Application()
+        app.add_routes(aiohttp_routes(self.issuer))
+        app.router.add_get("/healthz", self._healthz)
+        self._http = web.AppRunner(app, access_log=None)
+        await self._http.setup()
+        await web.TCPSite(self._http, cfg.host, cfg.http_port, reuse_address=True).start()
+        LOG.info("gRPC APIs on %s, HTTP on %s", cfg.grpc_address, cfg.http_url)
+
+    def _handlers(self) -> list[grpc.GenericRpcHandler]:
+        iam = IamService(self.policies)
+        iam.resolvers.append(self._pubsub_resource)
+        return [
+            Publisher(self.pubsub).handler(),
+            Subscriber(self.pubsub).handler(),
+            OperationsService(self.operations).handler(),
+            iam.handler(),
+        ]
+
+    def _pubsub_resource(self, resource: str) -> tuple[bool, set[str]] | None:
+        parts = resource.split("/")
+        if len(parts) != 4 or parts[0] != "projects":
+            return None
+        if parts[2] == "topics":
+            names.topic(resource)
+            return resource in self.pubsub.topics, TOPIC_PERMISSIONS
+        if parts[2] == "subscriptions":
+            names.subscription(resource)
+            return resource in self.pubsub.subs, SUBSCRIPTION_PERMISSIONS
+        return None
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        ok = all(v == "ok" for v in self.health.values())
+        body = {"status": "ok" if ok else "degraded", "parts": self.health}
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def stop(self) -> None:
+        if hasattr(self, "notifier"):
+            self.notifier.stop()
+        if hasattr(self, "pubsub"):
+            await self.pubsub.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        if self._http is not None:
+            await self._http.cleanup()
+        if self.session is not None:
+            await self.session.close()
+        if hasattr(self, "db"):
+            self.db.close()

@@ -1,0 +1,121 @@
+"""Object notifications in Google's format, on one localcloud Pub/Sub topic.
+
+fake-gcs-server publishes its own event shape to an internal topic; this task rewrites
+each event the way Cloud Storage's Pub/Sub notifications look
+(https://cloud.google.com/storage/docs/pubsub-notifications): attributes
+``notificationConfig``, ``eventType``, ``payloadFormat``, ``bucketId``, ``objectId``,
+``objectGeneration``, ``eventTime``, and a JSON_API_V1 object resource as the payload
+(int64 fields as strings), then publishes it to ``config.storage_events_topic``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+from urllib.parse import quote
+
+from google.pubsub_v1.types import PubsubMessage, Subscription, Topic
+
+from localcloud.core.config import Config
+from localcloud.pubsub.engine import PubSub
+from localcloud.pubsub.queue import Consumer
+from localcloud.storage.gcs import INTERNAL_PROJECT, RAW_TOPIC
+
+LOG = logging.getLogger(__name__)
+MessagePb = PubsubMessage.pb()
+
+
+def events_topic(config: Config) -> str:
+    return f"projects/{config.project}/topics/{config.storage_events_topic}"
+
+
+def rewrite(raw: Any, config: Config) -> Any:
+    """Google's notification message for one fake-gcs-server event."""
+    attrs = dict(raw.attributes)
+    obj = json.loads(raw.data or b"{}")
+    bucket = attrs.get("bucketId") or obj.get("bucket", "")
+    name = attrs.get("objectId") or obj.get("name", "")
+    generation = str(attrs.get("objectGeneration") or obj.get("generation") or "0")
+    base = f"http://{config.storage_address}"
+    resource = {
+        "kind": "storage#object",
+        "id": f"{bucket}/{name}/{generation}",
+        "selfLink": f"{base}/storage/v1/b/{bucket}/o/{quote(name, safe='')}",
+        "mediaLink": f"{base}/download/storage/v1/b/{bucket}/o/{quote(name, safe='')}"
+        f"?generation={generation}&alt=media",
+        "name": name,
+        "bucket": bucket,
+        "generation": generation,
+        "metageneration": str(obj.get("metageneration") or "1"),
+        "contentType": obj.get("contentType") or "application/octet-stream",
+        "timeCreated": obj.get("timeCreated", ""),
+        "updated": obj.get("updated", ""),
+        "storageClass": obj.get("storageClass") or "STANDARD",
+        "size": str(obj.get("size") or "0"),
+        "md5Hash": obj.get("md5Hash", ""),
+        "crc32c": obj.get("crc32c", ""),
+    }
+    for key in ("contentEncoding", "metadata"):
+        if obj.get(key):
+            resource[key] = obj[key]
+    message = MessagePb(data=json.dumps(resource).encode())
+    message.attributes.update(
+        {
+            "notificationConfig": f"projects/_/buckets/{bucket}/notificationConfigs/localcloud",
+            "eventType": attrs.get("eventType", "OBJECT_FINALIZE"),
+            "payloadFormat": "JSON_API_V1",
+            "bucketId": bucket,
+            "objectId": name,
+            "objectGeneration": generation,
+            "eventTime": attrs.get("eventTime") or obj.get("updated", ""),
+        }
+    )
+    return message
+
+
+class Notifier:
+    def __init__(self, engine: PubSub, config: Config) -> None:
+        self.engine = engine
+        self.config = config
+        self.raw_topic = f"projects/{INTERNAL_PROJECT}/topics/{RAW_TOPIC}"
+        self.raw_sub = f"projects/{INTERNAL_PROJECT}/subscriptions/{RAW_TOPIC}-notifier"
+        self.consumer = Consumer(max_messages=256, deadline=60)
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        for topic in (self.raw_topic, events_topic(self.config)):
+            if topic not in self.engine.topics:
+                await self.engine.create_topic(Topic.pb()(name=topic))
+        if self.raw_sub not in self.engine.subs:
+            await self.engine.create_subscription(
+                Subscription.pb()(name=self.raw_sub, topic=self.raw_topic, ack_deadline_seconds=60)
+            )
+        self.task = asyncio.get_running_loop().create_task(self._run(), name="storage notifier")
+
+    def stop(self) -> None:
+        self.consumer.close()
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        st = self.engine.get_subscription(self.raw_sub)
+        self.engine.attach(st, self.consumer)
+        target = events_topic(self.config)
+        while True:
+            entries = await self.engine.next_batch(st, self.consumer)
+            if not entries:
+                return
+            try:
+                if target not in self.engine.topics:
+                    LOG.warning("storage events topic %s was deleted; recreating it", target)
+                    await self.engine.create_topic(Topic.pb()(name=target))
+                await self.engine.publish(target, [rewrite(e.msg.pb, self.config) for e in entries])
+                await self.engine.ack_entries(st, entries)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                LOG.exception("could not forward storage events; will retry")
+                await self.engine.redeliver(st, entries)
+                await asyncio.sleep(1)

@@ -1,0 +1,189 @@
+"""``python -m localcloud serve``: own the data directory, the API server and the children.
+
+One supervisor per data directory (an exclusive ``flock`` on ``localcloud.lock``). Before
+anything starts, every port is checked, and a taken one is reported with the variable
+that moves it. The supervisor writes ``state.json`` (pid, addresses, the client
+environment) once every part answers its health check, and shuts everything down on
+SIGTERM or SIGINT. Children's logs go to ``logs/<name>.log`` under the data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import IO
+
+from localcloud.core.children import Child
+from localcloud.core.config import Config
+from localcloud.registry import registry
+from localcloud.server import LocalCloud
+from localcloud.storage import gcs
+
+LOG = logging.getLogger(__name__)
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+def state_path(config: Config) -> Path:
+    return config.data_dir / "state.json"
+
+
+def read_state(config: Config) -> dict | None:
+    """The running supervisor's state, or None when none runs on this data directory."""
+    try:
+        state = json.loads(state_path(config).read_text())
+    except (OSError, ValueError):
+        return None
+    pid = state.get("pid")
+    if not isinstance(pid, int) or not _alive(pid):
+        return None
+    return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(config: Config) -> IO:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(config.data_dir / "localcloud.lock", "a+")  # noqa: SIM115 - held for life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        state = read_state(config)
+        pid = f" (pid {state['pid']})" if state else ""
+        raise AlreadyRunning(
+            f"localcloud is already running on data directory {config.data_dir}{pid}"
+        ) from exc
+    return handle
+
+
+def check_ports(config: Config) -> None:
+    for port in config.ports:
+        if port.port == 0:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((config.host, port.port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise PortTaken(
+                    f"port {port.port} ({port.name}) on {config.host} is taken; "
+                    f"set {port.envvar} to move it"
+                ) from None
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.cloud = LocalCloud(config)
+        self.children: list[Child] = []
+        self.log_dir = config.data_dir / "logs"
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            self.write_state()
+            LOG.info("localcloud is ready (data directory %s)", self.config.data_dir)
+            watch = loop.create_task(self._watch(stop))
+            await stop.wait()
+            watch.cancel()
+            LOG.info("shutting down")
+        finally:
+            with contextlib.suppress(OSError):
+                state_path(self.config).unlink()
+            await self.stop()
+
+    async def start(self) -> None:
+        # Children first: forking once gRPC's threads run is unsafe.
+        specs = [gcs.spec(self.config), registry.spec(self.config)]
+        self.children = [Child(spec, self.log_dir) for spec in specs]
+        for child in self.children:
+            await child.start()
+        await self.cloud.start()
+        self.cloud.health["api"] = "ok"
+        for child in self.children:
+            await child.wait_healthy(self.cloud.session)
+            self.cloud.health[child.spec.name] = "ok"
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        """Report a child that died; its log says why."""
+        while not stop.is_set():
+            await asyncio.sleep(1.0)
+            for child in self.children:
+                if not child.running and self.cloud.health.get(child.spec.name) == "ok":
+                    self.cloud.health[child.spec.name] = "exited"
+                    LOG.error(
+                        "%s exited unexpectedly; see %s:\n%s",
+                        child.spec.name,
+                        child.log_path,
+                        child.tail(),
+                    )
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(child.stop() for child in self.children), return_exceptions=True)
+        await self.cloud.stop()
+
+    def write_state(self) -> None:
+        cfg = self.config
+        state = {
+            "pid": os.getpid(),
+            "data_dir": str(cfg.data_dir),
+            "addresses": {
+                "grpc": cfg.grpc_address,
+                "storage": f"http://{cfg.storage_address}",
+                "registry": cfg.registry_address,
+                "http": cfg.http_url,
+                "oidc_jwks": f"{cfg.http_url}/oauth2/v3/certs",
+            },
+            "env": cfg.client_env(),
+        }
+        tmp = state_path(cfg).with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(state_path(cfg))
+
+
+def serve(config: Config) -> int:
+    """Run in the foreground until SIGTERM/SIGINT. Returns the process exit code."""
+    try:
+        lock = acquire_lock(config)
+    except AlreadyRunning as exc:
+        print(f"localcloud: {exc}", file=sys.stderr)
+        return 1
+    try:
+        check_ports(config)
+        asyncio.run(Supervisor(config).run())
+    except (PortTaken, RuntimeError, OSError) as exc:
+        print(f"localcloud: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        lock.close()
+    return 0

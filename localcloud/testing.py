@@ -1,0 +1,211 @@
+"""Start localcloud (and, for comparison, Google's official Pub/Sub emulator) from tests.
+
+Used by this project's tests and benchmarks, and usable by a user's own tests: each
+instance gets free loopback ports and its own data directory, runs as a real
+``python -m localcloud serve`` process, and is reached through the official clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localcloud.core.config import Config
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Instance:
+    """A running localcloud: its config, its process and the client environment."""
+
+    config: Config
+    process: subprocess.Popen
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.config.client_env()
+
+    @property
+    def log_path(self) -> Path:
+        return self.config.data_dir / "logs" / "localcloud.log"
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or clean up."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self, timeout: float = 60.0) -> Instance:
+        """Stop and start again on the same ports and data directory."""
+        self.stop()
+        return start(self.config.data_dir, config=self.config, extra_env=self.extra_env, timeout=timeout)
+
+    @contextlib.contextmanager
+    def client_env(self) -> Iterator[None]:
+        """Temporarily point this process's clients at the instance."""
+        with patched_environ(self.env):
+            yield
+
+
+@contextlib.contextmanager
+def patched_environ(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def start(
+    data_dir: Path,
+    *,
+    config: Config | None = None,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> Instance:
+    """Start ``python -m localcloud serve`` on free ports; return once it is healthy."""
+    if config is None:
+        config = Config(
+            data_dir=Path(data_dir).resolve(),
+            grpc_port=free_port(),
+            storage_port=free_port(),
+            registry_port=free_port(),
+            http_port=free_port(),
+        )
+    env = {
+        **os.environ,
+        **(extra_env or {}),
+        "LOCALCLOUD_DATA": str(config.data_dir),
+        "LOCALCLOUD_GRPC_PORT": str(config.grpc_port),
+        "LOCALCLOUD_STORAGE_PORT": str(config.storage_port),
+        "LOCALCLOUD_REGISTRY_PORT": str(config.registry_port),
+        "LOCALCLOUD_HTTP_PORT": str(config.http_port),
+    }
+    for key in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "LOCALCLOUD_GRPC_HOST"):
+        env.pop(key, None)
+    log_dir = config.data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "localcloud.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "localcloud", "serve"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
+    instance = Instance(config, process, dict(extra_env or {}))
+    deadline = time.monotonic() + timeout
+    state_file = config.data_dir / "state.json"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = instance.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"localcloud exited with code {process.returncode}:\n{tail}")
+        try:
+            state = json.loads(state_file.read_text())
+            if state.get("pid") == process.pid:
+                with urllib.request.urlopen(f"{config.http_url}/healthz", timeout=2) as r:
+                    if json.load(r).get("status") == "ok":
+                        return instance
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    instance.kill()
+    raise RuntimeError(f"localcloud did not become healthy in {timeout:g}s; see {instance.log_path}")
+
+
+@dataclass
+class OfficialEmulator:
+    """Google's Pub/Sub emulator (``gcloud beta emulators pubsub start``)."""
+
+    host: str
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def official_emulator_available() -> str | None:
+    """Why the official emulator cannot run here, or None when it can."""
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        return "the Google Cloud CLI (gcloud) is not installed"
+    root = Path(os.path.realpath(gcloud)).parent.parent
+    if not (root / "platform" / "pubsub-emulator").exists():
+        return "the gcloud Pub/Sub emulator component is not installed"
+    if shutil.which("java") is None:
+        return "Java (needed by the official emulator) is not installed"
+    return None
+
+
+def start_official_emulator(data_dir: Path, timeout: float = 60.0) -> OfficialEmulator:
+    reason = official_emulator_available()
+    if reason:
+        raise RuntimeError(reason)
+    port = free_port()
+    host = f"127.0.0.1:{port}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = open(data_dir / "emulator.log", "ab")  # noqa: SIM115
+    process = subprocess.Popen(
+        ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port={host}",
+         f"--data-dir={data_dir}", "--quiet"],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    log.close()
+    emulator = OfficialEmulator(host, process)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the official emulator exited; see {data_dir / 'emulator.log'}")
+        try:
+            with urllib.request.urlopen(f"http://{host}/", timeout=1) as response:
+                if response.status == 200:
+                    return emulator
+        except OSError:
+            pass
+        time.sleep(0.2)
+    emulator.stop()
+    raise RuntimeError(f"the official emulator did not start in {timeout:g}s")

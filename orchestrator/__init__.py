@@ -1,0 +1,1 @@
+"""The serverless deploy orchestrator: the pipeline's functions, schemas, client factory, CLI."""
