@@ -66,7 +66,9 @@ class Instance:
     def restart(self, timeout: float = 60.0) -> Instance:
         """Stop and start again on the same ports and data directory."""
         self.stop()
-        return start(self.config.data_dir, config=self.config, extra_env=self.extra_env, timeout=timeout)
+        return start(
+            self.config.data_dir, config=self.config, extra_env=self.extra_env, timeout=timeout
+        )
 
     @contextlib.contextmanager
     def client_env(self) -> Iterator[None]:
@@ -143,7 +145,9 @@ def start(
             pass
         time.sleep(0.1)
     instance.kill()
-    raise RuntimeError(f"localcloud did not become healthy in {timeout:g}s; see {instance.log_path}")
+    raise RuntimeError(
+        f"localcloud did not become healthy in {timeout:g}s; see {instance.log_path}"
+    )
 
 
 @dataclass
@@ -187,8 +191,16 @@ def start_official_emulator(data_dir: Path, timeout: float = 60.0) -> OfficialEm
     data_dir.mkdir(parents=True, exist_ok=True)
     log = open(data_dir / "emulator.log", "ab")  # noqa: SIM115
     process = subprocess.Popen(
-        ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port={host}",
-         f"--data-dir={data_dir}", "--quiet"],
+        [
+            "gcloud",
+            "beta",
+            "emulators",
+            "pubsub",
+            "start",
+            f"--host-port={host}",
+            f"--data-dir={data_dir}",
+            "--quiet",
+        ],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,

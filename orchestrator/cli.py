@@ -112,11 +112,13 @@ def up(data: str | None) -> None:
             if health and health.get("status") == "ok":
                 click.echo("localcloud is up:")
                 _print_addresses(state)
-                click.echo("point clients at it with:  eval \"$(orch local env)\"")
+                click.echo('point clients at it with:  eval "$(orch local env)"')
                 return
         time.sleep(0.2)
     process.terminate()
-    raise click.ClickException(f"localcloud did not become healthy in {UP_TIMEOUT:g}s; see {log_path}")
+    raise click.ClickException(
+        f"localcloud did not become healthy in {UP_TIMEOUT:g}s; see {log_path}"
+    )
 
 
 @local.command()

@@ -39,13 +39,17 @@ def main() -> int:
         received = threading.Event()
 
         def on_message(message) -> None:
-            print(f"received over StreamingPull: {message.data.decode()!r} {dict(message.attributes)}")
+            print(
+                f"received over StreamingPull: {message.data.decode()!r} {dict(message.attributes)}"
+            )
             message.ack()
             received.set()
 
         future = clients.subscriber.subscribe(sub, on_message)
         start = time.perf_counter()
-        message_id = clients.publisher.publish(topic, b"hello from localcloud", step="demo").result()
+        message_id = clients.publisher.publish(
+            topic, b"hello from localcloud", step="demo"
+        ).result()
         print(f"published message {message_id}")
         received.wait(10)
         print(f"publish to receive: {(time.perf_counter() - start) * 1000:.1f} ms")
@@ -64,7 +68,9 @@ def main() -> int:
             response = clients.subscriber.pull(subscription=events_sub, max_messages=10, timeout=10)
             for item in response.received_messages:
                 attrs = dict(item.message.attributes)
-                print(f"storage notification: {attrs['eventType']} gs://{attrs['bucketId']}/{attrs['objectId']}")
+                print(
+                    f"storage notification: {attrs['eventType']} gs://{attrs['bucketId']}/{attrs['objectId']}"
+                )
                 print(json.dumps(attrs, indent=2, sort_keys=True))
                 clients.subscriber.acknowledge(subscription=events_sub, ack_ids=[item.ack_id])
                 return 0

@@ -567,7 +567,7 @@ def _has_path(message: Any, path: str) -> bool:
         if part not in target.DESCRIPTOR.fields_by_name:
             return False
         field_desc = target.DESCRIPTOR.fields_by_name[part]
-        if field_desc.message_type is None or field_desc.label == field_desc.LABEL_REPEATED:
+        if field_desc.message_type is None or field_desc.is_repeated:
             return True
         target = getattr(target, part)
     return True
@@ -579,7 +579,7 @@ def _copy_field(src: Any, dst: Any, path: str) -> None:
     for part in parents:
         src, dst = getattr(src, part), getattr(dst, part)
     desc = dst.DESCRIPTOR.fields_by_name[last]
-    if desc.label == desc.LABEL_REPEATED or (
+    if desc.is_repeated or (
         desc.message_type is not None and desc.message_type.GetOptions().map_entry
     ):
         dst.ClearField(last)
