@@ -71,6 +71,7 @@ class LocalCloud:
         self.pubsub.push_factory = lambda engine, st: PushWorker(
             engine, st, self.session, self.issuer
         )
+        self.pubsub.on_delete.append(self.policies.forget)
         await self.pubsub.start()
         self.notifier = Notifier(self.pubsub, cfg)
         await self.notifier.start()

@@ -95,10 +95,10 @@ class OperationStore:
         if on_cancel is not None:
             self._cancel_hooks[op.name] = on_cancel
         await self._db.write(self._persist(op))
-        return op
+        return self.get(op.name)
 
     async def update_metadata(self, name: str, metadata: Message) -> None:
-        op = self.get(name)
+        op = self._live(name)
         op.metadata.CopyFrom(_pack(metadata))
         await self._db.write(self._persist(op))
 
@@ -111,9 +111,9 @@ class OperationStore:
         metadata: Message | None = None,
     ) -> operations_pb2.Operation:
         """Mark done with exactly one of ``response`` or ``error``. Finishing twice is a no-op."""
-        op = self.get(name)
+        op = self._live(name)
         if op.done:
-            return op
+            return self.get(name)
         if metadata is not None:
             op.metadata.CopyFrom(_pack(metadata))
         if error is not None:
@@ -126,9 +126,18 @@ class OperationStore:
         self._cancel_hooks.pop(name, None)
         await self._db.write(self._persist(op))
         self._event(name).set()
-        return op
+        return self.get(name)
 
     def get(self, name: str) -> operations_pb2.Operation:
+        """A copy: callers never hold the store's live object."""
+        op = self._ops.get(name)
+        if op is None:
+            raise NotFound(f"Operation {name} not found.")
+        copy = operations_pb2.Operation()
+        copy.CopyFrom(op)
+        return copy
+
+    def _live(self, name: str) -> operations_pb2.Operation:
         op = self._ops.get(name)
         if op is None:
             raise NotFound(f"Operation {name} not found.")
@@ -137,7 +146,7 @@ class OperationStore:
     def list(self, parent: str, filter_: str = "") -> list[operations_pb2.Operation]:
         """Operations under ``parent``; ``filter_`` supports ``done=true|false``."""
         prefix = parent.rstrip("/") + "/"
-        ops = [op for name, op in self._ops.items() if name.startswith(prefix)]
+        ops = [self.get(name) for name in self._ops if name.startswith(prefix)]
         text = filter_.replace(" ", "").lower()
         if text in {"done=true", "done:true"}:
             ops = [op for op in ops if op.done]
@@ -157,8 +166,11 @@ class OperationStore:
         )
 
     async def cancel(self, name: str) -> None:
-        """Ask the owning service to stop; without a hook, finish as CANCELLED now."""
-        op = self.get(name)
+        """Ask the owning service to stop (its hook finishes the operation as CANCELLED).
+
+        An operation without a cancel hook cannot be stopped: FAILED_PRECONDITION.
+        """
+        op = self._live(name)
         if op.done:
             return
         hook = self._cancel_hooks.get(name)

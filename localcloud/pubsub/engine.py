@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,8 @@ class PubSub:
         self.subs: dict[str, SubState] = {}
         self.topic_subs: dict[str, set[str]] = {}
         self.push_factory: Callable[[PubSub, SubState], Any] | None = None
+        # Called with a deleted topic's or subscription's name (e.g. to drop its IAM policy).
+        self.on_delete: list[Callable[[str], Awaitable[None]]] = []
         self.stopping = False
         for pb, created in loaded.subscriptions:
             self._install(pb, created)
@@ -210,6 +212,11 @@ class PubSub:
             self.topic_subs.setdefault(names.DELETED_TOPIC, set()).add(sub_name)
             writes.append(store.put_subscription(st.pb, st.created))
         await self.db.write(lambda c: [w(c) for w in writes])
+        await self._deleted(name)
+
+    async def _deleted(self, name: str) -> None:
+        for callback in self.on_delete:
+            await callback(name)
 
     def topic_subscriptions(self, topic: str) -> list[str]:
         self.get_topic(topic)
@@ -280,6 +287,7 @@ class PubSub:
             st.pump.cancel()
         orphaned = self._drop_refs(st.queue.clear())
         await self.db.write(store.delete_subscription(name, orphaned))
+        await self._deleted(name)
 
     async def detach_subscription(self, name: str) -> None:
         st = self.get_subscription(name)

@@ -34,8 +34,13 @@ def envelope(st: SubState, entry: Entry) -> tuple[bytes, dict[str, str]]:
     pb = entry.msg.pb
     cfg = st.pb.push_config
     if cfg.HasField("no_wrapper"):
-        headers = {f"x-goog-pubsub-{k}": v for k, v in pb.attributes.items()}
+        # Google: with write_metadata, attributes become plain `KEY: VAL` headers and the
+        # metadata `x-goog-pubsub-*` headers; without it, only the data is sent.
+        headers: dict[str, str] = {}
         if cfg.no_wrapper.write_metadata:
+            headers.update(
+                (k, v) for k, v in pb.attributes.items() if _header_ok(k) and _value_ok(v)
+            )
             headers["x-goog-pubsub-subscription-name"] = st.name
             headers["x-goog-pubsub-message-id"] = pb.message_id
             headers["x-goog-pubsub-publish-time"] = pb.publish_time.ToJsonString()
@@ -57,6 +62,21 @@ def envelope(st: SubState, entry: Entry) -> tuple[bytes, dict[str, str]]:
     if st.pb.HasField("dead_letter_policy"):
         body["deliveryAttempt"] = entry.attempt
     return json.dumps(body).encode(), {"Content-Type": "application/json"}
+
+
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_RESERVED = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "authorization"}
+)
+
+
+def _header_ok(name: str) -> bool:
+    """An attribute that cannot be an HTTP header name is skipped, not a failed delivery."""
+    return bool(name) and set(name) <= _TOKEN and name.lower() not in _RESERVED
+
+
+def _value_ok(value: str) -> bool:
+    return "\r" not in value and "\n" not in value
 
 
 class PushWorker:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote
 
@@ -31,8 +32,16 @@ def events_topic(config: Config) -> str:
     return f"projects/{config.project}/topics/{config.storage_events_topic}"
 
 
-def rewrite(raw: Any, config: Config) -> Any:
-    """Google's notification message for one fake-gcs-server event."""
+KNOWN_OBJECTS = 10_000
+
+
+def rewrite(raw: Any, config: Config, known: OrderedDict | None = None) -> Any:
+    """Google's notification message for one fake-gcs-server event.
+
+    fake-gcs-server's delete events carry no content fields (size 0, no hashes); Google's
+    carry the deleted object's resource. ``known`` remembers the last resource seen per
+    object so a delete notification can say what was deleted.
+    """
     attrs = dict(raw.attributes)
     obj = json.loads(raw.data or b"{}")
     bucket = attrs.get("bucketId") or obj.get("bucket", "")
@@ -60,11 +69,26 @@ def rewrite(raw: Any, config: Config) -> Any:
     for key in ("contentEncoding", "metadata"):
         if obj.get(key):
             resource[key] = obj[key]
+    event_type = attrs.get("eventType", "OBJECT_FINALIZE")
+    if known is not None:
+        key = (bucket, name)
+        if event_type == "OBJECT_DELETE":
+            previous = known.pop(key, None)
+            if previous is not None and previous["generation"] == generation:
+                # The deleted object's content fields, which the raw event lacks.
+                for field in ("size", "md5Hash", "crc32c", "contentType", "metadata"):
+                    if field in previous:
+                        resource[field] = previous[field]
+        else:
+            known[key] = resource
+            known.move_to_end(key)
+            while len(known) > KNOWN_OBJECTS:
+                known.popitem(last=False)
     message = MessagePb(data=json.dumps(resource).encode())
     message.attributes.update(
         {
             "notificationConfig": f"projects/_/buckets/{bucket}/notificationConfigs/localcloud",
-            "eventType": attrs.get("eventType", "OBJECT_FINALIZE"),
+            "eventType": event_type,
             "payloadFormat": "JSON_API_V1",
             "bucketId": bucket,
             "objectId": name,
@@ -83,6 +107,7 @@ class Notifier:
         self.raw_sub = f"projects/{INTERNAL_PROJECT}/subscriptions/{RAW_TOPIC}-notifier"
         self.consumer = Consumer(max_messages=256, deadline=60)
         self.task: asyncio.Task | None = None
+        self.known: OrderedDict = OrderedDict()
 
     async def start(self) -> None:
         for topic in (self.raw_topic, events_topic(self.config)):
@@ -111,7 +136,9 @@ class Notifier:
                 if target not in self.engine.topics:
                     LOG.warning("storage events topic %s was deleted; recreating it", target)
                     await self.engine.create_topic(Topic.pb()(name=target))
-                await self.engine.publish(target, [rewrite(e.msg.pb, self.config) for e in entries])
+                await self.engine.publish(
+                    target, [rewrite(e.msg.pb, self.config, self.known) for e in entries]
+                )
                 await self.engine.ack_entries(st, entries)
             except asyncio.CancelledError:
                 raise
