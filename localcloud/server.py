@@ -7,6 +7,7 @@ IAM policies, the OIDC issuer and the HTTP client session.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -125,12 +126,18 @@ class LocalCloud:
         return web.json_response(body, status=200 if ok else 503)
 
     async def stop(self) -> None:
+        # Stop accepting RPCs first, then end open streams with UNAVAILABLE: a client that
+        # reconnects at once is refused instead of landing on a server about to go away.
+        stopping = None
+        if self._grpc is not None:
+            stopping = asyncio.get_running_loop().create_task(self._grpc.stop(grace=2.0))
+            await asyncio.sleep(0)
         if hasattr(self, "notifier"):
             self.notifier.stop()
         if hasattr(self, "pubsub"):
             await self.pubsub.stop()
-        if self._grpc is not None:
-            await self._grpc.stop(grace=1.0)
+        if stopping is not None:
+            await stopping
         if self._http is not None:
             await self._http.cleanup()
         if self.session is not None:

@@ -114,17 +114,21 @@ class OperationStore:
         op = self._live(name)
         if op.done:
             return self.get(name)
+        finished = operations_pb2.Operation()
+        finished.CopyFrom(op)
         if metadata is not None:
-            op.metadata.CopyFrom(_pack(metadata))
+            finished.metadata.CopyFrom(_pack(metadata))
         if error is not None:
-            op.error.CopyFrom(error)
+            finished.error.CopyFrom(error)
         else:
             packed = _pack(response)
             if packed is not None:
-                op.response.CopyFrom(packed)
-        op.done = True
+                finished.response.CopyFrom(packed)
+        finished.done = True
+        # Saved before anyone can see it done: a crash never turns "done" back into "running".
+        await self._db.write(self._persist(finished))
+        self._ops[name] = finished
         self._cancel_hooks.pop(name, None)
-        await self._db.write(self._persist(op))
         self._event(name).set()
         return self.get(name)
 

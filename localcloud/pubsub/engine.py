@@ -35,6 +35,11 @@ LOG = logging.getLogger(__name__)
 
 ReceivedMessagePb = ReceivedMessage.pb()
 MAX_REQUEST_BYTES = 10 * 1000 * 1000
+# One Pull/StreamingPull response stays under 4 MiB: with PUBSUB_EMULATOR_HOST the official
+# clients open a plain insecure channel, whose receive limit is gRPC's default 4 MiB. (A
+# single message above that still goes out alone; such a client cannot receive it, as with
+# Google's own emulator.)
+MAX_RESPONSE_BYTES = 3 * 1024 * 1024 + 512 * 1024
 MAX_ATTRIBUTES = 100
 DEFAULT_ACK_DEADLINE = 10
 DEFAULT_RETENTION = 7 * 24 * 3600
@@ -94,6 +99,7 @@ class PubSub:
         # Called with a deleted topic's or subscription's name (e.g. to drop its IAM policy).
         self.on_delete: list[Callable[[str], Awaitable[None]]] = []
         self.stopping = False
+        self._creating: set[str] = set()
         for pb, created in loaded.subscriptions:
             self._install(pb, created)
         messages: dict[int, Message] = {}
@@ -176,8 +182,13 @@ class PubSub:
         if topic.HasField("message_retention_duration"):
             _check_retention(topic.message_retention_duration, "message_retention_duration")
         topic.state = 1  # ACTIVE
-        self.topics[topic.name] = topic
-        await self.db.write(store.put_topic(topic))
+        self.topics[topic.name] = topic  # before the await: a concurrent create sees it
+        try:
+            await self.db.write(store.put_topic(topic))
+        except BaseException:
+            if self.topics.get(topic.name) is topic:
+                del self.topics[topic.name]
+            raise
         return topic
 
     async def update_topic(self, topic: Any, mask: field_mask_pb2.FieldMask) -> Any:
@@ -233,7 +244,7 @@ class PubSub:
     async def create_subscription(self, sub: Any) -> Any:
         names.subscription(sub.name)
         names.topic(sub.topic)
-        if sub.name in self.subs:
+        if sub.name in self.subs or sub.name in self._creating:
             raise AlreadyExists(
                 f"Resource already exists in the project (resource={sub.name.rsplit('/', 1)[-1]})."
             )
@@ -248,10 +259,16 @@ class PubSub:
             sub.expiration_policy.ttl.seconds = DEFAULT_EXPIRATION_TTL
         sub.state = 1  # ACTIVE
         created = time.time()
-        await self.db.write(store.put_subscription(sub, created))
-        st = self._install(sub, created)
-        self._start_sub(st)
+        self._creating.add(sub.name)
+        try:
+            await _shielded(self._commit_subscription(sub, created))
+        finally:
+            self._creating.discard(sub.name)
         return sub
+
+    async def _commit_subscription(self, sub: Any, created: float) -> None:
+        await self.db.write(store.put_subscription(sub, created))
+        self._start_sub(self._install(sub, created))
 
     async def update_subscription(self, sub: Any, mask: field_mask_pb2.FieldMask) -> Any:
         st = self.get_subscription(sub.name)
@@ -343,7 +360,14 @@ class PubSub:
                 deliveries.append((st, msg))
             if wanted:
                 rows.append((seq, pb.SerializeToString()))
-        await self.db.write(store.publish(topic_name, rows, fanout, self.seq))
+        write = store.publish(topic_name, rows, fanout, self.seq)
+        await _shielded(self._commit_publish(write, deliveries))
+        return ids
+
+    async def _commit_publish(self, write: Any, deliveries: list[tuple[SubState, Message]]) -> None:
+        """Commit, then hand to the queues; shielded, so a cancelled call cannot commit
+        messages that no subscriber would see until the next restart."""
+        await self.db.write(write)
         touched = set()
         for st, msg in deliveries:
             if self.subs.get(st.name) is st:
@@ -351,7 +375,6 @@ class PubSub:
                 touched.add(st)
         for st in touched:
             st.queue.notify()
-        return ids
 
     # -- delivery -----------------------------------------------------------------------
     def received(self, st: SubState, entries: list[Entry]) -> list[Any]:
@@ -379,6 +402,7 @@ class PubSub:
             n, b = consumer.room()
             if n != 0 and b != 0 and not st.pb.detached:
                 n = limit if n < 0 else min(n, limit)
+                b = MAX_RESPONSE_BYTES if b < 0 else min(b, MAX_RESPONSE_BYTES)
                 entries = st.queue.take(consumer, n, b)
                 if entries:
                     st.queue.waiters.discard(consumer)
@@ -390,7 +414,7 @@ class PubSub:
     def take(self, st: SubState, max_messages: int, deadline: float) -> list[Entry]:
         """Lease for a unary Pull (no flow-control holder)."""
         consumer = Consumer(deadline=deadline)
-        entries = st.queue.take(consumer, max_messages, -1)
+        entries = st.queue.take(consumer, max_messages, MAX_RESPONSE_BYTES)
         for entry in entries:  # a Pull's leases belong to no stream
             entry.holder = None
         return entries
@@ -412,8 +436,18 @@ class PubSub:
             await self._forget(st, gone)
 
     async def _forget(self, st: SubState, entries: list[Entry]) -> None:
+        """Persist removals; if the write fails, the entries come back (nothing is lost)."""
         orphaned = self._drop_refs(entries)
-        await self.db.write(store.remove([(st.name, e.seq) for e in entries], orphaned))
+        try:
+            await _shielded(
+                self.db.write(store.remove([(st.name, e.seq) for e in entries], orphaned))
+            )
+        except Exception:
+            for entry in entries:
+                entry.msg.refs += 1
+                if self.subs.get(st.name) is st and entry.seq not in st.queue.entries:
+                    st.queue.add(entry)
+            raise
 
     async def modify_ack_deadline(
         self, sub_name: str, ack_ids: Iterable[str], seconds: int
@@ -425,7 +459,7 @@ class PubSub:
                 "0 and 600 seconds."
             )
         nacked = []
-        for value in ack_ids:
+        for value in dict.fromkeys(ack_ids):
             entry = st.queue.lease_of(*parse_ack_id(value))
             if entry is None:
                 continue  # expired or acknowledged already: ignored, as Google does
@@ -440,7 +474,15 @@ class PubSub:
         """Nacked or lapsed leases: dead-letter those out of attempts, back off the rest."""
         policy = st.pb.dead_letter_policy if st.pb.HasField("dead_letter_policy") else None
         dead: list[Entry] = []
+        seen: set[int] = set()
         for entry in entries:
+            if (
+                not entry.leased
+                or entry.seq in seen
+                or st.queue.entries.get(entry.seq) is not entry
+            ):
+                continue  # acknowledged, or already handled in this call
+            seen.add(entry.seq)
             if policy is not None and entry.attempt >= (policy.max_delivery_attempts or 5):
                 if policy.dead_letter_topic in self.topics:
                     dead.append(entry)
@@ -454,7 +496,13 @@ class PubSub:
             st.queue.requeue(entry, self._backoff(st, entry.attempt))
             self.db.write_nowait(store.set_attempt(st.name, entry.seq, entry.attempt))
         if dead:
-            await self._dead_letter(st, policy, dead)
+            try:
+                await self._dead_letter(st, policy, dead)
+            except Exception:
+                LOG.exception("dead-lettering from %s failed; retrying later", st.name)
+                for entry in dead:
+                    if entry.leased and st.queue.entries.get(entry.seq) is entry:
+                        st.queue.requeue(entry, max(self._backoff(st, entry.attempt), 1.0))
 
     def _backoff(self, st: SubState, attempt: int) -> float:
         if st.pb.HasField("retry_policy"):
@@ -522,6 +570,11 @@ class PubSub:
             await self.ack_entries(st, old)
 
 
+async def _shielded(coro: Any) -> Any:
+    """Run ``coro`` to the end even if the caller is cancelled (state and disk agree)."""
+    return await asyncio.shield(asyncio.ensure_future(coro))
+
+
 def _check_retention(duration: Any, field_name: str) -> None:
     seconds = duration.seconds + duration.nanos / 1e9
     if not 600 <= seconds <= 31 * 24 * 3600:
@@ -570,13 +623,17 @@ def _validate_subscription(sub: Any) -> None:
 
 
 def _has_path(message: Any, path: str) -> bool:
+    """True when ``path`` names a field; paths into maps, lists or scalars are not fields."""
     target = message
-    for part in path.split("."):
-        if part not in target.DESCRIPTOR.fields_by_name:
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        field_desc = target.DESCRIPTOR.fields_by_name.get(part)
+        if field_desc is None:
             return False
-        field_desc = target.DESCRIPTOR.fields_by_name[part]
-        if field_desc.message_type is None or field_desc.is_repeated:
+        if i == len(parts) - 1:
             return True
+        if field_desc.message_type is None or field_desc.is_repeated:
+            return False
         target = getattr(target, part)
     return True
 

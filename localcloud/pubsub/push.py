@@ -130,6 +130,7 @@ class PushWorker:
 
     async def _deliver(self, entry: Entry) -> None:
         endpoint = self.st.pb.push_config.push_endpoint
+        attempt = entry.attempt  # this delivery's lease; a late answer must not end a newer one
         body, headers = envelope(self.st, entry)
         headers.update(self._headers(endpoint))
         timeout = aiohttp.ClientTimeout(total=self.st.pb.ack_deadline_seconds or 10)
@@ -153,5 +154,6 @@ class PushWorker:
                 endpoint,
                 status,
             )
-            if entry.leased and self.engine.subs.get(self.st.name) is self.st:
+            current = self.st.queue.lease_of(entry.seq, attempt)
+            if current is entry and self.engine.subs.get(self.st.name) is self.st:
                 await self.engine.redeliver(self.st, [entry])

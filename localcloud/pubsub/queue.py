@@ -95,6 +95,7 @@ class SubscriptionQueue:
         self.waiters: set[Consumer] = set()
         self.pump_wake = asyncio.Event()
         self.timer_at = float("inf")
+        self._stale = 0  # acknowledged entries possibly still in ``ready``
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -117,8 +118,10 @@ class SubscriptionQueue:
         q = self.key_queues.setdefault(entry.key, deque())
         if not q or q[-1].seq < entry.seq:
             q.append(entry)
+        elif entry.seq < q[0].seq:
+            q.appendleft(entry)  # the usual requeue: the key's oldest message
         else:
-            q.insert(bisect.bisect([e.seq for e in q], entry.seq), entry)
+            q.insert(bisect.bisect(q, entry.seq, key=lambda e: e.seq), entry)
         self._maybe_ready_key(entry.key)
 
     def _maybe_ready_key(self, key: str) -> None:
@@ -144,6 +147,9 @@ class SubscriptionQueue:
                     continue  # acknowledged or re-leased since it was queued
                 if entry.available_at > now:
                     continue  # the delayed heap brings it back
+                if out and entry.msg.size > budget_b:
+                    self.ready.appendleft(entry)  # next response
+                    break
                 self._lease(entry, consumer, deadline, now)
                 out.append(entry)
                 budget_n -= 1
@@ -152,8 +158,12 @@ class SubscriptionQueue:
                 key = self.ready_keys.popleft()
                 self._ready_key_set.discard(key)
                 q = self.key_queues.get(key)
-                while q and budget_n > 0 and (budget_b > 0 or not out):
+                no_room = False
+                while q and budget_n > 0:
                     if q[0].available_at > now:
+                        break  # backing off: release_due makes the key ready again
+                    if out and q[0].msg.size > budget_b:
+                        no_room = True
                         break
                     entry = q.popleft()
                     self._lease(entry, consumer, deadline, now)
@@ -163,6 +173,11 @@ class SubscriptionQueue:
                     budget_b -= entry.msg.size
                 if q is not None and not q:
                     del self.key_queues[key]
+                elif no_room and not self.key_leased[key]:
+                    # Nothing of this key went out: it stays first in line for the next take.
+                    self.ready_keys.appendleft(key)
+                    self._ready_key_set.add(key)
+                    break
             else:
                 break
         if out:
@@ -199,6 +214,10 @@ class SubscriptionQueue:
         entry = self.entries.pop(seq, None)
         if entry is None:
             return None
+        if not entry.leased:
+            self._stale += 1
+            if self._stale > 64 and self._stale * 2 > len(self.ready):
+                self._compact()
         if entry.leased:
             self._release(entry)
             if self.ordered and entry.key:
@@ -212,6 +231,11 @@ class SubscriptionQueue:
                     del self.key_queues[entry.key]
         return entry
 
+    def _compact(self) -> None:
+        """Drop acknowledged entries still sitting in ``ready`` (they hold message bodies)."""
+        self.ready = deque(e for e in self.ready if self.entries.get(e.seq) is e and not e.leased)
+        self._stale = 0
+
     def lease_of(self, seq: int, attempt: int) -> Entry | None:
         """The entry if ``(seq, attempt)`` names its current lease."""
         entry = self.entries.get(seq)
@@ -219,16 +243,19 @@ class SubscriptionQueue:
             return None
         return entry
 
-    def extend(self, entry: Entry, seconds: float) -> None:
-        entry.expiry = self.clock() + seconds
+    def extend(self, entry: Entry, seconds: float, now: float | None = None) -> None:
+        entry.expiry = (self.clock() if now is None else now) + seconds
         heapq.heappush(self.leases, (entry.expiry, entry.seq, entry.attempt))
+        if len(self.leases) > 4096 and len(self.leases) > 4 * len(self.entries):
+            self._rebuild_leases()
         if entry.expiry < self.timer_at:
             self.pump_wake.set()
 
     def requeue(self, entry: Entry, delay: float) -> None:
         """Make a leased (or lapsed) entry deliverable again after ``delay`` seconds."""
-        if entry.leased:
-            self._release(entry)
+        if not entry.leased:
+            return  # already waiting: requeueing twice would deliver it twice
+        self._release(entry)
         entry.available_at = self.clock() + delay if delay > 0 else 0.0
         if delay > 0:
             heapq.heappush(self.delayed, (entry.available_at, entry.seq))
@@ -240,6 +267,11 @@ class SubscriptionQueue:
             self.ready.appendleft(entry)
         if delay <= 0:
             self.notify()
+
+    def _rebuild_leases(self) -> None:
+        """Drop stale heap tuples left by extensions and acks."""
+        self.leases = [(e.expiry, e.seq, e.attempt) for e in self.entries.values() if e.leased]
+        heapq.heapify(self.leases)
 
     def expired(self) -> list[Entry]:
         """Leases whose deadline has passed (still leased, same attempt)."""

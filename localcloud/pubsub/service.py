@@ -16,7 +16,14 @@ import grpc
 from google.protobuf import empty_pb2
 from google.pubsub_v1 import types
 
-from localcloud.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from localcloud.core.errors import (
+    FailedPrecondition,
+    GoogleError,
+    Internal,
+    InvalidArgument,
+    Unavailable,
+    Unimplemented,
+)
 from localcloud.core.paging import page
 from localcloud.core.wire import handler_for, rpc
 from localcloud.pubsub import names
@@ -214,6 +221,8 @@ class Subscriber:
         first = await anext(requests, None)
         if first is None:
             return
+        if self.engine.stopping:
+            raise Unavailable("localcloud is shutting down; reconnect later")
         if not first.subscription:
             raise InvalidArgument("The first StreamingPullRequest must name a subscription.")
         st = self.engine.get_subscription(first.subscription)
@@ -269,11 +278,13 @@ class Subscriber:
                     break
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             raise
-        except NotFound as exc:
-            consumer.close(exc)
+        except GoogleError as exc:
+            consumer.close(exc)  # e.g. a bad ack id: the stream ends with its code, as in Google
             return
         except Exception as exc:
-            LOG.debug("stream of %s ended: %s", st.name, exc)
+            LOG.exception("stream of %s failed", st.name)
+            consumer.close(Internal(f"internal error: {exc}"))
+            return
         if not consumer.closed:
             consumer.close()
 
@@ -307,12 +318,16 @@ class Subscriber:
 
 
 def _modacks(request) -> list[tuple[list[str], int]]:
+    if len(request.modify_deadline_ack_ids) != len(request.modify_deadline_seconds):
+        raise InvalidArgument(
+            "modify_deadline_seconds and modify_deadline_ack_ids must have the same length."
+        )
     groups: dict[int, list[str]] = {}
     for ack, seconds in zip(
         request.modify_deadline_ack_ids, request.modify_deadline_seconds, strict=False
     ):
         groups.setdefault(seconds, []).append(ack)
-    return list(groups.items())
+    return [(ack_ids, seconds) for seconds, ack_ids in groups.items()]
 
 
 def _no_snapshots() -> Unimplemented:

@@ -7,6 +7,8 @@ https://cloud.google.com/pubsub/docs/pubsub-basics#resource_names.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from google.api_core import exceptions
 from google.protobuf import field_mask_pb2
@@ -140,3 +142,38 @@ def test_update_immutable_field_is_invalid_argument(local_target, local_topic, l
                 "update_mask": field_mask_pb2.FieldMask(paths=["filter"]),
             }
         )
+
+
+def test_update_mask_into_a_map_is_invalid_argument(local_target, local_topic, local_subscription):
+    """A mask path must name a field; `labels.a` is a map key (Google: INVALID_ARGUMENT)."""
+    sub = local_subscription(local_topic(), labels={"a": "b"})
+    with pytest.raises(exceptions.InvalidArgument):
+        local_target.subscriber.update_subscription(
+            request={
+                "subscription": {"name": sub, "labels": {"a": "c"}},
+                "update_mask": field_mask_pb2.FieldMask(paths=["labels.a"]),
+            }
+        )
+
+
+def test_concurrent_creates_of_one_subscription_one_wins(local_target, local_topic):
+    topic = local_topic()
+    name = local_target.subscription_path("race")
+    results: list[str] = []
+
+    def create() -> None:
+        try:
+            local_target.subscriber.create_subscription(name=name, topic=topic)
+            results.append("created")
+        except exceptions.AlreadyExists:
+            results.append("exists")
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert sorted(results) == ["created", "exists", "exists", "exists"]
+    finally:
+        local_target.subscriber.delete_subscription(subscription=name)

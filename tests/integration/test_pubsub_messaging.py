@@ -292,3 +292,60 @@ def test_streaming_pull_flow_control_limits_outstanding(
         time.sleep(0.05)
     future.cancel()
     assert len(held) >= 10
+
+
+def test_large_messages_arrive_in_responses_under_the_grpc_limit(
+    local_target, local_topic, local_subscription
+):
+    """Eight 1.5 MB messages (12 MB) must not go out as one response: with
+    PUBSUB_EMULATOR_HOST the official client's channel receives at most 4 MiB per message,
+    and an oversized response would fail and be redelivered forever."""
+    topic = local_topic()
+    sub = local_subscription(topic)
+    payload = b"x" * 1_500_000
+    for f in [local_target.publisher.publish(topic, payload, n=str(i)) for i in range(8)]:
+        f.result(timeout=60)
+    pulled = local_target.subscriber.pull(
+        request={"subscription": sub, "max_messages": 8}, timeout=10
+    ).received_messages
+    assert 0 < len(pulled) < 8, "one unary Pull response must stay under 4 MiB"
+    local_target.subscriber.modify_ack_deadline(
+        subscription=sub, ack_ids=[m.ack_id for m in pulled], ack_deadline_seconds=0
+    )
+    got = stream(local_target.subscriber, sub, 8, timeout=60)
+    assert sorted({int(m.attributes["n"]) for m in got}) == list(range(8))
+    assert all(len(m.data) == len(payload) for m in got)
+
+
+def test_duplicate_ack_ids_in_a_nack_do_not_wedge_an_ordering_key(
+    local_target, local_topic, local_subscription
+):
+    topic = local_topic()
+    sub = local_subscription(topic, enable_message_ordering=True)
+    publisher = local_target.ordered_publisher()
+    publisher.publish(topic, b"first", ordering_key="k").result(timeout=30)
+    (first,) = pull_all(local_target.subscriber, sub, 1)
+    local_target.subscriber.modify_ack_deadline(
+        subscription=sub, ack_ids=[first.ack_id, first.ack_id], ack_deadline_seconds=0
+    )
+    (again,) = pull_all(local_target.subscriber, sub, 1)
+    assert again.message.data == b"first"
+    local_target.subscriber.acknowledge(subscription=sub, ack_ids=[again.ack_id])
+    publisher.publish(topic, b"second", ordering_key="k").result(timeout=30)
+    assert [m.message.data for m in pull_all(local_target.subscriber, sub, 1)] == [b"second"]
+
+
+def test_bad_ack_id_on_the_stream_ends_it_with_invalid_argument(
+    local_target, local_topic, local_subscription
+):
+    sub = local_subscription(local_topic())
+    requests = iter(
+        [
+            {"subscription": sub, "stream_ack_deadline_seconds": 10},
+            {"ack_ids": ["bogus"]},
+        ]
+    )
+    responses = local_target.subscriber.api.streaming_pull(requests=requests, timeout=10)
+    with pytest.raises(exceptions.InvalidArgument, match="ack ID"):
+        for _ in responses:
+            pass
