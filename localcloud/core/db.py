@@ -27,6 +27,7 @@ T = TypeVar("T")
 Write = Callable[[sqlite3.Connection], Any]
 _STOP = object()
 SCHEMA_VERSION = 1
+CHECKPOINT_INTERVAL = 0.5
 
 
 def connect(path: Path, *, fsync: bool = False) -> sqlite3.Connection:
@@ -36,6 +37,9 @@ def connect(path: Path, *, fsync: bool = False) -> sqlite3.Connection:
     # FULL also survives a power cut, at the price of an fsync per commit.
     conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys=ON")
+    # Checkpoints run in their own thread (Database._checkpoints), not inside commits,
+    # where they would stall the writer for milliseconds at a time.
+    conn.execute("PRAGMA wal_autocheckpoint=0")
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
 
@@ -49,6 +53,9 @@ class Database:
         self._conn = connect(path, fsync=fsync)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
+        self.fsync = fsync
         self.commits = 0
         self._conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -74,6 +81,23 @@ class Database:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="db-writer", daemon=True)
             self._thread.start()
+            self._stop_checkpoints.clear()
+            self._checkpointer = threading.Thread(
+                target=self._checkpoints, name="db-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
+
+    def _checkpoints(self) -> None:
+        """Copy the WAL back into the database every half second, beside the writer."""
+        conn = connect(self.path, fsync=self.fsync)
+        try:
+            while not self._stop_checkpoints.wait(CHECKPOINT_INTERVAL):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    LOG.warning("WAL checkpoint failed: %s", exc)
+        finally:
+            conn.close()
 
     async def write(self, fn: Write) -> Any:
         """Run ``fn(conn)`` in the writer thread; return once its transaction committed."""
@@ -92,6 +116,10 @@ class Database:
             self._queue.put(_STOP)
             self._thread.join()
             self._thread = None
+        if self._checkpointer is not None:
+            self._stop_checkpoints.set()
+            self._checkpointer.join()
+            self._checkpointer = None
         try:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
@@ -136,15 +164,19 @@ class Database:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             results = [(exc, False)] * len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple]] = {}
         for (_fn, loop, future), (value, ok) in zip(batch, results, strict=True):
             if future is not None:
-                loop.call_soon_threadsafe(_resolve, future, value, ok)
+                by_loop.setdefault(loop, []).append((future, value, ok))
+        for loop, done in by_loop.items():  # one wake-up of each loop per commit
+            loop.call_soon_threadsafe(_resolve, done)
 
 
-def _resolve(future: asyncio.Future, value: Any, ok: bool) -> None:
-    if future.done():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _resolve(done: list[tuple[asyncio.Future, Any, bool]]) -> None:
+    for future, value, ok in done:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

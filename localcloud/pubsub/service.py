@@ -32,6 +32,7 @@ from localcloud.pubsub.queue import Consumer
 
 LOG = logging.getLogger(__name__)
 Empty = empty_pb2.Empty
+RESPONSE_WINDOW = 0.005  # seconds between two responses on a busy StreamingPull stream
 
 
 def check_messages(request: types.PublishRequest) -> None:
@@ -245,11 +246,20 @@ class Subscriber:
         props = types.StreamingPullResponse.pb().SubscriptionProperties(
             message_ordering_enabled=st.pb.enable_message_ordering
         )
+        loop = asyncio.get_running_loop()
+        last_sent = 0.0
         try:
             while True:
+                # A busy stream gets at most one response per window, so messages published
+                # close together share a response (and the client's one modack per response);
+                # an idle stream answers at once.
+                wait = last_sent + RESPONSE_WINDOW - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 entries = await self.engine.next_batch(st, consumer)
                 if not entries:
                     break
+                last_sent = loop.time()
                 yield types.StreamingPullResponse.pb()(
                     received_messages=self.engine.received(st, entries),
                     subscription_properties=props,
