@@ -15,6 +15,9 @@ import aiohttp
 import grpc
 from aiohttp import web
 
+from localcloud.build.builder import Builder
+from localcloud.build.service import CloudBuildService
+from localcloud.build.store import BuildStore
 from localcloud.core.config import Config
 from localcloud.core.db import Database
 from localcloud.core.iam import IamService, PolicyStore
@@ -66,6 +69,7 @@ class LocalCloud:
         self.operations = OperationStore(self.db)
         self.policies = PolicyStore(self.db)
         self.pubsub = PubSub(self.db, push_backoff=(cfg.push_min_backoff, cfg.push_max_backoff))
+        self.builds = BuildStore(self.db)
         self.db.start()
         self.issuer = Issuer(cfg.data_dir / "oidc", cfg.http_url)
         self.session = aiohttp.ClientSession()
@@ -76,6 +80,10 @@ class LocalCloud:
         await self.pubsub.start()
         self.notifier = Notifier(self.pubsub, cfg)
         await self.notifier.start()
+        self.builder = Builder(
+            cfg, self.builds, self.operations, self.pubsub, self.session, limit=cfg.build_limit
+        )
+        await self.builder.start()
 
         self._grpc = grpc.aio.server(
             options=[
@@ -105,6 +113,7 @@ class LocalCloud:
             Publisher(self.pubsub).handler(),
             Subscriber(self.pubsub).handler(),
             OperationsService(self.operations).handler(),
+            CloudBuildService(self.builder).handler(),
             iam.handler(),
         ]
 
@@ -134,6 +143,8 @@ class LocalCloud:
             await asyncio.sleep(0)
         if hasattr(self, "notifier"):
             self.notifier.stop()
+        if hasattr(self, "builder"):
+            await self.builder.stop()
         if hasattr(self, "pubsub"):
             await self.pubsub.stop()
         if stopping is not None:

@@ -95,6 +95,15 @@ class Clients:
         return storage.Client(project=self.env.project)
 
     @cached_property
+    def cloud_build(self) -> Any:
+        from google.cloud.devtools import cloudbuild_v1
+        from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import (
+            CloudBuildGrpcTransport,
+        )
+
+        return self._grpc(cloudbuild_v1.CloudBuildClient, CloudBuildGrpcTransport)
+
+    @cached_property
     def operations(self) -> Any:
         """``google.longrunning.Operations`` (localcloud's, shared by all its APIs)."""
         from google.api_core import operations_v1

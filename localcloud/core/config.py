@@ -68,6 +68,8 @@ class Config:
     push_min_backoff: float = 0.1
     push_max_backoff: float = 60.0
     fsync: bool = False
+    # Builds running at once (the rest wait QUEUED); 0 means the number of CPUs.
+    build_limit: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -85,6 +87,7 @@ class Config:
             push_min_backoff=_int(env, "LOCALCLOUD_PUSH_MIN_BACKOFF_MS", 100, 0, 600_000) / 1000,
             push_max_backoff=_int(env, "LOCALCLOUD_PUSH_MAX_BACKOFF_MS", 60_000, 0, 600_000) / 1000,
             fsync=_bool(env, "LOCALCLOUD_FSYNC", False),
+            build_limit=_int(env, "LOCALCLOUD_BUILD_LIMIT", 0, 0, 256),
         )
         if cfg.push_max_backoff < cfg.push_min_backoff:
             raise ConfigError(

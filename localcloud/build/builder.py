@@ -1,0 +1,424 @@
+"""Runs builds: fetch the source, check and unpack it, run the buildpack, push, report.
+
+Each build is an asyncio task; at most ``limit`` run at once (default: the number of
+CPUs) and the rest wait QUEUED. Blocking work (unzip, tar) runs in worker threads and pip
+in subprocesses, so a slow build never delays the API. Every status change updates the
+build's long-running operation and is published to the ``cloud-builds`` topic, as Cloud
+Build does; the log is written live under ``logs/builds/`` and, at the end, to the logs
+bucket as ``log-<build id>.txt``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from google.cloud.devtools.cloudbuild_v1 import types
+from google.protobuf import json_format
+from google.pubsub_v1.types import PubsubMessage, Topic
+from google.rpc import code_pb2, status_pb2
+
+from localcloud.build import archive, buildpack
+from localcloud.build.config import PackPlan, plan
+from localcloud.build.store import BuildStore
+from localcloud.core.config import Config
+from localcloud.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from localcloud.operations.store import OperationStore
+from localcloud.pubsub.engine import PubSub
+from localcloud.registry.client import RegistryClient
+from localcloud.registry.names import parse_image
+
+LOG = logging.getLogger(__name__)
+S = types.Build.Status
+BuildPb = types.Build.pb()
+DEFAULT_TIMEOUT = 600.0
+# What a build acquires by running; RetryBuild starts from the rest.
+RUN_FIELDS = (
+    "id",
+    "name",
+    "status",
+    "status_detail",
+    "results",
+    "create_time",
+    "start_time",
+    "finish_time",
+    "log_url",
+    "timing",
+    "failure_info",
+    "warnings",
+)
+DONE = {S.SUCCESS, S.FAILURE, S.INTERNAL_ERROR, S.TIMEOUT, S.CANCELLED, S.EXPIRED}
+OPERATION_ERRORS = {
+    S.FAILURE: (code_pb2.UNKNOWN, "Build failed; check build logs for details"),
+    S.INTERNAL_ERROR: (code_pb2.INTERNAL, "Build failed with an internal error"),
+    S.TIMEOUT: (code_pb2.DEADLINE_EXCEEDED, "Build timed out"),
+    S.CANCELLED: (code_pb2.CANCELLED, "Build was cancelled"),
+}
+
+
+class StepFailed(Exception):
+    """A build step failed: the build ends FAILURE with this detail and failure type."""
+
+    def __init__(self, detail: str, failure_type: int) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.failure_type = failure_type
+
+
+class BuildLog:
+    """One build's log: a live file under the data directory, uploaded at the end."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.lines: list[str] = []
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def tail(self, n: int = 15) -> str:
+        return "\n".join(self.lines[-n:])
+
+
+class Builder:
+    def __init__(
+        self,
+        config: Config,
+        store: BuildStore,
+        operations: OperationStore,
+        pubsub: PubSub,
+        session: aiohttp.ClientSession,
+        *,
+        limit: int | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.operations = operations
+        self.pubsub = pubsub
+        self.session = session
+        self.slots = asyncio.Semaphore(limit or os.cpu_count() or 2)
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.op_names: dict[str, str] = {}
+        wheelhouse = os.environ.get("LOCALCLOUD_WHEELHOUSE")
+        self.cache = buildpack.LayerCache(
+            config.data_dir / "build-cache", Path(wheelhouse) if wheelhouse else None
+        )
+        self.work = config.data_dir / "build-work"
+        self.log_dir = config.data_dir / "logs" / "builds"
+
+    async def start(self) -> None:
+        """Builds a stopped localcloud left running end as INTERNAL_ERROR (never forgotten)."""
+        for build in list(self.store.builds.values()):
+            if build.status not in DONE:
+                build.status = S.INTERNAL_ERROR
+                build.status_detail = "localcloud stopped while this build ran; retry it"
+                build.finish_time.GetCurrentTime()
+                await self.store.put(build)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    async def stop(self) -> None:
+        for task in list(self.tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+    # -- API ----------------------------------------------------------------------------
+    async def create(self, project: str, location: str, request_build: Any) -> Any:
+        build = BuildPb()
+        build.CopyFrom(request_build)
+        build.id = str(uuid.uuid4())
+        build.project_id = project
+        build.name = f"projects/{project}/locations/{location}/builds/{build.id}"
+        build.status = S.QUEUED
+        build.create_time.GetCurrentTime()
+        if not build.HasField("timeout"):
+            build.timeout.FromSeconds(int(DEFAULT_TIMEOUT))
+        elif not 0 < build.timeout.ToTimedelta().total_seconds() <= 24 * 3600:
+            raise InvalidArgument("build.timeout must be between 1 second and 24 hours")
+        values = self._substitutions(build, location)
+        pack = plan(build, values)  # INVALID_ARGUMENT before anything is stored
+        if not build.images:
+            build.images.append(pack.image)
+        if not build.logs_bucket:
+            build.logs_bucket = f"gs://{project}_cloudbuild-logs"
+        bucket = build.logs_bucket.removeprefix("gs://").split("/", 1)[0]
+        build.log_url = (
+            f"http://{self.config.storage_address}/download/storage/v1/b/{bucket}/o/"
+            f"{quote(self._log_object(build), safe='')}?alt=media"
+        )
+        await self.store.put(build)
+        op = await self.operations.create(
+            f"projects/{project}/locations/{location}",
+            types.BuildOperationMetadata.pb()(build=build),
+            on_cancel=self._cancel_from_operation,
+        )
+        self.op_names[build.id] = op.name
+        await self._notify(build)
+        self.tasks[build.id] = asyncio.get_running_loop().create_task(
+            self._run(build, pack), name=f"build {build.id}"
+        )
+        return op
+
+    def get(self, project: str, build_id: str) -> Any:
+        build = self.store.builds.get(build_id)
+        if build is None or build.project_id != project:
+            raise NotFound(f"Build {build_id} not found in project {project}.")
+        return build
+
+    async def cancel(self, project: str, build_id: str) -> Any:
+        build = self.get(project, build_id)
+        if build.status in DONE:
+            raise FailedPrecondition(
+                f"Build {build_id} is {S(build.status).name}; only queued or working builds can be cancelled."
+            )
+        task = self.tasks.get(build_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return self.get(project, build_id)
+
+    async def retry(self, project: str, location: str, build_id: str) -> Any:
+        """A new build with the same source, steps and options (Cloud Build's RetryBuild)."""
+        fresh = BuildPb()
+        fresh.CopyFrom(self.get(project, build_id))
+        for name in RUN_FIELDS:
+            fresh.ClearField(name)
+        for step in fresh.steps:
+            for name in ("timing", "pull_timing", "status", "exit_code"):
+                step.ClearField(name)
+        return await self.create(project, location, fresh)
+
+    async def _cancel_from_operation(self, op_name: str) -> None:
+        for build_id, name in self.op_names.items():
+            if name == op_name:
+                build = self.store.builds[build_id]
+                await self.cancel(build.project_id, build_id)
+                return
+
+    # -- running ------------------------------------------------------------------------
+    def _substitutions(self, build: Any, location: str) -> dict[str, str]:
+        values = dict(build.substitutions)
+        values.update(PROJECT_ID=build.project_id, BUILD_ID=build.id, LOCATION=location)
+        return values
+
+    @staticmethod
+    def _log_object(build: Any) -> str:
+        prefix = build.logs_bucket.removeprefix("gs://").partition("/")[2].strip("/")
+        name = f"log-{build.id}.txt"
+        return f"{prefix}/{name}" if prefix else name
+
+    async def _update(self, build: Any) -> None:
+        await self.store.put(build)
+        op = self.op_names.get(build.id)
+        if op is not None:
+            await self.operations.update_metadata(
+                op, types.BuildOperationMetadata.pb()(build=build)
+            )
+        await self._notify(build)
+
+    async def _notify(self, build: Any) -> None:
+        """Cloud Build publishes every status change to ``cloud-builds``, the build as JSON."""
+        topic = f"projects/{build.project_id}/topics/cloud-builds"
+        try:
+            if topic not in self.pubsub.topics:
+                await self.pubsub.create_topic(Topic.pb()(name=topic))
+            body = json_format.MessageToJson(build)
+            message = PubsubMessage.pb()(data=body.encode())
+            message.attributes.update({"buildId": build.id, "status": S(build.status).name})
+            await self.pubsub.publish(topic, [message])
+        except Exception:
+            LOG.exception("could not publish the status of build %s", build.id)
+
+    async def _run(self, build: Any, pack: PackPlan) -> None:
+        log = BuildLog(self.log_dir / f"{build.id}.log")
+        workdir = Path(tempfile.mkdtemp(prefix=f"{build.id[:8]}-", dir=self._workroot()))
+        timeout = build.timeout.ToTimedelta().total_seconds()
+        try:
+            async with self.slots:
+                build.status = S.WORKING
+                build.start_time.GetCurrentTime()
+                await self._update(build)
+                log(f"starting build {build.id}")
+                try:
+                    await asyncio.wait_for(self._execute(build, pack, workdir, log), timeout)
+                    build.status = S.SUCCESS
+                    log("DONE")
+                except TimeoutError:
+                    build.status = S.TIMEOUT
+                    build.status_detail = f"Build timed out after {timeout:g}s"
+                    log(f"ERROR: build timed out after {timeout:g}s")
+                except StepFailed as exc:
+                    build.status = S.FAILURE
+                    build.status_detail = exc.detail
+                    build.failure_info.type_ = exc.failure_type
+                    build.failure_info.detail = exc.detail
+                    log(f"ERROR: {exc.detail}")
+        except asyncio.CancelledError:
+            build.status = S.CANCELLED
+            build.status_detail = "Build was cancelled"
+            log("build cancelled")
+        except Exception as exc:
+            LOG.exception("build %s failed internally", build.id)
+            build.status = S.INTERNAL_ERROR
+            build.status_detail = f"internal error: {type(exc).__name__}: {exc}"
+            log(f"ERROR: {build.status_detail}")
+        finally:
+            log.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+        build.finish_time.GetCurrentTime()
+        for step in build.steps:
+            if step.status in (S.STATUS_UNKNOWN, S.QUEUED, S.WORKING):
+                step.status = build.status if step.status == S.WORKING else S.QUEUED
+        await asyncio.shield(self._finish(build, log))
+        self.tasks.pop(build.id, None)
+
+    def _workroot(self) -> Path:
+        self.work.mkdir(parents=True, exist_ok=True)
+        return self.work
+
+    async def _finish(self, build: Any, log: BuildLog) -> None:
+        try:
+            await self._upload_log(build, log)
+        except Exception as exc:  # the build's result stands; say where the log is
+            LOG.warning("could not write the log of build %s: %s", build.id, exc)
+        await self._update(build)
+        op = self.op_names.get(build.id)
+        if op is None:
+            return
+        metadata = types.BuildOperationMetadata.pb()(build=build)
+        if build.status == S.SUCCESS:
+            await self.operations.finish(op, response=build, metadata=metadata)
+        else:
+            code, message = OPERATION_ERRORS.get(build.status, (code_pb2.UNKNOWN, "Build failed"))
+            detail = f"{message}: {build.status_detail}" if build.status_detail else message
+            await self.operations.finish(
+                op, error=status_pb2.Status(code=code, message=detail), metadata=metadata
+            )
+
+    async def _execute(self, build: Any, pack: PackPlan, workdir: Path, log: BuildLog) -> None:
+        src = build.source.storage_source
+        fetch = build.timing["FETCHSOURCE"]
+        fetch.start_time.GetCurrentTime()
+        generation = f"#{src.generation}" if src.generation else ""
+        log(f"Fetching storage object: gs://{src.bucket}/{src.object_}{generation}")
+        archive_path = workdir / "source"
+        await self._download(src.bucket, src.object_, src.generation, archive_path)
+        tree = workdir / "tree"
+        try:
+            members = await asyncio.to_thread(archive.extract, archive_path, tree)
+        except archive.ArchiveError as exc:
+            raise StepFailed(
+                f"bad source archive: {exc}",
+                types.Build.FailureInfo.FailureType.FETCH_SOURCE_FAILED,
+            ) from None
+        log(f"unpacked {len(members)} entries")
+        root = archive.strip_common_root(tree)
+        fetch.end_time.GetCurrentTime()
+        await self._update(build)
+
+        step = build.steps[pack.step_index]
+        for earlier in build.steps[: pack.step_index]:
+            earlier.status = S.SUCCESS
+            earlier.timing.start_time.GetCurrentTime()
+            earlier.timing.end_time.GetCurrentTime()
+        step.status = S.WORKING
+        step.timing.start_time.GetCurrentTime()
+        build_span = build.timing["BUILD"]
+        build_span.start_time.GetCurrentTime()
+        await self._update(build)
+        source = (root / pack.path).resolve()
+        if not source.is_dir() or not source.is_relative_to(root.resolve()):
+            raise StepFailed(
+                f"--path {pack.path!r} is not a directory of the source",
+                types.Build.FailureInfo.FailureType.USER_BUILD_STEP,
+            )
+        if pack.builder:
+            log(f"builder {pack.builder} (localcloud runs its own Python functions buildpack)")
+        try:
+            image = await buildpack.build(source, pack.env, self.cache, workdir, log)
+        except buildpack.BuildError as exc:
+            step.status = S.FAILURE
+            step.exit_code = 1
+            step.timing.end_time.GetCurrentTime()
+            raise StepFailed(
+                f"step #{pack.step_index} (pack build) failed: {exc}",
+                types.Build.FailureInfo.FailureType.USER_BUILD_STEP,
+            ) from None
+        step.status = S.SUCCESS
+        step.timing.end_time.GetCurrentTime()
+        build_span.end_time.GetCurrentTime()
+        await self._update(build)
+
+        push = build.timing["PUSH"]
+        push.start_time.GetCurrentTime()
+        ref = parse_image(pack.image)
+        log(f"Pushing {pack.image}")
+        try:
+            async with RegistryClient(self.config.registry_address, self.session) as registry:
+                for layer in image.layers:
+                    await registry.push_blob(ref.path, Path(layer.path), layer.digest)
+                await registry.push_blob(ref.path, image.config, image.config_digest)
+                digest = await registry.put_manifest(
+                    ref.path, ref.tag or "latest", image.manifest, buildpack.OCI_MANIFEST
+                )
+        except Exception as exc:
+            raise StepFailed(
+                f"pushing {pack.image} failed: {exc}",
+                types.Build.FailureInfo.FailureType.PUSH_FAILED,
+            ) from None
+        push.end_time.GetCurrentTime()
+        built = build.results.images.add(name=pack.image, digest=digest)
+        built.push_timing.CopyFrom(push)
+        log(f"{pack.image}: digest: {digest} size: {sum(layer.size for layer in image.layers)}")
+
+    async def _download(self, bucket: str, name: str, generation: int, dest: Path) -> None:
+        url = f"http://{self.config.storage_address}/download/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}"
+        params = {"alt": "media"}
+        if generation:
+            params["generation"] = str(generation)
+        async with self.session.get(url, params=params) as response:
+            if response.status == 404:
+                raise StepFailed(
+                    f"source gs://{bucket}/{name} not found",
+                    types.Build.FailureInfo.FailureType.FETCH_SOURCE_FAILED,
+                )
+            if response.status >= 400:
+                raise StepFailed(
+                    f"fetching gs://{bucket}/{name} failed: HTTP {response.status}",
+                    types.Build.FailureInfo.FailureType.FETCH_SOURCE_FAILED,
+                )
+            with open(dest, "wb") as out:
+                async for chunk in response.content.iter_chunked(1 << 20):
+                    await asyncio.to_thread(out.write, chunk)
+
+    async def _upload_log(self, build: Any, log: BuildLog) -> None:
+        bucket = build.logs_bucket.removeprefix("gs://").split("/", 1)[0]
+        base = f"http://{self.config.storage_address}/storage/v1/b"
+        async with self.session.get(f"{base}/{bucket}") as response:
+            if response.status == 404:
+                async with self.session.post(
+                    base, params={"project": build.project_id}, json={"name": bucket}
+                ) as created:
+                    if created.status >= 400 and created.status != 409:
+                        raise RuntimeError(f"creating gs://{bucket}: HTTP {created.status}")
+        url = f"http://{self.config.storage_address}/upload/storage/v1/b/{bucket}/o"
+        params = {"uploadType": "media", "name": self._log_object(build)}
+        body = ("\n".join(log.lines) + "\n").encode()
+        async with self.session.post(
+            url, params=params, data=body, headers={"Content-Type": "text/plain"}
+        ) as r:
+            if r.status >= 400:
+                raise RuntimeError(f"HTTP {r.status}: {(await r.text())[:200]}")

@@ -1,0 +1,122 @@
+"""Reproducible OCI layers: the same tree always gives the same digest.
+
+Entries are sorted, owners cleared, modification times zeroed, modes normalized (0755 for
+directories and executables, 0644 otherwise) and gzip's own header timestamp fixed, so a
+layer's digest depends only on the files' names and contents. ``__pycache__`` is left
+out: byte code embeds source timestamps.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+SKIP_DIRS = frozenset({"__pycache__", ".git"})
+
+
+@dataclass(frozen=True)
+class Layer:
+    path: str  # the .tar.gz file
+    digest: str  # sha256 of the compressed blob
+    diff_id: str  # sha256 of the uncompressed tar (the config's rootfs.diff_ids)
+    size: int
+    description: str
+
+    def save(self, meta: Path) -> None:
+        meta.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, meta: Path) -> Layer:
+        return cls(**json.loads(meta.read_text()))
+
+
+class _Hashing:
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, target: BinaryIO | gzip.GzipFile) -> None:
+        self.target = target
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.target.write(data)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every path under ``root``, sorted by relative name, skipping caches."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        base = Path(dirpath)
+        for name in dirnames:
+            yield base / name
+        for name in sorted(filenames):
+            if not name.endswith((".pyc", ".pyo")):
+                yield base / name
+
+
+def _info(name: str, path: Path | None, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = 0
+    if kind == tarfile.DIRTYPE:
+        info.mode = 0o755
+    elif path is not None and kind == tarfile.REGTYPE:
+        executable = path.stat().st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        info.mode = 0o755 if executable else 0o644
+        info.size = path.stat().st_size
+    else:
+        info.mode = 0o777
+    return info
+
+
+def write_layer(root: Path, prefix: str, out: Path, description: str) -> Layer:
+    """Tar ``root`` as ``prefix/...`` into ``out`` (gzip), reproducibly."""
+    prefix = prefix.strip("/")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".partial")
+    with open(tmp, "wb") as raw:
+        compressed = _Hashing(raw)
+        with gzip.GzipFile(
+            filename="", fileobj=compressed, mode="wb", compresslevel=6, mtime=0
+        ) as gz:
+            plain = _Hashing(gz)
+            with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                parts = prefix.split("/") if prefix else []
+                for i in range(len(parts)):
+                    tar.addfile(_info("/".join(parts[: i + 1]) + "/", None, tarfile.DIRTYPE))
+                for path in _walk(root):
+                    rel = path.relative_to(root).as_posix()
+                    name = f"{prefix}/{rel}" if prefix else rel
+                    if path.is_symlink():
+                        info = _info(name, path, tarfile.SYMTYPE)
+                        info.linkname = os.readlink(path)
+                        tar.addfile(info)
+                    elif path.is_dir():
+                        tar.addfile(_info(name + "/", path, tarfile.DIRTYPE))
+                    elif path.is_file():
+                        with open(path, "rb") as handle:
+                            tar.addfile(_info(name, path, tarfile.REGTYPE), handle)
+    tmp.replace(out)
+    return Layer(
+        path=str(out),
+        digest=f"sha256:{compressed.sha.hexdigest()}",
+        diff_id=f"sha256:{plain.sha.hexdigest()}",
+        size=compressed.size,
+        description=description,
+    )
