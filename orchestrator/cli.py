@@ -178,12 +178,19 @@ def env(data: str | None) -> None:
 @click.argument("part", required=False)
 @click.option("-n", "--lines", default=50, show_default=True)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
-def logs(data: str | None, part: str | None, lines: int, follow: bool) -> None:
+@click.option("--build", "build_id", help="Show one Cloud Build build's log.")
+def logs(
+    data: str | None, part: str | None, lines: int, follow: bool, build_id: str | None
+) -> None:
     """Show the logs of localcloud (PART: localcloud, storage, registry; default all)."""
     config = _config(data)
     log_dir = config.data_dir / "logs"
     files = sorted(log_dir.glob("*.log")) if log_dir.exists() else []
-    if part:
+    if build_id:
+        files = [log_dir / "builds" / f"{build_id}.log"]
+        if not files[0].exists():
+            raise click.ClickException(f"no log for build {build_id!r} in {log_dir / 'builds'}")
+    elif part:
         files = [f for f in files if f.stem == part]
         if not files:
             raise click.ClickException(f"no log named {part!r} in {log_dir}")
