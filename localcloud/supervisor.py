@@ -163,6 +163,7 @@ class Supervisor:
                 "registry": cfg.registry_address,
                 "http": cfg.http_url,
                 "oidc_jwks": f"{cfg.http_url}/oauth2/v3/certs",
+                "run_ingress": f"http://{cfg.host}:{cfg.ingress_port}",
             },
             "env": cfg.client_env(),
         }

@@ -106,6 +106,8 @@ def start(
             storage_port=free_port(),
             registry_port=free_port(),
             http_port=free_port(),
+            ingress_port=free_port(),
+            run_first_port=free_port(),
         )
     env = {
         **os.environ,
@@ -115,6 +117,8 @@ def start(
         "LOCALCLOUD_STORAGE_PORT": str(config.storage_port),
         "LOCALCLOUD_REGISTRY_PORT": str(config.registry_port),
         "LOCALCLOUD_HTTP_PORT": str(config.http_port),
+        "LOCALCLOUD_INGRESS_PORT": str(config.ingress_port),
+        "LOCALCLOUD_RUN_FIRST_PORT": str(config.run_first_port),
     }
     for key in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "LOCALCLOUD_GRPC_HOST"):
         env.pop(key, None)

@@ -104,6 +104,20 @@ class Clients:
         return self._grpc(cloudbuild_v1.CloudBuildClient, CloudBuildGrpcTransport)
 
     @cached_property
+    def run_services(self) -> Any:
+        from google.cloud import run_v2
+        from google.cloud.run_v2.services.services.transports import ServicesGrpcTransport
+
+        return self._grpc(run_v2.ServicesClient, ServicesGrpcTransport)
+
+    @cached_property
+    def run_revisions(self) -> Any:
+        from google.cloud import run_v2
+        from google.cloud.run_v2.services.revisions.transports import RevisionsGrpcTransport
+
+        return self._grpc(run_v2.RevisionsClient, RevisionsGrpcTransport)
+
+    @cached_property
     def operations(self) -> Any:
         """``google.longrunning.Operations`` (localcloud's, shared by all its APIs)."""
         from google.api_core import operations_v1

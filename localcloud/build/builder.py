@@ -39,7 +39,7 @@ from localcloud.registry.names import parse_image
 LOG = logging.getLogger(__name__)
 S = types.Build.Status
 BuildPb = types.Build.pb()
-DEFAULT_TIMEOUT = 600.0
+DEFAULT_TIMEOUT = 3600.0  # Cloud Build: "Default time is 60 minutes"
 # What a build acquires by running; RetryBuild starts from the rest.
 RUN_FIELDS = (
     "id",
@@ -112,6 +112,8 @@ class Builder:
         self.session = session
         self.slots = asyncio.Semaphore(limit or os.cpu_count() or 2)
         self.tasks: dict[str, asyncio.Task] = {}
+        self.finishing: set[asyncio.Task] = set()
+        self.stopping = False
         self.op_names: dict[str, str] = {}
         wheelhouse = os.environ.get("LOCALCLOUD_WHEELHOUSE")
         self.cache = buildpack.LayerCache(
@@ -121,19 +123,31 @@ class Builder:
         self.log_dir = config.data_dir / "logs" / "builds"
 
     async def start(self) -> None:
-        """Builds a stopped localcloud left running end as INTERNAL_ERROR (never forgotten)."""
+        """Builds a stopped localcloud left running end INTERNAL_ERROR, operations included."""
         for build in list(self.store.builds.values()):
-            if build.status not in DONE:
-                build.status = S.INTERNAL_ERROR
-                build.status_detail = "localcloud stopped while this build ran; retry it"
-                build.finish_time.GetCurrentTime()
-                await self.store.put(build)
+            location = build.name.split("/")[3] if build.name.count("/") >= 5 else "global"
+            op = f"projects/{build.project_id}/locations/{location}/operations/{build.id}"
+            self.op_names[build.id] = op
+            if build.status in DONE:
+                continue
+            build.status = S.INTERNAL_ERROR
+            build.status_detail = "localcloud stopped while this build ran; retry it"
+            build.finish_time.GetCurrentTime()
+            for step in build.steps:
+                if step.status == S.WORKING:
+                    step.status = S.INTERNAL_ERROR
+            await self._finish_operation(build)
+            await self.store.put(build)
+            await self._notify(build)
         shutil.rmtree(self.work, ignore_errors=True)
 
     async def stop(self) -> None:
+        """Running builds end INTERNAL_ERROR (not CANCELLED: nobody cancelled them)."""
+        self.stopping = True
         for task in list(self.tasks.values()):
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await asyncio.gather(*self.finishing, return_exceptions=True)
 
     # -- API ----------------------------------------------------------------------------
     async def create(self, project: str, location: str, request_build: Any) -> Any:
@@ -164,6 +178,7 @@ class Builder:
             f"projects/{project}/locations/{location}",
             types.BuildOperationMetadata.pb()(build=build),
             on_cancel=self._cancel_from_operation,
+            operation_id=build.id,
         )
         self.op_names[build.id] = op.name
         await self._notify(build)
@@ -243,20 +258,25 @@ class Builder:
             LOG.exception("could not publish the status of build %s", build.id)
 
     async def _run(self, build: Any, pack: PackPlan) -> None:
-        log = BuildLog(self.log_dir / f"{build.id}.log")
-        workdir = Path(tempfile.mkdtemp(prefix=f"{build.id[:8]}-", dir=self._workroot()))
+        log: BuildLog | None = None
+        workdir: Path | None = None
         timeout = build.timeout.ToTimedelta().total_seconds()
         try:
+            log = BuildLog(self.log_dir / f"{build.id}.log")
+            workdir = Path(tempfile.mkdtemp(prefix=f"{build.id[:8]}-", dir=self._workroot()))
             async with self.slots:
                 build.status = S.WORKING
                 build.start_time.GetCurrentTime()
                 await self._update(build)
                 log(f"starting build {build.id}")
                 try:
-                    await asyncio.wait_for(self._execute(build, pack, workdir, log), timeout)
+                    async with asyncio.timeout(timeout) as budget:
+                        await self._execute(build, pack, workdir, log)
                     build.status = S.SUCCESS
                     log("DONE")
                 except TimeoutError:
+                    if not budget.expired():
+                        raise
                     build.status = S.TIMEOUT
                     build.status_detail = f"Build timed out after {timeout:g}s"
                     log(f"ERROR: build timed out after {timeout:g}s")
@@ -267,36 +287,55 @@ class Builder:
                     build.failure_info.detail = exc.detail
                     log(f"ERROR: {exc.detail}")
         except asyncio.CancelledError:
-            build.status = S.CANCELLED
-            build.status_detail = "Build was cancelled"
-            log("build cancelled")
+            if self.stopping:
+                build.status = S.INTERNAL_ERROR
+                build.status_detail = "localcloud stopped while this build ran; retry it"
+            else:
+                build.status = S.CANCELLED
+                build.status_detail = "Build was cancelled"
+            if log is not None:
+                log(build.status_detail)
         except Exception as exc:
             LOG.exception("build %s failed internally", build.id)
             build.status = S.INTERNAL_ERROR
             build.status_detail = f"internal error: {type(exc).__name__}: {exc}"
-            log(f"ERROR: {build.status_detail}")
+            if log is not None:
+                log(f"ERROR: {build.status_detail}")
         finally:
-            log.close()
-            shutil.rmtree(workdir, ignore_errors=True)
+            if log is not None:
+                log.close()
+            if workdir is not None:
+                await asyncio.to_thread(shutil.rmtree, workdir, True)
         build.finish_time.GetCurrentTime()
         for step in build.steps:
             if step.status in (S.STATUS_UNKNOWN, S.QUEUED, S.WORKING):
                 step.status = build.status if step.status == S.WORKING else S.QUEUED
-        await asyncio.shield(self._finish(build, log))
+        finishing = asyncio.ensure_future(self._finish(build, log))
+        self.finishing.add(finishing)
+        finishing.add_done_callback(self.finishing.discard)
+        await asyncio.shield(finishing)
         self.tasks.pop(build.id, None)
 
     def _workroot(self) -> Path:
         self.work.mkdir(parents=True, exist_ok=True)
         return self.work
 
-    async def _finish(self, build: Any, log: BuildLog) -> None:
-        try:
-            await self._upload_log(build, log)
-        except Exception as exc:  # the build's result stands; say where the log is
-            LOG.warning("could not write the log of build %s: %s", build.id, exc)
+    async def _finish(self, build: Any, log: BuildLog | None) -> None:
+        if log is not None:
+            try:
+                await self._upload_log(build, log)
+            except Exception as exc:  # the build's result stands; say where the log is
+                LOG.warning("could not write the log of build %s: %s", build.id, exc)
         await self._update(build)
+        await self._finish_operation(build)
+
+    async def _finish_operation(self, build: Any) -> None:
         op = self.op_names.get(build.id)
         if op is None:
+            return
+        try:
+            self.operations.get(op)
+        except NotFound:
             return
         metadata = types.BuildOperationMetadata.pb()(build=build)
         if build.status == S.SUCCESS:
@@ -325,7 +364,9 @@ class Builder:
                 types.Build.FailureInfo.FailureType.FETCH_SOURCE_FAILED,
             ) from None
         log(f"unpacked {len(members)} entries")
-        root = archive.strip_common_root(tree)
+        # `--path` names a directory of the archive as uploaded; without it a single
+        # top-level directory (a GitHub-style zip) is the source root.
+        root = tree if pack.path != "." else archive.strip_common_root(tree)
         fetch.end_time.GetCurrentTime()
         await self._update(build)
 

@@ -38,6 +38,7 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 FRAMEWORK = "functions-framework"
 FRAMEWORK_VERSION = "3.10.2"  # matches requirements.txt; bump both together
+LAYER_FORMAT = 2  # bump when layers.py changes what a layer contains
 WORKSPACE = "/workspace"
 DEPS_DIR = "/layers/python/dependencies"
 FRAMEWORK_DIR = "/layers/python/functions-framework"
@@ -114,6 +115,39 @@ def detect(source: Path, env: dict[str, str]) -> None:
             raise BuildError(f"cannot compile {rel}: {exc}") from None
 
 
+_LOCAL = ("-e", "--editable", "file:", "./", "../", "/")
+
+
+def requirements_key(source: Path, requirements: Path, runtime: str) -> str | None:
+    """The cache key of a requirements file and every file it includes (``-r``/``-c``),
+    or None when it installs from local paths, whose contents the key cannot see."""
+    digest = hashlib.sha256(f"{LAYER_FORMAT}\0{runtime}".encode())
+    seen: set[Path] = set()
+    pending = [requirements]
+    root = source.resolve()
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as exc:
+            raise BuildError(f"cannot read {path.name}: {exc.strerror}") from None
+        digest.update(path.resolve().relative_to(root).as_posix().encode() + b"\0" + text.encode())
+        for raw in text.splitlines():
+            line = raw.split(" #", 1)[0].strip()
+            if line.startswith(("-r ", "--requirement ", "-c ", "--constraint ")):
+                name = line.split(None, 1)[1]
+                included = (path.parent / name).resolve()
+                if not included.is_relative_to(root):
+                    raise BuildError(f"{path.name} includes {name}, which is outside the source")
+                pending.append(included)
+            elif line.startswith(_LOCAL) or "@ file:" in line:
+                return None
+    return digest.hexdigest()
+
+
 class LayerCache:
     """Layers keyed by what they were made from, shared by all builds on this data dir."""
 
@@ -154,7 +188,12 @@ class LayerCache:
 
 
 async def pip_install(
-    python: str, args: list[str], target: Path, log: Log, wheelhouse: Path | None
+    python: str,
+    args: list[str],
+    target: Path,
+    log: Log,
+    wheelhouse: Path | None,
+    cwd: Path | None = None,
 ) -> None:
     cmd = [
         python,
@@ -176,7 +215,7 @@ async def pip_install(
     log("$ " + " ".join(cmd))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_TARGET")}
     process = await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=cwd
     )
     lines: list[str] = []
     try:
@@ -200,7 +239,7 @@ async def build(
 ) -> Image:
     """Build the image for ``source`` with the build's ``env`` (the pack ``--env`` values)."""
     runtime = runtime_of(env)
-    detect(source, env)
+    await asyncio.to_thread(detect, source, env)  # compiling big files must not stall the loop
     python = interpreter(runtime)
     target = env.get("GOOGLE_FUNCTION_TARGET", "")
     signature = env.get("GOOGLE_FUNCTION_SIGNATURE_TYPE", "http")
@@ -220,25 +259,30 @@ async def build(
         )
 
     framework, hit = await cache.get_or_make(
-        "framework", f"{runtime}-{FRAMEWORK_VERSION}", make_framework
+        "framework", f"{runtime}-{FRAMEWORK_VERSION}-v{LAYER_FORMAT}", make_framework
     )
     log(f"functions-framework layer {framework.digest[:19]} ({'cached' if hit else 'built'})")
     layers = [framework]
 
     requirements = source / "requirements.txt"
     if requirements.is_file():
-        content = requirements.read_bytes()
-        key = hashlib.sha256(runtime.encode() + b"\0" + content).hexdigest()
+        key = requirements_key(source, requirements, runtime)
 
         async def make_deps(tmp: Path) -> Layer:
             lib = tmp / "lib"
             lib.mkdir()
-            await pip_install(python, ["-r", str(requirements)], lib, log, cache.wheelhouse)
+            await pip_install(
+                python, ["-r", str(requirements)], lib, log, cache.wheelhouse, cwd=source
+            )
             return await asyncio.to_thread(
                 write_layer, lib, f"{DEPS_DIR}/lib", tmp / "layer.tar.gz", "dependencies"
             )
 
-        deps, hit = await cache.get_or_make("dependencies", key, make_deps)
+        if key is None:  # local paths: what they name is part of the source, never cached
+            deps = await make_deps(Path(tempfile.mkdtemp(dir=workdir)))
+            hit = False
+        else:
+            deps, hit = await cache.get_or_make("dependencies", key, make_deps)
         log(f"dependencies layer {deps.digest[:19]} ({'cached' if hit else 'installed'})")
         layers.insert(0, deps)
     else:

@@ -100,7 +100,7 @@ def write_layer(root: Path, prefix: str, out: Path, description: str) -> Layer:
                 parts = prefix.split("/") if prefix else []
                 for i in range(len(parts)):
                     tar.addfile(_info("/".join(parts[: i + 1]) + "/", None, tarfile.DIRTYPE))
-                for path in _walk(root):
+                for path in sorted(_walk(root), key=lambda p: p.relative_to(root).as_posix()):
                     rel = path.relative_to(root).as_posix()
                     name = f"{prefix}/{rel}" if prefix else rel
                     if path.is_symlink():

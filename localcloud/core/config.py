@@ -70,6 +70,12 @@ class Config:
     fsync: bool = False
     # Builds running at once (the rest wait QUEUED); 0 means the number of CPUs.
     build_limit: int = 0
+    # Cloud Run: the shared ingress (Host: SERVICE.run.localhost), the first service port,
+    # how long an idle instance lives, and whether to run without bubblewrap.
+    ingress_port: int = 8080
+    run_first_port: int = 8100
+    run_idle_seconds: float = 300.0
+    run_unsandboxed: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -88,6 +94,10 @@ class Config:
             push_max_backoff=_int(env, "LOCALCLOUD_PUSH_MAX_BACKOFF_MS", 60_000, 0, 600_000) / 1000,
             fsync=_bool(env, "LOCALCLOUD_FSYNC", False),
             build_limit=_int(env, "LOCALCLOUD_BUILD_LIMIT", 0, 0, 256),
+            ingress_port=_int(env, "LOCALCLOUD_INGRESS_PORT", 8080, 0, 65535),
+            run_first_port=_int(env, "LOCALCLOUD_RUN_FIRST_PORT", 8100, 1, 65535),
+            run_idle_seconds=_int(env, "LOCALCLOUD_RUN_IDLE_MS", 300_000, 100, 86_400_000) / 1000,
+            run_unsandboxed=_bool(env, "LOCALCLOUD_RUN_UNSANDBOXED", False),
         )
         if cfg.push_max_backoff < cfg.push_min_backoff:
             raise ConfigError(
@@ -105,6 +115,7 @@ class Config:
             Port("Cloud Storage", self.storage_port, "LOCALCLOUD_STORAGE_PORT"),
             Port("Artifact Registry", self.registry_port, "LOCALCLOUD_REGISTRY_PORT"),
             Port("HTTP (OIDC keys, health)", self.http_port, "LOCALCLOUD_HTTP_PORT"),
+            Port("Cloud Run ingress", self.ingress_port, "LOCALCLOUD_INGRESS_PORT"),
         ]
 
     @property
