@@ -28,6 +28,12 @@ from localcloud.pubsub import names
 from localcloud.pubsub.engine import PubSub
 from localcloud.pubsub.push import PushWorker
 from localcloud.pubsub.service import Publisher, Subscriber
+from localcloud.run.autoscaler import Autoscaler
+from localcloud.run.controller import Controller
+from localcloud.run.images import ImageCache
+from localcloud.run.ingress import Ingress
+from localcloud.run.service import RevisionsService, ServicesService
+from localcloud.run.store import RunStore
 from localcloud.storage.notifier import Notifier
 
 LOG = logging.getLogger(__name__)
@@ -70,6 +76,7 @@ class LocalCloud:
         self.policies = PolicyStore(self.db)
         self.pubsub = PubSub(self.db, push_backoff=(cfg.push_min_backoff, cfg.push_max_backoff))
         self.builds = BuildStore(self.db)
+        self.run_store = RunStore(self.db)
         self.db.start()
         self.issuer = Issuer(cfg.data_dir / "oidc", cfg.http_url)
         self.session = aiohttp.ClientSession()
@@ -84,6 +91,18 @@ class LocalCloud:
             cfg, self.builds, self.operations, self.pubsub, self.session, limit=cfg.build_limit
         )
         await self.builder.start()
+        images = ImageCache(cfg.data_dir / "run" / "images", cfg.registry_address, self.session)
+        self.autoscaler = Autoscaler(images, cfg.run_idle_seconds)
+        self.controller = Controller(
+            cfg, self.run_store, self.operations, self.policies, self.autoscaler, cfg.client_env()
+        )
+        self.ingress = Ingress(
+            self.controller, self.issuer, self.session, cfg.host, cfg.ingress_port
+        )
+        self.controller.ingress = self.ingress
+        await self.ingress.start()
+        await self.controller.start()
+        self.autoscaler.start()
 
         self._grpc = grpc.aio.server(
             options=[
@@ -114,6 +133,8 @@ class LocalCloud:
             Subscriber(self.pubsub).handler(),
             OperationsService(self.operations).handler(),
             CloudBuildService(self.builder).handler(),
+            ServicesService(self.controller).handler(),
+            RevisionsService(self.controller).handler(),
             iam.handler(),
         ]
 
@@ -145,6 +166,10 @@ class LocalCloud:
             self.notifier.stop()
         if hasattr(self, "builder"):
             await self.builder.stop()
+        if hasattr(self, "controller"):
+            await self.controller.stop()
+            await self.autoscaler.stop()
+            await self.ingress.stop()
         if hasattr(self, "pubsub"):
             await self.pubsub.stop()
         if stopping is not None:

@@ -91,7 +91,11 @@ class Clients:
         if self.env.storage_host is not None:
             from google.auth.credentials import AnonymousCredentials
 
-            return storage.Client(project=self.env.project, credentials=AnonymousCredentials())
+            return storage.Client(
+                project=self.env.project,
+                credentials=AnonymousCredentials(),
+                client_options={"api_endpoint": self.env.storage_host},
+            )
         return storage.Client(project=self.env.project)
 
     @cached_property

@@ -1,0 +1,213 @@
+"""Instances of revisions: scale from zero, per-instance concurrency, max instances, idle.
+
+Like Knative's activator and autoscaler in one small piece: a request asks its revision's
+pool for an instance with room; if none has room and the pool may grow, a new instance
+starts and the request waits for it (scale from zero is the same path). Requests beyond
+what the instances and a bounded queue can hold get 429. Instances idle longer than the
+idle period stop, down to the revision's minimum. An instance that exits is dropped; the
+next request starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localcloud.run import sandbox
+from localcloud.run.images import ImageCache
+
+LOG = logging.getLogger(__name__)
+DEFAULT_CONCURRENCY = 80
+DEFAULT_MAX_INSTANCES = 100
+QUEUE_PER_INSTANCE = 10  # waiting requests allowed per possible instance before 429
+STARTUP_TIMEOUT = 60.0
+
+
+class Overloaded(Exception):
+    """No instance can take the request and the queue is full (HTTP 429)."""
+
+
+class StartFailed(Exception):
+    """The revision's instance did not start; the message has the log tail."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(eq=False)
+class Slot:
+    instance: Any  # sandbox.Instance
+    inflight: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class Pool:
+    """One revision's instances."""
+
+    def __init__(
+        self, name: str, spec_for: Callable[[int], Any], concurrency: int, min_n: int, max_n: int
+    ) -> None:
+        self.name = name
+        self.spec_for = spec_for
+        self.concurrency = concurrency or DEFAULT_CONCURRENCY
+        self.min = min_n
+        self.max = max_n or DEFAULT_MAX_INSTANCES
+        self.slots: list[Slot] = []
+        self.starting = 0
+        self.waiting = 0
+        self.changed = asyncio.Condition()
+        self.last_error: str | None = None
+        self.starts = 0
+
+    def _alive(self) -> None:
+        dead = [s for s in self.slots if not s.instance.running]
+        for slot in dead:
+            LOG.warning("instance of %s exited:\n%s", self.name, slot.instance.log_tail())
+            self.slots.remove(slot)
+
+    def _free(self) -> Slot | None:
+        best = None
+        for slot in self.slots:
+            if slot.inflight < self.concurrency and (best is None or slot.inflight < best.inflight):
+                best = slot
+        return best
+
+    async def acquire(self, timeout: float = STARTUP_TIMEOUT) -> Slot:
+        deadline = time.monotonic() + timeout
+        async with self.changed:
+            self._alive()
+            self.waiting += 1
+            try:
+                while True:
+                    slot = self._free()
+                    if slot is not None:
+                        slot.inflight += 1
+                        return slot
+                    capacity = (len(self.slots) + self.starting) * self.concurrency
+                    if len(self.slots) + self.starting < self.max and self.waiting > capacity:
+                        self._spawn()
+                    elif self.waiting > self.max * self.concurrency + self.max * QUEUE_PER_INSTANCE:
+                        raise Overloaded(f"{self.name}: all {self.max} instances are busy")
+                    if self.last_error and not self.slots and not self.starting:
+                        error, self.last_error = self.last_error, None
+                        raise StartFailed(error)
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise StartFailed(
+                            f"{self.name}: no instance became available in {timeout:g}s"
+                        )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.changed.wait(), remaining)
+                    self._alive()
+            finally:
+                self.waiting -= 1
+
+    async def release(self, slot: Slot) -> None:
+        async with self.changed:
+            slot.inflight -= 1
+            slot.last_used = time.monotonic()
+            self.changed.notify_all()
+
+    def _spawn(self) -> None:
+        self.starting += 1
+        asyncio.get_running_loop().create_task(self._start_one())
+
+    async def _start_one(self) -> Slot | None:
+        instance = None
+        try:
+            instance = await sandbox.start(self.spec_for(free_port()))
+            await instance.wait_ready(STARTUP_TIMEOUT)
+        except Exception as exc:
+            if instance is not None:
+                await instance.stop(grace=1)
+            async with self.changed:
+                self.starting -= 1
+                self.last_error = str(exc)
+                self.changed.notify_all()
+            return None
+        slot = Slot(instance)
+        async with self.changed:
+            self.starting -= 1
+            self.starts += 1
+            self.last_error = None
+            self.slots.append(slot)
+            self.changed.notify_all()
+        return slot
+
+    async def probe(self) -> None:
+        """Start one instance and wait until it listens (Cloud Run's startup probe)."""
+        async with self.changed:
+            self.starting += 1
+        slot = await self._start_one()
+        if slot is None:
+            raise StartFailed(self.last_error or "the instance did not start")
+
+    async def reap(self, idle: float) -> None:
+        async with self.changed:
+            self._alive()
+            now = time.monotonic()
+            idle_slots = [s for s in self.slots if s.inflight == 0 and now - s.last_used > idle]
+            surplus = len(self.slots) - self.min
+            victims = idle_slots[: max(surplus, 0)]
+            for slot in victims:
+                self.slots.remove(slot)
+        for slot in victims:
+            LOG.info("scaling %s down: instance idle for %.0fs", self.name, idle)
+            await slot.instance.stop()
+        if len(self.slots) + self.starting < self.min:
+            for _ in range(self.min - len(self.slots) - self.starting):
+                async with self.changed:
+                    self._spawn()
+
+    async def stop(self) -> None:
+        async with self.changed:
+            slots, self.slots = self.slots, []
+            self.changed.notify_all()
+        await asyncio.gather(*(s.instance.stop() for s in slots), return_exceptions=True)
+
+
+class Autoscaler:
+    """All pools; the idle reaper."""
+
+    def __init__(self, cache: ImageCache, idle_seconds: float) -> None:
+        self.cache = cache
+        self.idle = idle_seconds
+        self.pools: dict[str, Pool] = {}
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._reap_loop(), name="run reaper")
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(max(self.idle / 4, 0.2), 5.0))
+            for pool in list(self.pools.values()):
+                try:
+                    await pool.reap(self.idle)
+                except Exception:
+                    LOG.exception("reaping %s failed", pool.name)
+
+    async def drop(self, revision: str) -> None:
+        pool = self.pools.pop(revision, None)
+        if pool is not None:
+            await pool.stop()
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        await asyncio.gather(*(p.stop() for p in self.pools.values()), return_exceptions=True)
+        self.pools.clear()
+
+
+def log_path(root: Path, revision: str) -> Path:
+    return root / f"{revision.rsplit('/', 1)[-1]}.log"

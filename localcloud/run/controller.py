@@ -1,0 +1,521 @@
+"""Services and revisions, reconciled the way Knative's service reconciler does it.
+
+A create or update stores the desired Service (generation + 1), answers with a
+long-running operation at once, and reconciles in the background: a template that differs
+from the latest revision's makes a new immutable revision
+(``<service>-<5-digit number>-<3 letters>``); the revision's image is pulled and unpacked,
+one instance is started as the startup probe; when it listens the revision is Ready and
+traffic that follows "latest" moves to it. A revision that fails leaves traffic on the
+previous ready revision and the service's terminal condition says why, with the log tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import string
+import uuid
+from pathlib import Path
+from typing import Any
+
+from google.cloud.run_v2 import types
+from google.protobuf import timestamp_pb2
+from google.rpc import code_pb2, status_pb2
+
+from localcloud.core.config import Config
+from localcloud.core.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from localcloud.core.iam import PolicyStore
+from localcloud.operations.store import OperationStore
+from localcloud.run import names, sandbox
+from localcloud.run.autoscaler import DEFAULT_CONCURRENCY, Autoscaler, Pool, log_path
+from localcloud.run.store import RevisionPb, RunStore, ServicePb
+
+LOG = logging.getLogger(__name__)
+C = types.Condition
+LATEST = types.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+BY_REVISION = types.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+DEFAULT_TIMEOUT = 300
+FIRST_PORT = 8100
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def _template_key(template: Any) -> str:
+    copy = type(template)()
+    copy.CopyFrom(template)
+    copy.ClearField("revision")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _condition(kind: str, state: int, message: str = "", reason: int = 0) -> Any:
+    cond = types.Condition.pb()(type_=kind, state=state, message=message)
+    cond.last_transition_time.CopyFrom(_now())
+    if reason:
+        cond.reason = reason
+    return cond
+
+
+class Controller:
+    def __init__(
+        self,
+        config: Config,
+        store: RunStore,
+        operations: OperationStore,
+        policies: PolicyStore,
+        autoscaler: Autoscaler,
+        issuer_env: dict[str, str],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.operations = operations
+        self.policies = policies
+        self.autoscaler = autoscaler
+        self.client_env = issuer_env
+        self.log_dir = config.data_dir / "logs" / "run"
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.ingress: Any = None  # set by the server: opens and closes service ports
+
+    # -- reading -------------------------------------------------------------------------
+    def get(self, name: str) -> Any:
+        names.service(name)
+        svc = self.store.services.get(name)
+        if svc is None:
+            raise NotFound(
+                f"Resource '{name.rsplit('/', 1)[-1]}' of kind 'SERVICE' in region '{name.split('/')[3]}' in project '{name.split('/')[1]}' does not exist."
+            )
+        return svc
+
+    def list(self, parent: str) -> list[Any]:
+        prefix = str(names.parent(parent)) + "/services/"
+        return [s for n, s in sorted(self.store.services.items()) if n.startswith(prefix)]
+
+    def get_revision(self, name: str) -> Any:
+        names.revision(name)
+        rev = self.store.revisions.get(name)
+        if rev is None:
+            raise NotFound(f"Revision {name.rsplit('/', 1)[-1]} does not exist.")
+        return rev
+
+    def list_revisions(self, parent: str) -> list[Any]:
+        self.get(parent)
+        return self.store.revisions_of(parent)
+
+    # -- writing -------------------------------------------------------------------------
+    def _validate(self, svc: Any) -> None:
+        template = svc.template
+        if not template.containers:
+            raise InvalidArgument("service.template.containers: exactly one container is required")
+        if len(template.containers) > 1:
+            raise InvalidArgument(
+                "service.template.containers: localcloud runs one container per revision"
+            )
+        if not template.containers[0].image:
+            raise InvalidArgument("service.template.containers[0].image is required")
+        scaling = template.scaling
+        if scaling.max_instance_count and scaling.min_instance_count > scaling.max_instance_count:
+            raise InvalidArgument(
+                "service.template.scaling.min_instance_count must not exceed max_instance_count"
+            )
+        if (
+            template.max_instance_request_concurrency < 0
+            or template.max_instance_request_concurrency > 1000
+        ):
+            raise InvalidArgument(
+                "service.template.max_instance_request_concurrency must be between 1 and 1000"
+            )
+        total = 0
+        for i, target in enumerate(svc.traffic):
+            if target.type_ == BY_REVISION and not target.revision:
+                raise InvalidArgument(
+                    f"service.traffic[{i}].revision is required for TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION"
+                )
+            total += target.percent
+        if svc.traffic and total != 100:
+            raise InvalidArgument(f"service.traffic percentages must add up to 100, not {total}")
+
+    async def create(
+        self, parent: str, request_svc: Any, service_id: str, validate_only: bool
+    ) -> Any:
+        p = names.parent(parent)
+        names.check_service_id(service_id)
+        name = f"{p}/services/{service_id}"
+        if request_svc.name and request_svc.name != name:
+            raise InvalidArgument("service.name must be empty or match parent and service_id")
+        if name in self.store.services:
+            raise AlreadyExists(f"Resource '{service_id}' already exists.")
+        svc = ServicePb()
+        svc.CopyFrom(request_svc)
+        svc.name = name
+        if not svc.traffic:
+            svc.traffic.add(type_=LATEST, percent=100)
+        self._validate(svc)
+        svc.uid = str(uuid.uuid4())
+        svc.generation = 1
+        svc.create_time.CopyFrom(_now())
+        svc.update_time.CopyFrom(svc.create_time)
+        svc.creator = svc.last_modifier = "local-user@localcloud"
+        if validate_only:
+            return await self._operation(svc, done=True)
+        port = await self._allocate_port(name)
+        svc.uri = f"http://{self.config.host}:{port}"
+        svc.urls.extend([svc.uri, f"http://{service_id}.run.localhost:{self.config.ingress_port}"])
+        self._mark_reconciling(svc)
+        await self.store.put_service(svc)
+        if self.ingress is not None:
+            await self.ingress.open(name, port)
+        op = await self._operation(svc)
+        self._reconcile_soon(name, op.name)
+        return op
+
+    async def update(self, request_svc: Any, allow_missing: bool, validate_only: bool) -> Any:
+        p, service_id = names.service(request_svc.name)
+        current = self.store.services.get(request_svc.name)
+        if current is None:
+            if allow_missing:
+                return await self.create(str(p), request_svc, service_id, validate_only)
+            self.get(request_svc.name)
+        if request_svc.etag and request_svc.etag != current.etag:
+            raise Aborted(
+                f"etag {request_svc.etag!r} does not match the service's current etag {current.etag!r}"
+            )
+        svc = ServicePb()
+        svc.CopyFrom(request_svc)
+        if not svc.traffic:
+            svc.traffic.add(type_=LATEST, percent=100)
+        self._validate(svc)
+        for keep in (
+            "uid",
+            "create_time",
+            "creator",
+            "uri",
+            "latest_ready_revision",
+            "latest_created_revision",
+        ):
+            field = getattr(current, keep)
+            if hasattr(field, "CopyFrom"):
+                getattr(svc, keep).CopyFrom(field)
+            else:
+                setattr(svc, keep, field)
+        svc.ClearField("urls")
+        svc.urls.extend(current.urls)
+        svc.generation = current.generation + 1
+        svc.update_time.CopyFrom(_now())
+        svc.last_modifier = "local-user@localcloud"
+        if validate_only:
+            return await self._operation(svc, done=True)
+        svc.traffic_statuses.extend(current.traffic_statuses)
+        self._mark_reconciling(svc)
+        await self.store.put_service(svc)
+        op = await self._operation(svc)
+        self._reconcile_soon(svc.name, op.name)
+        return op
+
+    async def delete(self, name: str, etag: str, validate_only: bool) -> Any:
+        svc = self.get(name)
+        if etag and etag != svc.etag:
+            raise Aborted(f"etag {etag!r} does not match the service's current etag {svc.etag!r}")
+        if validate_only:
+            return await self._operation(svc, done=True)
+        task = self.tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+        for rev in self.store.revisions_of(name):
+            await self.autoscaler.drop(rev.name)
+        if self.ingress is not None:
+            await self.ingress.close(name)
+        await self.store.delete_service(name)
+        await self.policies.forget(name)
+        svc.delete_time.CopyFrom(_now())
+        return await self._operation(svc, done=True)
+
+    async def delete_revision(self, name: str, etag: str, validate_only: bool) -> Any:
+        rev = self.get_revision(name)
+        svc = self.store.services.get(rev.service)
+        if svc is not None:
+            serving = {t.revision for t in svc.traffic_statuses if t.percent > 0}
+            if rev.name.rsplit("/", 1)[-1] in serving or svc.latest_ready_revision == rev.name:
+                raise FailedPrecondition(
+                    f"Revision {rev.name.rsplit('/', 1)[-1]} is serving traffic and cannot be deleted."
+                )
+        if validate_only:
+            return await self._operation(
+                rev, done=True, parent=rev.service.rsplit("/services/", 1)[0]
+            )
+        await self.autoscaler.drop(rev.name)
+        await self.store.delete_revision(rev.name)
+        return await self._operation(rev, done=True, parent=rev.service.rsplit("/services/", 1)[0])
+
+    # -- helpers -------------------------------------------------------------------------
+    async def _allocate_port(self, name: str) -> int:
+        port = self.store.ports.get(name)
+        if port is not None:
+            return port
+        used = set(self.store.ports.values())
+        candidate = self.config.run_first_port
+        import socket
+
+        while True:
+            if candidate not in used:
+                with socket.socket() as sock:
+                    try:
+                        sock.bind((self.config.host, candidate))
+                        break
+                    except OSError:
+                        pass
+            candidate += 1
+        await self.store.set_port(name, candidate)
+        return candidate
+
+    def _mark_reconciling(self, svc: Any) -> None:
+        svc.reconciling = True
+        svc.etag = hashlib.sha256(
+            f"{svc.uid}/{svc.generation}/{svc.update_time.ToNanoseconds()}".encode()
+        ).hexdigest()[:16]
+        svc.ClearField("terminal_condition")
+        svc.terminal_condition.CopyFrom(_condition("Ready", C.State.CONDITION_RECONCILING))
+
+    async def _operation(
+        self, message: Any, *, done: bool = False, parent: str | None = None
+    ) -> Any:
+        parent = parent or message.name.rsplit("/services/", 1)[0]
+        op = await self.operations.create(parent, message)
+        if done:
+            op = await self.operations.finish(op.name, response=message, metadata=message)
+        return op
+
+    def _reconcile_soon(self, name: str, op_name: str) -> None:
+        previous = self.tasks.get(name)
+
+        async def run() -> None:
+            if previous is not None and not previous.done():
+                await asyncio.gather(previous, return_exceptions=True)
+            await self._reconcile(name, op_name)
+
+        self.tasks[name] = asyncio.get_running_loop().create_task(run(), name=f"reconcile {name}")
+
+    def _new_revision(self, svc: Any) -> Any:
+        existing = self.store.revisions_of(svc.name)
+        number = max((r.generation for r in existing), default=0) + 1
+        service_id = svc.name.rsplit("/", 1)[-1]
+        rev_id = (
+            svc.template.revision
+            or f"{service_id}-{number:05d}-{''.join(random.choices(string.ascii_lowercase, k=3))}"
+        )
+        rev = RevisionPb(name=f"{svc.name}/revisions/{rev_id}", service=svc.name, generation=number)
+        t = svc.template
+        rev.uid = str(uuid.uuid4())
+        rev.create_time.CopyFrom(_now())
+        rev.update_time.CopyFrom(rev.create_time)
+        rev.labels.update(t.labels)
+        rev.annotations.update(t.annotations)
+        rev.annotations["localcloud.template-key"] = _template_key(t)
+        rev.scaling.CopyFrom(t.scaling)
+        rev.max_instance_request_concurrency = (
+            t.max_instance_request_concurrency or DEFAULT_CONCURRENCY
+        )
+        if t.HasField("timeout"):
+            rev.timeout.CopyFrom(t.timeout)
+        else:
+            rev.timeout.seconds = DEFAULT_TIMEOUT
+        rev.service_account = t.service_account
+        rev.containers.extend(t.containers)
+        rev.reconciling = True
+        rev.log_uri = str(log_path(self.log_dir, rev.name))
+        rev.conditions.append(_condition("Ready", C.State.CONDITION_RECONCILING))
+        return rev
+
+    async def _reconcile(self, name: str, op_name: str) -> None:
+        svc = self.store.services.get(name)
+        if svc is None:
+            return
+        try:
+            latest = self.store.revisions.get(svc.latest_created_revision)
+            key = _template_key(svc.template)
+            error: str | None = None
+            if (
+                latest is None
+                or latest.annotations.get("localcloud.template-key") != key
+                or (
+                    svc.template.revision
+                    and latest.name.rsplit("/", 1)[-1] != svc.template.revision
+                )
+            ):
+                if (
+                    svc.template.revision
+                    and f"{svc.name}/revisions/{svc.template.revision}" in self.store.revisions
+                ):
+                    raise InvalidArgument(
+                        f"Revision {svc.template.revision} already exists; revisions are immutable"
+                    )
+                rev = self._new_revision(svc)
+                await self.store.put_revision(rev)
+                svc.latest_created_revision = rev.name
+                error = await self._start_revision(svc, rev)
+            elif latest.name != svc.latest_ready_revision:
+                error = await self._start_revision(svc, latest)
+            self._route(svc)
+            svc.reconciling = False
+            svc.observed_generation = svc.generation
+            svc.ClearField("conditions")
+            svc.ClearField("terminal_condition")
+            if error is None:
+                svc.terminal_condition.CopyFrom(_condition("Ready", C.State.CONDITION_SUCCEEDED))
+                svc.conditions.append(
+                    _condition("ConfigurationsReady", C.State.CONDITION_SUCCEEDED)
+                )
+                svc.conditions.append(_condition("RoutesReady", C.State.CONDITION_SUCCEEDED))
+            else:
+                svc.terminal_condition.CopyFrom(
+                    _condition(
+                        "Ready", C.State.CONDITION_FAILED, error, C.CommonReason.REVISION_FAILED
+                    )
+                )
+            await self.store.put_service(svc)
+            if error is None:
+                await self.operations.finish(op_name, response=svc, metadata=svc)
+            else:
+                await self.operations.finish(
+                    op_name,
+                    error=status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=error),
+                    metadata=svc,
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            LOG.exception("reconciling %s failed", name)
+            message = exc.message if hasattr(exc, "message") else f"internal error: {exc}"
+            svc.reconciling = False
+            svc.terminal_condition.CopyFrom(_condition("Ready", C.State.CONDITION_FAILED, message))
+            await self.store.put_service(svc)
+            await self.operations.finish(
+                op_name,
+                error=status_pb2.Status(code=code_pb2.INTERNAL, message=message),
+                metadata=svc,
+            )
+
+    async def _start_revision(self, svc: Any, rev: Any) -> str | None:
+        """Pull, unpack, start one instance; None when Ready, else the failure message."""
+        rev_id = rev.name.rsplit("/", 1)[-1]
+        try:
+            pool = await self.pool_for(rev)
+            await pool.probe()
+        except Exception as exc:
+            message = (
+                f"Revision '{rev_id}' is not ready and cannot serve traffic. "
+                f"The user-provided container failed to start and listen on the port defined by the PORT environment variable. {exc}"
+            )
+            rev.ClearField("conditions")
+            rev.conditions.append(_condition("Ready", C.State.CONDITION_FAILED, message))
+            rev.reconciling = False
+            await self.store.put_revision(rev)
+            await self.autoscaler.drop(rev.name)
+            return message
+        rev.ClearField("conditions")
+        rev.conditions.append(_condition("Ready", C.State.CONDITION_SUCCEEDED))
+        rev.conditions.append(_condition("ContainerHealthy", C.State.CONDITION_SUCCEEDED))
+        rev.reconciling = False
+        rev.observed_generation = rev.generation
+        await self.store.put_revision(rev)
+        svc.latest_ready_revision = rev.name
+        return None
+
+    def _route(self, svc: Any) -> None:
+        """Resolve traffic targets to revisions (traffic_statuses), as Cloud Run reports them."""
+        svc.ClearField("traffic_statuses")
+        service_id = svc.name.rsplit("/", 1)[-1]
+        for target in svc.traffic:
+            status = svc.traffic_statuses.add(
+                type_=target.type_ or LATEST, percent=target.percent, tag=target.tag
+            )
+            if target.type_ == BY_REVISION:
+                status.revision = target.revision
+            elif svc.latest_ready_revision:
+                status.revision = svc.latest_ready_revision.rsplit("/", 1)[-1]
+            if target.tag:
+                status.uri = (
+                    f"http://{target.tag}---{service_id}.run.localhost:{self.config.ingress_port}"
+                )
+
+    async def pool_for(self, rev: Any) -> Pool:
+        pool = self.autoscaler.pools.get(rev.name)
+        if pool is not None:
+            return pool
+        container = rev.containers[0]
+        image = await self.autoscaler.cache.ensure(container.image)
+        project = rev.name.split("/")[1]
+        service_id = rev.service.rsplit("/", 1)[-1]
+        rev_id = rev.name.rsplit("/", 1)[-1]
+        env = {
+            **self.client_env,
+            "GOOGLE_CLOUD_PROJECT": project,
+            "K_SERVICE": service_id,
+            "K_REVISION": rev_id,
+            "K_CONFIGURATION": service_id,
+        }
+        env.update({e.name: e.value for e in container.env})
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        unsandboxed = self.config.run_unsandboxed
+
+        def spec_for(port: int) -> Any:
+            return sandbox.InstanceSpec(
+                image=image,
+                env={**env, "PORT": str(port)},
+                port=port,
+                log_path=log_path(self.log_dir, rev.name),
+                unsandboxed=unsandboxed,
+                command=list(container.command) or None,
+                args=list(container.args) or None,
+            )
+
+        pool = Pool(
+            rev.name,
+            spec_for,
+            rev.max_instance_request_concurrency,
+            rev.scaling.min_instance_count,
+            rev.scaling.max_instance_count,
+        )
+        self.autoscaler.pools[rev.name] = pool
+        return pool
+
+    def pick_revision(self, svc: Any, tag: str | None = None) -> Any | None:
+        """A revision for one request, by tag or by the traffic percentages."""
+        statuses = [t for t in svc.traffic_statuses if t.revision]
+        if tag is not None:
+            statuses = [t for t in statuses if t.tag == tag]
+            if not statuses:
+                return None
+            choice = statuses[0]
+        else:
+            weighted = [t for t in statuses if t.percent > 0]
+            if not weighted:
+                return None
+            choice = random.choices(weighted, weights=[t.percent for t in weighted])[0]
+        return self.store.revisions.get(f"{svc.name}/revisions/{choice.revision}")
+
+    async def start(self) -> None:
+        """After a restart services come back lazily: ports open, instances on first request."""
+        if self.ingress is not None:
+            for name, port in self.store.ports.items():
+                if name in self.store.services:
+                    await self.ingress.open(name, port)
+
+    async def stop(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+
+def instance_log_dir(config: Config) -> Path:
+    return config.data_dir / "logs" / "run"

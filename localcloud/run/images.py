@@ -1,0 +1,607 @@
+"""The Cloud Run runtime's image cache: pull an image by digest once, unpack it into a rootfs.
+
+localcloud runs containers without a container engine, so an image has to become a plain
+directory tree that the sandbox (``localcloud.run.sandbox``) can bind into an instance.
+Each image is pulled from the local registry, its layers applied in order with OCI
+whiteouts, and the result kept under ``<root>/<digest hex>/`` next to the parts of the
+image config an instance needs (``image.json``).
+
+Design choices, and why:
+
+- The cache is keyed by manifest digest: it names immutable content, so an unpacked tree
+  never goes stale. A tag is resolved to its digest first and the digest is what is cached.
+- One unpack per digest: callers for the same digest wait on one asyncio lock, and the
+  tree is built in a temporary directory renamed into place only when complete, so a
+  crash never leaves a half-unpacked image that looks cached.
+- Layers are untrusted input (anyone who can push to the registry wrote them). An entry
+  may not name an absolute path or climb out with ``..``; nothing is ever written, linked
+  or deleted through a symlink; a hard link must name a regular file already in the tree;
+  symlinks that would lead out of the rootfs on the host are refused, and absolute symlink
+  targets are rewritten to the equivalent relative ones (identical inside the sandbox,
+  where every image directory is mounted at its own path, and contained on the host).
+  Devices and FIFOs are skipped: an instance gets its own minimal ``/dev``.
+- Tar work blocks, so it runs in ``asyncio.to_thread``.
+
+Spec: https://github.com/opencontainers/image-spec/blob/main/layer.md (whiteouts),
+https://github.com/opencontainers/image-spec/blob/main/manifest.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import gzip
+import json
+import logging
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from localcloud.registry.client import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER_GZIP,
+    DOCKER_MANIFEST_LIST,
+    DOCKER_MANIFEST_V2,
+    MANIFEST_TYPES,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    DigestMismatchError,
+    RegistryClient,
+    RegistryError,
+)
+from localcloud.registry.names import DIGEST_RE, ImageNameError, parse_image
+
+LOG = logging.getLogger(__name__)
+
+IMAGE_MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST_V2)
+CONFIG_TYPES = (OCI_CONFIG, DOCKER_CONFIG)
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+LAYER_TYPES = (OCI_LAYER, OCI_LAYER_GZIP, DOCKER_LAYER_GZIP, DOCKER_LAYER)
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+META = "image.json"
+MAX_LINK_HOPS = 40  # the kernel's own limit on symlinks followed in one lookup
+STALE_TMP_SECONDS = 3600.0  # leftovers of a crashed unpack older than this are removed
+# What reading a damaged layer raises (gzip.BadGzipFile is an OSError, so is listed alone:
+# other OSErrors, such as a full disk, are not the layer's fault and propagate).
+_DAMAGED = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
+class ImageError(Exception):
+    """An image cannot be run: not found, not a runnable manifest, or a layer is unsafe."""
+
+
+@dataclass(frozen=True)
+class UnpackedImage:
+    """An image unpacked on disk, with what an instance needs from its config."""
+
+    digest: str  # the manifest digest, sha256:...
+    rootfs: Path
+    env: dict[str, str]
+    entrypoint: list[str]
+    cmd: list[str]
+    working_dir: str
+    runtime: str | None  # the localcloud.runtime label, e.g. "python311"
+    exposed_port: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "env": self.env,
+            "entrypoint": self.entrypoint,
+            "cmd": self.cmd,
+            "working_dir": self.working_dir,
+            "runtime": self.runtime,
+            "exposed_port": self.exposed_port,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], rootfs: Path) -> UnpackedImage:
+        return cls(
+            digest=doc["digest"],
+            rootfs=rootfs,
+            env=dict(doc["env"]),
+            entrypoint=list(doc["entrypoint"]),
+            cmd=list(doc["cmd"]),
+            working_dir=doc["working_dir"],
+            runtime=doc["runtime"],
+            exposed_port=doc["exposed_port"],
+        )
+
+
+# -- unpacking ---------------------------------------------------------------------------
+
+
+def _parts(raw: str, what: str) -> list[str]:
+    """The clean components of a path in a layer; refuses absolute ones and climbing out.
+
+    ``what`` says which path it is ("layer entry", "hard link target") for the message.
+    """
+    if raw.startswith("/"):
+        raise ImageError(f"{what} {raw!r} has an absolute path; it must be relative")
+    parts: list[str] = []
+    for part in raw.split("/"):
+        if part == "..":
+            if not parts:
+                raise ImageError(f"{what} {raw!r} climbs out of the image root with '..'")
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return parts
+
+
+def _show(parts: Sequence[str]) -> str:
+    return "/" + "/".join(parts)
+
+
+def _directory(root: Path, parts: Sequence[str], create: bool) -> Path | None:
+    """``root/parts`` as a real directory reached without following any symlink.
+
+    Missing directories are created when ``create``, else None is returned. A symlink or a
+    file on the way is refused: following it could write or delete outside the tree.
+    """
+    current = root
+    for i, part in enumerate(parts):
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            if not create:
+                return None
+            os.mkdir(current, 0o755)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise ImageError(
+                f"layer entry under {_show(parts)} would be written through the symlink "
+                f"{_show(parts[: i + 1])}"
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            raise ImageError(
+                f"layer entry under {_show(parts)} needs {_show(parts[: i + 1])} to be a "
+                "directory, but it is a file"
+            )
+    return current
+
+
+def _remove(path: Path) -> None:
+    """Deletes ``path`` whatever it is, never following a symlink."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _make_opaque(directory: Path, rel: tuple[str, ...], mine: set[tuple[str, ...]]) -> None:
+    """Removes what lower layers put in ``directory``; this layer's own entries stay."""
+    for child in list(os.scandir(directory)):
+        key = (*rel, child.name)
+        if key not in mine:
+            _remove(Path(child.path))
+        elif child.is_dir(follow_symlinks=False):
+            _make_opaque(Path(child.path), key, mine)
+
+
+def _relative_target(link_parts: Sequence[str], target: str) -> str:
+    """An absolute symlink target as the relative one that means the same in the image."""
+    inside = _parts(target.lstrip("/"), f"the target of the symlink {_show(link_parts)}")
+    depth = len(link_parts) - 1
+    return "/".join([".."] * depth + inside) if depth or inside else "."
+
+
+def _apply_layer(path: Path, root: Path) -> None:
+    """Applies one layer (tar, optionally gzip) on top of ``root``."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"\x28\xb5\x2f\xfd":
+        raise ImageError(f"layer {path.name} is zstd-compressed, which is not supported")
+    mine: set[tuple[str, ...]] = set()  # entries of this layer: whiteouts never remove them
+    opaque: list[tuple[str, ...]] = []
+    try:
+        with tarfile.open(path, "r|*") as tar:  # streamed: one pass, no seeking
+            for info in tar:
+                _apply_entry(tar, info, root, mine, opaque)
+    except _DAMAGED as exc:
+        raise ImageError(f"layer {path.name} is damaged or not a tar archive: {exc}") from exc
+    # Opaque markers may come after this layer's own entries in that directory, so lower
+    # content is removed only once the whole layer is known.
+    for rel in opaque:
+        directory = _directory(root, rel, create=True)
+        assert directory is not None
+        _make_opaque(directory, rel, mine)
+
+
+def _apply_entry(
+    tar: tarfile.TarFile,
+    info: tarfile.TarInfo,
+    root: Path,
+    mine: set[tuple[str, ...]],
+    opaque: list[tuple[str, ...]],
+) -> None:
+    parts = _parts(info.name, "layer entry")
+    if not parts:
+        return  # the root directory itself
+    name = parts[-1]
+    if name == OPAQUE:
+        opaque.append(tuple(parts[:-1]))
+        return
+    if name.startswith(WHITEOUT):
+        hidden = name[len(WHITEOUT) :]
+        if hidden.startswith(WHITEOUT) or not hidden or hidden in (".", ".."):
+            return  # other aufs metadata (.wh..wh.plnk, ...): nothing to apply
+        target = (*parts[:-1], hidden)
+        if target in mine:
+            return  # a whiteout only hides lower layers' content
+        directory = _directory(root, parts[:-1], create=False)
+        if directory is not None:
+            _remove(directory / hidden)
+        return
+    parent = _directory(root, parts[:-1], create=True)
+    assert parent is not None
+    dest = parent / name
+    mine.add(tuple(parts))
+    for i in range(1, len(parts)):
+        mine.add(tuple(parts[:i]))
+    if info.isdir():
+        try:
+            st = os.lstat(dest)
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(dest)
+                os.mkdir(dest)
+        except FileNotFoundError:
+            os.mkdir(dest)
+        os.chmod(dest, (info.mode & 0o1777) | 0o700)
+        return
+    if info.isreg():
+        _remove(dest)
+        source = tar.extractfile(info)
+        assert source is not None
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        with source, open(os.open(dest, flags, 0o600), "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+        os.chmod(dest, info.mode & 0o777)  # setuid/setgid bits are dropped
+        os.utime(dest, (info.mtime, info.mtime))
+    elif info.issym():
+        target = info.linkname
+        if not target:
+            raise ImageError(f"layer entry {_show(parts)} is a symlink with an empty target")
+        if target.startswith("/"):
+            target = _relative_target(parts, target)
+        _remove(dest)
+        os.symlink(target, dest)
+    elif info.islnk():
+        _hard_link(root, parts, info.linkname)
+    else:
+        LOG.debug("skipping special file %s in an image layer", _show(parts))
+
+
+def _hard_link(root: Path, parts: list[str], target: str) -> None:
+    """A tar hard link: a regular file already in the tree, linked (or copied) to ``parts``."""
+    target_parts = _parts(target, f"the target of the hard link {_show(parts)}")
+    if not target_parts:
+        raise ImageError(f"layer entry {_show(parts)} is a hard link to the image root")
+    directory = _directory(root, target_parts[:-1], create=False)
+    source = None if directory is None else directory / target_parts[-1]
+    try:
+        ok = source is not None and stat.S_ISREG(os.lstat(source).st_mode)
+    except FileNotFoundError:
+        ok = False
+    if not ok or source is None:
+        raise ImageError(
+            f"layer entry {_show(parts)} is a hard link to {target!r}, which is not a regular "
+            "file in the image"
+        )
+    parent = _directory(root, parts[:-1], create=True)
+    assert parent is not None
+    dest = parent / parts[-1]
+    if dest == source:
+        return
+    _remove(dest)
+    try:
+        os.link(source, dest, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(source, dest, follow_symlinks=False)
+
+
+def _check_links(root: Path) -> None:
+    """Refuses a symlink that, followed on the host, would lead out of ``root``.
+
+    Checked on the final tree, following links through links as the kernel will, because
+    each link can be harmless alone and escape in combination (``a -> ..`` and ``b -> a/..``).
+    """
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root).parts
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                _follow(root, [*rel, name])
+
+
+def _follow(root: Path, link: list[str]) -> None:
+    stack = link[:-1]
+    todo = deque(os.readlink(root.joinpath(*link)).split("/"))
+    if todo and todo[0] == "":
+        raise ImageError(f"the symlink {_show(link)} has an absolute target")
+    hops = 0
+    while todo:
+        part = todo.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not stack:
+                raise ImageError(
+                    f"the symlink {_show(link)} -> {os.readlink(root.joinpath(*link))} leads "
+                    "out of the image"
+                )
+            stack.pop()
+            continue
+        stack.append(part)
+        path = root.joinpath(*stack)
+        if path.is_symlink():
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                return  # the kernel gives up too (ELOOP): nothing is reached through it
+            target = os.readlink(path)
+            if target.startswith("/"):
+                raise ImageError(f"the symlink {_show(stack)} has an absolute target")
+            stack.pop()
+            todo.extendleft(reversed(target.split("/")))
+        elif todo and not path.is_dir():
+            return  # a missing or non-directory component ends the lookup (ENOENT/ENOTDIR)
+
+
+def unpack_layers(layer_paths: Iterable[Path], dest: Path) -> None:
+    """Applies layers in order into ``dest`` (created if missing), with OCI whiteouts.
+
+    Blocking; raises ImageError for an unsafe or damaged layer, leaving ``dest`` partly
+    written (callers unpack into a temporary directory).
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in layer_paths:
+        _apply_layer(Path(path), dest)
+    _check_links(dest)
+
+
+# -- the cache ---------------------------------------------------------------------------
+
+
+def _json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise ImageError(f"{what} is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ImageError(f"{what} is not a JSON object")
+    return doc
+
+
+def _string_list(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ImageError(f"the image config's {what} is not a list of strings")
+    return list(value)
+
+
+def _exposed_port(ports: Any) -> int | None:
+    for key in sorted(ports or {}):
+        number, _, proto = str(key).partition("/")
+        if proto in ("", "tcp") and number.isdigit():
+            return int(number)
+    return None
+
+
+def image_from_config(digest: str, config: dict[str, Any], rootfs: Path) -> UnpackedImage:
+    """The parts of an OCI/Docker image config an instance needs."""
+    if config.get("os", "linux") != "linux":
+        raise ImageError(f"the image is for {config.get('os')!r}; only linux images can run")
+    body = config.get("config") or {}
+    if not isinstance(body, dict):
+        raise ImageError("the image config's config field is not an object")
+    env: dict[str, str] = {}
+    for item in _string_list(body.get("Env"), "Env"):
+        key, eq, value = item.partition("=")
+        if eq and key:
+            env[key] = value
+    labels = body.get("Labels") or {}
+    runtime = labels.get("localcloud.runtime") if isinstance(labels, dict) else None
+    return UnpackedImage(
+        digest=digest,
+        rootfs=rootfs,
+        env=env,
+        entrypoint=_string_list(body.get("Entrypoint"), "Entrypoint"),
+        cmd=_string_list(body.get("Cmd"), "Cmd"),
+        working_dir=body.get("WorkingDir") or "/",
+        runtime=runtime if isinstance(runtime, str) and runtime else None,
+        exposed_port=_exposed_port(body.get("ExposedPorts")),
+    )
+
+
+class ImageCache:
+    """Images unpacked under ``root``, pulled from the registry at ``registry_address``.
+
+    ``session`` is shared with the registry client if given; otherwise the client owns one,
+    closed by ``close()``.
+    """
+
+    def __init__(
+        self, root: Path, registry_address: str, session: aiohttp.ClientSession | None = None
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.registry = RegistryClient(registry_address, session)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._images: dict[str, UnpackedImage] = {}
+        self._clean_stale()
+
+    async def close(self) -> None:
+        await self.registry.close()
+
+    def _clean_stale(self) -> None:
+        """Removes temporary trees a crashed unpack left behind (old enough not to be live)."""
+        now = time.time()
+        for child in self.root.glob(".tmp-*"):
+            with contextlib.suppress(OSError):
+                if now - child.lstat().st_mtime > STALE_TMP_SECONDS:
+                    shutil.rmtree(child, ignore_errors=True)
+
+    def _load(self, digest: str) -> UnpackedImage | None:
+        cached = self._images.get(digest)
+        if cached is not None:
+            return cached
+        image = _read_slot(self.root / digest.removeprefix("sha256:"))
+        if image is not None:
+            self._images[digest] = image
+        return image
+
+    async def ensure(self, image: str) -> UnpackedImage:
+        """The unpacked image for ``image`` (by digest, or a tag resolved to its digest).
+
+        A digest already unpacked is returned without touching the network.
+        """
+        try:
+            ref = parse_image(image)
+        except ImageNameError as exc:
+            raise ImageError(str(exc)) from None
+        repo = ref.path
+        manifest: tuple[bytes, str] | None = None
+        if ref.digest is not None:
+            digest = ref.digest
+        else:
+            body, media_type, digest = await self._manifest(image, repo, ref.reference)
+            manifest = (body, media_type)
+        cached = self._load(digest)
+        if cached is not None:
+            return cached
+        lock = self._locks.setdefault(digest, asyncio.Lock())
+        async with lock:
+            cached = self._load(digest)
+            if cached is not None:
+                return cached
+            if manifest is None:
+                body, media_type, _ = await self._manifest(image, repo, digest)
+                manifest = (body, media_type)
+            unpacked = await self._pull(image, repo, digest, *manifest)
+            self._images[digest] = unpacked
+            return unpacked
+
+    async def _manifest(self, image: str, repo: str, reference: str) -> tuple[bytes, str, str]:
+        try:
+            return await self.registry.get_manifest(repo, reference)
+        except DigestMismatchError as exc:
+            raise ImageError(f"digest mismatch pulling {image}: {exc}") from exc
+        except RegistryError as exc:
+            if exc.status == 404:
+                raise ImageError(f"image {image} not found in the registry") from exc
+            raise ImageError(f"cannot pull {image}: {exc}") from exc
+
+    async def _pull(
+        self, image: str, repo: str, digest: str, body: bytes, media_type: str
+    ) -> UnpackedImage:
+        doc = _json(body, f"the manifest of {image}")
+        if media_type not in MANIFEST_TYPES:  # a registry may answer a generic type
+            media_type = str(doc.get("mediaType") or media_type)
+        if media_type in (OCI_INDEX, DOCKER_MANIFEST_LIST):
+            raise ImageError(
+                f"{image} is a multi-platform image index; deploy the digest of its linux/amd64 "
+                "image manifest instead"
+            )
+        if media_type not in IMAGE_MANIFESTS:
+            raise ImageError(
+                f"{image} is not an OCI or Docker v2 image manifest (media type "
+                f"{media_type or 'missing'!r})"
+            )
+        if doc.get("schemaVersion") != 2 or not isinstance(doc.get("config"), dict):
+            raise ImageError(f"the manifest of {image} is not a schema 2 image manifest")
+        config_desc = doc["config"]
+        if config_desc.get("mediaType") not in CONFIG_TYPES:
+            raise ImageError(
+                f"{image} has a config of media type {config_desc.get('mediaType')!r}, not an "
+                "image config"
+            )
+        layers = doc.get("layers") or []
+        if not isinstance(layers, list) or not all(isinstance(x, dict) for x in layers):
+            raise ImageError(f"the manifest of {image} has a malformed layers list")
+        for layer in layers:
+            if layer.get("mediaType") not in LAYER_TYPES:
+                raise ImageError(
+                    f"{image} has a layer of unsupported media type {layer.get('mediaType')!r} "
+                    f"(supported: {', '.join(LAYER_TYPES)})"
+                )
+        digests = [config_desc.get("digest"), *(x.get("digest") for x in layers)]
+        if not all(isinstance(d, str) and DIGEST_RE.fullmatch(d) for d in digests):
+            raise ImageError(f"the manifest of {image} has a missing or malformed digest")
+        try:
+            config_bytes = await self.registry.get_blob_bytes(repo, config_desc["digest"])
+            config = _json(config_bytes, f"the config of {image}")
+            diff_ids = (config.get("rootfs") or {}).get("diff_ids")
+            if isinstance(diff_ids, list) and len(diff_ids) != len(layers):
+                raise ImageError(
+                    f"{image} lists {len(layers)} layers but its config {len(diff_ids)} diff_ids"
+                )
+            slot = self.root / digest.removeprefix("sha256:")
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{slot.name[:12]}-", dir=self.root))
+            try:
+                paths = []
+                for i, layer in enumerate(layers):
+                    paths.append(
+                        await self.registry.get_blob(repo, layer["digest"], tmp / f"layer-{i}.tar")
+                    )
+                unpacked = image_from_config(digest, config, slot / "rootfs")
+                await asyncio.to_thread(self._unpack, paths, tmp, slot, unpacked)
+            finally:
+                await asyncio.to_thread(shutil.rmtree, tmp, True)
+        except DigestMismatchError as exc:
+            raise ImageError(f"digest mismatch pulling {image}: {exc}") from exc
+        except RegistryError as exc:
+            raise ImageError(f"cannot pull {image}: {exc}") from exc
+        LOG.info("unpacked %s (%d layers) into %s", image, len(layers), slot)
+        return unpacked
+
+    @staticmethod
+    def _unpack(paths: list[Path], tmp: Path, slot: Path, image: UnpackedImage) -> None:
+        """Unpacks into ``tmp``, then renames it to ``slot``: the cache never holds half a tree."""
+        unpack_layers(paths, tmp / "rootfs")
+        for path in paths:
+            path.unlink()
+        (tmp / META).write_text(json.dumps(image.to_json(), indent=1, sort_keys=True))
+        if slot.exists() and _read_slot(slot) is None:
+            shutil.rmtree(slot)  # damaged by hand (no image.json or no rootfs): replace it
+        try:
+            tmp.rename(slot)
+        except OSError as exc:
+            # Another process sharing this data directory unpacked it first: same content.
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or _read_slot(slot) is None:
+                raise
+
+
+def _read_slot(slot: Path) -> UnpackedImage | None:
+    """The image unpacked in ``slot``, or None if it is missing or incomplete."""
+    try:
+        doc = json.loads((slot / META).read_text())
+        image = UnpackedImage.from_json(doc, slot / "rootfs")
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        LOG.warning("the cached image in %s has a damaged %s; unpacking it again", slot, META)
+        return None
+    return image if image.rootfs.is_dir() else None

@@ -1,0 +1,185 @@
+"""Cloud Run ingress: each service's stable port, and one shared port routing by Host.
+
+A request is authorized (public services grant ``roles/run.invoker`` to ``allUsers``;
+private ones need an ID token from localcloud's issuer whose audience is the service's
+URL, from a member the policy allows), routed to a revision by the traffic split or the
+tag in the Host (``TAG---SERVICE.run.localhost``), given an instance by the autoscaler
+(waiting while one starts) and proxied with streaming bodies and ``X-Forwarded-*``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from localcloud.core.oidc import InvalidToken, Issuer
+from localcloud.run.autoscaler import Overloaded, StartFailed
+
+LOG = logging.getLogger(__name__)
+INVOKER = "roles/run.invoker"
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+
+class Ingress:
+    def __init__(
+        self, controller: Any, issuer: Issuer, session: aiohttp.ClientSession, host: str, port: int
+    ) -> None:
+        self.controller = controller
+        self.issuer = issuer
+        self.session = session
+        self.host = host
+        self.port = port
+        self.runners: dict[str, web.AppRunner] = {}
+        self.shared: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._shared)
+        self.shared = web.AppRunner(app, access_log=None)
+        await self.shared.setup()
+        await web.TCPSite(self.shared, self.host, self.port, reuse_address=True).start()
+
+    async def open(self, service: str, port: int) -> None:
+        if service in self.runners:
+            return
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._serve(request, service, None)
+
+        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, self.host, port, reuse_address=True).start()
+        self.runners[service] = runner
+
+    async def close(self, service: str) -> None:
+        runner = self.runners.pop(service, None)
+        if runner is not None:
+            await runner.cleanup()
+
+    async def stop(self) -> None:
+        for runner in list(self.runners.values()):
+            await runner.cleanup()
+        self.runners.clear()
+        if self.shared is not None:
+            await self.shared.cleanup()
+
+    async def _shared(self, request: web.Request) -> web.StreamResponse:
+        host = (request.host or "").split(":", 1)[0].lower()
+        if not host.endswith(".run.localhost"):
+            return web.Response(status=404, text="unknown host: use SERVICE.run.localhost\n")
+        label = host.removesuffix(".run.localhost")
+        tag, _, service_id = label.rpartition("---")
+        matches = [n for n in self.controller.store.services if n.rsplit("/", 1)[-1] == service_id]
+        if not matches:
+            return web.Response(status=404, text=f"no service {service_id!r}\n")
+        preferred = [n for n in matches if n.split("/")[1] == self.controller.config.project]
+        return await self._serve(request, (preferred or matches)[0], tag or None)
+
+    def _authorized(self, request: web.Request, svc: Any) -> web.Response | None:
+        members = self.controller.policies.members_with(svc.name, INVOKER)
+        if "allUsers" in members:
+            return None
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return web.Response(
+                status=401, text="Unauthorized: this service is private; send an ID token\n"
+            )
+        token = header.removeprefix("Bearer ").strip()
+        audiences = {svc.uri, *svc.urls, *(u.rstrip("/") for u in svc.urls)}
+        try:
+            claims = self.issuer.verify(token)
+        except InvalidToken as exc:
+            return web.Response(status=401, text=f"Unauthorized: {exc}\n")
+        if (
+            claims.get("aud") not in audiences
+            and claims.get("aud", "").rstrip("/") not in audiences
+        ):
+            return web.Response(
+                status=401, text="Unauthorized: the token's audience is not this service's URL\n"
+            )
+        email = claims.get("email", "")
+        allowed = {f"serviceAccount:{email}", f"user:{email}", "allAuthenticatedUsers"}
+        if members & allowed:
+            return None
+        return web.Response(status=403, text=f"Forbidden: {email} may not invoke {svc.name}\n")
+
+    async def _serve(
+        self, request: web.Request, service: str, tag: str | None
+    ) -> web.StreamResponse:
+        svc = self.controller.store.services.get(service)
+        if svc is None:
+            return web.Response(status=404, text="service not found\n")
+        refused = self._authorized(request, svc)
+        if refused is not None:
+            return refused
+        rev = self.controller.pick_revision(svc, tag)
+        if rev is None:
+            return web.Response(
+                status=503 if tag is None else 404, text="no ready revision serves this URL\n"
+            )
+        try:
+            pool = await self.controller.pool_for(rev)
+            slot = await pool.acquire()
+        except Overloaded as exc:
+            return web.Response(status=429, text=f"Rate exceeded: {exc}\n")
+        except StartFailed as exc:
+            return web.Response(
+                status=503, text=f"The service could not start an instance: {exc}\n"
+            )
+        try:
+            return await self._proxy(request, slot.instance.port, rev)
+        finally:
+            await pool.release(slot)
+
+    async def _proxy(self, request: web.Request, port: int, rev: Any) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers["X-Forwarded-For"] = request.remote or "127.0.0.1"
+        headers["X-Forwarded-Proto"] = request.scheme
+        headers["X-Forwarded-Host"] = request.host
+        url = f"http://127.0.0.1:{port}{request.rel_url}"
+        timeout = aiohttp.ClientTimeout(total=rev.timeout.seconds or 300)
+        body = request.content if request.body_exists else None
+        try:
+            async with self.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body,
+                timeout=timeout,
+                allow_redirects=False,
+                auto_decompress=False,
+            ) as upstream:
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                for key, value in upstream.headers.items():
+                    if key.lower() not in HOP_BY_HOP:
+                        response.headers.add(key, value)
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except TimeoutError:
+            return web.Response(status=504, text="upstream request timed out\n")
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            return web.Response(status=502, text=f"upstream error: {exc}\n")
+        except asyncio.CancelledError:
+            raise

@@ -1,0 +1,509 @@
+"""Start one Cloud Run instance of an unpacked image, sandboxed with bubblewrap.
+
+localcloud has no container engine, so an instance is a process on this machine. To keep
+"it works locally" honest and to keep a function from reading the developer's files, the
+process runs under bubblewrap (``bwrap``) in its own mount, PID, IPC and UTS namespaces:
+
+- the host's system directories (``/usr``, ``/lib``...) and the few files of ``/etc`` a
+  Python program needs are bound read-only, because localcloud images carry no OS: the
+  buildpack builds them against the host's Python (see ``localcloud/build/buildpack.py``);
+- the host's interpreter for the image's runtime (``python311`` -> Python 3.11) is bound
+  read-only at its own path, with its own site-packages hidden so only the image's layers
+  provide packages (as on Google Cloud), and linked as ``/usr/local/bin/python3``, which is
+  what the image's ``python3`` entrypoint finds on its ``PATH``;
+- each top-level directory of the image (``/workspace``, ``/layers``) is bound read-only
+  at its path; ``/tmp`` is a private tmpfs; ``/proc`` and ``/dev`` are the sandbox's own;
+- the environment is exactly the image's ``Env`` overlaid with the instance's variables;
+- every capability is dropped: bwrap started by root keeps them all by default, and with
+  e.g. CAP_DAC_READ_SEARCH a process can open any inode of a bound filesystem by handle;
+- the network is the host's, so the instance listens on ``127.0.0.1:PORT`` and reaches
+  localcloud's emulators at the addresses in its environment.
+
+Not visible inside: the user's home (beyond the bound Python prefix), localcloud's data
+directory, the project tree, the host's processes. Without bubblewrap, instances only run
+when the user opts out of the sandbox explicitly (``LOCALCLOUD_RUN_UNSANDBOXED=true``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import site
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from localcloud.run.images import UnpackedImage
+
+LOG = logging.getLogger(__name__)
+
+# Host directories bound read-only (or recreated as the same symlink, e.g. /lib -> usr/lib).
+SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin")
+# From /etc, only what a Python program needs: TLS roots, name resolution, users, time zone.
+ETC_FILES = (
+    "/etc/ssl/certs",  # not all of /etc/ssl: /etc/ssl/private holds the host's private keys
+    "/etc/ssl/openssl.cnf",
+    "/etc/ca-certificates",
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+    "/etc/services",
+    "/etc/protocols",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/localtime",
+    "/etc/ld.so.cache",
+)
+# Top-level names of an image that are never bound from it: the sandbox provides them.
+RESERVED = frozenset({"usr", "lib", "lib64", "lib32", "libx32", "bin", "sbin", "etc"}) | {
+    "proc",
+    "dev",
+    "sys",
+    "tmp",
+}
+PYTHON_BIN = "/usr/local/bin"
+READY_POLL = 0.05
+STOP_SETTLE = 5.0  # how long stop() waits for killed processes to be gone
+LOG_TAIL_BYTES = 64 * 1024
+NO_BWRAP = (
+    "bubblewrap (bwrap) is not installed: install the Debian package bubblewrap (make deps) "
+    "or set LOCALCLOUD_RUN_UNSANDBOXED=true to run functions without a sandbox"
+)
+
+
+class SandboxError(Exception):
+    """An instance could not be started or did not become ready; the message says why."""
+
+
+@dataclass
+class InstanceSpec:
+    """One instance to start.
+
+    ``env`` (the revision's template env, PORT, K_SERVICE, K_REVISION, K_CONFIGURATION,
+    GOOGLE_CLOUD_PROJECT, emulator addresses) is laid over the image's ``Env``; ``PORT`` is
+    always ``port``. ``command``/``args`` are Cloud Run's container.command/args: a command
+    replaces the image's Entrypoint and drops its Cmd; args replace the Cmd.
+    """
+
+    image: UnpackedImage
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    unsandboxed: bool = False
+    command: list[str] | None = None
+    args: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class PythonInstall:
+    """A host Python installation the sandbox can bind: all of it lives under ``prefix``."""
+
+    version: str  # "3.11"
+    executable: str  # the real interpreter binary (no venv, no shim)
+    prefix: str  # its sys.base_prefix
+    site_dirs: tuple[str, ...]  # its global site-packages, hidden in the sandbox
+
+
+# Run by another interpreter to describe itself (its base install, not a venv's).
+_PROBE = """
+import json, os, site, sys
+exe = os.path.realpath(getattr(sys, "_base_executable", "") or sys.executable)
+print(json.dumps({
+    "version": "%d.%d" % sys.version_info[:2],
+    "executable": exe,
+    "prefix": sys.base_prefix,
+    "site_dirs": site.getsitepackages([sys.base_prefix]),
+}))
+"""
+
+
+def bwrap_available() -> str | None:
+    """The path of bwrap, or None when bubblewrap is not installed."""
+    return shutil.which("bwrap")
+
+
+def _base_executable(prefix: str, version: str) -> str | None:
+    for name in (f"python{version}", "python3"):
+        candidate = os.path.join(prefix, "bin", name)
+        if os.path.isfile(candidate):
+            return os.path.realpath(candidate)
+    found = os.path.realpath(getattr(sys, "_base_executable", "") or sys.executable)
+    return found if found.startswith(prefix.rstrip("/") + "/") else None
+
+
+@functools.lru_cache(maxsize=8)
+def find_python(runtime: str) -> PythonInstall:
+    """The host's Python for runtime ``python3XY``; SandboxError if this machine has none.
+
+    The running interpreter's base install when the versions match (a venv is only a
+    pointer to it), else ``python3.XY`` on PATH, asked where its own base install is (PATH
+    may hold a pyenv shim or a venv, neither of which can be bound on its own).
+    """
+    if not runtime.startswith("python3") or not runtime[7:].isdigit():
+        raise SandboxError(f"runtime {runtime!r} is not a Python runtime (e.g. python311)")
+    version = f"3.{runtime[7:]}"
+    if version == f"{sys.version_info[0]}.{sys.version_info[1]}":
+        prefix = sys.base_prefix
+        executable = _base_executable(prefix, version)
+        if executable is not None:
+            dirs = tuple(site.getsitepackages([prefix]))
+            return PythonInstall(version, executable, prefix, dirs)
+    found = shutil.which(f"python{version}")
+    if found is None:
+        raise SandboxError(
+            f"runtime {runtime} needs python{version}, which this machine does not have"
+        )
+    try:
+        out = subprocess.run(
+            [found, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+        doc = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise SandboxError(f"runtime {runtime}: {found} does not run: {exc}") from None
+    if doc["version"] != version:
+        raise SandboxError(f"runtime {runtime}: {found} is Python {doc['version']}")
+    return PythonInstall(version, doc["executable"], doc["prefix"], tuple(doc["site_dirs"]))
+
+
+def container_argv(spec: InstanceSpec) -> list[str]:
+    """The instance's command line, with Cloud Run's command/args rules."""
+    image = spec.image
+    if spec.command is not None:
+        argv = [*spec.command, *(spec.args or [])]
+    else:
+        argv = [*image.entrypoint, *(spec.args if spec.args is not None else image.cmd)]
+    if not argv:
+        raise SandboxError(
+            f"image {image.digest} has no Entrypoint or Cmd and the service sets no command"
+        )
+    return argv
+
+
+def instance_env(spec: InstanceSpec) -> dict[str, str]:
+    """The image's Env, then the instance's variables, then PORT (which must match)."""
+    env = {**spec.image.env, **spec.env, "PORT": str(spec.port)}
+    bad = [k for k in env if not k or "=" in k or "\0" in k or "\0" in env[k]]
+    for key in bad:
+        LOG.warning("dropping the invalid environment variable %r", key)
+        del env[key]
+    return env
+
+
+def _runtime(image: UnpackedImage) -> str | None:
+    return image.runtime or image.env.get("GOOGLE_RUNTIME")
+
+
+def _image_tops(image: UnpackedImage, reserved: set[str]) -> list[Path]:
+    """The image's top-level entries that are bound into the instance, sorted."""
+    tops = []
+    for child in sorted(image.rootfs.iterdir()):
+        if child.name in reserved:
+            LOG.debug(
+                "not binding /%s of image %s: the sandbox provides it", child.name, image.digest
+            )
+            continue
+        tops.append(child)
+    return tops
+
+
+def _reserved(python: PythonInstall | None) -> set[str]:
+    reserved = set(RESERVED)
+    if python is not None and len(Path(python.prefix).parts) > 1:
+        reserved.add(Path(python.prefix).parts[1])  # e.g. "root" for /root/.pyenv/...
+    return reserved
+
+
+def bwrap_argv(bwrap: str, spec: InstanceSpec, python: PythonInstall | None) -> list[str]:
+    """The whole bwrap command line for ``spec`` (separate so it can be read and tested)."""
+    image = spec.image
+    cmd = [bwrap, "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    cmd += ["--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    bound: list[str] = []
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            cmd += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            cmd += ["--ro-bind", path, path]
+            bound.append(path)
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for path in ETC_FILES:
+        if os.path.exists(path):
+            cmd += ["--ro-bind", path, path]
+    if python is not None:
+        if not any(python.prefix == b or python.prefix.startswith(b + "/") for b in bound):
+            cmd += ["--ro-bind", python.prefix, python.prefix]
+        for site_dir in python.site_dirs:
+            if os.path.isdir(site_dir):
+                cmd += ["--tmpfs", site_dir]
+        if not os.path.isdir(PYTHON_BIN):
+            raise SandboxError(
+                f"this machine has no {PYTHON_BIN}, where the sandbox links the image's python3"
+            )
+        cmd += ["--tmpfs", PYTHON_BIN]
+        for name in ("python3", "python", f"python{python.version}"):
+            cmd += ["--symlink", python.executable, f"{PYTHON_BIN}/{name}"]
+    for top in _image_tops(image, _reserved(python)):
+        dest = "/" + top.name
+        if top.is_symlink():
+            cmd += ["--symlink", os.readlink(top), dest]
+        else:
+            cmd += ["--ro-bind", str(top), dest]
+    cmd += ["--chdir", image.working_dir or "/", "--clearenv"]
+    for key, value in instance_env(spec).items():
+        cmd += ["--setenv", key, value]
+    return [*cmd, "--", *container_argv(spec)]
+
+
+def _unsandboxed_argv(
+    spec: InstanceSpec, python: PythonInstall | None
+) -> tuple[list[str], dict[str, str], str]:
+    """argv, env and cwd to run the image directly on the host, its paths moved into the rootfs."""
+    image = spec.image
+    rootfs = str(image.rootfs)
+    tops = ["/" + p.name for p in _image_tops(image, _reserved(python))]
+
+    def host(path: str) -> str:
+        if any(path == t or path.startswith(t + "/") for t in tops):
+            return rootfs + path
+        return path
+
+    argv = [host(a) for a in container_argv(spec)]
+    if python is not None and argv[0] in ("python", "python3", f"python{python.version}"):
+        argv[0] = python.executable
+    env = instance_env(spec)
+    for key in ("PYTHONPATH", "PATH"):
+        if key in env:
+            env[key] = ":".join(host(p) for p in env[key].split(":"))
+    workdir = image.working_dir or "/"
+    cwd = host(workdir) if host(workdir) != workdir else rootfs
+    return argv, env, cwd
+
+
+def _processes() -> dict[int, tuple[int, int]]:
+    """Every live process: pid -> (ppid, start time), from /proc/PID/stat; zombies left out.
+
+    The start time tells a process from a later one that reused its pid.
+    """
+    found: dict[int, tuple[int, int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None:
+                found[int(entry.name)] = stat
+    return found
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(ppid, start time) of a live process, None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # the command name may hold spaces
+        if fields[0] == b"Z":
+            return None
+        return int(fields[1]), int(fields[19])  # the 4th and 22nd fields of stat
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Instance:
+    """One started instance: its process (bwrap, or the program itself when unsandboxed)."""
+
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        spec: InstanceSpec,
+        argv: list[str],
+        log_offset: int,
+        sandboxed: bool,
+    ) -> None:
+        self.process = process
+        self.spec = spec
+        self.argv = argv
+        self.sandboxed = sandboxed
+        self._log_offset = log_offset
+        self._exited = asyncio.ensure_future(process.wait())
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else f"exited {self.returncode}"
+        return f"<Instance pid={self.pid} port={self.port} {state}>"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def port(self) -> int:
+        return self.spec.port
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    @property
+    def running(self) -> bool:
+        return self.process.returncode is None
+
+    def pids(self) -> list[int]:
+        """Host PIDs of the instance's processes: the started one and all its descendants."""
+        return [pid for pid, _ in self._tree()]
+
+    def _tree(self) -> list[tuple[int, int]]:
+        """(pid, start time) of the started process and its descendants, parents first."""
+        if not self.running:
+            return []
+        processes = _processes()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in processes.items():
+            children.setdefault(ppid, []).append(pid)
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop(0)
+            if pid in processes:
+                found.append((pid, processes[pid][1]))
+            todo.extend(sorted(children.get(pid, ())))
+        return found
+
+    def log_tail(self, n: int = 20) -> str:
+        """The last ``n`` lines this instance wrote to its log (not earlier instances')."""
+        try:
+            with open(self.spec.log_path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(self._log_offset, size - LOG_TAIL_BYTES))
+                data = f.read()
+        except OSError:
+            return ""
+        return "\n".join(data.decode(errors="replace").splitlines()[-n:])
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Returns once a TCP connect to 127.0.0.1:port succeeds (Cloud Run's default probe).
+
+        Raises SandboxError with the log's tail if the process exits first or the timeout
+        passes; the process is left as it is (the caller stops it).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if not self.running:
+                raise SandboxError(
+                    f"the instance exited with code {self.returncode} before listening on port "
+                    f"{self.port}; its log ends with:\n{self.log_tail()}"
+                )
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise SandboxError(
+                    f"the instance did not listen on port {self.port} within {timeout:g}s; its "
+                    f"log ends with:\n{self.log_tail()}"
+                )
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", self.port), min(remaining, 1.0)
+                )
+            except (OSError, TimeoutError):
+                await asyncio.wait({self._exited}, timeout=min(READY_POLL, remaining))
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            if self.running:  # else someone else's listener answered; report the exit
+                return
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM the program, SIGKILL whatever is left after ``grace`` seconds.
+
+        Under bwrap the signal goes to the sandboxed processes themselves: bwrap does not
+        forward it, and killing bwrap first would SIGKILL the sandbox without a grace period.
+        bwrap exits as soon as the program does, while the sandbox's other processes are
+        still being torn down, so stop() also waits (briefly) until every process it saw
+        is gone: they are not its children and cannot be waited for.
+        """
+        tree = self._tree()
+        if self.running:
+            if self.sandboxed:
+                for pid, _ in tree[1:]:  # the sandbox's init ignores it (it has no handler)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+            else:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exited), grace)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)  # bwrap, or the unsandboxed process group
+        tree += [t for t in self._tree() if t not in tree]  # forked during the grace period
+        for pid, started in tree:
+            if _same(pid, started):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        await self._exited
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_SETTLE
+        while any(_same(pid, started) for pid, started in tree):
+            if loop.time() > deadline:
+                left = [pid for pid, started in tree if _same(pid, started)]
+                LOG.warning("instance on port %d: processes %s outlived SIGKILL", self.port, left)
+                break
+            await asyncio.sleep(0.01)
+        LOG.debug("instance pid %d on port %d stopped (%s)", self.pid, self.port, self.returncode)
+
+
+def _same(pid: int, started: int) -> bool:
+    """Whether ``pid`` is still the process that started at ``started`` (and not a zombie)."""
+    stat = _stat(pid)
+    return stat is not None and stat[1] == started
+
+
+async def start(spec: InstanceSpec) -> Instance:
+    """Starts one instance of ``spec.image`` (not yet ready: call ``wait_ready``)."""
+    image = spec.image
+    runtime = _runtime(image)
+    python = await asyncio.to_thread(find_python, runtime) if runtime else None
+    argv = container_argv(spec)
+    bwrap = bwrap_available()
+    if bwrap is not None and not spec.unsandboxed:
+        cmd, env, cwd = bwrap_argv(bwrap, spec, python), {}, "/"
+        sandboxed = True
+    elif spec.unsandboxed:
+        cmd, env, cwd = _unsandboxed_argv(spec, python)
+        sandboxed = False
+        LOG.warning(
+            "running an instance of %s WITHOUT a sandbox (LOCALCLOUD_RUN_UNSANDBOXED): it can "
+            "read and write everything this user can",
+            image.digest,
+        )
+    else:
+        raise SandboxError(NO_BWRAP)
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        offset = os.fstat(fd).st_size
+        mode = "sandboxed" if sandboxed else "UNSANDBOXED"
+        os.write(
+            fd, f"[localcloud] starting ({mode}, port {spec.port}): {shlex.join(argv)}\n".encode()
+        )
+        process = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=fd,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,  # its own process group, signalled as one by stop()
+        )
+    except OSError as exc:
+        raise SandboxError(f"cannot start {cmd[0]}: {exc}") from exc
+    finally:
+        os.close(fd)
+    LOG.info(
+        "started instance pid %d (%s) of %s on port %d", process.pid, mode, image.digest, spec.port
+    )
+    return Instance(process, spec, argv, offset, sandboxed)

@@ -1,0 +1,557 @@
+"""The Cloud Run runtime's image cache and sandbox, on images built by the real Cloud Build.
+
+Images are built through the official ``google-cloud-build`` client (the ``gcloud builds
+submit --pack`` request), pulled from localcloud's registry by ``ImageCache`` and started by
+``sandbox.start`` under bubblewrap. A probe function reports what the sandbox lets it see,
+so the isolation claims in ``localcloud/run/sandbox.py`` are checked from the inside.
+Whiteouts and unsafe layers are checked on hand-made layers through ``unpack_layers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import tarfile
+import time
+import uuid
+import zipfile
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from google.api_core import exceptions
+from google.cloud.devtools import cloudbuild_v1
+
+from localcloud.registry.client import OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST
+from localcloud.registry.names import parse_image
+from localcloud.run import sandbox
+from localcloud.run.images import ImageCache, ImageError, UnpackedImage, unpack_layers
+from localcloud.run.sandbox import InstanceSpec, SandboxError
+from localcloud.testing import free_port
+from orchestrator.clients import Clients, Environment
+
+FUNCTIONS = Path(__file__).parent.parent / "functions"
+PROJECT = "local-project"
+S = cloudbuild_v1.Build.Status
+T = TypeVar("T")
+
+needs_bwrap = pytest.mark.skipif(
+    sandbox.bwrap_available() is None, reason="bubblewrap (bwrap) is not installed"
+)
+
+# Reports what the sandbox lets a function see; the paths to try come from PROBE_PATHS.
+PROBE_MAIN = """\
+import json
+import os
+
+
+def probe(request):
+    status = open("/proc/self/status").read()
+    return json.dumps({
+        "pid": os.getpid(),
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "exists": {p: os.path.exists(p) for p in json.loads(os.environ["PROBE_PATHS"])},
+        "workspace_writable": os.access("/workspace", os.W_OK),
+        "caps": status.split("CapEff:")[1].split()[0],
+    })
+"""
+CRASH_MAIN = """\
+raise RuntimeError("boom: this function fails at import")
+
+
+def hello(request):
+    return "never"
+"""
+
+
+# -- helpers (pack_build and zip_dir as in test_cloud_build.py) -----------------------------
+
+
+def zip_tree(files: dict[str, str | bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def zip_dir(path: Path) -> bytes:
+    return zip_tree(
+        {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    )
+
+
+def pack_build(
+    source: tuple[str, str, int], image: str, env: dict[str, str], **fields: Any
+) -> cloudbuild_v1.Build:
+    """The Build ``gcloud builds submit --pack image=...,env=...`` sends."""
+    bucket, name, generation = source
+    args = ["build", image, "--network", "cloudbuild"]
+    for key, value in env.items():
+        args += ["--env", f"{key}={value}"]
+    args += ["--builder", "gcr.io/buildpacks/builder:latest"]
+    return cloudbuild_v1.Build(
+        source={"storage_source": {"bucket": bucket, "object_": name, "generation": generation}},
+        steps=[{"name": "gcr.io/k8s-skaffold/pack", "entrypoint": "pack", "args": args}],
+        images=[image],
+        **fields,
+    )
+
+
+def run(coro: Awaitable[T], timeout: float = 60) -> T:
+    """Runs a scenario on a fresh loop, bounded: a hung instance fails the test, not the run."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+async def get(port: int, path: str = "/") -> tuple[int, str]:
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(f"http://127.0.0.1:{port}{path}") as resp,
+    ):
+        return resp.status, await resp.text()
+
+
+def spec_for(image: UnpackedImage, log_path: Path, **env: str) -> InstanceSpec:
+    port = free_port()
+    base = {
+        "PORT": str(port),
+        "K_SERVICE": "sandbox-test",
+        "K_REVISION": "sandbox-test-00001-abc",
+        "K_CONFIGURATION": "sandbox-test",
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+    }
+    return InstanceSpec(image=image, env={**base, **env}, port=port, log_path=log_path)
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(localcloud: Any) -> dict[str, tuple[str, str]]:
+    """Three functions built at once: name -> (image, digest)."""
+    clients = Clients(Environment.from_env(localcloud.env))
+    bucket = clients.storage.create_bucket(f"sandbox-src-{uuid.uuid4().hex[:8]}")
+    sources = {
+        "hello": (zip_dir(FUNCTIONS / "hello_http"), "hello"),
+        "probe": (zip_tree({"main.py": PROBE_MAIN}), "probe"),
+        "crash": (zip_tree({"main.py": CRASH_MAIN}), "hello"),
+    }
+    started = {}
+    for name, (data, target) in sources.items():
+        blob = bucket.blob(f"{name}.zip")
+        blob.upload_from_string(data)
+        image = (
+            f"us-central1-docker.pkg.dev/{PROJECT}/functions/sandbox-{name}-{uuid.uuid4().hex[:8]}"
+        )
+        build = pack_build(
+            (bucket.name, blob.name, blob.generation), image, {"GOOGLE_FUNCTION_TARGET": target}
+        )
+        started[name] = (image, clients.cloud_build.create_build(project_id=PROJECT, build=build))
+    images = {}
+    for name, (image, operation) in started.items():
+        with contextlib.suppress(exceptions.GoogleAPICallError):
+            operation.result(timeout=110)
+        build = clients.cloud_build.get_build(project_id=PROJECT, id=operation.metadata.build.id)
+        assert build.status == S.SUCCESS, f"{name}: {build.status_detail}"
+        images[name] = (image, build.results.images[0].digest)
+    return images
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("run-images")
+
+
+def unpacked(localcloud: Any, cache_root: Path, image: str, digest: str) -> UnpackedImage:
+    async def pull() -> UnpackedImage:
+        cache = ImageCache(cache_root, localcloud.config.registry_address)
+        try:
+            return await cache.ensure(f"{image}@{digest}")
+        finally:
+            await cache.close()
+
+    return run(pull())
+
+
+# -- the image cache -----------------------------------------------------------------------
+
+
+def test_ensure_unpacks_once_per_digest(localcloud, built, tmp_path):
+    image, digest = built["hello"]
+    root = tmp_path / "images"
+    requests: list[str] = []
+
+    async def count(_session: Any, _ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        requests.append(params.url.path)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(count)
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+            cache = ImageCache(root, localcloud.config.registry_address, session)
+            by_digest = f"{image}@{digest}"
+            first = await cache.ensure(by_digest)
+            assert first.digest == digest
+            assert first.rootfs == root / digest.removeprefix("sha256:") / "rootfs"
+            assert (first.rootfs / "workspace" / "main.py").read_text().startswith('"""A minimal')
+            assert (first.rootfs / "layers" / "python" / "functions-framework" / "lib").is_dir()
+            assert first.entrypoint == ["python3", "-m", "functions_framework"]
+            assert first.working_dir == "/workspace"
+            assert first.runtime is not None and first.runtime.startswith("python3")
+            assert first.exposed_port == 8080
+            assert first.env["GOOGLE_FUNCTION_TARGET"] == "hello"
+            pulled, mtime = len(requests), first.rootfs.stat().st_mtime_ns
+            assert pulled >= 3  # manifest, config, layers
+
+            started = time.monotonic()
+            assert await cache.ensure(by_digest) == first
+            # A restarted localcloud (a new cache on the same directory) finds it on disk.
+            assert await ImageCache(root, "127.0.0.1:1", session).ensure(by_digest) == first
+            assert time.monotonic() - started < 0.5
+            assert len(requests) == pulled, requests[pulled:]
+            assert first.rootfs.stat().st_mtime_ns == mtime
+
+            # A tag costs one manifest request to resolve, then the digest is what is cached.
+            tagged = await cache.ensure(image)
+            assert tagged == first
+            assert requests[pulled:] == [f"/v2/{image.split('/', 1)[1]}/manifests/latest"]
+            assert sorted(p.name for p in root.iterdir()) == [digest.removeprefix("sha256:")]
+
+            # Callers racing for one digest share one pull.
+            other = ImageCache(tmp_path / "racing", localcloud.config.registry_address, session)
+            before = len(requests)
+            results = await asyncio.gather(*(other.ensure(by_digest) for _ in range(4)))
+            assert len({r.rootfs for r in results}) == 1
+            assert sum("/manifests/" in p for p in requests[before:]) == 1
+
+    run(scenario())
+
+
+def test_ensure_reports_missing_and_malformed_images(localcloud, built, tmp_path):
+    image, digest = built["hello"]
+    repo = parse_image(image).path
+
+    def manifest(media_type: str, **fields: Any) -> bytes:
+        return json.dumps({"schemaVersion": 2, "mediaType": media_type, **fields}).encode()
+
+    async def scenario() -> None:
+        cache = ImageCache(tmp_path, localcloud.config.registry_address)
+        try:
+            with pytest.raises(ImageError, match="not found"):
+                await cache.ensure(f"{image}@sha256:{'0' * 64}")
+            with pytest.raises(ImageError, match="not found"):
+                await cache.ensure(f"{image}-absent:latest")
+            with pytest.raises(ImageError, match="not an Artifact Registry"):
+                await cache.ensure("docker.io/library/python:3.11")
+
+            registry = cache.registry
+            body, _, _ = await registry.get_manifest(repo, digest)
+            index = manifest(
+                OCI_INDEX,
+                manifests=[{"mediaType": OCI_MANIFEST, "digest": digest, "size": len(body)}],
+            )
+            await registry.put_manifest(repo, "index", index, OCI_INDEX)
+            with pytest.raises(ImageError, match="multi-platform image index"):
+                await cache.ensure(f"{image}:index")
+
+            config = json.loads(body)["config"]
+            blob, size = await registry.push_blob(repo, b"not really zstd")
+            zstd_layer = {"mediaType": OCI_LAYER_GZIP[:-4] + "zstd", "digest": blob, "size": size}
+            odd = manifest(OCI_MANIFEST, config=config, layers=[zstd_layer])
+            await registry.put_manifest(repo, "zstd", odd, OCI_MANIFEST)
+            with pytest.raises(ImageError, match="unsupported media type"):
+                await cache.ensure(f"{image}:zstd")
+            assert [p.name for p in tmp_path.iterdir()] == []  # nothing half-unpacked is kept
+        finally:
+            await cache.close()
+
+    run(scenario())
+
+
+# -- layers: whiteouts and unsafe entries --------------------------------------------------
+
+
+def layer(path: Path, *entries: tuple[str, ...]) -> Path:
+    """A gzipped tar layer from (kind, name[, data or link target]) entries, in order."""
+    with tarfile.open(path, "w:gz") as tar:
+        for kind, name, *rest in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                data = rest[0].encode() if rest else b""
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+                continue
+            info.type = {
+                "dir": tarfile.DIRTYPE,
+                "symlink": tarfile.SYMTYPE,
+                "hardlink": tarfile.LNKTYPE,
+                "fifo": tarfile.FIFOTYPE,
+            }[kind]
+            info.mode = 0o755 if kind == "dir" else 0o777
+            info.linkname = rest[0] if rest else ""
+            tar.addfile(info)
+    return path
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every path under ``root``: file contents, "->target" for links, "/" for directories."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            out[rel] = "->" + os.readlink(path)
+        elif path.is_dir():
+            out[rel] = "/"
+        else:
+            out[rel] = path.read_text()
+    return out
+
+
+def test_unpack_applies_whiteouts_and_opaque_directories(tmp_path):
+    lower = layer(
+        tmp_path / "1.tar.gz",
+        ("dir", "./"),
+        ("dir", "./a/"),
+        ("file", "./a/gone.txt", "old"),
+        ("file", "./a/kept.txt", "kept"),
+        ("dir", "./opaque/"),
+        ("file", "./opaque/old.txt", "lower"),
+        ("dir", "./opaque/sub/"),
+        ("file", "./opaque/sub/deep.txt", "lower"),
+        ("file", "./lone.txt", "alone"),
+        ("file", "./replaced", "a file that becomes a directory"),
+        ("fifo", "./a/pipe"),
+    )
+    upper = layer(
+        tmp_path / "2.tar.gz",
+        ("file", "a/.wh.gone.txt"),
+        ("dir", "opaque/"),
+        ("file", "opaque/new.txt", "upper"),  # before the marker: still this layer's own
+        ("file", "opaque/.wh..wh..opq"),
+        ("dir", "opaque/sub/"),
+        ("file", "opaque/sub/fresh.txt", "upper"),
+        ("file", ".wh.lone.txt"),
+        ("file", "same.txt", "a whiteout in its own layer does not hide it"),
+        ("file", ".wh.same.txt"),
+        ("file", ".wh.never-existed"),
+        ("dir", "replaced/"),
+        ("symlink", "abs-link", "/workspace/main.py"),
+        ("symlink", "a/rel-link", "kept.txt"),
+        ("hardlink", "hard.txt", "a/kept.txt"),
+    )
+    unpack_layers([lower, upper], tmp_path / "rootfs")
+    assert tree(tmp_path / "rootfs") == {
+        "a": "/",
+        "a/kept.txt": "kept",
+        "a/rel-link": "->kept.txt",
+        "abs-link": "->workspace/main.py",  # rewritten: the same inside, contained outside
+        "hard.txt": "kept",
+        "opaque": "/",
+        "opaque/new.txt": "upper",
+        "opaque/sub": "/",
+        "opaque/sub/fresh.txt": "upper",
+        "replaced": "/",
+        "same.txt": "a whiteout in its own layer does not hide it",
+    }
+
+    # Whiting out a directory removes it whole; a later layer can bring a name back.
+    third = layer(tmp_path / "3.tar.gz", ("file", ".wh.opaque"), ("file", "lone.txt", "back"))
+    unpack_layers([lower, upper, third], tmp_path / "again")
+    assert "opaque" not in tree(tmp_path / "again")
+    assert (tmp_path / "again" / "lone.txt").read_text() == "back"
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        ([[("file", "/etc/cron.d/evil", "x")]], "absolute path"),
+        ([[("file", "a/../../escape", "x")]], "climbs out"),
+        ([[("symlink", "up", "../..")]], "leads out of the image"),
+        ([[("dir", "s/"), ("symlink", "s/y", ".."), ("symlink", "s/x", "y/../..")]], "leads out"),
+        ([[("symlink", "d", "/tmp")], [("file", "d/evil", "x")]], "through the symlink /d"),
+        ([[("symlink", "d", "..")], [("file", "d/.wh.x")]], "through the symlink /d"),
+        ([[("dir", "k/"), ("symlink", "k/d", "../k")], [("file", "k/d/.wh.x")]], "through"),
+        ([[("hardlink", "h", "../../etc/passwd")]], "climbs out"),
+        ([[("hardlink", "h", "missing")]], "not a regular file"),
+        ([[("symlink", "l", "/x"), ("hardlink", "h", "l")]], "not a regular file"),
+    ],
+)
+def test_unpack_refuses_unsafe_layers(tmp_path, layers, message):
+    paths = [layer(tmp_path / f"{i}.tar.gz", *entries) for i, entries in enumerate(layers)]
+    with pytest.raises(ImageError, match=message):
+        unpack_layers(paths, tmp_path / "root" / "rootfs")
+    assert not (tmp_path / "escape").exists()
+    assert not (tmp_path / "evil").exists()
+
+
+def test_unpack_refuses_damaged_and_zstd_layers(tmp_path):
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x1f\x8b" + os.urandom(64))
+    with pytest.raises(ImageError, match="damaged or not a tar"):
+        unpack_layers([garbage], tmp_path / "a")
+    zstd = tmp_path / "zstd"
+    zstd.write_bytes(b"\x28\xb5\x2f\xfd" + os.urandom(64))
+    with pytest.raises(ImageError, match="zstd"):
+        unpack_layers([zstd], tmp_path / "b")
+
+
+# -- instances -----------------------------------------------------------------------------
+
+
+@needs_bwrap
+def test_instance_serves_requests_and_stops_without_leftovers(
+    localcloud, built, cache_root, tmp_path
+):
+    image = unpacked(localcloud, cache_root, *built["hello"])
+
+    async def scenario() -> None:
+        instance = await sandbox.start(spec_for(image, tmp_path / "hello.log"))
+        try:
+            assert instance.sandboxed
+            await instance.wait_ready(30)
+            assert await get(instance.port) == (200, "hello from a localcloud build")
+            pids = instance.pids()
+            assert len(pids) >= 3  # bwrap, the sandbox's init, the function's server
+        finally:
+            await instance.stop(grace=5)
+        assert not instance.running
+        assert [pid for pid in pids if alive(pid)] == []
+        with pytest.raises(OSError):
+            await get(instance.port)
+
+    run(scenario())
+    assert "[localcloud] starting (sandboxed" in (tmp_path / "hello.log").read_text()
+
+
+@needs_bwrap
+def test_sandbox_hides_the_host(localcloud, built, cache_root, tmp_path):
+    image = unpacked(localcloud, cache_root, *built["probe"])
+    token = uuid.uuid4().hex[:10]
+    home_secret = Path.home() / f".localcloud-sandbox-sentinel-{token}"
+    tmp_secret = Path("/tmp") / f"localcloud-sandbox-sentinel-{token}"
+    hidden = [
+        str(home_secret),
+        str(tmp_secret),
+        str(localcloud.config.data_dir),
+        str(cache_root),
+        str(Path(__file__).resolve()),
+    ]
+    visible = ["/workspace/main.py", "/layers/python/functions-framework/lib", "/etc/hosts"]
+    # TLS roots are there for calls to Google APIs; the host's TLS private keys are not.
+    visible += [p for p in ["/etc/ssl/certs/ca-certificates.crt"] if os.path.exists(p)]
+    hidden += [p for p in ["/etc/ssl/private", "/etc/shadow"] if os.path.exists(p)]
+
+    async def scenario() -> dict[str, Any]:
+        spec = spec_for(image, tmp_path / "probe.log", PROBE_PATHS=json.dumps(hidden + visible))
+        instance = await sandbox.start(spec)
+        try:
+            await instance.wait_ready(30)
+            status, body = await get(instance.port)
+            assert status == 200, body
+            return {**json.loads(body), "port": instance.port}
+        finally:
+            await instance.stop(grace=5)
+
+    home_secret.write_text("the host's home")
+    tmp_secret.write_text("the host's /tmp")
+    try:
+        report = run(scenario())
+    finally:
+        home_secret.unlink()
+        tmp_secret.unlink()
+    assert report["exists"] == {**dict.fromkeys(hidden, False), **dict.fromkeys(visible, True)}
+    assert report["pid"] < 20  # its own PID namespace: bwrap's init is 1
+    assert report["cwd"] == "/workspace"
+    assert report["workspace_writable"] is False
+    assert int(report["caps"], 16) == 0
+    env = report["env"]
+    assert env["PORT"] == str(report["port"])
+    assert env["K_SERVICE"] == "sandbox-test"
+    assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT
+    assert env["GOOGLE_FUNCTION_TARGET"] == "probe"  # from the image's Env
+    assert "PUBSUB_EMULATOR_HOST" not in env  # only what the spec passes: not the host's env
+    assert "HOME" not in env
+
+
+@needs_bwrap
+def test_a_function_failing_at_import_is_reported_with_its_log(
+    localcloud, built, cache_root, tmp_path
+):
+    image = unpacked(localcloud, cache_root, *built["crash"])
+
+    async def scenario() -> None:
+        instance = await sandbox.start(spec_for(image, tmp_path / "crash.log"))
+        try:
+            with pytest.raises(SandboxError) as caught:
+                await instance.wait_ready(30)
+        finally:
+            await instance.stop(grace=1)
+        message = str(caught.value)
+        assert "exited with code" in message
+        assert "boom: this function fails at import" in message
+        assert instance.returncode not in (None, 0)
+        assert "boom" in instance.log_tail(5)
+
+    run(scenario())
+
+
+def test_without_bubblewrap_instances_run_only_when_unsandboxed_is_chosen(
+    localcloud, built, cache_root, tmp_path, monkeypatch
+):
+    image = unpacked(localcloud, cache_root, *built["hello"])
+    monkeypatch.setattr(sandbox, "bwrap_available", lambda: None)
+
+    async def scenario() -> None:
+        with pytest.raises(SandboxError, match="LOCALCLOUD_RUN_UNSANDBOXED=true"):
+            await sandbox.start(spec_for(image, tmp_path / "refused.log"))
+        spec = spec_for(image, tmp_path / "direct.log")
+        spec.unsandboxed = True
+        instance = await sandbox.start(spec)
+        try:
+            assert not instance.sandboxed
+            await instance.wait_ready(30)
+            assert await get(instance.port) == (200, "hello from a localcloud build")
+            pids = instance.pids()
+        finally:
+            await instance.stop(grace=5)
+        assert [pid for pid in pids if alive(pid)] == []
+
+    run(scenario())
+
+
+def test_command_and_args_follow_cloud_run_rules(tmp_path):
+    image = UnpackedImage(
+        digest="sha256:" + "1" * 64,
+        rootfs=tmp_path,
+        env={"A": "image", "B": "image"},
+        entrypoint=["python3", "-m", "functions_framework"],
+        cmd=["--debug"],
+        working_dir="/workspace",
+        runtime=None,
+        exposed_port=8080,
+    )
+    spec = InstanceSpec(image=image, env={"B": "spec", "PORT": "1"}, port=9999, log_path=tmp_path)
+    assert sandbox.container_argv(spec) == ["python3", "-m", "functions_framework", "--debug"]
+    assert sandbox.instance_env(spec) == {"A": "image", "B": "spec", "PORT": "9999"}
+    spec.args = ["--port", "1"]
+    assert sandbox.container_argv(spec) == ["python3", "-m", "functions_framework", "--port", "1"]
+    spec.command, spec.args = ["gunicorn"], None
+    assert sandbox.container_argv(spec) == ["gunicorn"]  # a command drops the image's Cmd
+    spec.args = ["main:app"]
+    assert sandbox.container_argv(spec) == ["gunicorn", "main:app"]
