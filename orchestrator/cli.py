@@ -58,6 +58,8 @@ def _print_addresses(state: dict) -> None:
     click.echo(f"  Cloud Storage (JSON API)                         {a['storage']}")
     click.echo(f"  Artifact Registry (OCI registry)                 {a['registry']}")
     click.echo(f"  OIDC issuer keys (JWKS)                          {a['oidc_jwks']}")
+    if "run_ingress" in a:
+        click.echo(f"  Cloud Run ingress (Host: SERVICE.run.localhost)  {a['run_ingress']}")
     click.echo(f"  data directory                                   {state['data_dir']}")
 
 
@@ -179,14 +181,32 @@ def env(data: str | None) -> None:
 @click.option("-n", "--lines", default=50, show_default=True)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("--build", "build_id", help="Show one Cloud Build build's log.")
+@click.option("--service", help="Show a Cloud Run service's instance logs (every revision).")
 def logs(
-    data: str | None, part: str | None, lines: int, follow: bool, build_id: str | None
+    data: str | None,
+    part: str | None,
+    lines: int,
+    follow: bool,
+    build_id: str | None,
+    service: str | None,
 ) -> None:
     """Show the logs of localcloud (PART: localcloud, storage, registry; default all)."""
     config = _config(data)
     log_dir = config.data_dir / "logs"
     files = sorted(log_dir.glob("*.log")) if log_dir.exists() else []
-    if build_id:
+    if service:
+        # Revision logs are named <service>-<5 digits>-<suffix>.log.
+        prefix = len(service) + 1
+        files = sorted(
+            p
+            for p in (log_dir / "run").glob(f"{service}-*.log")
+            if p.stem[prefix : prefix + 5].isdigit()
+        )
+        if not files:
+            raise click.ClickException(
+                f"no instance logs for service {service!r} in {log_dir / 'run'}"
+            )
+    elif build_id:
         files = [log_dir / "builds" / f"{build_id}.log"]
         if not files[0].exists():
             raise click.ClickException(f"no log for build {build_id!r} in {log_dir / 'builds'}")

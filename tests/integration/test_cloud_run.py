@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -148,6 +151,15 @@ def test_deploy_serves_http_with_cloud_run_variables(localcloud, build_image, de
     assert seen["revision"] == service.latest_ready_revision.rsplit("/", 1)[-1]
     assert seen["greeting"] == "hi"
     assert seen["forwarded_for"]
+    logs = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "local", "logs", "--service", service_id],
+        env={**os.environ, "LOCALCLOUD_DATA": str(localcloud.config.data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert logs.returncode == 0, logs.stderr
+    assert seen["revision"] in logs.stdout  # the revision's log file is listed
 
 
 def test_private_service_needs_a_token_for_its_url(localcloud, build_image, deploy, clients):
