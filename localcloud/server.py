@@ -22,6 +22,9 @@ from localcloud.core.config import Config
 from localcloud.core.db import Database
 from localcloud.core.iam import IamService, PolicyStore
 from localcloud.core.oidc import Issuer, aiohttp_routes
+from localcloud.eventarc.router import EventRouter
+from localcloud.eventarc.service import EventarcService
+from localcloud.eventarc.store import TriggerStore
 from localcloud.operations.service import OperationsService
 from localcloud.operations.store import OperationStore
 from localcloud.pubsub import names
@@ -77,6 +80,7 @@ class LocalCloud:
         self.pubsub = PubSub(self.db, push_backoff=(cfg.push_min_backoff, cfg.push_max_backoff))
         self.builds = BuildStore(self.db)
         self.run_store = RunStore(self.db)
+        self.triggers = TriggerStore(self.db)
         self.db.start()
         self.issuer = Issuer(cfg.data_dir / "oidc", cfg.http_url)
         self.session = aiohttp.ClientSession()
@@ -103,6 +107,8 @@ class LocalCloud:
         await self.ingress.start()
         await self.controller.start()
         self.autoscaler.start()
+        self.router = EventRouter(cfg, self.triggers, self.operations, self.pubsub, self.controller)
+        await self.router.start()
 
         self._grpc = grpc.aio.server(
             options=[
@@ -135,6 +141,7 @@ class LocalCloud:
             CloudBuildService(self.builder).handler(),
             ServicesService(self.controller).handler(),
             RevisionsService(self.controller).handler(),
+            EventarcService(self.router).handler(),
             iam.handler(),
         ]
 

@@ -122,6 +122,13 @@ class Clients:
         return self._grpc(run_v2.RevisionsClient, RevisionsGrpcTransport)
 
     @cached_property
+    def eventarc(self) -> Any:
+        from google.cloud import eventarc_v1
+        from google.cloud.eventarc_v1.services.eventarc.transports import EventarcGrpcTransport
+
+        return self._grpc(eventarc_v1.EventarcClient, EventarcGrpcTransport)
+
+    @cached_property
     def operations(self) -> Any:
         """``google.longrunning.Operations`` (localcloud's, shared by all its APIs)."""
         from google.api_core import operations_v1

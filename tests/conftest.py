@@ -60,6 +60,8 @@ def localcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testing.Ins
             "LOCALCLOUD_PUSH_MAX_BACKOFF_MS": "1000",
             "LOCALCLOUD_WHEELHOUSE": str(wheelhouse),
             "LOCALCLOUD_RUN_IDLE_MS": "3000",
+            "LOCALCLOUD_EVENTARC_MIN_BACKOFF_MS": "100",
+            "LOCALCLOUD_EVENTARC_MAX_BACKOFF_MS": "500",
         },
     )
     saved = {k: os.environ.get(k) for k in instance.env}

@@ -76,6 +76,9 @@ class Config:
     run_first_port: int = 8100
     run_idle_seconds: float = 300.0
     run_unsandboxed: bool = False
+    # Eventarc delivery retries (Google: 10 s..600 s).
+    eventarc_min_backoff: float = 10.0
+    eventarc_max_backoff: float = 600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -98,6 +101,12 @@ class Config:
             run_first_port=_int(env, "LOCALCLOUD_RUN_FIRST_PORT", 8100, 1, 65535),
             run_idle_seconds=_int(env, "LOCALCLOUD_RUN_IDLE_MS", 300_000, 100, 86_400_000) / 1000,
             run_unsandboxed=_bool(env, "LOCALCLOUD_RUN_UNSANDBOXED", False),
+            eventarc_min_backoff=_int(env, "LOCALCLOUD_EVENTARC_MIN_BACKOFF_MS", 10_000, 0, 600_000)
+            / 1000,
+            eventarc_max_backoff=_int(
+                env, "LOCALCLOUD_EVENTARC_MAX_BACKOFF_MS", 600_000, 0, 600_000
+            )
+            / 1000,
         )
         if cfg.push_max_backoff < cfg.push_min_backoff:
             raise ConfigError(

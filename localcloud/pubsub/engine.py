@@ -96,6 +96,9 @@ class PubSub:
         self.subs: dict[str, SubState] = {}
         self.topic_subs: dict[str, set[str]] = {}
         self.push_factory: Callable[[PubSub, SubState], Any] | None = None
+        # Push subscriptions whose messages another service shapes (Eventarc's CloudEvents):
+        # formatter(sub, entry) -> (body, headers), or None to acknowledge without delivery.
+        self.push_formatters: dict[str, Callable[[SubState, Entry], Any]] = {}
         # Called with a deleted topic's or subscription's name (e.g. to drop its IAM policy).
         self.on_delete: list[Callable[[str], Awaitable[None]]] = []
         self.stopping = False

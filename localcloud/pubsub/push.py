@@ -131,7 +131,16 @@ class PushWorker:
     async def _deliver(self, entry: Entry) -> None:
         endpoint = self.st.pb.push_config.push_endpoint
         attempt = entry.attempt  # this delivery's lease; a late answer must not end a newer one
-        body, headers = envelope(self.st, entry)
+        formatter = self.engine.push_formatters.get(self.st.name)
+        if formatter is None:
+            body, headers = envelope(self.st, entry)
+        else:  # e.g. Eventarc: the message becomes a CloudEvent
+            formatted = formatter(self.st, entry)
+            if formatted is None:
+                await self.engine.ack_entries(self.st, [entry])
+                return
+            body, headers = formatted
+            headers = dict(headers)
         headers.update(self._headers(endpoint))
         timeout = aiohttp.ClientTimeout(total=self.st.pb.ack_deadline_seconds or 10)
         status: int | str

@@ -1,0 +1,317 @@
+"""Eventarc through the official ``google-cloud-eventarc`` client: triggers deliver Cloud
+Storage and Pub/Sub events to Cloud Run functions as CloudEvents.
+
+Formats from googleapis/google-cloudevents (StorageObjectData, MessagePublishedData) and
+https://cloud.google.com/eventarc/docs/cloudevents.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import threading
+import time
+import uuid
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from google.api_core import exceptions
+from google.cloud import eventarc_v1, run_v2
+from google.cloud.devtools import cloudbuild_v1
+from google.iam.v1 import policy_pb2
+
+from orchestrator.clients import Clients, Environment
+
+FUNCTIONS = Path(__file__).parent.parent / "functions"
+LOCATION = "projects/local-project/locations/us-central1"
+TRIGGER_SA = "eventarc-trigger@local-project.iam.gserviceaccount.com"
+
+
+class Recorder:
+    """An HTTP server on loopback collecting what the function posts."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.arrived = threading.Condition()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with recorder.arrived:
+                    recorder.events.append(json.loads(body))
+                    recorder.arrived.notify_all()
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, count: int, timeout: float = 30) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while len(self.events) < count and time.monotonic() < deadline:
+                self.arrived.wait(deadline - time.monotonic())
+            return list(self.events)
+
+
+@pytest.fixture(scope="module")
+def clients(localcloud) -> Clients:
+    return Clients(Environment.from_env(localcloud.env))
+
+
+@pytest.fixture(scope="module")
+def images(clients) -> dict[str, str]:
+    bucket = clients.storage.create_bucket(f"ev-src-{uuid.uuid4().hex[:8]}")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for p in (FUNCTIONS / "event_recorder").iterdir():
+            if p.is_file():
+                zf.writestr(p.name, p.read_bytes())
+    blob = bucket.blob("recorder.zip")
+    blob.upload_from_string(buffer.getvalue())
+    out = {}
+    for target, signature in (("record", "cloudevent"), ("record_legacy", "event")):
+        image = f"us-central1-docker.pkg.dev/local-project/functions/recorder-{signature}"
+        args = [
+            "build",
+            image,
+            "--env",
+            f"GOOGLE_FUNCTION_TARGET={target}",
+            "--env",
+            f"GOOGLE_FUNCTION_SIGNATURE_TYPE={signature}",
+        ]
+        build = clients.cloud_build.create_build(
+            project_id="local-project",
+            build=cloudbuild_v1.Build(
+                source={"storage_source": {"bucket": bucket.name, "object_": blob.name}},
+                steps=[{"name": "gcr.io/k8s-skaffold/pack", "entrypoint": "pack", "args": args}],
+                images=[image],
+            ),
+        ).result(timeout=180)
+        out[signature] = f"{image}@{build.results.images[0].digest}"
+    return out
+
+
+@pytest.fixture
+def recorder():
+    rec = Recorder()
+    yield rec
+    rec.server.shutdown()
+
+
+@pytest.fixture
+def function(clients, images, recorder):
+    """Deploy a private recorder service the trigger's service account may invoke."""
+    made: list[str] = []
+
+    def deploy(signature: str = "cloudevent", fail: bool = False) -> run_v2.Service:
+        env = [{"name": "RECORD_URL", "value": recorder.url}]
+        if fail:
+            env.append({"name": "FAIL", "value": "1"})
+        service = clients.run_services.create_service(
+            parent=LOCATION,
+            service_id=f"rec-{uuid.uuid4().hex[:8]}",
+            service=run_v2.Service(
+                template={"containers": [{"image": images[signature], "env": env}]}
+            ),
+        ).result(timeout=120)
+        policy = clients.run_services.get_iam_policy(request={"resource": service.name})
+        policy.bindings.append(
+            policy_pb2.Binding(role="roles/run.invoker", members=[f"serviceAccount:{TRIGGER_SA}"])
+        )
+        clients.run_services.set_iam_policy(request={"resource": service.name, "policy": policy})
+        made.append(service.name)
+        return service
+
+    yield deploy
+    for name in made:
+        clients.run_services.delete_service(name=name).result(timeout=60)
+
+
+@pytest.fixture
+def trigger(clients):
+    made: list[str] = []
+
+    def create(service: run_v2.Service, filters: list[dict], **fields) -> eventarc_v1.Trigger:
+        trigger_id = f"trg-{uuid.uuid4().hex[:8]}"
+        result = clients.eventarc.create_trigger(
+            parent=LOCATION,
+            trigger_id=trigger_id,
+            trigger=eventarc_v1.Trigger(
+                event_filters=filters,
+                destination={
+                    "cloud_run": {
+                        "service": service.name.rsplit("/", 1)[-1],
+                        "region": "us-central1",
+                    }
+                },
+                service_account=TRIGGER_SA,
+                **fields,
+            ),
+        ).result(timeout=60)
+        made.append(result.name)
+        return result
+
+    yield create
+    for name in made:
+        with contextlib.suppress(exceptions.NotFound):
+            clients.eventarc.delete_trigger(name=name).result(timeout=60)
+
+
+def storage_filters(bucket: str, kind: str = "finalized") -> list[dict]:
+    return [
+        {"attribute": "type", "value": f"google.cloud.storage.object.v1.{kind}"},
+        {"attribute": "bucket", "value": bucket},
+    ]
+
+
+def test_object_finalized_arrives_as_a_cloudevent(clients, function, trigger, recorder):
+    bucket = clients.storage.create_bucket(f"ev-{uuid.uuid4().hex[:8]}")
+    other = clients.storage.create_bucket(f"ev-other-{uuid.uuid4().hex[:8]}")
+    made = trigger(function(), storage_filters(bucket.name))
+    assert made.transport.pubsub.subscription
+    other.blob("ignored.txt").upload_from_string(b"not for this trigger")
+    blob = bucket.blob("docs/hello.txt")
+    blob.upload_from_string(b"hello", content_type="text/plain")
+    (event,) = recorder.wait(1)
+    attrs = event["attributes"]
+    assert attrs["type"] == "google.cloud.storage.object.v1.finalized"
+    assert attrs["source"] == f"//storage.googleapis.com/projects/_/buckets/{bucket.name}"
+    assert attrs["subject"] == "objects/docs/hello.txt"
+    assert attrs["bucket"] == bucket.name
+    assert attrs["specversion"] == "1.0"
+    assert attrs["id"] and attrs["time"]
+    data = event["data"]
+    assert data["bucket"] == bucket.name
+    assert data["name"] == "docs/hello.txt"
+    assert data["generation"] == str(blob.generation)
+    assert data["size"] == "5"
+    assert data["contentType"] == "text/plain"
+    time.sleep(1.5)
+    assert len(recorder.events) == 1, "an object in another bucket must not be delivered"
+
+
+def test_message_published_arrives_as_a_cloudevent(
+    clients, local_target, local_topic, function, trigger, recorder
+):
+    topic = local_topic()
+    trigger(
+        function(),
+        [{"attribute": "type", "value": "google.cloud.pubsub.topic.v1.messagePublished"}],
+        transport={"pubsub": {"topic": topic}},
+    )
+    message_id = local_target.publisher.publish(topic, b"order 42", origin="test").result(
+        timeout=30
+    )
+    (event,) = recorder.wait(1)
+    attrs = event["attributes"]
+    assert attrs["type"] == "google.cloud.pubsub.topic.v1.messagePublished"
+    assert attrs["source"] == f"//pubsub.googleapis.com/{topic}"
+    assert attrs["id"] == message_id
+    message = event["data"]["message"]
+    assert base64.b64decode(message["data"]) == b"order 42"
+    assert message["attributes"] == {"origin": "test"}
+    assert message["messageId"] == message_id
+    assert event["data"]["subscription"].startswith(
+        "projects/local-project/subscriptions/eventarc-"
+    )
+
+
+def test_path_pattern_and_legacy_event_function(clients, function, trigger, recorder):
+    bucket = clients.storage.create_bucket(f"ev-pp-{uuid.uuid4().hex[:8]}")
+    filters = [
+        *storage_filters(bucket.name),
+        {
+            "attribute": "subject",
+            "value": "objects/uploads/*.zip",
+            "operator": "match-path-pattern",
+        },
+    ]
+    trigger(function("event"), filters)
+    bucket.blob("other/skip.zip").upload_from_string(b"x")
+    bucket.blob("uploads/take.txt").upload_from_string(b"x")
+    bucket.blob("uploads/take.zip").upload_from_string(b"PK")
+    (event,) = recorder.wait(1)
+    assert event["kind"] == "legacy"
+    assert event["data"]["name"] == "uploads/take.zip"
+    assert event["context"]["event_type"] == "google.storage.object.finalize"
+    time.sleep(1.5)
+    assert len(recorder.events) == 1
+
+
+def test_failing_function_is_retried_then_dead_lettered(
+    clients, local_target, local_topic, local_subscription, function, trigger, recorder
+):
+    bucket = clients.storage.create_bucket(f"ev-dl-{uuid.uuid4().hex[:8]}")
+    made = trigger(function(fail=True), storage_filters(bucket.name))
+    dead_topic = local_topic("dead")
+    dead_sub = local_subscription(dead_topic, prefix="dead")
+    sub = made.transport.pubsub.subscription
+    local_target.subscriber.update_subscription(
+        request={
+            "subscription": {
+                "name": sub,
+                "dead_letter_policy": {"dead_letter_topic": dead_topic, "max_delivery_attempts": 5},
+            },
+            "update_mask": {"paths": ["dead_letter_policy"]},
+        }
+    )
+    bucket.blob("poison.bin").upload_from_string(b"x")
+    assert len(recorder.wait(5, timeout=60)) >= 5
+    deadline = time.monotonic() + 30
+    dead = []
+    while not dead and time.monotonic() < deadline:
+        dead = local_target.subscriber.pull(
+            request={"subscription": dead_sub, "max_messages": 1}, timeout=5
+        ).received_messages
+    assert dead, "the event should reach the dead-letter topic after 5 attempts"
+    assert dead[0].message.attributes["objectId"] == "poison.bin"
+
+
+def test_deleted_trigger_delivers_nothing_more(clients, function, trigger, recorder):
+    bucket = clients.storage.create_bucket(f"ev-del-{uuid.uuid4().hex[:8]}")
+    made = trigger(function(), storage_filters(bucket.name))
+    bucket.blob("one.txt").upload_from_string(b"1")
+    assert len(recorder.wait(1)) == 1
+    clients.eventarc.delete_trigger(name=made.name).result(timeout=60)
+    with pytest.raises(exceptions.NotFound):
+        clients.eventarc.get_trigger(name=made.name)
+    bucket.blob("two.txt").upload_from_string(b"2")
+    time.sleep(2)
+    assert len(recorder.events) == 1
+
+
+def test_validation_names_the_field(clients, function):
+    service = function()
+    service_id = service.name.rsplit("/", 1)[-1]
+
+    def create(filters, destination_service=service_id):
+        return clients.eventarc.create_trigger(
+            parent=LOCATION,
+            trigger_id=f"bad-{uuid.uuid4().hex[:6]}",
+            trigger=eventarc_v1.Trigger(
+                event_filters=filters, destination={"cloud_run": {"service": destination_service}}
+            ),
+        )
+
+    with pytest.raises(exceptions.InvalidArgument, match="'type' is required"):
+        create([{"attribute": "bucket", "value": "b"}])
+    with pytest.raises(exceptions.InvalidArgument, match="not supported"):
+        create([{"attribute": "type", "value": "google.cloud.unknown.v1.happened"}])
+    with pytest.raises(exceptions.InvalidArgument, match="bucket"):
+        create([{"attribute": "type", "value": "google.cloud.storage.object.v1.finalized"}])
+    with pytest.raises(exceptions.InvalidArgument, match=r"destination\.cloud_run\.service"):
+        create(storage_filters("b"), destination_service="no-such-service")
+    providers = {
+        p.name.rsplit("/", 1)[-1] for p in clients.eventarc.list_providers(parent=LOCATION)
+    }
+    assert providers == {"storage.googleapis.com", "pubsub.googleapis.com"}
