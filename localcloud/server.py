@@ -38,6 +38,10 @@ from localcloud.run.ingress import Ingress
 from localcloud.run.service import RevisionsService, ServicesService
 from localcloud.run.store import RunStore
 from localcloud.storage.notifier import Notifier
+from localcloud.workflows.engine import WorkflowsEngine
+from localcloud.workflows.runtime import Runtime
+from localcloud.workflows.service import ExecutionsService, WorkflowsService
+from localcloud.workflows.store import WorkflowStore
 
 LOG = logging.getLogger(__name__)
 MAX_MESSAGE = 32 * 1024 * 1024  # above Pub/Sub's 10 MB so oversize gets INVALID_ARGUMENT
@@ -81,6 +85,7 @@ class LocalCloud:
         self.builds = BuildStore(self.db)
         self.run_store = RunStore(self.db)
         self.triggers = TriggerStore(self.db)
+        self.workflow_store = WorkflowStore(self.db)
         self.db.start()
         self.issuer = Issuer(cfg.data_dir / "oidc", cfg.http_url)
         self.session = aiohttp.ClientSession()
@@ -109,6 +114,10 @@ class LocalCloud:
         self.autoscaler.start()
         self.router = EventRouter(cfg, self.triggers, self.operations, self.pubsub, self.controller)
         await self.router.start()
+        self.workflows = WorkflowsEngine(
+            self.workflow_store, self.operations, Runtime(self.session, self.issuer, self)
+        )
+        await self.workflows.start()
 
         self._grpc = grpc.aio.server(
             options=[
@@ -142,6 +151,8 @@ class LocalCloud:
             ServicesService(self.controller).handler(),
             RevisionsService(self.controller).handler(),
             EventarcService(self.router).handler(),
+            WorkflowsService(self.workflows).handler(),
+            ExecutionsService(self.workflows).handler(),
             iam.handler(),
         ]
 
@@ -171,6 +182,8 @@ class LocalCloud:
             await asyncio.sleep(0)
         if hasattr(self, "notifier"):
             self.notifier.stop()
+        if hasattr(self, "workflows"):
+            await self.workflows.stop()
         if hasattr(self, "builder"):
             await self.builder.stop()
         if hasattr(self, "controller"):

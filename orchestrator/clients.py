@@ -129,6 +129,22 @@ class Clients:
         return self._grpc(eventarc_v1.EventarcClient, EventarcGrpcTransport)
 
     @cached_property
+    def workflows(self) -> Any:
+        from google.cloud import workflows_v1
+        from google.cloud.workflows_v1.services.workflows.transports import WorkflowsGrpcTransport
+
+        return self._grpc(workflows_v1.WorkflowsClient, WorkflowsGrpcTransport)
+
+    @cached_property
+    def executions(self) -> Any:
+        from google.cloud.workflows import executions_v1
+        from google.cloud.workflows.executions_v1.services.executions.transports import (
+            ExecutionsGrpcTransport,
+        )
+
+        return self._grpc(executions_v1.ExecutionsClient, ExecutionsGrpcTransport)
+
+    @cached_property
     def operations(self) -> Any:
         """``google.longrunning.Operations`` (localcloud's, shared by all its APIs)."""
         from google.api_core import operations_v1

@@ -43,6 +43,26 @@ C = types.Condition
 LATEST = types.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
 BY_REVISION = types.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 DEFAULT_TIMEOUT = 300
+OUTPUT_ONLY = (
+    "uid",
+    "generation",
+    "create_time",
+    "update_time",
+    "delete_time",
+    "expire_time",
+    "creator",
+    "last_modifier",
+    "observed_generation",
+    "terminal_condition",
+    "conditions",
+    "latest_ready_revision",
+    "latest_created_revision",
+    "traffic_statuses",
+    "uri",
+    "urls",
+    "reconciling",
+    "etag",
+)
 FIRST_PORT = 8100
 
 
@@ -157,6 +177,8 @@ class Controller:
             raise AlreadyExists(f"Resource '{service_id}' already exists.")
         svc = ServicePb()
         svc.CopyFrom(request_svc)
+        for output_only in OUTPUT_ONLY:
+            svc.ClearField(output_only)
         svc.name = name
         if not svc.traffic:
             svc.traffic.add(type_=LATEST, percent=100)
@@ -192,6 +214,8 @@ class Controller:
             )
         svc = ServicePb()
         svc.CopyFrom(request_svc)
+        for output_only in OUTPUT_ONLY:  # a client sends back what it read; ignore those
+            svc.ClearField(output_only)
         if not svc.traffic:
             svc.traffic.add(type_=LATEST, percent=100)
         self._validate(svc)

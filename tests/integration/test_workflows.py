@@ -1,0 +1,477 @@
+"""Cloud Workflows through the official clients: the API, and a conformance set of workflows
+from Google's syntax reference with their documented results.
+
+Pages: https://cloud.google.com/workflows/docs/reference/syntax (steps, switch, iteration,
+parallel-steps, catching-errors, retrying, subworkflows, environment-variables).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from google.api_core import exceptions
+from google.cloud.workflows import executions_v1
+from google.cloud.workflows_v1 import types as wf
+
+from localcloud.core.oidc import Issuer
+from orchestrator.clients import Clients, Environment
+
+PARENT = "projects/local-project/locations/us-central1"
+State = executions_v1.Execution.State
+
+
+@pytest.fixture(scope="module")
+def clients(localcloud) -> Clients:
+    return Clients(Environment.from_env(localcloud.env))
+
+
+@pytest.fixture
+def deploy(clients):
+    made: list[str] = []
+
+    def make(source: str, **fields) -> wf.Workflow:
+        workflow = clients.workflows.create_workflow(
+            parent=PARENT,
+            workflow_id=f"wf-{uuid.uuid4().hex[:8]}",
+            workflow=wf.Workflow(source_contents=source, **fields),
+        ).result(timeout=30)
+        made.append(workflow.name)
+        return workflow
+
+    yield make
+    for name in made:
+        with contextlib.suppress(exceptions.NotFound):
+            clients.workflows.delete_workflow(name=name).result(timeout=30)
+
+
+def run(clients, workflow: wf.Workflow, argument=None, timeout: float = 30):
+    execution = clients.executions.create_execution(
+        parent=workflow.name,
+        execution=executions_v1.Execution(
+            argument=json.dumps(argument) if argument is not None else ""
+        ),
+    )
+    assert execution.state == State.ACTIVE
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        execution = clients.executions.get_execution(name=execution.name)
+        if execution.state != State.ACTIVE:
+            return execution
+        time.sleep(0.05)
+    raise AssertionError(f"execution still active after {timeout}s")
+
+
+CONFORMANCE = [
+    (
+        "assign and return (syntax/steps)",
+        """
+main:
+  steps:
+    - init:
+        assign:
+          - number: 5
+          - number_plus_one: ${number + 1}
+          - other_number: 10
+          - string: "hello"
+    - last:
+        return: ${string + " " + string(number_plus_one + other_number)}
+""",
+        None,
+        "hello 16",
+    ),
+    (
+        "params and maps (syntax/runtime-arguments)",
+        """
+main:
+  params: [args]
+  steps:
+    - build:
+        assign:
+          - out: {}
+          - out.name: ${args.firstName + " " + args.lastName}
+          - out["count"]: ${len(args.items)}
+    - done:
+        return: ${out}
+""",
+        {"firstName": "Ada", "lastName": "Lovelace", "items": [1, 2, 3]},
+        {"name": "Ada Lovelace", "count": 3},
+    ),
+    (
+        "switch with next (syntax/conditions)",
+        """
+- first:
+    assign:
+      - value: 20
+- check:
+    switch:
+      - condition: ${value < 10}
+        next: small
+      - condition: ${value < 100}
+        next: medium
+    next: large
+- small:
+    return: "small"
+- medium:
+    return: "medium"
+- large:
+    return: "large"
+""",
+        None,
+        "medium",
+    ),
+    (
+        "for in, break and continue (syntax/iteration)",
+        """
+main:
+  steps:
+    - init:
+        assign:
+          - total: 0
+    - loop:
+        for:
+          value: v
+          in: [1, 2, 3, 4, 5, 6]
+          steps:
+            - skip_odd:
+                switch:
+                  - condition: ${v % 2 == 1}
+                    next: continue
+            - stop_at_six:
+                switch:
+                  - condition: ${v == 6}
+                    next: break
+            - add:
+                assign:
+                  - total: ${total + v}
+    - done:
+        return: ${total}
+""",
+        None,
+        6,
+    ),
+    (
+        "for range with index is inclusive (syntax/iteration)",
+        """
+main:
+  steps:
+    - init:
+        assign:
+          - seen: []
+    - loop:
+        for:
+          value: v
+          index: i
+          range: [1, 3]
+          steps:
+            - add:
+                assign:
+                  - seen: ${list.concat(seen, v * 10 + i)}
+    - done:
+        return: ${seen}
+""",
+        None,
+        [10, 21, 32],
+    ),
+    (
+        "subworkflow with a default param (syntax/subworkflows)",
+        """
+main:
+  steps:
+    - call_it:
+        call: greet
+        args:
+          first: "Ada"
+        result: text
+    - done:
+        return: ${text}
+greet:
+  params: [first, last: "Lovelace"]
+  steps:
+    - make:
+        return: ${first + " " + last}
+""",
+        None,
+        "Ada Lovelace",
+    ),
+    (
+        "raise and except a map (syntax/catching-errors)",
+        """
+main:
+  steps:
+    - guarded:
+        try:
+          steps:
+            - boom:
+                raise:
+                  code: 55
+                  message: "Something went wrong."
+        except:
+          as: e
+          steps:
+            - handle:
+                return: '${"caught " + string(e.code) + ": " + e.message}'
+""",
+        None,
+        "caught 55: Something went wrong.",
+    ),
+    (
+        "retry with a custom predicate (syntax/retrying)",
+        """
+main:
+  steps:
+    - init:
+        assign:
+          - attempts: 0
+    - flaky:
+        try:
+          steps:
+            - count:
+                assign:
+                  - attempts: ${attempts + 1}
+            - fail_twice:
+                switch:
+                  - condition: ${attempts < 3}
+                    raise: "transient"
+        retry:
+          predicate: ${always_retry}
+          max_retries: 5
+          backoff:
+            initial_delay: 0.01
+            max_delay: 0.05
+            multiplier: 2
+    - done:
+        return: ${attempts}
+always_retry:
+  params: [e]
+  steps:
+    - yes:
+        return: true
+""",
+        None,
+        3,
+    ),
+    (
+        "parallel branches with a shared variable (syntax/parallel-steps)",
+        """
+main:
+  steps:
+    - init:
+        assign:
+          - results: {}
+    - work:
+        parallel:
+          shared: [results]
+          branches:
+            - one:
+                steps:
+                  - a:
+                      assign:
+                        - results.one: 1
+            - two:
+                steps:
+                  - b:
+                      assign:
+                        - results.two: 2
+    - done:
+        return: ${results}
+""",
+        None,
+        {"one": 1, "two": 2},
+    ),
+    (
+        "built-in environment variables (syntax/environment-variables)",
+        """
+main:
+  steps:
+    - done:
+        return: ${sys.get_env("GOOGLE_CLOUD_LOCATION") + "/" + sys.get_env("GREETING")}
+""",
+        None,
+        "us-central1/hi",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("title", "source", "argument", "expected"), CONFORMANCE, ids=[c[0] for c in CONFORMANCE]
+)
+def test_conformance(clients, deploy, title, source, argument, expected):
+    workflow = deploy(source, user_env_vars={"GREETING": "hi"})
+    execution = run(clients, workflow, argument)
+    assert execution.state == State.SUCCEEDED, execution.error.payload
+    assert json.loads(execution.result) == expected
+
+
+def test_unhandled_error_fails_with_googles_error_shape(clients, deploy):
+    workflow = deploy("""
+main:
+  steps:
+    - first:
+        assign:
+          - x: 1
+    - explode:
+        raise:
+          message: "no luck"
+          code: 7
+""")
+    execution = run(clients, workflow)
+    assert execution.state == State.FAILED
+    assert json.loads(execution.error.payload) == {"message": "no luck", "code": 7}
+    assert execution.error.stack_trace.elements[0].step == "explode"
+    assert execution.error.stack_trace.elements[0].routine == "main"
+
+
+def test_deploy_time_validation_reports_every_problem(clients):
+    source = """
+main:
+  steps:
+    - one:
+        asign:
+          - x: 1
+    - two:
+        next: nowhere
+    - three:
+        call: undefined_subworkflow
+    - four:
+        return: ${1 +}
+"""
+    with pytest.raises(exceptions.InvalidArgument) as failure:
+        clients.workflows.create_workflow(
+            parent=PARENT,
+            workflow_id=f"bad-{uuid.uuid4().hex[:6]}",
+            workflow=wf.Workflow(source_contents=source),
+        )
+    message = str(failure.value)
+    for fragment in ("main.one", "asign", "nowhere", "undefined_subworkflow", "main.four"):
+        assert fragment in message
+
+
+def test_workflow_api_revisions(clients, deploy):
+    workflow = deploy("- a:\n    return: 1\n")
+    assert workflow.state == wf.Workflow.State.ACTIVE
+    assert workflow.revision_id.startswith("000001-")
+    workflow.source_contents = "- a:\n    return: 2\n"
+    updated = clients.workflows.update_workflow(workflow=workflow).result(timeout=30)
+    assert updated.revision_id.startswith("000002-")
+    assert json.loads(run(clients, updated).result) == 2
+    names = {w.name for w in clients.workflows.list_workflows(parent=PARENT)}
+    assert workflow.name in names
+
+
+def test_http_post_with_oidc_reaches_a_server_that_checks_the_token(localcloud, clients, deploy):
+    seen: list[dict] = []
+    issuer = Issuer(localcloud.config.data_dir / "oidc", localcloud.config.http_url)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            claims = issuer.verify(token, audience=url)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append({"claims": claims, "body": body})
+            reply = json.dumps({"echo": body["n"] * 2}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    url = f"http://127.0.0.1:{server.server_address[1]}/double"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        workflow = deploy(
+            f"""
+main:
+  steps:
+    - call_it:
+        call: http.post
+        args:
+          url: {url}
+          body:
+            n: 21
+          auth:
+            type: OIDC
+        result: response
+    - done:
+        return: ${{response.body.echo}}
+""",
+            service_account="projects/local-project/serviceAccounts/orchestrator@local-project.iam.gserviceaccount.com",
+        )
+        execution = run(clients, workflow)
+        assert execution.state == State.SUCCEEDED, execution.error.payload
+        assert json.loads(execution.result) == 42
+        assert seen[0]["claims"]["email"] == "orchestrator@local-project.iam.gserviceaccount.com"
+    finally:
+        server.shutdown()
+
+
+def test_pubsub_connector_publishes(clients, deploy, local_target, local_topic, local_subscription):
+    topic = local_topic()
+    sub = local_subscription(topic)
+    workflow = deploy(f"""
+main:
+  steps:
+    - publish:
+        call: googleapis.pubsub.v1.projects.topics.publish
+        args:
+          topic: {topic}
+          body:
+            messages:
+              - data: ${{base64.encode(text.encode("step done"))}}
+                attributes:
+                  step: build
+        result: published
+    - done:
+        return: ${{published.messageIds}}
+""")
+    execution = run(clients, workflow)
+    assert execution.state == State.SUCCEEDED, execution.error.payload
+    got = local_target.subscriber.pull(
+        request={"subscription": sub, "max_messages": 1}, timeout=10
+    ).received_messages
+    assert got[0].message.data == b"step done"
+    assert json.loads(execution.result) == [got[0].message.message_id]
+
+
+def test_many_sleeping_executions_run_concurrently_and_cancel(clients, deploy):
+    """200 executions sleeping 2 s each finish in about 2 s: tasks, not threads."""
+    workflow = deploy("""
+main:
+  steps:
+    - nap:
+        call: sys.sleep
+        args:
+          seconds: 2
+    - done:
+        return: "rested"
+""")
+    start = time.monotonic()
+    names = [
+        clients.executions.create_execution(
+            parent=workflow.name, execution=executions_v1.Execution()
+        ).name
+        for _ in range(200)
+    ]
+    victim = names[-1]
+    cancelled = clients.executions.cancel_execution(name=victim)
+    assert cancelled.state == State.CANCELLED
+    deadline = time.monotonic() + 30
+    pending = set(names[:-1])
+    while pending and time.monotonic() < deadline:
+        for name in list(pending):
+            if clients.executions.get_execution(name=name).state != State.ACTIVE:
+                pending.discard(name)
+        time.sleep(0.1)
+    elapsed = time.monotonic() - start
+    assert not pending
+    assert elapsed < 15, f"200 sleeping executions took {elapsed:.1f}s"
+    assert clients.executions.get_execution(name=names[0]).state == State.SUCCEEDED
