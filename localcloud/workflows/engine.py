@@ -33,6 +33,10 @@ LOG = logging.getLogger("localcloud.workflows.executions")
 E = Execution.State
 _PARENT = re.compile(r"projects/([a-z0-9][a-z0-9\-.:]{0,61}[a-z0-9])/locations/([a-z0-9-]+)")
 _WORKFLOW_ID = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+STOPPED = {
+    "message": "localcloud stopped while this execution ran; it was not resumed",
+    "tags": ["SystemError"],
+}
 MAX_ARGUMENT = 32 * 1024
 MAX_RESULT = 512 * 1024
 
@@ -58,6 +62,7 @@ class WorkflowsEngine:
         self.operations = operations
         self.runtime = runtime
         self.tasks: dict[str, asyncio.Task] = {}
+        self.stopping = False
         self.known = set(runtime.functions({})) | set(runtime.blocking(""))
 
     async def start(self) -> None:
@@ -65,15 +70,11 @@ class WorkflowsEngine:
             if execution.state in (E.ACTIVE, E.QUEUED):
                 execution.state = E.FAILED
                 execution.end_time.CopyFrom(_now())
-                execution.error.payload = json.dumps(
-                    {
-                        "message": "localcloud stopped while this execution ran; it was not resumed",
-                        "tags": ["SystemError"],
-                    }
-                )
+                execution.error.payload = json.dumps(STOPPED)
                 await self.store.put_execution(execution)
 
     async def stop(self) -> None:
+        self.stopping = True
         for task in self.tasks.values():
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
@@ -284,7 +285,11 @@ class WorkflowsEngine:
             execution.result = text
             execution.state = E.SUCCEEDED
         except asyncio.CancelledError:
-            execution.state = E.CANCELLED
+            if self.stopping:  # not cancelled by anyone: the server is going away
+                execution.state = E.FAILED
+                execution.error.payload = json.dumps(STOPPED)
+            else:
+                execution.state = E.CANCELLED
         except WorkflowError as exc:
             execution.state = E.FAILED
             value = exc.value

@@ -475,3 +475,51 @@ main:
     assert not pending
     assert elapsed < 15, f"200 sleeping executions took {elapsed:.1f}s"
     assert clients.executions.get_execution(name=names[0]).state == State.SUCCEEDED
+
+
+@pytest.mark.slow
+def test_executions_survive_a_restart(tmp_path):
+    """A finished execution is still readable after a restart; one that was running is
+    marked FAILED (localcloud does not resume executions); sys.log reaches the log."""
+    from localcloud import testing
+
+    instance = testing.start(tmp_path / "data")
+    try:
+        clients = Clients(Environment.from_env(instance.env))
+        workflow = clients.workflows.create_workflow(
+            parent=PARENT,
+            workflow_id="restartable",
+            workflow=wf.Workflow(
+                source_contents="""
+main:
+  params: [args]
+  steps:
+    - say:
+        call: sys.log
+        args:
+          text: ${"sleeping " + string(args.seconds)}
+    - nap:
+        call: sys.sleep
+        args:
+          seconds: ${args.seconds}
+    - done:
+        return: "awake"
+"""
+            ),
+        ).result(timeout=30)
+        finished = run(clients, workflow, {"seconds": 0})
+        assert finished.state == State.SUCCEEDED
+        sleeping = clients.executions.create_execution(
+            parent=workflow.name, execution=executions_v1.Execution(argument='{"seconds": 60}')
+        )
+        time.sleep(0.5)
+        instance = instance.restart()
+        clients = Clients(Environment.from_env(instance.env))
+        again = clients.executions.get_execution(name=finished.name)
+        assert again.state == State.SUCCEEDED and json.loads(again.result) == "awake"
+        interrupted = clients.executions.get_execution(name=sleeping.name)
+        assert interrupted.state == State.FAILED
+        assert "not resumed" in interrupted.error.payload
+        assert "sleeping 60" in instance.log_path.read_text()
+    finally:
+        instance.stop()
