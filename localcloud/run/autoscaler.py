@@ -68,6 +68,7 @@ class Pool:
         self.changed = asyncio.Condition()
         self.last_error: str | None = None
         self.starts = 0
+        self.closed = False
 
     def _alive(self) -> None:
         dead = [s for s in self.slots if not s.instance.running]
@@ -93,10 +94,12 @@ class Pool:
                     if slot is not None:
                         slot.inflight += 1
                         return slot
-                    capacity = (len(self.slots) + self.starting) * self.concurrency
-                    if len(self.slots) + self.starting < self.max and self.waiting > capacity:
+                    # Free room now plus what starting instances will bring.
+                    room = sum(self.concurrency - s.inflight for s in self.slots)
+                    room += self.starting * self.concurrency
+                    if len(self.slots) + self.starting < self.max and self.waiting > room:
                         self._spawn()
-                    elif self.waiting > self.max * self.concurrency + self.max * QUEUE_PER_INSTANCE:
+                    elif self.waiting > max(room, 0) + self.max * QUEUE_PER_INSTANCE:
                         raise Overloaded(f"{self.name}: all {self.max} instances are busy")
                     if self.last_error and not self.slots and not self.starting:
                         error, self.last_error = self.last_error, None
@@ -127,17 +130,22 @@ class Pool:
         try:
             instance = await sandbox.start(self.spec_for(free_port()))
             await instance.wait_ready(STARTUP_TIMEOUT)
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too: never leak a started process
             if instance is not None:
-                await instance.stop(grace=1)
+                await asyncio.shield(instance.stop(grace=1))
             async with self.changed:
                 self.starting -= 1
-                self.last_error = str(exc)
+                self.last_error = str(exc) or type(exc).__name__
                 self.changed.notify_all()
+            if not isinstance(exc, Exception):
+                raise
             return None
         slot = Slot(instance)
         async with self.changed:
             self.starting -= 1
+            if self.closed:  # the pool was dropped while this instance started
+                await instance.stop(grace=1)
+                return None
             self.starts += 1
             self.last_error = None
             self.slots.append(slot)
@@ -171,6 +179,7 @@ class Pool:
 
     async def stop(self) -> None:
         async with self.changed:
+            self.closed = True
             slots, self.slots = self.slots, []
             self.changed.notify_all()
         await asyncio.gather(*(s.instance.stop() for s in slots), return_exceptions=True)

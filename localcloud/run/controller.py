@@ -29,6 +29,7 @@ from localcloud.core.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
+    GoogleError,
     InvalidArgument,
     NotFound,
 )
@@ -106,6 +107,7 @@ class Controller:
         self.log_dir = config.data_dir / "logs" / "run"
         self.tasks: dict[str, asyncio.Task] = {}
         self.ingress: Any = None  # set by the server: opens and closes service ports
+        self._pool_locks: dict[str, asyncio.Lock] = {}
 
     # -- reading -------------------------------------------------------------------------
     def get(self, name: str) -> Any:
@@ -155,8 +157,23 @@ class Controller:
             raise InvalidArgument(
                 "service.template.max_instance_request_concurrency must be between 1 and 1000"
             )
+        if scaling.min_instance_count < 0 or scaling.max_instance_count < 0:
+            raise InvalidArgument("service.template.scaling: instance counts must not be negative")
+        if template.HasField("timeout") and not 0 < template.timeout.seconds <= 3600:
+            raise InvalidArgument("service.template.timeout must be between 1 second and 1 hour")
         total = 0
         for i, target in enumerate(svc.traffic):
+            if not 0 <= target.percent <= 100:
+                raise InvalidArgument(f"service.traffic[{i}].percent must be between 0 and 100")
+            if (
+                target.type_ == BY_REVISION
+                and target.revision
+                and f"{svc.name}/revisions/{target.revision}" not in self.store.revisions
+                and target.revision != svc.template.revision
+            ):
+                raise InvalidArgument(
+                    f"service.traffic[{i}].revision {target.revision!r} does not exist"
+                )
             if target.type_ == BY_REVISION and not target.revision:
                 raise InvalidArgument(
                     f"service.traffic[{i}].revision is required for TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION"
@@ -220,6 +237,7 @@ class Controller:
             svc.traffic.add(type_=LATEST, percent=100)
         self._validate(svc)
         for keep in (
+            "observed_generation",
             "uid",
             "create_time",
             "creator",
@@ -389,9 +407,10 @@ class Controller:
                 error = await self._start_revision(svc, rev)
             elif latest.name != svc.latest_ready_revision:
                 error = await self._start_revision(svc, latest)
-            self._route(svc)
-            svc.reconciling = False
-            svc.observed_generation = svc.generation
+            svc = self._merge_status(name, svc)
+            if svc is None:
+                await self._abort(op_name, "the service was deleted while it was being deployed")
+                return
             svc.ClearField("conditions")
             svc.ClearField("terminal_condition")
             if error is None:
@@ -416,18 +435,49 @@ class Controller:
                     metadata=svc,
                 )
         except asyncio.CancelledError:
+            await asyncio.shield(
+                self._abort(op_name, "the service was deleted while it was being deployed")
+            )
             raise
         except Exception as exc:
-            LOG.exception("reconciling %s failed", name)
-            message = exc.message if hasattr(exc, "message") else f"internal error: {exc}"
-            svc.reconciling = False
-            svc.terminal_condition.CopyFrom(_condition("Ready", C.State.CONDITION_FAILED, message))
-            await self.store.put_service(svc)
+            if isinstance(exc, GoogleError):
+                code, message = exc.code.value[0], exc.message
+            else:
+                LOG.exception("reconciling %s failed", name)
+                code, message = code_pb2.INTERNAL, f"internal error: {exc}"
+            current = self._merge_status(name, svc)
+            if current is not None:
+                current.ClearField("terminal_condition")
+                current.terminal_condition.CopyFrom(
+                    _condition("Ready", C.State.CONDITION_FAILED, message)
+                )
+                await self.store.put_service(current)
             await self.operations.finish(
-                op_name,
-                error=status_pb2.Status(code=code_pb2.INTERNAL, message=message),
-                metadata=svc,
+                op_name, error=status_pb2.Status(code=code, message=message), metadata=svc
             )
+
+    def _merge_status(self, name: str, reconciled: Any) -> Any | None:
+        """The stored service with this reconcile's results: a newer update made meanwhile
+        keeps its spec (and its own reconcile follows), never overwritten by this one."""
+        current = self.store.services.get(name)
+        if current is None:
+            return None
+        if current is not reconciled:
+            current.latest_created_revision = reconciled.latest_created_revision
+            current.latest_ready_revision = reconciled.latest_ready_revision
+        self._route(current)
+        current.observed_generation = reconciled.generation
+        current.reconciling = current.generation > reconciled.generation
+        return current
+
+    async def _abort(self, op_name: str, message: str) -> None:
+        try:
+            if not self.operations.get(op_name).done:
+                await self.operations.finish(
+                    op_name, error=status_pb2.Status(code=code_pb2.ABORTED, message=message)
+                )
+        except NotFound:
+            pass
 
     async def _start_revision(self, svc: Any, rev: Any) -> str | None:
         """Pull, unpack, start one instance; None when Ready, else the failure message."""
@@ -476,6 +526,14 @@ class Controller:
         pool = self.autoscaler.pools.get(rev.name)
         if pool is not None:
             return pool
+        lock = self._pool_locks.setdefault(rev.name, asyncio.Lock())
+        async with lock:  # concurrent first requests must share one pool
+            pool = self.autoscaler.pools.get(rev.name)
+            if pool is None:
+                pool = await self._make_pool(rev)
+            return pool
+
+    async def _make_pool(self, rev: Any) -> Pool:
         container = rev.containers[0]
         image = await self.autoscaler.cache.ensure(container.image)
         project = rev.name.split("/")[1]

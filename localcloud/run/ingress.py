@@ -18,6 +18,7 @@ from aiohttp import web
 
 from localcloud.core.oidc import InvalidToken, Issuer
 from localcloud.run.autoscaler import Overloaded, StartFailed
+from localcloud.run.images import ImageError
 
 LOG = logging.getLogger(__name__)
 INVOKER = "roles/run.invoker"
@@ -32,7 +33,6 @@ HOP_BY_HOP = frozenset(
         "transfer-encoding",
         "upgrade",
         "host",
-        "content-length",
     }
 )
 
@@ -145,6 +145,8 @@ class Ingress:
             return web.Response(
                 status=503, text=f"The service could not start an instance: {exc}\n"
             )
+        except ImageError as exc:
+            return web.Response(status=503, text=f"The revision's image is not available: {exc}\n")
         try:
             return await self._proxy(request, slot.instance.port, rev)
         finally:
@@ -152,12 +154,17 @@ class Ingress:
 
     async def _proxy(self, request: web.Request, port: int, rev: Any) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        headers["X-Forwarded-For"] = request.remote or "127.0.0.1"
+        if "Transfer-Encoding" in request.headers:
+            headers.pop("Content-Length", None)
+        prior = request.headers.get("X-Forwarded-For")
+        client = request.remote or "127.0.0.1"
+        headers["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
         headers["X-Forwarded-Proto"] = request.scheme
         headers["X-Forwarded-Host"] = request.host
         url = f"http://127.0.0.1:{port}{request.rel_url}"
         timeout = aiohttp.ClientTimeout(total=rev.timeout.seconds or 300)
         body = request.content if request.body_exists else None
+        response: web.StreamResponse | None = None
         try:
             async with self.session.request(
                 request.method,
@@ -177,9 +184,14 @@ class Ingress:
                     await response.write(chunk)
                 await response.write_eof()
                 return response
-        except TimeoutError:
-            return web.Response(status=504, text="upstream request timed out\n")
-        except (aiohttp.ClientError, ConnectionError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            if response is not None and response.prepared:
+                # Headers are gone already: cut the connection rather than append a response.
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            if isinstance(exc, TimeoutError):
+                return web.Response(status=504, text="upstream request timed out\n")
             return web.Response(status=502, text=f"upstream error: {exc}\n")
         except asyncio.CancelledError:
             raise

@@ -63,6 +63,8 @@ class WorkflowsEngine:
         self.runtime = runtime
         self.tasks: dict[str, asyncio.Task] = {}
         self.stopping = False
+        self.running: dict[str, Interpreter] = {}
+        self._parsed: dict[tuple[str, str], definition.Definition] = {}
         self.known = set(runtime.functions({})) | set(runtime.blocking(""))
 
     async def start(self) -> None:
@@ -194,6 +196,16 @@ class WorkflowsEngine:
         execution = self.store.executions.get(name)
         if execution is None:
             raise NotFound(f"Resource '{name}' was not found")
+        interpreter = self.running.get(name)
+        if interpreter is not None and interpreter.current is not None:
+            # The current step is kept as plain values while running (cheap per step) and
+            # put into the proto only when someone asks.
+            copy = type(execution)()
+            copy.CopyFrom(execution)
+            copy.status.current_steps.add(
+                routine=interpreter.current[0], step=interpreter.current[1]
+            )
+            return copy
         return execution
 
     def list_executions(self, parent: str) -> list[Any]:
@@ -266,17 +278,17 @@ class WorkflowsEngine:
                 value if isinstance(value, str) else json.dumps(value),
             )
 
-        def on_step(routine: str, step: str) -> None:
-            execution.status.ClearField("current_steps")
-            execution.status.current_steps.add(routine=routine, step=step)
-
+        key = (workflow.name, workflow.revision_id)
+        parsed = self._parsed.get(key)
+        if parsed is None:
+            parsed = self._parsed[key] = definition.parse(workflow.source_contents, self.known)
         interpreter = Interpreter(
-            definition.parse(workflow.source_contents, self.known),
+            parsed,
             self.runtime.functions(self._env(workflow, execution)),
             self.runtime.blocking(account),
             log,
-            on_step,
         )
+        self.running[execution.name] = interpreter
         try:
             result = await interpreter.run(argument)
             text = json.dumps(result)
@@ -307,5 +319,6 @@ class WorkflowsEngine:
         execution.duration.FromNanoseconds(
             execution.end_time.ToNanoseconds() - execution.start_time.ToNanoseconds()
         )
+        self.running.pop(execution.name, None)
         await asyncio.shield(self.store.put_execution(execution))
         self.tasks.pop(execution.name, None)

@@ -129,6 +129,7 @@ class Interpreter:
         self._cache: dict[int, list[Step]] = {}
         self.stack: list[str] = []
         self.failed_at: tuple[str, str] | None = None
+        self.current: tuple[str, str] | None = None
 
     # -- entry ---------------------------------------------------------------------------
     async def run(self, argument: Any) -> Any:
@@ -203,8 +204,7 @@ class Interpreter:
         self.steps_run += 1
         if self.steps_run > MAX_STEPS:
             raise WorkflowError(f"execution exceeded {MAX_STEPS} steps", "ResourceLimitError")
-        if self.on_step is not None:
-            self.on_step(self.stack[-1] if self.stack else "main", step.name)
+        self.current = (self.stack[-1] if self.stack else "main", step.name)
 
     async def _run_step(self, step: Step, scope: Scope) -> str | None:
         self._count(step)

@@ -461,6 +461,8 @@ main:
         ).name
         for _ in range(200)
     ]
+    first = clients.executions.get_execution(name=names[0])
+    assert [(s.routine, s.step) for s in first.status.current_steps] == [("main", "nap")]
     victim = names[-1]
     cancelled = clients.executions.cancel_execution(name=victim)
     assert cancelled.state == State.CANCELLED
