@@ -6,8 +6,13 @@ latency); for Cloud Build, the irreducible work of each build (unzip, pip instal
 done directly (plus the absolute time of a warm source-only rebuild). The markdown
 snippet printed at the end is what goes into the README, so the README's figures always
 come from this command. The exit code is 1 when a row fails its target, loses messages
-or a build fails, so a regression is visible to whoever runs it. ``--only build`` or
-``--only pubsub`` runs one of them.
+or a build fails, so a regression is visible to whoever runs it. For Cloud Run, the
+ingress against the same functions-framework process called directly (throughput and
+latency, alternating rounds), and a cold start against functions-framework started by hand.
+``--only build``, ``--only pubsub`` or ``--only run`` runs one of them.
+For Cloud Workflows (``--only workflows``), a loop's step rate against the PyPI
+``workflows-emulator`` on the same file, memory per execution, and the overhead of an
+``http.post`` step against a direct POST.
 """
 
 from __future__ import annotations
@@ -25,8 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import build, pubsub
+from benchmarks import eventarc as events_bench
+from benchmarks import run as cloud_run
+from benchmarks import workflows as workflows_bench
 from benchmarks.build import BuildResult, BuildSettings
 from benchmarks.pubsub import Latency, ServerResult, Settings, Throughput
+from benchmarks.run import RunResult, RunSettings
 from localcloud.build import buildpack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +44,9 @@ NOISY_CORES = 0.25  # other processes using more than this during a scenario: sa
 THROUGHPUT_TARGET = 2.0
 BUILD_OVERHEAD_TARGET = 0.20  # cold builds: (build - irreducible) / irreducible
 WARM_TARGET_S = 1.0  # a warm rebuild of a source-only change
+RUN_THROUGHPUT_TARGET = 0.85  # ingress / direct requests/s at the highest concurrency
+RUN_ADDED_P50_MS = 1.0  # ingress p50 - direct p50 at concurrency 1
+RUN_COLD_TARGET = 1.2  # first request to a scaled-to-zero service / bare process start
 
 
 @dataclass
@@ -45,7 +57,7 @@ class Row:
     official: float | None
     target: str
     ok: bool | None  # None: nothing to judge (informational, or no reference)
-    group: str = "pubsub"  # for "build", ``official`` is the irreducible work
+    group: str = "pubsub"  # "build": ``official`` is the irreducible work; "run": direct
 
     @property
     def ratio(self) -> float | None:
@@ -65,11 +77,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, help="per-scenario limit, s (120; quick 30)")
     parser.add_argument("--no-official", action="store_true", help="skip the official emulator")
     parser.add_argument(
-        "--only", choices=("build", "pubsub"), help="run only the Cloud Build or Pub/Sub part"
+        "--only",
+        choices=("build", "pubsub", "run", "eventarc", "workflows"),
+        help="run only the Cloud Build, Pub/Sub, Cloud Run, Eventarc or Workflows part",
     )
     parser.add_argument(
         "--repeats", type=int, help="build: fresh localcloud data dirs, each cold (3; quick 1)"
     )
+    parser.add_argument(
+        "--rounds", type=int, help="run: rounds per side, concurrency and client (3; quick 2)"
+    )
+    parser.add_argument(
+        "--round-seconds", type=float, help="run: seconds per round (1; wrk: whole seconds)"
+    )
+    parser.add_argument(
+        "--cold-starts", type=int, help="run: cold starts of each kind (5; quick 3)"
+    )
+    parser.add_argument("--no-wrk", action="store_true", help="run: the Python load generator only")
     parser.add_argument("--output", type=Path, help="JSON results (.bench/results.json)")
     args = parser.parse_args(argv)
     if args.output is None:  # a partial run must not overwrite the figures the README quotes
@@ -95,6 +119,16 @@ def build_settings_from(args: argparse.Namespace) -> BuildSettings:
         repeats=max(args.repeats or (1 if args.quick else 3), 1),
         warm=2 if args.quick else 3,
         timeout=args.timeout or 180.0,
+    )
+
+
+def run_settings_from(args: argparse.Namespace) -> RunSettings:
+    return RunSettings(
+        rounds=max(args.rounds or (2 if args.quick else 3), 1),
+        round_seconds=max(args.round_seconds or 1.0, 0.1),
+        cold_starts=max(args.cold_starts or (3 if args.quick else 5), 1),
+        wrk=not args.no_wrk,
+        timeout=args.timeout or 60.0,
     )
 
 
@@ -170,7 +204,7 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.3f}"
     if unit == "%":
         return f"{value:+.1f}"
-    return f"{value:,.0f}" if unit == "msg/s" else f"{value:.2f}"
+    return f"{value:,.0f}" if unit in ("msg/s", "req/s", "µs", "steps/s") else f"{value:.2f}"
 
 
 def verdict(ok: bool | None) -> str:
@@ -438,19 +472,281 @@ def build_json(bs: BuildSettings, r: BuildResult) -> dict[str, Any]:
     }
 
 
+def run_rows(r: RunResult) -> list[Row]:
+    """Cloud Run: per concurrency, the judged client's requests/s and p50/p99 through the
+    ingress against the same instance called directly; the cold start against a bare
+    functions-framework start. Throughput is judged at the highest concurrency (at 1 it is
+    1 / latency, judged as the added p50), the added p50 at concurrency 1; a comparison
+    with failed requests, or not on one process, fails."""
+    rows: list[Row] = []
+    trusted = r.same_process is not False
+    low, high = min(cloud_run.CONCURRENCIES), max(cloud_run.CONCURRENCIES)
+    for client in r.clients:
+        judged = client == r.client
+        suffix = "" if judged else f", {client} client"
+        for c in cloud_run.CONCURRENCIES:
+            d, i = r.summary(client, "direct", c), r.summary(client, "ingress", c)
+            clean = d is not None and i is not None and not d.errors and not i.errors
+            target = f">= {RUN_THROUGHPUT_TARGET:g}x direct" if judged and c == high else ""
+            row = Row(
+                f"run c={c} throughput{suffix}",
+                "req/s",
+                i.rate if i else None,
+                d.rate if d else None,
+                target,
+                None,
+                "run",
+            )
+            if judged and not (clean and trusted):
+                row.ok = False
+            elif target and row.ratio is not None:
+                row.ok = row.ratio >= RUN_THROUGHPUT_TARGET
+            rows.append(row)
+            added = i.p50_ms - d.p50_ms if i and d else None
+            target = f"< {RUN_ADDED_P50_MS:g} ms" if judged and c == low else ""
+            ok = None
+            if judged and not (clean and trusted):
+                ok = False
+            elif target and added is not None:
+                ok = added < RUN_ADDED_P50_MS
+            rows.append(
+                Row(f"run c={c} added latency p50{suffix}", "ms", added, None, target, ok, "run")
+            )
+            if judged:  # what each request costs: steadier than wall time on a busy machine
+                rows.append(
+                    Row(
+                        f"run c={c} ingress CPU per request",
+                        "µs",
+                        i.cpu_us.get("server") if i else None,
+                        d.cpu_us.get("instance") if d else None,
+                        "",
+                        None,
+                        "run",
+                    )
+                )
+            for label, attr in (("p50", "p50_ms"), ("p99", "p99_ms")):
+                if judged or label == "p50":
+                    rows.append(
+                        Row(
+                            f"run c={c} latency {label}{suffix}",
+                            "ms",
+                            getattr(i, attr) if i else None,
+                            getattr(d, attr) if d else None,
+                            "",
+                            None,
+                            "run",
+                        )
+                    )
+    # Cold starts are judged on the best of each kind (as timeit does: other processes
+    # only ever add time, and on a small shared machine they add a lot), medians shown.
+    cold = r.cold
+    row = Row(
+        "run cold start, best",
+        "s",
+        min(cold.ingress_s, default=None),
+        min(cold.bare_s, default=None),
+        f"<= {RUN_COLD_TARGET:g}x bare",
+        None,
+        "run",
+    )
+    row.ok = row.ratio is not None and row.ratio <= RUN_COLD_TARGET
+    rows.append(row)
+    rows.append(
+        Row(
+            "run cold start, median",
+            "s",
+            cloud_run.median(cold.ingress_s),
+            cloud_run.median(cold.bare_s),
+            "",
+            None,
+            "run",
+        )
+    )
+    rows.append(
+        Row(
+            "run cold start, bwrap only, best",
+            "s",
+            min(cold.bwrap_s, default=None),
+            min(cold.bare_s, default=None),
+            "",
+            None,
+            "run",
+        )
+    )
+    if not r.clients:  # the hot part never started: say so in a failing row
+        rows.insert(0, Row("run hot", "req/s", None, None, "", False, "run"))
+    return rows
+
+
+def run_notes(rs: RunSettings, r: RunResult) -> list[str]:
+    """How the Cloud Run rows were measured, each side's figures and where the CPU goes."""
+    clients = " and ".join(r.clients) or "none"
+    out = [
+        f"run: one function instance (max_instance_request_concurrency "
+        f"{cloud_run.CONCURRENCY}, max instances 1) on port {r.instance_port}, loaded directly "
+        f"and through the service URL in alternating rounds ({rs.rounds} a side, "
+        f"{rs.round_seconds:g} s each, keep-alive, closed loop), client(s): {clients} "
+        f"(judged: {r.client}); same process both ways: {r.same_process}",
+        "run: throughput is judged at the highest concurrency; at concurrency 1 it is "
+        "1 / latency, judged as the added p50 (ingress p50 - direct p50); p50/p99 are the "
+        "medians of the rounds'; ingress CPU per request: the localcloud server's CPU time "
+        "through the ingress / requests, against the function's own (direct)",
+    ]
+    for client in r.clients:
+        for c in cloud_run.CONCURRENCIES:
+            parts = []
+            for side in cloud_run.SIDES:
+                m = r.summary(client, side, c)
+                if m is None:
+                    continue
+                cpu = ", ".join(f"{k} {v:.0f}" for k, v in m.cpu_us.items())
+                parts.append(
+                    f"{side} {m.rate:,.0f} req/s, p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms, "
+                    f"{m.requests:,} ok, {m.errors} errors (CPU µs/request: {cpu})"
+                )
+            out.append(f"run {client} c={c}: " + "; ".join(parts))
+    cold = r.cold
+
+    def series(values: list[float]) -> str:
+        return ", ".join(f"{v:.3f}" for v in values) or "-"
+
+    out.append(
+        f"run cold starts (s): through the ingress {series(cold.ingress_s)}; functions-framework "
+        f"by hand {series(cold.bare_s)}; sandbox.start (bwrap) alone {series(cold.bwrap_s)}; "
+        f"first request after localcloud restarted: "
+        f"{'-' if cold.after_restart_s is None else f'{cold.after_restart_s:.3f}'}; idle "
+        f"period {cloud_run.IDLE_MS} ms; bare = spawn to first 200, polled every "
+        f"{cloud_run.POLL * 1000:g} ms"
+    )
+    if r.build_s is not None:
+        out.append(f"run: Cloud Build {r.build_s:.1f} s, deploy {r.deploy_s or 0:.1f} s")
+    out.extend(f"run: {note}" for note in r.notes)
+    out.extend(f"run: ERROR {err}" for err in r.errors)
+    if r.other_cores is not None and r.other_cores > NOISY_CORES:
+        out.append(
+            f"run: WARNING: other processes used {r.other_cores:.2f} cores meanwhile; "
+            "the figures are skewed by other work on this machine"
+        )
+    out.append(f"run: {r.seconds:.1f} s in all")
+    return out
+
+
+def run_markdown(rs: RunSettings, r: RunResult) -> str:
+    """The README snippet for Cloud Run: the judged client's figures and the cold start."""
+    client = r.client or "-"
+    lines = [
+        f"| Cloud Run, one functions-framework instance, `{client}` keep-alive closed loop "
+        "| through localcloud's ingress | functions-framework directly | ingress / direct "
+        "| target |",
+        "|---|---:|---:|---:|---|",
+    ]
+    rows = {row.scenario: row for row in run_rows(r)}
+
+    def ms(row: Row | None, attr: str) -> str:
+        value = getattr(row, attr) if row else None
+        return "-" if value is None else f"{value:.2f} ms"
+
+    for c in cloud_run.CONCURRENCIES:
+        t = rows.get(f"run c={c} throughput")
+        if t is None:
+            continue
+        ratio = "-" if t.ratio is None else f"{t.ratio:.2f}x"
+        cells = "-" if t.localcloud is None else f"{t.localcloud:,.0f} req/s"
+        ref = "-" if t.official is None else f"{t.official:,.0f} req/s"
+        lines.append(
+            f"| Requests/s, concurrency {c} | {cells} | {ref} | {ratio} | {t.target or '-'} |"
+        )
+        p50, p99 = rows[f"run c={c} latency p50"], rows[f"run c={c} latency p99"]
+        added = rows[f"run c={c} added latency p50"]
+        plus = "-" if added.localcloud is None else f"{added.localcloud:+.2f} ms"
+        lines.append(
+            f"| Latency p50 / p99, concurrency {c} | {ms(p50, 'localcloud')} / "
+            f"{ms(p99, 'localcloud')} | {ms(p50, 'official')} / {ms(p99, 'official')} "
+            f"| {plus} (p50) | {added.target or '-'} |"
+        )
+    for c in cloud_run.CONCURRENCIES:
+        cpu = rows.get(f"run c={c} ingress CPU per request")
+        if cpu is not None and cpu.localcloud is not None and cpu.official:
+            lines.append(
+                f"| CPU per request, concurrency {c}: the ingress, against the function's own "
+                f"| {cpu.localcloud:,.0f} µs | {cpu.official:,.0f} µs | {cpu.ratio:.2f}x | - |"
+            )
+
+    def s(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1000:.0f} ms"
+
+    for key, label in (
+        (
+            "run cold start, best",
+            "Cold start, best: first request to a service scaled to zero, against "
+            "`python -m functions_framework` spawned by hand (to its first 200)",
+        ),
+        ("run cold start, median", "Cold start, median"),
+        (
+            "run cold start, bwrap only, best",
+            "Cold start of the sandbox alone, best (bwrap, no autoscaler or ingress)",
+        ),
+    ):
+        row = rows[key]
+        ratio = "-" if row.ratio is None else f"{row.ratio:.2f}x"
+        lines.append(
+            f"| {label} | {s(row.localcloud)} | {s(row.official)} | {ratio} | {row.target or '-'} |"
+        )
+    lines += [
+        "",
+        "The same function instance is measured both ways, in alternating rounds "
+        f"({rs.rounds} of {rs.round_seconds:g} s a side); the load generator shares the "
+        "machine's cores with both. Throughput is judged at the highest concurrency (at "
+        "concurrency 1 it is 1 / latency, judged as the added p50). Cold starts: "
+        f"{rs.cold_starts} of each kind, in turns, each after the autoscaler stopped the idle "
+        "instance; judged on the best of each (other processes only add time).",
+    ]
+    return "\n".join(lines)
+
+
+def run_json(rs: RunSettings, r: RunResult) -> dict[str, Any]:
+    summaries = {
+        f"{client} c={c} {side}": dataclasses.asdict(m)
+        for client in r.clients
+        for c in cloud_run.CONCURRENCIES
+        for side in cloud_run.SIDES
+        if (m := r.summary(client, side, c)) is not None
+    }
+    data = dataclasses.asdict(r)
+    data.update(settings=dataclasses.asdict(rs), judged_client=r.client, summaries=summaries)
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = settings_from(args)
     bs = build_settings_from(args)
+    rs = run_settings_from(args)
     began = time.monotonic()
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    results = pubsub.run(s) if args.only != "build" else None
-    built = build.run(bs) if args.only != "pubsub" else None
+    results = pubsub.run(s) if args.only in (None, "pubsub") else None
+    built = build.run(bs) if args.only in (None, "build") else None
+    ran = cloud_run.run(rs) if args.only in (None, "run") else None
+    es = events_bench.EventSettings.for_run(args.quick)
+    events = events_bench.run(es) if args.only in (None, "eventarc") else None
+    ws = workflows_bench.WorkflowSettings.for_run(args.quick)
+    flows = workflows_bench.run(ws) if args.only in (None, "workflows") else None
     wall = time.monotonic() - began
     rows = build_rows(*results) if results else []
     b_rows = cloud_build_rows(built) if built else []
+    r_rows = run_rows(ran) if ran else []
+    e_rows = [Row(*x, group="eventarc") for x in events_bench.rows(events)] if events else []
+    w_rows = [Row(*x, group="workflows") for x in workflows_bench.rows(ws, flows)] if flows else []
     official_ran = results is not None and results[1].skipped is None
-    passed = all(r.ok is not False for r in rows + b_rows) and not (built and built.errors)
+    passed = (
+        all(r.ok is not False for r in rows + b_rows + r_rows)
+        and not (built and built.errors)
+        and not (ran and ran.errors)
+    )
+    passed = passed and all(r.ok is not False for r in e_rows)
+    passed = passed and (events is None or events_bench.passed(events))
+    passed = passed and all(r.ok is not False for r in w_rows)
+    passed = passed and (flows is None or workflows_bench.passed(flows))
 
     print()
     if results:
@@ -459,7 +755,24 @@ def main(argv: list[str] | None = None) -> int:
     if built:
         print(table(b_rows, reference="irreducible"))
         print()
-    for note in (notes(s, results) if results else []) + (build_notes(bs, built) if built else []):
+    if ran:
+        print(table(r_rows, reference="direct/bare"))
+        print()
+    if events:
+        print(table(e_rows, reference="push alone"))
+        print()
+    if flows:
+        print(table(w_rows, reference="emulator/direct"))
+        print()
+    for note in (
+        (notes(s, results) if results else [])
+        + (build_notes(bs, built) if built else [])
+        + (run_notes(rs, ran) if ran else [])
+    ):
+        print(f"  {note}")
+    for note in events_bench.notes(es, events) if events else []:
+        print(f"  {note}")
+    for note in workflows_bench.notes(ws, flows) if flows else []:
         print(f"  {note}")
     print(f"  wall time: {wall:.1f} s; result: {'PASS' if passed else 'FAIL'}")
     print("\nREADME snippet:\n")
@@ -468,11 +781,17 @@ def main(argv: list[str] | None = None) -> int:
         snippets.append(markdown(s, rows, official_ran, when, args.quick))
     if built:
         snippets.append(build_markdown(bs, built))
-        if not results:  # the Pub/Sub snippet says where and when; say it here instead
-            snippets[-1] += (
-                f" Measured by `make bench` on {when} ({os.cpu_count()} CPUs, Python "
-                f"{platform.python_version()})."
-            )
+    if ran:
+        snippets.append(run_markdown(rs, ran))
+    if events:
+        snippets.append(events_bench.markdown(events))
+    if flows:
+        snippets.append(workflows_bench.markdown(ws, flows))
+    if snippets and not results:  # the Pub/Sub snippet says where and when; say it here
+        snippets[-1] += (
+            f" Measured by `make bench` on {when} ({os.cpu_count()} CPUs, Python "
+            f"{platform.python_version()})."
+        )
     print("\n\n".join(snippets))
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -489,7 +808,13 @@ def main(argv: list[str] | None = None) -> int:
         },
         "servers": {r.server: server_json(r) for r in results or ()},
         "build": build_json(bs, built) if built else None,
-        "rows": [dataclasses.asdict(r) | {"ratio": r.ratio} for r in rows + b_rows],
+        "run": run_json(rs, ran) if ran else None,
+        "eventarc": events_bench.to_json(es, events) if events else None,
+        "workflows": workflows_bench.to_json(ws, flows) if flows else None,
+        "rows": [
+            dataclasses.asdict(r) | {"ratio": r.ratio}
+            for r in rows + b_rows + r_rows + e_rows + w_rows
+        ],
         "passed": passed,
     }
     args.output.write_text(json.dumps(report, indent=2) + "\n")

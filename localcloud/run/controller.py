@@ -108,6 +108,7 @@ class Controller:
         self.tasks: dict[str, asyncio.Task] = {}
         self.ingress: Any = None  # set by the server: opens and closes service ports
         self._pool_locks: dict[str, asyncio.Lock] = {}
+        self.pending_ops: dict[str, list[str]] = {}  # service -> operations not yet reconciled
 
     # -- reading -------------------------------------------------------------------------
     def get(self, name: str) -> Any:
@@ -273,6 +274,9 @@ class Controller:
         task = self.tasks.pop(name, None)
         if task is not None:
             task.cancel()
+        for op_name in self.pending_ops.pop(name, []):
+            # A reconcile cancelled before it even ran must still finish its operation.
+            await self._abort(op_name, "the service was deleted while it was being deployed")
         for rev in self.store.revisions_of(name):
             await self.autoscaler.drop(rev.name)
         if self.ingress is not None:
@@ -339,11 +343,17 @@ class Controller:
 
     def _reconcile_soon(self, name: str, op_name: str) -> None:
         previous = self.tasks.get(name)
+        self.pending_ops.setdefault(name, []).append(op_name)
 
         async def run() -> None:
-            if previous is not None and not previous.done():
-                await asyncio.gather(previous, return_exceptions=True)
-            await self._reconcile(name, op_name)
+            try:
+                if previous is not None and not previous.done():
+                    await asyncio.gather(previous, return_exceptions=True)
+                await self._reconcile(name, op_name)
+            finally:
+                pending = self.pending_ops.get(name, [])
+                if op_name in pending:
+                    pending.remove(op_name)
 
         self.tasks[name] = asyncio.get_running_loop().create_task(run(), name=f"reconcile {name}")
 

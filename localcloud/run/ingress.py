@@ -174,6 +174,8 @@ class Ingress:
                 timeout=timeout,
                 allow_redirects=False,
                 auto_decompress=False,
+                # Only what the caller sent: no Accept-Encoding etc. of aiohttp's own.
+                skip_auto_headers=("Accept-Encoding", "Accept", "User-Agent"),
             ) as upstream:
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
                 for key, value in upstream.headers.items():
