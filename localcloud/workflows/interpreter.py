@@ -19,6 +19,8 @@ from localcloud.workflows.definition import Definition, Step
 from localcloud.workflows.expr import WorkflowError, evaluate, parse_expression, render
 
 MAX_STEPS = 100_000
+MAX_VARIABLES = 512 * 1024  # Google: "Maximum memory for variables: 512 KB"
+CHECK_EVERY = 25  # steps between two measurements of the variables (bounded by the limit)
 _EXPR = re.compile(r"^\$\{(.*)\}$", re.S)
 _TARGET = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)|\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)|\s*\[")
 Blocking = Callable[["Interpreter", dict[str, Any]], Awaitable[Any]]
@@ -130,6 +132,7 @@ class Interpreter:
         self.stack: list[str] = []
         self.failed_at: tuple[str, str] | None = None
         self.current: tuple[str, str] | None = None
+        self.scopes: list[Scope] = []
 
     # -- entry ---------------------------------------------------------------------------
     async def run(self, argument: Any) -> Any:
@@ -157,6 +160,7 @@ class Interpreter:
                 f"subworkflow {name}: unexpected arguments {sorted(unknown)}", "TypeError"
             )
         self.stack.append(name)
+        self.scopes.append(scope)
         try:
             await self._run_list(sub.steps, scope)
         except _Return as ret:
@@ -165,7 +169,19 @@ class Interpreter:
             raise WorkflowError(f"next target {jump.target!r} not found", "SystemError") from None
         finally:
             self.stack.pop()
+            self.scopes.remove(scope)
         return None
+
+    def check_memory(self) -> None:
+        """Variables of every live scope together stay under 512 KB, as in Google's limit."""
+        total = 0
+        for scope in self.scopes:
+            total += size_of(scope.local, MAX_VARIABLES - total)
+            if total > MAX_VARIABLES:
+                raise WorkflowError(
+                    f"the workflow's variables exceed the {MAX_VARIABLES // 1024} KB memory limit",
+                    "ResourceLimitError",
+                )
 
     # -- evaluation ----------------------------------------------------------------------
     def value(self, raw: Any, scope: Scope) -> Any:
@@ -204,6 +220,8 @@ class Interpreter:
         self.steps_run += 1
         if self.steps_run > MAX_STEPS:
             raise WorkflowError(f"execution exceeded {MAX_STEPS} steps", "ResourceLimitError")
+        if self.steps_run % CHECK_EVERY == 0:
+            self.check_memory()
         self.current = (self.stack[-1] if self.stack else "main", step.name)
 
     async def _run_step(self, step: Step, scope: Scope) -> str | None:
@@ -498,6 +516,27 @@ class Interpreter:
         else:
             raise WorkflowError(f"unknown retry predicate {name!r}", "ValueError")
         return answer is True
+
+
+def size_of(value: Any, budget: int) -> int:
+    """Approximate JSON size of ``value``; stops counting once past ``budget``."""
+    if isinstance(value, str | bytes):
+        return len(value) + 2
+    if isinstance(value, dict):
+        total = 2
+        for key, item in value.items():
+            total += len(key) + 4 + size_of(item, budget - total)
+            if total > budget:
+                return total
+        return total
+    if isinstance(value, list):
+        total = 2
+        for item in value:
+            total += 1 + size_of(item, budget - total)
+            if total > budget:
+                return total
+        return total
+    return 8
 
 
 def _copy(value: Any) -> Any:

@@ -525,3 +525,28 @@ main:
         assert "sleeping 60" in instance.log_path.read_text()
     finally:
         instance.stop()
+
+
+def test_variables_over_512_kb_fail_with_resource_limit_error(clients, deploy):
+    """Google: "Maximum memory for variables: 512 KB"; exceeding it is a ResourceLimitError."""
+    workflow = deploy("""
+main:
+  steps:
+    - init:
+        assign:
+          - chunk: "0123456789012345678901234567890123456789012345678901234567890123"
+          - big: ""
+    - grow:
+        for:
+          value: i
+          range: [1, 20000]
+          steps:
+            - add:
+                assign:
+                  - big: ${big + chunk}
+    - done:
+        return: ${len(big)}
+""")
+    execution = run(clients, workflow, timeout=60)
+    assert execution.state == State.FAILED
+    assert "ResourceLimitError" in json.loads(execution.error.payload)["tags"]
