@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import io
 import json
+import socket
 import uuid
 import zipfile
 from pathlib import Path
@@ -196,10 +197,21 @@ def test_unsupported_step_is_invalid_argument(clients, sources):
         clients.cloud_build.create_build(project_id="local-project", build=build)
 
 
-def test_timeout_and_cancel(clients, sources):
+@pytest.fixture
+def hanging_index():
+    """A package index that accepts connections and never answers: pip waits on it, so a
+    build is still running when its timeout or a cancel comes (whatever pip's own speed)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/simple"
+    server.close()
+
+
+def test_timeout_and_cancel(clients, sources, hanging_index):
     files = {
         "main.py": "def hello(r):\n    return 'x'\n",
-        "requirements.txt": f"localgreeting==0.1.0\n# {uuid.uuid4()}\n",
+        "requirements.txt": f"--index-url {hanging_index}\nnever-answers-pkg==1.0\n",
     }
     timed = run_build(
         clients,
@@ -207,12 +219,12 @@ def test_timeout_and_cancel(clients, sources):
             sources(zip_tree(files)),
             image_name("slow"),
             {"GOOGLE_FUNCTION_TARGET": "hello"},
-            timeout={"seconds": 1},
+            timeout={"seconds": 2},
         ),
     )
     assert timed.status == S.TIMEOUT
 
-    files["requirements.txt"] = f"localgreeting==0.1.0\n# {uuid.uuid4()}\n"
+    files["requirements.txt"] += f"# {uuid.uuid4()}\n"
     operation = clients.cloud_build.create_build(
         project_id="local-project",
         build=pack_build(
