@@ -29,11 +29,8 @@ Every wait is bounded: a build that fails or stalls fails its row and says why.
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import contextlib
-import hashlib
-import io
 import os
 import shutil
 import statistics
@@ -56,6 +53,7 @@ from google.cloud.devtools import cloudbuild_v1
 from benchmarks.pubsub import cpu_snapshot, log, other_cores
 from localcloud import testing
 from localcloud.build import archive, buildpack, layers
+from localcloud.testing import pack_build, write_wheel, zip_tree
 from orchestrator.clients import Clients, Environment
 
 PROJECT = "bench-project"
@@ -225,38 +223,6 @@ def median(values: list[float]) -> float | None:
 
 
 # -- sources -----------------------------------------------------------------------------
-def zip_tree(files: dict[str, str | bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
-
-
-def write_wheel(directory: Path, name: str, version: str, module_source: str) -> Path:
-    """A pure-Python wheel made by hand, so the dependency needs no package index."""
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}.py": module_source.encode(),
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{dist}/WHEEL": (
-            b"Wheel-Version: 1.0\nGenerator: localcloud-benchmarks\n"
-            b"Root-Is-Purelib: true\nTag: py3-none-any\n"
-        ),
-    }
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{dist}/RECORD,,")
-    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
-    wheel = directory / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for path, data in files.items():
-            zf.writestr(path, data)
-    return wheel
-
-
 def no_deps_source(version: int) -> bytes:
     return zip_tree({"main.py": NO_DEPS_MAIN + f"\n# source version {version}\n"})
 
@@ -425,20 +391,6 @@ def phases(lines: list[tuple[float, str]], end: float) -> dict[str, float]:
     return out
 
 
-def pack_build(source: tuple[str, str, int], image: str) -> cloudbuild_v1.Build:
-    """The Build ``gcloud builds submit --pack image=...,env=...`` sends."""
-    bucket, name, generation = source
-    args = ["build", image, "--network", "cloudbuild"]
-    for key, value in FUNCTION_ENV.items():
-        args += ["--env", f"{key}={value}"]
-    args += ["--builder", "gcr.io/buildpacks/builder:latest"]
-    return cloudbuild_v1.Build(
-        source={"storage_source": {"bucket": bucket, "object_": name, "generation": generation}},
-        steps=[{"name": "gcr.io/k8s-skaffold/pack", "entrypoint": "pack", "args": args}],
-        images=[image],
-    )
-
-
 def seconds(start: Any, end: Any) -> float | None:
     """``end - start`` for two proto timestamps (DatetimeWithNanoseconds), when both are set."""
     if not start or not end:
@@ -449,7 +401,7 @@ def seconds(start: Any, end: Any) -> float | None:
 def submit(
     clients: Clients, log_dir: Path, source: tuple[str, str, int], image: str, timeout: float
 ) -> BuildRun:
-    build = pack_build(source, image)
+    build = pack_build(source, image, FUNCTION_ENV)
     t0 = time.perf_counter()
     operation = clients.cloud_build.create_build(
         project_id=PROJECT, build=build, timeout=SETUP_TIMEOUT

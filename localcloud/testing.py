@@ -7,27 +7,25 @@ instance gets free loopback ports and its own data directory, runs as a real
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import io
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from localcloud.core.config import Config
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from localcloud.core.config import Config, free_port
 
 
 @dataclass
@@ -225,3 +223,78 @@ def start_official_emulator(data_dir: Path, timeout: float = 60.0) -> OfficialEm
         time.sleep(0.2)
     emulator.stop()
     raise RuntimeError(f"the official emulator did not start in {timeout:g}s")
+
+
+# -- sources for build tests and benchmarks ----------------------------------------------
+def zip_tree(files: dict[str, str | bytes]) -> bytes:
+    """A zip archive in memory of ``{name: content}``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def zip_dir(path: Path) -> bytes:
+    """A zip archive in memory of every file under ``path`` (byte code left out)."""
+    return zip_tree(
+        {
+            p.relative_to(path).as_posix(): p.read_bytes()
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts
+        }
+    )
+
+
+def write_wheel(directory: Path, name: str, version: str, module_source: str) -> Path:
+    """A pure-Python wheel made by hand, so a build's dependency needs no package index."""
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": module_source.encode(),
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: localcloud-testing\n"
+            b"Root-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, data in files.items():
+            zf.writestr(path, data)
+    return wheel
+
+
+def pack_args(image: str, env: dict[str, str], builder: bool = True) -> list[str]:
+    """The ``pack build`` arguments ``gcloud builds submit --pack`` writes."""
+    args = ["build", image, "--network", "cloudbuild"]
+    for key, value in env.items():
+        args += ["--env", f"{key}={value}"]
+    if builder:
+        args += ["--builder", "gcr.io/buildpacks/builder:latest"]
+    return args
+
+
+def pack_build(source: tuple[str, str, int], image: str, env: dict[str, str], **fields: Any) -> Any:
+    """The Build ``gcloud builds submit --pack image=...,env=...`` sends, from a
+    ``(bucket, object, generation)`` source; ``fields`` add or replace Build fields."""
+    from google.cloud.devtools import cloudbuild_v1
+
+    bucket, name, generation = source
+    return cloudbuild_v1.Build(
+        source={"storage_source": {"bucket": bucket, "object_": name, "generation": generation}},
+        steps=[
+            {
+                "name": "gcr.io/k8s-skaffold/pack",
+                "entrypoint": "pack",
+                "args": pack_args(image, env),
+            }
+        ],
+        images=fields.pop("images", [image]),
+        **fields,
+    )

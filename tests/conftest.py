@@ -8,45 +8,21 @@ Pub/Sub emulator when the Google Cloud CLI has it (skipped cleanly elsewhere).
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import os
 import uuid
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from google.cloud import pubsub_v1
 
 from localcloud import testing
+from localcloud.testing import write_wheel
 
 PROJECT = "local-project"
 GREETING_MODULE = 'def greet(name):\n    return f"hello, {name}, from a wheel"\n'
-
-
-def write_wheel(directory: Path, name: str, version: str, module_source: str) -> Path:
-    """A pure-Python wheel made by hand, so build tests need no package index."""
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}.py": module_source.encode(),
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: localcloud-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{dist}/RECORD,,")
-    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
-    wheel = directory / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for path, data in files.items():
-            zf.writestr(path, data)
-    return wheel
 
 
 @pytest.fixture(scope="session")

@@ -113,6 +113,7 @@ class Builder:
         self.slots = asyncio.Semaphore(limit or os.cpu_count() or 2)
         self.tasks: dict[str, asyncio.Task] = {}
         self.finishing: set[asyncio.Task] = set()
+        self._notified: dict[str, int] = {}  # build id -> status last published
         self.stopping = False
         self.op_names: dict[str, str] = {}
         wheelhouse = os.environ.get("LOCALCLOUD_WHEELHOUSE")
@@ -242,10 +243,12 @@ class Builder:
             await self.operations.update_metadata(
                 op, types.BuildOperationMetadata.pb()(build=build)
             )
-        await self._notify(build)
+        if self._notified.get(build.id) != build.status:  # Cloud Build notifies status changes
+            await self._notify(build)
 
     async def _notify(self, build: Any) -> None:
         """Cloud Build publishes every status change to ``cloud-builds``, the build as JSON."""
+        self._notified[build.id] = build.status
         topic = f"projects/{build.project_id}/topics/cloud-builds"
         try:
             if topic not in self.pubsub.topics:

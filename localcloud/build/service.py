@@ -14,23 +14,18 @@ from google.longrunning import operations_pb2
 
 from localcloud.build.builder import Builder
 from localcloud.core.errors import InvalidArgument, Unimplemented
+from localcloud.core.names import PARENT, parse_parent
 from localcloud.core.paging import page
 from localcloud.core.wire import handler_for, rpc
 
 SERVICE = "google.devtools.cloudbuild.v1.CloudBuild"
-_PARENT = re.compile(r"projects/([a-z0-9][a-z0-9\-.:]{0,61}[a-z0-9])/locations/([a-z0-9-]+)")
-_NAME = re.compile(_PARENT.pattern + r"/builds/([A-Za-z0-9\-]+)")
+_NAME = re.compile(PARENT + r"/builds/([A-Za-z0-9\-]+)")
 S = types.Build.Status
 
 
 def _parent(parent: str, project_id: str) -> tuple[str, str]:
     if parent:
-        match = _PARENT.fullmatch(parent)
-        if match is None:
-            raise InvalidArgument(
-                f"Invalid parent {parent!r}: expected projects/PROJECT/locations/LOCATION"
-            )
-        return match.group(1), match.group(2)
+        return parse_parent(parent)
     if not project_id:
         raise InvalidArgument("project_id or parent is required")
     return project_id, "global"

@@ -7,9 +7,17 @@ port never turns into a confusing bind error later.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel says is free now (tests, instances): bind to 0 and read it back."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 class ConfigError(ValueError):
@@ -113,9 +121,6 @@ class Config:
                 "LOCALCLOUD_PUSH_MAX_BACKOFF_MS must not be below LOCALCLOUD_PUSH_MIN_BACKOFF_MS"
             )
         return cfg
-
-    def with_ports(self, **ports: int) -> Config:
-        return replace(self, **ports)
 
     @property
     def ports(self) -> list[Port]:

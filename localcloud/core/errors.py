@@ -81,8 +81,3 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, GoogleError):
         return exc.code, exc.message
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-
-
-def rpc_code_number(code: grpc.StatusCode) -> int:
-    """The numeric google.rpc.Code of a gRPC status (for google.rpc.Status in operations)."""
-    return code.value[0]

@@ -18,35 +18,21 @@ import uuid
 from typing import Any
 
 from google.cloud.eventarc_v1 import types
-from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2
 from google.pubsub_v1.types import Subscription, Topic
 
+from localcloud.core.clock import now
 from localcloud.core.config import Config
 from localcloud.core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
+from localcloud.core.names import parse_parent
 from localcloud.eventarc import events
 from localcloud.eventarc.store import TriggerPb, TriggerStore
 from localcloud.operations.store import OperationStore
 from localcloud.pubsub.engine import PubSub
 
 LOG = logging.getLogger(__name__)
-_PARENT = re.compile(r"projects/([a-z0-9][a-z0-9\-.:]{0,61}[a-z0-9])/locations/([a-z0-9-]+)")
 _TRIGGER_ID = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
 MUTABLE = {"event_filters", "service_account", "destination", "labels", "transport"}
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
-    return ts
-
-
-def parse_parent(parent: str) -> tuple[str, str]:
-    match = _PARENT.fullmatch(parent)
-    if match is None:
-        raise InvalidArgument(
-            f"Invalid parent {parent!r}: expected projects/PROJECT/locations/LOCATION"
-        )
-    return match.group(1), match.group(2)
 
 
 def parse_name(name: str) -> tuple[str, str, str]:
@@ -108,7 +94,7 @@ class EventRouter:
         if validate_only:
             return await self._operation(trigger, "create", done=True)
         trigger.uid = str(uuid.uuid4())
-        trigger.create_time.CopyFrom(_now())
+        trigger.create_time.CopyFrom(now())
         trigger.update_time.CopyFrom(trigger.create_time)
         await self._bind(trigger, project, location)
         self._etag(trigger)
@@ -152,7 +138,7 @@ class EventRouter:
         if validate_only:
             return await self._operation(updated, "update", done=True)
         await self._unbind(current)
-        updated.update_time.CopyFrom(_now())
+        updated.update_time.CopyFrom(now())
         await self._bind(updated, project, location)
         self._etag(updated)
         await self.store.put(updated)
@@ -324,9 +310,9 @@ class EventRouter:
     async def _operation(self, trigger: Any, verb: str, *, done: bool) -> Any:
         parent = trigger.name.rsplit("/triggers/", 1)[0]
         metadata = types.OperationMetadata.pb()(target=trigger.name, verb=verb, api_version="v1")
-        metadata.create_time.CopyFrom(_now())
+        metadata.create_time.CopyFrom(now())
         op = await self.operations.create(parent, metadata)
         if done:
-            metadata.end_time.CopyFrom(_now())
+            metadata.end_time.CopyFrom(now())
             op = await self.operations.finish(op.name, response=trigger, metadata=metadata)
         return op

@@ -7,10 +7,11 @@ from google.cloud.eventarc_v1 import types
 from google.longrunning import operations_pb2
 
 from localcloud.core.errors import NotFound, Unimplemented
+from localcloud.core.names import parse_parent
 from localcloud.core.paging import page
 from localcloud.core.wire import handler_for, rpc
 from localcloud.eventarc import events
-from localcloud.eventarc.router import EventRouter, parse_parent
+from localcloud.eventarc.router import EventRouter
 
 SERVICE = "google.cloud.eventarc.v1.Eventarc"
 

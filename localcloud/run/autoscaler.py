@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localcloud.core.config import free_port
 from localcloud.run import sandbox
 from localcloud.run.images import ImageCache
 
@@ -36,12 +36,6 @@ class Overloaded(Exception):
 
 class StartFailed(Exception):
     """The revision's instance did not start; the message has the log tail."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(eq=False)
@@ -120,6 +114,14 @@ class Pool:
             slot.inflight -= 1
             slot.last_used = time.monotonic()
             self.changed.notify_all()
+
+    async def discard(self, slot: Slot) -> None:
+        """Take an instance that stopped answering out of service and stop it."""
+        async with self.changed:
+            if slot in self.slots:
+                self.slots.remove(slot)
+            self.changed.notify_all()
+        await slot.instance.stop(grace=1)
 
     def _spawn(self) -> None:
         self.starting += 1

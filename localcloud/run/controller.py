@@ -17,13 +17,12 @@ import logging
 import random
 import string
 import uuid
-from pathlib import Path
 from typing import Any
 
 from google.cloud.run_v2 import types
-from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, status_pb2
 
+from localcloud.core.clock import now
 from localcloud.core.config import Config
 from localcloud.core.errors import (
     Aborted,
@@ -67,12 +66,6 @@ OUTPUT_ONLY = (
 FIRST_PORT = 8100
 
 
-def _now() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
-    return ts
-
-
 def _template_key(template: Any) -> str:
     copy = type(template)()
     copy.CopyFrom(template)
@@ -82,7 +75,7 @@ def _template_key(template: Any) -> str:
 
 def _condition(kind: str, state: int, message: str = "", reason: int = 0) -> Any:
     cond = types.Condition.pb()(type_=kind, state=state, message=message)
-    cond.last_transition_time.CopyFrom(_now())
+    cond.last_transition_time.CopyFrom(now())
     if reason:
         cond.reason = reason
     return cond
@@ -203,7 +196,7 @@ class Controller:
         self._validate(svc)
         svc.uid = str(uuid.uuid4())
         svc.generation = 1
-        svc.create_time.CopyFrom(_now())
+        svc.create_time.CopyFrom(now())
         svc.update_time.CopyFrom(svc.create_time)
         svc.creator = svc.last_modifier = "local-user@localcloud"
         if validate_only:
@@ -254,7 +247,7 @@ class Controller:
         svc.ClearField("urls")
         svc.urls.extend(current.urls)
         svc.generation = current.generation + 1
-        svc.update_time.CopyFrom(_now())
+        svc.update_time.CopyFrom(now())
         svc.last_modifier = "local-user@localcloud"
         if validate_only:
             return await self._operation(svc, done=True)
@@ -283,7 +276,7 @@ class Controller:
             await self.ingress.close(name)
         await self.store.delete_service(name)
         await self.policies.forget(name)
-        svc.delete_time.CopyFrom(_now())
+        svc.delete_time.CopyFrom(now())
         return await self._operation(svc, done=True)
 
     async def delete_revision(self, name: str, etag: str, validate_only: bool) -> Any:
@@ -368,7 +361,7 @@ class Controller:
         rev = RevisionPb(name=f"{svc.name}/revisions/{rev_id}", service=svc.name, generation=number)
         t = svc.template
         rev.uid = str(uuid.uuid4())
-        rev.create_time.CopyFrom(_now())
+        rev.create_time.CopyFrom(now())
         rev.update_time.CopyFrom(rev.create_time)
         rev.labels.update(t.labels)
         rev.annotations.update(t.annotations)
@@ -607,7 +600,3 @@ class Controller:
         for task in self.tasks.values():
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-
-
-def instance_log_dir(config: Config) -> Path:
-    return config.data_dir / "logs" / "run"

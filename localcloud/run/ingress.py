@@ -37,6 +37,10 @@ HOP_BY_HOP = frozenset(
 )
 
 
+class InstanceUnreachable(Exception):
+    """The instance refused the connection: nothing of the request was sent."""
+
+
 class Ingress:
     def __init__(
         self, controller: Any, issuer: Issuer, session: aiohttp.ClientSession, host: str, port: int
@@ -136,21 +140,33 @@ class Ingress:
             return web.Response(
                 status=503 if tag is None else 404, text="no ready revision serves this URL\n"
             )
-        try:
-            pool = await self.controller.pool_for(rev)
-            slot = await pool.acquire()
-        except Overloaded as exc:
+        for attempt in (1, 2):
+            try:
+                pool = await self.controller.pool_for(rev)
+                slot = await pool.acquire()
+            except (Overloaded, StartFailed, ImageError) as exc:
+                return self._refused(exc)
+            try:
+                return await self._proxy(request, slot.instance.port, rev)
+            except InstanceUnreachable:
+                # The instance died between being picked and being called (nothing was
+                # sent yet): drop it and try once more on a live or fresh one.
+                await pool.discard(slot)
+                if attempt == 2:
+                    return web.Response(status=502, text="the instance stopped answering\n")
+            finally:
+                await pool.release(slot)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _refused(exc: Exception) -> web.Response:
+        if isinstance(exc, Overloaded):
             return web.Response(status=429, text=f"Rate exceeded: {exc}\n")
-        except StartFailed as exc:
+        if isinstance(exc, StartFailed):
             return web.Response(
                 status=503, text=f"The service could not start an instance: {exc}\n"
             )
-        except ImageError as exc:
-            return web.Response(status=503, text=f"The revision's image is not available: {exc}\n")
-        try:
-            return await self._proxy(request, slot.instance.port, rev)
-        finally:
-            await pool.release(slot)
+        return web.Response(status=503, text=f"The revision's image is not available: {exc}\n")
 
     async def _proxy(self, request: web.Request, port: int, rev: Any) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -186,6 +202,8 @@ class Ingress:
                     await response.write(chunk)
                 await response.write_eof()
                 return response
+        except aiohttp.ClientConnectorError as exc:
+            raise InstanceUnreachable(str(exc)) from None
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             if response is not None and response.prepared:
                 # Headers are gone already: cut the connection rather than append a response.

@@ -10,10 +10,9 @@ import re
 from dataclasses import dataclass
 
 from localcloud.core.errors import InvalidArgument
+from localcloud.core.names import parse_parent
 
 _SERVICE_ID = re.compile(r"[a-z](?:[a-z0-9-]{0,47}[a-z0-9])?")
-_PROJECT = re.compile(r"[a-z0-9][a-z0-9\-.:]{0,61}[a-z0-9]")
-_LOCATION = re.compile(r"[a-z]+-[a-z]+[0-9]+|[a-z]+")
 _REVISION_ID = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -27,14 +26,7 @@ class Parent:
 
 
 def parent(name: str) -> Parent:
-    parts = name.split("/")
-    if len(parts) != 4 or parts[0] != "projects" or parts[2] != "locations":
-        raise InvalidArgument(
-            f"Invalid parent {name!r}: expected projects/PROJECT/locations/LOCATION"
-        )
-    if not _PROJECT.fullmatch(parts[1]) or not _LOCATION.fullmatch(parts[3]):
-        raise InvalidArgument(f"Invalid parent {name!r}: bad project or location")
-    return Parent(parts[1], parts[3])
+    return Parent(*parse_parent(name))
 
 
 def check_service_id(service_id: str) -> None:

@@ -160,7 +160,6 @@ def _check(
     problems: list[str],
     known: set[str],
 ) -> None:
-    names = {s.name for s in steps}
     for step in steps:
         where = f"{sub.name}.{step.name}"
         body = step.body
@@ -209,7 +208,6 @@ def _check(
         ):
             problems.append(f"{where}: except needs 'as' and 'steps'")
         _check(sub, step.children, definition, problems, known)
-    del names
 
 
 def _reachable(target: str, sub: Subworkflow) -> bool:

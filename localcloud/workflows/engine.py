@@ -9,6 +9,7 @@ that says so. ``sys.log`` output goes to localcloud's log with the execution's i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -19,9 +20,11 @@ from typing import Any
 
 from google.cloud.workflows.executions_v1.types import Execution
 from google.cloud.workflows_v1.types import OperationMetadata, Workflow
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 
+from localcloud.core.clock import now
 from localcloud.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from localcloud.core.names import parse_parent
 from localcloud.operations.store import OperationStore
 from localcloud.workflows import definition
 from localcloud.workflows.expr import WorkflowError
@@ -31,7 +34,6 @@ from localcloud.workflows.store import ExecutionPb, WorkflowPb, WorkflowStore
 
 LOG = logging.getLogger("localcloud.workflows.executions")
 E = Execution.State
-_PARENT = re.compile(r"projects/([a-z0-9][a-z0-9\-.:]{0,61}[a-z0-9])/locations/([a-z0-9-]+)")
 _WORKFLOW_ID = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 STOPPED = {
     "message": "localcloud stopped while this execution ran; it was not resumed",
@@ -39,21 +41,6 @@ STOPPED = {
 }
 MAX_ARGUMENT = 32 * 1024
 MAX_RESULT = 512 * 1024
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
-    return ts
-
-
-def parse_parent(parent: str) -> tuple[str, str]:
-    match = _PARENT.fullmatch(parent)
-    if match is None:
-        raise InvalidArgument(
-            f"Invalid parent {parent!r}: expected projects/PROJECT/locations/LOCATION"
-        )
-    return match.group(1), match.group(2)
 
 
 class WorkflowsEngine:
@@ -71,7 +58,7 @@ class WorkflowsEngine:
         for execution in list(self.store.executions.values()):
             if execution.state in (E.ACTIVE, E.QUEUED):
                 execution.state = E.FAILED
-                execution.end_time.CopyFrom(_now())
+                execution.end_time.CopyFrom(now())
                 execution.error.payload = json.dumps(STOPPED)
                 await self.store.put_execution(execution)
 
@@ -121,7 +108,7 @@ class WorkflowsEngine:
         workflow.CopyFrom(request)
         workflow.name = name
         workflow.state = Workflow.State.ACTIVE
-        workflow.create_time.CopyFrom(_now())
+        workflow.create_time.CopyFrom(now())
         workflow.update_time.CopyFrom(workflow.create_time)
         self._new_revision(workflow, 1)
         await self.store.put_workflow(workflow)
@@ -159,7 +146,7 @@ class WorkflowsEngine:
                 setattr(workflow, path, value)
         if "source_contents" in paths:
             self.validate(workflow.source_contents)
-        workflow.update_time.CopyFrom(_now())
+        workflow.update_time.CopyFrom(now())
         if any(
             p in paths
             for p in ("source_contents", "service_account", "user_env_vars", "call_log_level")
@@ -179,14 +166,14 @@ class WorkflowsEngine:
     @staticmethod
     def _new_revision(workflow: Any, number: int) -> None:
         workflow.revision_id = f"{number:06d}-{secrets.token_hex(2)[:3]}"
-        workflow.revision_create_time.CopyFrom(_now())
+        workflow.revision_create_time.CopyFrom(now())
 
     async def _done(self, workflow: Any, verb: str, response: Any = None) -> Any:
         parent = workflow.name.rsplit("/workflows/", 1)[0]
         metadata = OperationMetadata.pb()(target=workflow.name, verb=verb, api_version="v1")
-        metadata.create_time.CopyFrom(_now())
+        metadata.create_time.CopyFrom(now())
         op = await self.operations.create(parent, metadata)
-        metadata.end_time.CopyFrom(_now())
+        metadata.end_time.CopyFrom(now())
         return await self.operations.finish(
             op.name, response=workflow if response is None else response, metadata=metadata
         )
@@ -226,7 +213,7 @@ class WorkflowsEngine:
         execution.CopyFrom(request)
         execution.name = f"{parent}/executions/{uuid.uuid4()}"
         execution.state = E.ACTIVE
-        execution.start_time.CopyFrom(_now())
+        execution.start_time.CopyFrom(now())
         execution.workflow_revision_id = workflow.revision_id
         if not execution.call_log_level:
             execution.call_log_level = workflow.call_log_level
@@ -252,7 +239,7 @@ class WorkflowsEngine:
         parts = workflow.name.split("/")
         env = {
             "GOOGLE_CLOUD_PROJECT_ID": parts[1],
-            "GOOGLE_CLOUD_PROJECT_NUMBER": str(abs(hash(parts[1])) % 10**12),
+            "GOOGLE_CLOUD_PROJECT_NUMBER": project_number(parts[1]),
             "GOOGLE_CLOUD_LOCATION": parts[3],
             "GOOGLE_CLOUD_WORKFLOW_ID": parts[5],
             "GOOGLE_CLOUD_WORKFLOW_REVISION_ID": workflow.revision_id,
@@ -315,10 +302,15 @@ class WorkflowsEngine:
             execution.error.payload = json.dumps(
                 {"message": f"internal error: {exc}", "tags": ["SystemError"]}
             )
-        execution.end_time.CopyFrom(_now())
+        execution.end_time.CopyFrom(now())
         execution.duration.FromNanoseconds(
             execution.end_time.ToNanoseconds() - execution.start_time.ToNanoseconds()
         )
         self.running.pop(execution.name, None)
         await asyncio.shield(self.store.put_execution(execution))
         self.tasks.pop(execution.name, None)
+
+
+def project_number(project: str) -> str:
+    """A stable 12-digit number per project id (``hash()`` changes with every process)."""
+    return str(int(hashlib.sha256(project.encode()).hexdigest(), 16) % 10**12).zfill(12)

@@ -120,13 +120,11 @@ class Interpreter:
         functions: dict[str, Callable[..., Any]],
         blocking: dict[str, Blocking],
         log: Callable[[str, Any], None],
-        step_listener: Callable[[str, str], None] | None = None,
     ) -> None:
         self.definition = definition
         self.functions = functions
         self.blocking = blocking
         self.log = log
-        self.on_step = step_listener
         self.steps_run = 0
         self._cache: dict[int, list[Step]] = {}
         self.stack: list[str] = []

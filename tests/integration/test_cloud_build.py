@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import socket
 import uuid
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,24 +20,11 @@ from google.cloud.devtools import cloudbuild_v1
 
 from localcloud.registry.client import RegistryClient
 from localcloud.registry.names import parse_image
+from localcloud.testing import pack_build, zip_dir, zip_tree
 from orchestrator.clients import Clients, Environment
 
 FUNCTIONS = Path(__file__).parent.parent / "functions"
 S = cloudbuild_v1.Build.Status
-
-
-def zip_tree(files: dict[str, str | bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
-
-
-def zip_dir(path: Path) -> bytes:
-    return zip_tree(
-        {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
-    )
 
 
 @pytest.fixture(scope="module")
@@ -57,23 +42,6 @@ def sources(clients):
         return bucket.name, blob.name, blob.generation
 
     return upload
-
-
-def pack_build(
-    source: tuple[str, str, int], image: str, env: dict[str, str], **fields
-) -> cloudbuild_v1.Build:
-    """The Build ``gcloud builds submit --pack image=...,env=...`` sends."""
-    bucket, name, generation = source
-    args = ["build", image, "--network", "cloudbuild"]
-    for key, value in env.items():
-        args += ["--env", f"{key}={value}"]
-    args += ["--builder", "gcr.io/buildpacks/builder:latest"]
-    return cloudbuild_v1.Build(
-        source={"storage_source": {"bucket": bucket, "object_": name, "generation": generation}},
-        steps=[{"name": "gcr.io/k8s-skaffold/pack", "entrypoint": "pack", "args": args}],
-        images=[image],
-        **fields,
-    )
 
 
 def image_name(name: str) -> str:

@@ -10,11 +10,9 @@ and https://cloud.google.com/build/docs/subscribe-build-notifications.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -23,7 +21,6 @@ import sys
 import tarfile
 import time
 import uuid
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,6 +32,7 @@ from google.rpc import code_pb2
 from localcloud import testing
 from localcloud.registry.client import RegistryClient
 from localcloud.registry.names import parse_image
+from localcloud.testing import pack_args, pack_build, write_wheel, zip_tree
 from orchestrator.clients import Clients, Environment
 
 FUNCTIONS = Path(__file__).parent.parent / "functions"
@@ -45,45 +43,9 @@ TARGET = {"GOOGLE_FUNCTION_TARGET": "hello"}
 RUNTIME = f"python{sys.version_info[0]}{sys.version_info[1]}"
 
 
-# -- helpers (copied, not imported, from test_cloud_build.py) ----------------------------
-def zip_tree(files: dict[str, str | bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
-
-
+# -- helpers ----------------------------------------------------------------------------
 def with_dependency_tree() -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in (FUNCTIONS / "with_dependency").iterdir()}
-
-
-def pack_args(image: str, env: dict[str, str], builder: bool = True) -> list[str]:
-    args = ["build", image, "--network", "cloudbuild"]
-    for key, value in env.items():
-        args += ["--env", f"{key}={value}"]
-    if builder:
-        args += ["--builder", "gcr.io/buildpacks/builder:latest"]
-    return args
-
-
-def pack_build(
-    source: tuple[str, str, int], image: str, env: dict[str, str], **fields
-) -> cloudbuild_v1.Build:
-    """The Build ``gcloud builds submit --pack image=...,env=...`` sends."""
-    bucket, name, generation = source
-    return cloudbuild_v1.Build(
-        source={"storage_source": {"bucket": bucket, "object_": name, "generation": generation}},
-        steps=[
-            {
-                "name": "gcr.io/k8s-skaffold/pack",
-                "entrypoint": "pack",
-                "args": pack_args(image, env),
-            }
-        ],
-        images=fields.pop("images", [image]),
-        **fields,
-    )
 
 
 def image_name(name: str) -> str:
@@ -130,27 +92,6 @@ def processes_with(marker: str) -> list[int]:
         if marker in cmdline and state != "Z":
             found.append(int(entry.name))
     return found
-
-
-def write_wheel(directory: Path, name: str, version: str, module_source: str) -> Path:
-    """A pure-Python wheel made by hand (as in conftest), so builds need no package index."""
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}.py": module_source.encode(),
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: localcloud-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{dist}/RECORD,,")
-    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
-    wheel = directory / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for path, data in files.items():
-            zf.writestr(path, data)
-    return wheel
 
 
 GREETING_MODULE = 'def greet(name):\n    return f"hello, {name}, from a wheel"\n'

@@ -8,7 +8,6 @@ https://cloud.google.com/run/docs/reference/rpc/google.cloud.run.v2 and the guid
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import subprocess
@@ -18,7 +17,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,19 +27,11 @@ from google.cloud.devtools import cloudbuild_v1
 from google.iam.v1 import policy_pb2
 
 from localcloud.core.oidc import Issuer
+from localcloud.testing import zip_dir
 from orchestrator.clients import Clients, Environment
 
 FUNCTIONS = Path(__file__).parent.parent / "functions"
 PARENT = "projects/local-project/locations/us-central1"
-
-
-def zip_dir(path: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for p in sorted(path.rglob("*")):
-            if p.is_file() and "__pycache__" not in p.parts:
-                zf.writestr(p.relative_to(path).as_posix(), p.read_bytes())
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import os
 import tarfile
 import time
 import uuid
-import zipfile
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,7 +31,7 @@ from localcloud.registry.names import parse_image
 from localcloud.run import sandbox
 from localcloud.run.images import ImageCache, ImageError, UnpackedImage, unpack_layers
 from localcloud.run.sandbox import InstanceSpec, SandboxError
-from localcloud.testing import free_port
+from localcloud.testing import free_port, pack_build, zip_dir, zip_tree
 from orchestrator.clients import Clients, Environment
 
 FUNCTIONS = Path(__file__).parent.parent / "functions"
@@ -70,38 +69,7 @@ def hello(request):
 """
 
 
-# -- helpers (pack_build and zip_dir as in test_cloud_build.py) -----------------------------
-
-
-def zip_tree(files: dict[str, str | bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
-
-
-def zip_dir(path: Path) -> bytes:
-    return zip_tree(
-        {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*") if p.is_file()}
-    )
-
-
-def pack_build(
-    source: tuple[str, str, int], image: str, env: dict[str, str], **fields: Any
-) -> cloudbuild_v1.Build:
-    """The Build ``gcloud builds submit --pack image=...,env=...`` sends."""
-    bucket, name, generation = source
-    args = ["build", image, "--network", "cloudbuild"]
-    for key, value in env.items():
-        args += ["--env", f"{key}={value}"]
-    args += ["--builder", "gcr.io/buildpacks/builder:latest"]
-    return cloudbuild_v1.Build(
-        source={"storage_source": {"bucket": bucket, "object_": name, "generation": generation}},
-        steps=[{"name": "gcr.io/k8s-skaffold/pack", "entrypoint": "pack", "args": args}],
-        images=[image],
-        **fields,
-    )
+# -- helpers ----------------------------------------------------------------------------
 
 
 def run(coro: Awaitable[T], timeout: float = 60) -> T:
