@@ -21,7 +21,7 @@ from localcloud.build.store import BuildStore
 from localcloud.core.config import Config
 from localcloud.core.db import Database
 from localcloud.core.iam import IamService, PolicyStore
-from localcloud.core.oidc import Issuer, aiohttp_routes
+from localcloud.core.oidc import Issuer, aiohttp_routes, metadata_routes
 from localcloud.eventarc.router import EventRouter
 from localcloud.eventarc.service import EventarcService
 from localcloud.eventarc.store import TriggerStore
@@ -134,6 +134,7 @@ class LocalCloud:
 
         app = web.Application()
         app.add_routes(aiohttp_routes(self.issuer))
+        app.add_routes(metadata_routes(self.issuer, cfg.project))
         app.router.add_get("/healthz", self._healthz)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()

@@ -20,6 +20,19 @@ import grpc
 DEFAULT_PROJECT = "local-project"
 
 
+def polling(timeout: float = 900.0) -> Any:
+    """How long-running operations are waited on: from 50 ms up, not api_core's 1 s steps.
+
+    Every pipeline step waits on one (a build, a revision, a trigger); the default's first
+    second of sleep would dominate a deploy that takes two.
+    """
+    from google.api_core.future.polling import DEFAULT_POLLING
+
+    return DEFAULT_POLLING.with_delay(initial=0.05, maximum=1.0, multiplier=1.5).with_timeout(
+        timeout
+    )
+
+
 @dataclass(frozen=True)
 class Environment:
     """What the factory reads from the process environment, once."""
@@ -29,6 +42,8 @@ class Environment:
     grpc_host: str | None
     pubsub_host: str | None
     storage_host: str | None
+    registry_host: str | None = None
+    metadata_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Environment:
@@ -39,6 +54,8 @@ class Environment:
             grpc_host=env.get("LOCALCLOUD_GRPC_HOST") or None,
             pubsub_host=env.get("PUBSUB_EMULATOR_HOST") or None,
             storage_host=env.get("STORAGE_EMULATOR_HOST") or None,
+            registry_host=env.get("LOCALCLOUD_REGISTRY") or None,
+            metadata_url=env.get("LOCALCLOUD_OIDC_ISSUER") or None,
         )
 
     @property
@@ -152,6 +169,69 @@ class Clients:
         if self.env.grpc_host is None:
             raise RuntimeError("a bare Operations client exists only for localcloud")
         return operations_v1.OperationsClient(grpc.insecure_channel(self.env.grpc_host))
+
+    @cached_property
+    def http(self) -> Any:
+        """A plain ``requests`` session (OCI registry calls, service calls), reused."""
+        import requests
+
+        return requests.Session()
+
+    def registry_url(self, host: str) -> str:
+        """The base URL of the OCI distribution API for an image host.
+
+        Artifact Registry hosts (``REGION-docker.pkg.dev``) map to localcloud's registry.
+        """
+        if self.env.registry_host is not None:
+            return f"http://{self.env.registry_host}"
+        return f"https://{host}"
+
+    def registry_headers(self) -> dict[str, str]:
+        """Authorization for the registry: an OAuth access token on Google Cloud, none locally."""
+        if self.env.registry_host is not None:
+            return {}
+        import google.auth
+        import google.auth.transport.requests
+
+        credentials, _ = google.auth.default(
+            scopes=["https://www.googleapis.com/auth/cloud-platform"]
+        )
+        credentials.refresh(google.auth.transport.requests.Request())
+        return {"Authorization": f"Bearer {credentials.token}"}
+
+    def id_token(self, audience: str) -> str:
+        """A Google-signed (or localcloud-signed) ID token for calling a private service.
+
+        Locally, localcloud's metadata endpoint mints it, as the metadata server does on
+        Google Cloud; there, google-auth asks ADC, then falls back to gcloud for user
+        credentials (which cannot mint ID tokens for arbitrary audiences themselves).
+        """
+        if self.env.metadata_url is not None:
+            response = self.http.get(
+                f"{self.env.metadata_url}/computeMetadata/v1/instance/service-accounts/"
+                "default/identity",
+                params={"audience": audience, "format": "full"},
+                headers={"Metadata-Flavor": "Google"},
+                timeout=10,
+            )
+            response.raise_for_status()
+            return response.text.strip()
+        import google.auth.transport.requests
+        import google.oauth2.id_token
+
+        try:
+            return google.oauth2.id_token.fetch_id_token(
+                google.auth.transport.requests.Request(), audience
+            )
+        except Exception:  # user credentials cannot mint ID tokens: ask gcloud, as users do
+            import subprocess
+
+            return subprocess.run(
+                ["gcloud", "auth", "print-identity-token"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
 
 
 _default: Clients | None = None

@@ -526,15 +526,22 @@ def parse_request(document: Any) -> tuple[Source, dict[str, Any]]:
     return source, fields
 
 
-def deployment_id(bucket: str, object: str, generation: int) -> str:
+def deployment_id(
+    bucket: str, object: str, generation: int, overrides: Mapping[str, Any] | None = None
+) -> str:
     """The deployment of one object generation: ``d-`` + 16 hex digits of a SHA-256.
 
     Deterministic, so the same upload delivered twice (at-least-once events, a retried
     request) is the same deployment; short and ``[a-z0-9-]``, so it is a valid Pub/Sub
-    ordering key, label value, Workflows execution argument and object name part.
+    ordering key, label value, Workflows execution argument and object name part. A deploy
+    request's fields (``overrides``) take part, so asking for the same archive with other
+    settings is a new deployment while a redelivered request is not.
     """
-    key = json.dumps([bucket, object, int(generation)])
-    return "d-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    key: list[Any] = [bucket, object, int(generation)]
+    if overrides:
+        key.append(dict(overrides))
+    text = json.dumps(key, sort_keys=True, separators=(",", ":"))
+    return "d-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- metadata

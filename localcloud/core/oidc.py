@@ -212,3 +212,45 @@ def aiohttp_routes(issuer: Issuer) -> list[web.RouteDef]:
         web.get("/oauth2/v3/certs", serve(issuer.jwks())),
         web.get("/oauth2/v1/certs", serve(issuer.pem_certs())),
     ]
+
+
+OWNER_ACCOUNT_ID = "owner"
+METADATA_IDENTITY_PATH = "/computeMetadata/v1/instance/service-accounts/default/identity"
+
+
+def owner_email(project: str) -> str:
+    """The identity the metadata endpoint speaks for: the project's owner, as a service account.
+
+    On Google Cloud a developer's own credentials usually hold ``roles/owner``, which includes
+    ``run.routes.invoke`` on every service; localcloud gives this account the same reach.
+    """
+    return f"{OWNER_ACCOUNT_ID}@{project}.iam.gserviceaccount.com"
+
+
+def metadata_routes(issuer: Issuer, project: str) -> list[web.RouteDef]:
+    """The metadata server's ``identity`` endpoint: an ID token for the project's owner.
+
+    Like ``metadata.google.internal``: the ``Metadata-Flavor: Google`` header is required
+    (403 without it), ``audience`` is required (400 without it), the token is the body as
+    ``text/plain``. ``format`` and ``licenses`` are accepted and change nothing.
+    """
+    email = owner_email(project)
+
+    async def identity(request: web.Request) -> web.Response:
+        if request.headers.get("Metadata-Flavor") != "Google":
+            return web.Response(
+                status=403,
+                text="Missing required header: 'Metadata-Flavor: Google'\n",
+                headers={"Metadata-Flavor": "Google"},
+            )
+        audience = request.query.get("audience", "").strip()
+        if not audience:
+            return web.Response(
+                status=400,
+                text="non-empty audience parameter required\n",
+                headers={"Metadata-Flavor": "Google"},
+            )
+        token = issuer.mint_id_token(audience, email)
+        return web.Response(text=token, headers={"Metadata-Flavor": "Google"})
+
+    return [web.get(METADATA_IDENTITY_PATH, identity)]

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from localcloud.core.oidc import InvalidToken, Issuer
+from localcloud.core.oidc import InvalidToken, Issuer, owner_email
 from localcloud.run.autoscaler import Overloaded, StartFailed
 from localcloud.run.images import ImageError
 
@@ -121,6 +121,8 @@ class Ingress:
                 status=401, text="Unauthorized: the token's audience is not this service's URL\n"
             )
         email = claims.get("email", "")
+        if email == owner_email(self.controller.config.project):
+            return None  # the project's owner (the metadata identity) may invoke any service
         allowed = {f"serviceAccount:{email}", f"user:{email}", "allAuthenticatedUsers"}
         if members & allowed:
             return None

@@ -33,13 +33,13 @@ def test_local_up_status_env_logs_down(tmp_path):
     env = {**os.environ, "LOCALCLOUD_DATA": str(tmp_path), **{k: str(v) for k, v in ports.items()}}
     for key in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "LOCALCLOUD_GRPC_HOST"):
         env.pop(key, None)
-    up = orch("local", "up", env=env)
+    up = orch("local", "up", "--no-pipeline", env=env)
     try:
         assert up.returncode == 0, up.stderr
         assert "localcloud is up" in up.stdout
         assert f"127.0.0.1:{ports['LOCALCLOUD_GRPC_PORT']}" in up.stdout
 
-        again = orch("local", "up", env=env)
+        again = orch("local", "up", "--no-pipeline", env=env)
         assert again.returncode == 0
         assert "already running" in again.stdout
 

@@ -1,0 +1,143 @@
+"""The ``build`` step: Cloud Build with the buildpacks step turns the archive into an image.
+
+It first takes the service's lock, so two deployments of one service never interleave
+their steps: the later one waits (and says so in a status event) until the earlier one
+finishes or its workflow is gone. The build is submitted once per deployment: its id is
+recorded before waiting, so a retried call after a crash waits for the same build.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from google.api_core import exceptions
+
+from orchestrator.step import Context, Deployment, StepFailed, reraise
+
+BUILDER = "gcr.io/buildpacks/builder:latest"
+PACK = "gcr.io/k8s-skaffold/pack"
+BUILD_TIMEOUT = 1200  # seconds
+LOCK_TIMEOUT = 1500.0
+LOG_TAIL_LINES = 20
+
+
+def pack_build(deployment: Deployment, image: str) -> Any:
+    """The Build ``gcloud builds submit --pack`` would send for this deployment."""
+    from google.cloud.devtools import cloudbuild_v1
+
+    m = deployment.manifest
+    env = {
+        "GOOGLE_FUNCTION_TARGET": m.entry_point,
+        "GOOGLE_FUNCTION_SIGNATURE_TYPE": m.signature_type,
+    }
+    if m.runtime:
+        env["GOOGLE_RUNTIME"] = m.runtime
+    args = ["build", image, "--network", "cloudbuild", "--builder", BUILDER]
+    for key, value in env.items():
+        args += ["--env", f"{key}={value}"]
+    return cloudbuild_v1.Build(
+        source={
+            "storage_source": {
+                "bucket": deployment.bucket,
+                "object_": deployment.object,
+                "generation": deployment.generation,
+            }
+        },
+        steps=[{"name": PACK, "entrypoint": "pack", "args": args}],
+        images=[image],
+        tags=[deployment.deployment_id, deployment.service],
+        timeout={"seconds": BUILD_TIMEOUT},
+    )
+
+
+def _log_tail(ctx: Context, build: Any) -> list[str]:
+    """The last lines of the build's log object, for the failure event."""
+    bucket = build.logs_bucket.removeprefix("gs://")
+    bucket, _, prefix = bucket.partition("/")
+    name = f"{prefix.strip('/')}/log-{build.id}.txt".lstrip("/")
+    try:
+        text = ctx.clients.storage.bucket(bucket).blob(name).download_as_text()
+    except exceptions.GoogleAPICallError:
+        return []
+    return text.splitlines()[-LOG_TAIL_LINES:]
+
+
+def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
+    from google.cloud.devtools import cloudbuild_v1
+
+    settings = ctx.settings
+
+    def waiting(holder: str) -> None:
+        ctx.publish(
+            deployment,
+            "build",
+            "running",
+            f"waiting: deployment {holder} of service {deployment.service} is in progress",
+            details={"waiting_for": holder},
+        )
+
+    try:
+        ctx.records.acquire(
+            deployment.service,
+            deployment.deployment_id,
+            deployment.execution,
+            ctx.execution_active,
+            waiting,
+            LOCK_TIMEOUT,
+        )
+    except TimeoutError as exc:
+        raise StepFailed("TIMEOUT", str(exc)) from None
+    ctx.publish(deployment, "build", "running", f"building {deployment.source}")
+
+    submitted = ctx.records.step_result(deployment.deployment_id, "build-submitted")
+    if submitted is None:
+        image = f"{settings.staging_image(deployment.service)}:{deployment.deployment_id}"
+        try:
+            operation = ctx.clients.cloud_build.create_build(
+                project_id=settings.project, build=pack_build(deployment, image)
+            )
+        except exceptions.GoogleAPICallError as exc:
+            reraise("BUILD_FAILED", "Cloud Build refused the build", exc)
+        build_id = operation.metadata.build.id
+        ctx.records.save_step(deployment.deployment_id, "build-submitted", {"build_id": build_id})
+    else:
+        build_id = submitted["build_id"]
+
+    status = cloudbuild_v1.Build.Status
+    done = {status.SUCCESS, status.FAILURE, status.INTERNAL_ERROR, status.TIMEOUT}
+    done |= {status.CANCELLED, status.EXPIRED}
+    delay = 0.05
+    while True:
+        build = ctx.clients.cloud_build.get_build(project_id=settings.project, id=build_id)
+        if build.status in done:
+            break
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+
+    if build.status != status.SUCCESS:
+        details = {
+            "build_id": build_id,
+            "log_url": build.log_url,
+            "log_tail": _log_tail(ctx, build),
+        }
+        reason = build.status_detail or status(build.status).name
+        raise StepFailed(
+            "BUILD_FAILED", f"build {build_id} {status(build.status).name}: {reason}", details
+        )
+    built = build.results.images[0]
+    name = built.name.rsplit(":", 1)[0] if "@" not in built.name else built.name.split("@")[0]
+    return {
+        "build_id": build_id,
+        "image": f"{name}@{built.digest}",
+        "digest": built.digest,
+        "log_url": build.log_url,
+        "build_seconds": _seconds(build),
+    }
+
+
+def _seconds(build: Any) -> float | None:
+    try:
+        return round((build.finish_time - build.start_time).total_seconds(), 3)
+    except (AttributeError, TypeError):
+        return None

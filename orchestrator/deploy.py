@@ -1,0 +1,125 @@
+"""The ``deploy`` step: create or update the Cloud Run service with the image by digest.
+
+The service gets the manifest's env, scaling, concurrency and timeout, runs as the
+pipeline's runtime service account, carries the deployment id as a label and the source as
+an annotation, and sends all traffic to its latest ready revision. When the new revision
+fails to start, Cloud Run keeps the previous one serving; the failure event names both.
+The invoker policy follows ``allow_unauthenticated``: ``allUsers`` is granted or removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.api_core import exceptions
+
+from orchestrator.clients import polling
+from orchestrator.step import Context, Deployment, StepFailed, reraise
+
+INVOKER = "roles/run.invoker"
+DEPLOYMENT_LABEL = "deployment-id"
+MANAGED_LABEL = "managed-by"
+SOURCE_ANNOTATION = "orchestrator.dev/source"
+POLLING = polling(900)
+
+
+def template(ctx: Context, deployment: Deployment, image: str) -> Any:
+    from google.cloud import run_v2
+
+    m = deployment.manifest
+    return run_v2.RevisionTemplate(
+        containers=[
+            run_v2.Container(
+                image=image, env=[{"name": k, "value": str(v)} for k, v in sorted(m.env.items())]
+            )
+        ],
+        scaling={"min_instance_count": m.min_instances, "max_instance_count": m.max_instances},
+        max_instance_request_concurrency=m.concurrency,
+        timeout={"seconds": m.timeout_seconds},
+        service_account=ctx.settings.runtime_service_account,
+        labels={DEPLOYMENT_LABEL: deployment.deployment_id},
+    )
+
+
+def _short(name: str) -> str:
+    return name.rsplit("/", 1)[-1] if name else ""
+
+
+def set_invoker(ctx: Context, service: str, members: set[str], public: bool | None) -> None:
+    """Grant ``members`` run.invoker; add or remove ``allUsers`` when ``public`` is given."""
+    services = ctx.clients.run_services
+    policy = services.get_iam_policy(request={"resource": service})
+    binding = next((b for b in policy.bindings if b.role == INVOKER), None)
+    current = set(binding.members) if binding is not None else set()
+    wanted = current | members
+    if public is True:
+        wanted.add("allUsers")
+    elif public is False:
+        wanted.discard("allUsers")
+    if wanted == current:
+        return
+    if binding is None:
+        binding = policy.bindings.add(role=INVOKER)
+    del binding.members[:]
+    binding.members.extend(sorted(wanted))
+    services.set_iam_policy(request={"resource": service, "policy": policy})
+
+
+def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
+    from google.cloud import run_v2
+
+    image = deployment.output("push", "image")
+    services = ctx.clients.run_services
+    name = ctx.settings.service_path(deployment.service)
+    labels = {DEPLOYMENT_LABEL: deployment.deployment_id, MANAGED_LABEL: "orchestrator"}
+    latest = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+    try:
+        existing = services.get_service(name=name)
+    except exceptions.NotFound:
+        existing = None
+    previous = _short(existing.latest_ready_revision) if existing else ""
+    try:
+        if existing is None:
+            service = run_v2.Service(
+                template=template(ctx, deployment, image),
+                labels=labels,
+                annotations={SOURCE_ANNOTATION: deployment.source},
+                traffic=[{"type_": latest, "percent": 100}],
+            )
+            operation = services.create_service(
+                parent=ctx.settings.location_path, service=service, service_id=deployment.service
+            )
+        else:
+            existing.template = template(ctx, deployment, image)
+            existing.labels.update(labels)
+            existing.annotations[SOURCE_ANNOTATION] = deployment.source
+            del existing.traffic[:]
+            existing.traffic.append(run_v2.TrafficTarget(type_=latest, percent=100))
+            operation = services.update_service(service=existing)
+    except exceptions.GoogleAPICallError as exc:
+        reraise("DEPLOY_FAILED", "Cloud Run refused the service", exc)
+    try:
+        service = operation.result(polling=POLLING)
+    except exceptions.GoogleAPICallError as exc:
+        after = services.get_service(name=name)
+        failed = _short(after.latest_created_revision)
+        serving = _short(after.latest_ready_revision)
+        keeps = (
+            f"; revision {serving} keeps serving"
+            if serving and serving != failed
+            else "; no revision serves"
+        )
+        raise StepFailed(
+            "DEPLOY_FAILED",
+            f"revision {failed or '?'} of {deployment.service} failed to start: "
+            f"{exc.message or exc}{keeps}",
+            {"failed_revision": failed, "serving_revision": serving, "url": after.uri},
+        ) from None
+    set_invoker(ctx, name, set(), deployment.manifest.allow_unauthenticated)
+    return {
+        "url": service.uri,
+        "revision": _short(service.latest_ready_revision),
+        "previous_revision": previous,
+        "image": image,
+        "public": deployment.manifest.allow_unauthenticated,
+    }

@@ -1,0 +1,284 @@
+"""Intake: turn an uploaded archive or a deploy request into one execution of ``deploy``.
+
+Both entry points end in :func:`accept`: claim the deployment id exactly once (a claim
+object created with ``if_generation_match=0``), check the archive and the manifest, publish
+``accepted`` (or ``failed`` naming the problem, and start nothing), then start the
+workflow. Eventarc delivers at least once, so a second delivery finds the claim and does
+nothing; a delivery that finds a claim whose execution is not recorded yet (the first
+attempt is still running, or crashed) raises, so Eventarc retries it later, and a claim
+left that way for :data:`STALE_CLAIM_SECONDS` is taken over.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from google.api_core import exceptions
+
+from orchestrator import archive
+from orchestrator.config import pipeline
+from orchestrator.manifest import (
+    ManifestError,
+    Source,
+    deployment_id,
+    object_metadata_overrides,
+    parse_request,
+    read_manifest_from_zip,
+    resolve,
+    service_from_archive,
+)
+from orchestrator.records import claim_name, now
+from orchestrator.status import StatusEvent
+from orchestrator.step import Context, context
+
+LOG = logging.getLogger(__name__)
+STALE_CLAIM_SECONDS = 60.0
+
+
+class ClaimBusy(RuntimeError):
+    """Another attempt holds the claim and has not started the workflow yet: retry later."""
+
+
+class Rejected(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _age(stamp: str) -> float:
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return float("inf")
+    return (datetime.now(UTC) - then).total_seconds()
+
+
+def _guess_service(source: Source, overrides: dict[str, Any]) -> str:
+    if isinstance(overrides.get("service"), str):
+        return overrides["service"]
+    try:
+        return service_from_archive(source.object)
+    except ManifestError:
+        return ""
+
+
+def _claim(ctx: Context, dep_id: str, source: Source, service: str) -> bool:
+    """True when this attempt owns the deployment; False when it is already handled."""
+    claim = {
+        "deployment_id": dep_id,
+        "service": service,
+        "source": source.uri(),
+        "execution": None,
+        "state": "claimed",
+        "error": None,
+        "created": now(),
+    }
+    name = claim_name(dep_id)
+    if ctx.records.create(name, claim) is not None:
+        return True
+    found = ctx.records.read(name)
+    if found is None:
+        return ctx.records.create(name, claim) is not None
+    existing, generation = found
+    if existing.get("state") != "claimed":
+        LOG.info("deployment %s is already %s; ignoring this delivery", dep_id, existing["state"])
+        return False
+    if _age(existing.get("created", "")) < STALE_CLAIM_SECONDS:
+        raise ClaimBusy(f"deployment {dep_id} is being accepted by another attempt")
+    LOG.warning("taking over the stale claim of deployment %s", dep_id)
+    return ctx.records.replace(name, claim, generation) is not None
+
+
+def _read_source(ctx: Context, source: Source) -> bytes:
+    bucket = ctx.clients.storage.bucket(source.bucket)
+    blob = bucket.get_blob(source.object, generation=source.generation)
+    if blob is None:
+        raise Rejected("SOURCE_NOT_FOUND", f"{source.uri()} does not exist")
+    if blob.size is not None and blob.size > archive.MAX_ARCHIVE_BYTES:
+        raise Rejected(
+            "INVALID_ARCHIVE",
+            f"{source.uri()} is {blob.size} bytes; the limit is {archive.MAX_ARCHIVE_BYTES}",
+        )
+    return blob.download_as_bytes()
+
+
+def accept(
+    source: Source,
+    dep_id: str,
+    overrides: dict[str, Any],
+    origin: str,
+    ctx: Context | None = None,
+) -> str | None:
+    """Claim, check and start one deployment; the execution name, or None if not started."""
+    ctx = ctx or context()
+    service = _guess_service(source, overrides)
+    if not _claim(ctx, dep_id, source, service):
+        return None
+    try:
+        data = _read_source(ctx, source)
+        try:
+            archive.inspect(data)
+        except archive.ArchiveProblem as exc:
+            raise Rejected("INVALID_ARCHIVE", f"{source.uri()}: {exc}") from None
+        try:
+            manifest = resolve(
+                read_manifest_from_zip(data) or {},
+                overrides,
+                source.object,
+                overrides_origin=origin,
+            )
+        except ManifestError as exc:
+            raise Rejected("INVALID_MANIFEST", str(exc)) from None
+    except Rejected as rejected:
+        _fail(ctx, dep_id, service, source, rejected.code, rejected.message)
+        return None
+
+    argument = {
+        "deployment_id": dep_id,
+        "service": manifest.service,
+        "source": source.uri(),
+        "bucket": source.bucket,
+        "object": source.object,
+        "generation": source.generation,
+        "manifest": manifest.to_dict(),
+    }
+    _publish(
+        ctx,
+        dep_id,
+        manifest.service,
+        source,
+        "succeeded",
+        f"deploying {source.uri()} as service {manifest.service}",
+        details={"manifest": manifest.to_dict()},
+    )
+    execution = ctx.clients.executions.create_execution(
+        parent=ctx.settings.workflow_path,
+        execution={"argument": json.dumps(argument, separators=(",", ":"))},
+    )
+    _record(ctx, dep_id, manifest.service, source, "accepted", execution=execution.name)
+    LOG.info("deployment %s of %s: execution %s", dep_id, manifest.service, execution.name)
+    return execution.name
+
+
+def _record(
+    ctx: Context,
+    dep_id: str,
+    service: str,
+    source: Source,
+    state: str,
+    *,
+    execution: str | None = None,
+    error: dict[str, str] | None = None,
+) -> None:
+    ctx.records.write(
+        claim_name(dep_id),
+        {
+            "deployment_id": dep_id,
+            "service": service,
+            "source": source.uri(),
+            "execution": execution,
+            "state": state,
+            "error": error,
+            "created": now(),
+        },
+    )
+
+
+def _fail(ctx: Context, dep_id: str, service: str, source: Source, code: str, message: str) -> None:
+    """Record and report a deployment refused at intake; nothing is started."""
+    _record(ctx, dep_id, service, source, "failed", error={"code": code, "message": message})
+    _publish(ctx, dep_id, service, source, "failed", message, code)
+
+
+def _publish(
+    ctx: Context,
+    dep_id: str,
+    service: str,
+    source: Source,
+    state: str,
+    message: str,
+    code: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    ctx.status.publish(
+        StatusEvent(
+            deployment_id=dep_id,
+            service=service,
+            step="accepted",
+            state=state,
+            message=message,
+            error_code=code,
+            details=details or {},
+            source_uri=source.uri(),
+        )
+    )
+
+
+def is_intake_object(name: str, reserved_prefix: str) -> bool:
+    return name.lower().endswith(".zip") and not name.startswith(reserved_prefix)
+
+
+def source_uploaded(data: dict[str, Any], ctx: Context | None = None) -> str | None:
+    """A Cloud Storage ``object.finalized`` event's data -> the deployment it starts."""
+    ctx = ctx or context()
+    bucket, name = data.get("bucket", ""), data.get("name", "")
+    prefix = pipeline()["reserved_prefix"]
+    if not is_intake_object(name, prefix):
+        LOG.info("ignoring gs://%s/%s: not a .zip source archive outside %s", bucket, name, prefix)
+        return None
+    source = Source(bucket, name, int(data["generation"]))
+    dep_id = deployment_id(bucket, name, source.generation or 0)
+    try:
+        overrides = object_metadata_overrides(data.get("metadata") or {})
+    except ManifestError as exc:
+        service = _guess_service(source, {})
+        if _claim(ctx, dep_id, source, service):
+            _fail(ctx, dep_id, service, source, "INVALID_MANIFEST", str(exc))
+        return None
+    return accept(source, dep_id, overrides, "object metadata", ctx)
+
+
+def deploy_requested(message: dict[str, Any], ctx: Context | None = None) -> str | None:
+    """A Pub/Sub ``messagePublished`` event's message -> the deployment it starts."""
+    ctx = ctx or context()
+    raw = base64.b64decode(message.get("data") or b"")
+    try:
+        source, fields = parse_request(raw)
+    except ManifestError as exc:
+        # No trustworthy source: the deployment is named after the message itself.
+        msg_id = str(message.get("messageId") or message.get("message_id") or "")
+        dep_id = deployment_id("deploy-requests", msg_id, 0)
+        try:
+            service = str(json.loads(raw).get("service") or "")
+        except (ValueError, AttributeError):
+            service = ""
+        bad = Source("invalid-request", msg_id or "message", None)
+        if _claim(ctx, dep_id, bad, service):
+            _fail(ctx, dep_id, service, bad, "INVALID_REQUEST", str(exc))
+        return None
+    if source.generation is None:
+        try:
+            blob = ctx.clients.storage.bucket(source.bucket).get_blob(source.object)
+        except exceptions.NotFound:
+            blob = None
+        if blob is None:
+            dep_id = deployment_id(source.bucket, source.object, 0, fields)
+            service = _guess_service(source, fields)
+            if _claim(ctx, dep_id, source, service):
+                _fail(
+                    ctx,
+                    dep_id,
+                    service,
+                    source,
+                    "SOURCE_NOT_FOUND",
+                    f"{source.uri()} does not exist",
+                )
+            return None
+        source = Source(source.bucket, source.object, int(blob.generation))
+    dep_id = deployment_id(source.bucket, source.object, source.generation or 0, fields)
+    return accept(source, dep_id, fields, "deploy request", ctx)

@@ -1,0 +1,341 @@
+"""``orch local up``'s second half: provision the pipeline on localcloud as Terraform does in Google Cloud.
+
+Every resource comes from ``pipeline.json`` (the list Terraform reads too) and is created
+through the same official clients a user would use: the sources bucket, the topics and
+the dead-letter subscription, the orchestrator's six functions (this directory zipped,
+built by Cloud Build with the buildpack, deployed as private Cloud Run services from one
+image), the ``deploy`` workflow and the two intake triggers. Each resource is compared
+with what exists and only created or updated when it differs, so running it again changes
+nothing. Locally, the functions keep one warm instance each so a deploy does not pay six
+cold starts; on Google Cloud they scale to zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.api_core import exceptions
+
+from orchestrator.clients import polling
+from orchestrator.config import Settings, pipeline, service_account_email
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+SOURCE_HASH = "orchestrator.dev/source-hash"
+POLLING = polling(900)
+INVOKER = "roles/run.invoker"
+
+
+@dataclass
+class Change:
+    kind: str
+    name: str
+    action: str  # created | updated | unchanged
+
+    def __str__(self) -> str:
+        return f"{self.action:<9} {self.kind} {self.name}"
+
+
+def function_source() -> bytes:
+    """This directory as a zip, deterministically (the same bytes Terraform's archive hashes)."""
+    from orchestrator.packing import zip_directory
+
+    return zip_directory(ROOT)
+
+
+class Provisioner:
+    def __init__(
+        self, settings: Settings, factory: Any, log: Callable[[str], None] = print
+    ) -> None:
+        self.s = settings
+        self.c = factory
+        self.log = log
+        self.changes: list[Change] = []
+        self.p = pipeline()
+
+    def _note(self, kind: str, name: str, action: str) -> None:
+        change = Change(kind, name, action)
+        self.changes.append(change)
+        self.log(str(change))
+
+    # ---------------------------------------------------------------- storage, Pub/Sub
+
+    def bucket(self) -> None:
+        name = self.s.sources_bucket
+        if self.c.storage.lookup_bucket(name) is not None:
+            return self._note("bucket", name, "unchanged")
+        self.c.storage.create_bucket(name)
+        self._note("bucket", name, "created")
+
+    def topics(self) -> None:
+        for topic in (self.s.requests_topic, self.s.status_topic, self.s.dead_letter_topic):
+            path = self.s.topic_path(topic)
+            try:
+                self.c.publisher.get_topic(topic=path)
+                self._note("topic", topic, "unchanged")
+            except exceptions.NotFound:
+                self.c.publisher.create_topic(name=path)
+                self._note("topic", topic, "created")
+        sub = self.p["dead_letter_subscription"]
+        path = f"projects/{self.s.project}/subscriptions/{sub}"
+        try:
+            self.c.subscriber.get_subscription(subscription=path)
+            self._note("subscription", sub, "unchanged")
+        except exceptions.NotFound:
+            self.c.subscriber.create_subscription(
+                request={
+                    "name": path,
+                    "topic": self.s.topic_path(self.s.dead_letter_topic),
+                    "message_retention_duration": {"seconds": 7 * 24 * 3600},
+                }
+            )
+            self._note("subscription", sub, "created")
+
+    # ---------------------------------------------------------------- functions
+
+    def _service_account(self, key: str) -> str:
+        return service_account_email(f"{self.s.prefix}-{key}", self.s.project)
+
+    def image(self, source: bytes, digest: str) -> str:
+        """Build the functions' image from ``source`` (once per source hash)."""
+        from google.cloud.devtools import cloudbuild_v1
+
+        bucket = self.c.storage.bucket(self.s.sources_bucket)
+        name = f"{self.p['reserved_prefix']}source/orchestrator-{digest[:16]}.zip"
+        blob = bucket.get_blob(name)
+        if blob is None:
+            blob = bucket.blob(name)
+            blob.upload_from_string(source, content_type="application/zip")
+        image = f"{self.s.staging_image(self.s.prefix)}:{digest[:16]}"
+        build = cloudbuild_v1.Build(
+            source={
+                "storage_source": {
+                    "bucket": bucket.name,
+                    "object_": name,
+                    "generation": blob.generation,
+                }
+            },
+            steps=[
+                {
+                    "name": "gcr.io/k8s-skaffold/pack",
+                    "entrypoint": "pack",
+                    "args": ["build", image, "--env", "GOOGLE_FUNCTION_TARGET=build"],
+                }
+            ],
+            images=[image],
+            tags=[self.s.prefix, "orchestrator"],
+        )
+        self.log(f"building the orchestrator's functions from {len(source)} bytes of source ...")
+        started = time.monotonic()
+        result = self.c.cloud_build.create_build(project_id=self.s.project, build=build).result(
+            timeout=1800, polling=POLLING
+        )
+        built = result.results.images[0]
+        self.log(f"built {built.digest[:19]} in {time.monotonic() - started:.1f}s")
+        return f"{image.rsplit(':', 1)[0]}@{built.digest}"
+
+    def functions(self) -> dict[str, str]:
+        """Deploy every function; their URLs by function key."""
+        from google.cloud import run_v2
+
+        source = function_source()
+        digest = hashlib.sha256(source).hexdigest()
+        services = self.c.run_services
+        existing: dict[str, Any] = {}
+        for key in self.p["functions"]:
+            with contextlib.suppress(exceptions.NotFound):
+                existing[key] = services.get_service(
+                    name=self.s.service_path(self.s.function_service(key))
+                )
+        current = {k: v.annotations.get(SOURCE_HASH) for k, v in existing.items()}
+        image = None
+        if set(current) == set(self.p["functions"]) and set(current.values()) == {digest}:
+            image = existing[next(iter(existing))].template.containers[0].image
+        else:
+            reusable = [v for k, v in existing.items() if current[k] == digest]
+            image = (
+                reusable[0].template.containers[0].image if reusable else self.image(source, digest)
+            )
+        urls: dict[str, str] = {}
+        for key, spec in self.p["functions"].items():
+            service_id = self.s.function_service(key)
+            env = {
+                **self.s.env(),
+                "GOOGLE_FUNCTION_TARGET": spec["entry_point"],
+                "FUNCTION_TARGET": spec["entry_point"],
+                "GOOGLE_FUNCTION_SIGNATURE_TYPE": spec["signature_type"],
+                "FUNCTION_SIGNATURE_TYPE": spec["signature_type"],
+            }
+            template = run_v2.RevisionTemplate(
+                containers=[
+                    run_v2.Container(
+                        image=image, env=[{"name": k, "value": v} for k, v in sorted(env.items())]
+                    )
+                ],
+                scaling={"min_instance_count": 1, "max_instance_count": 10},
+                timeout={"seconds": spec["timeout_seconds"]},
+                service_account=self._service_account(key),
+            )
+            old = existing.get(key)
+            if old is not None and current.get(key) == digest and _same_env(old, env):
+                self._note("function", service_id, "unchanged")
+                service = old
+            elif old is None:
+                service = services.create_service(
+                    parent=self.s.location_path,
+                    service_id=service_id,
+                    service=run_v2.Service(
+                        template=template,
+                        annotations={SOURCE_HASH: digest},
+                        labels={"managed-by": "orchestrator"},
+                    ),
+                ).result(polling=POLLING)
+                self._note("function", service_id, "created")
+            else:
+                old.template = template
+                old.annotations[SOURCE_HASH] = digest
+                service = services.update_service(service=old).result(polling=POLLING)
+                self._note("function", service_id, "updated")
+            caller = "trigger" if spec["signature_type"] == "cloudevent" else "workflow"
+            self._invoker(service.name, self._role_account(caller))
+            urls[key] = service.uri
+        return urls
+
+    def _role_account(self, role: str) -> str:
+        return self._service_account(self.p["service_accounts"][role])
+
+    def _invoker(self, resource: str, email: str) -> None:
+        services = self.c.run_services
+        policy = services.get_iam_policy(request={"resource": resource})
+        member = f"serviceAccount:{email}"
+        if any(b.role == INVOKER and member in b.members for b in policy.bindings):
+            return
+        policy.bindings.add(role=INVOKER, members=[member])
+        services.set_iam_policy(request={"resource": resource, "policy": policy})
+
+    # ---------------------------------------------------------------- workflow
+
+    def workflow(self, urls: dict[str, str]) -> None:
+        from google.cloud import workflows_v1
+
+        source = (REPO / self.p["workflow_file"]).read_text()
+        env = {
+            spec["workflow_env"]: urls[key]
+            for key, spec in self.p["functions"].items()
+            if "workflow_env" in spec
+        }
+        env["STATUS_TOPIC"] = self.s.topic_path(self.s.status_topic)
+        account = f"projects/{self.s.project}/serviceAccounts/{self._role_account('workflow')}"
+        client = self.c.workflows
+        try:
+            old = client.get_workflow(name=self.s.workflow_path)
+        except exceptions.NotFound:
+            old = None
+        wanted = workflows_v1.Workflow(
+            name=self.s.workflow_path,
+            source_contents=source,
+            user_env_vars=env,
+            service_account=account,
+            description="Builds, pushes, deploys and binds the triggers of one function",
+        )
+        if old is None:
+            client.create_workflow(
+                parent=self.s.location_path, workflow=wanted, workflow_id=self.s.workflow
+            ).result(polling=POLLING)
+            return self._note("workflow", self.s.workflow, "created")
+        if (
+            old.source_contents == source
+            and dict(old.user_env_vars) == env
+            and old.service_account.rsplit("/", 1)[-1] == account.rsplit("/", 1)[-1]
+        ):
+            return self._note("workflow", self.s.workflow, "unchanged")
+        client.update_workflow(workflow=wanted).result(polling=POLLING)
+        self._note("workflow", self.s.workflow, "updated")
+
+    # ---------------------------------------------------------------- triggers
+
+    def triggers(self) -> None:
+        from google.cloud import eventarc_v1
+
+        for key, spec in self.p["triggers"].items():
+            trigger_id = f"{self.s.prefix}-{key}"
+            name = f"{self.s.location_path}/triggers/{trigger_id}"
+            filters = [{"attribute": "type", "value": spec["event_type"]}]
+            fields: dict[str, Any] = {}
+            if spec["on"] == "sources_bucket":
+                filters.append({"attribute": "bucket", "value": self.s.sources_bucket})
+            else:
+                fields["transport"] = {
+                    "pubsub": {"topic": self.s.topic_path(self.s.requests_topic)}
+                }
+            try:
+                made = self.c.eventarc.get_trigger(name=name)
+                self._note("trigger", trigger_id, "unchanged")
+            except exceptions.NotFound:
+                made = self.c.eventarc.create_trigger(
+                    parent=self.s.location_path,
+                    trigger_id=trigger_id,
+                    trigger=eventarc_v1.Trigger(
+                        event_filters=filters,
+                        destination={
+                            "cloud_run": {
+                                "service": self.s.function_service(spec["function"]),
+                                "region": self.s.region,
+                            }
+                        },
+                        service_account=self._role_account("trigger"),
+                        **fields,
+                    ),
+                ).result(polling=POLLING)
+                self._note("trigger", trigger_id, "created")
+            self._dead_letter(made.transport.pubsub.subscription)
+
+    def _dead_letter(self, subscription: str) -> None:
+        """Eventarc's subscription sends what it cannot deliver to the dead-letter topic."""
+        if not subscription:
+            return
+        sub = self.c.subscriber.get_subscription(subscription=subscription)
+        topic = self.s.topic_path(self.s.dead_letter_topic)
+        attempts = self.p["max_delivery_attempts"]
+        policy = sub.dead_letter_policy
+        if policy.dead_letter_topic == topic and policy.max_delivery_attempts == attempts:
+            return
+        self.c.subscriber.update_subscription(
+            subscription={
+                "name": subscription,
+                "dead_letter_policy": {
+                    "dead_letter_topic": topic,
+                    "max_delivery_attempts": attempts,
+                },
+            },
+            update_mask={"paths": ["dead_letter_policy"]},
+        )
+
+    # ---------------------------------------------------------------- all
+
+    def run(self) -> list[Change]:
+        self.bucket()
+        self.topics()
+        urls = self.functions()
+        self.workflow(urls)
+        self.triggers()
+        return self.changes
+
+
+def _same_env(service: Any, env: dict[str, str]) -> bool:
+    containers = service.template.containers
+    return bool(containers) and {e.name: e.value for e in containers[0].env} == env
+
+
+def provision(
+    settings: Settings | None = None, factory: Any = None, log: Any = print
+) -> list[Change]:
+    from orchestrator import clients
+
+    return Provisioner(settings or Settings.from_env(), factory or clients.Clients(), log).run()

@@ -1,0 +1,199 @@
+"""What every pipeline step shares: its request, its status events, its saved result.
+
+The deploy workflow POSTs ``{"deployment": {...}, "outputs": {step: result}}`` to each
+step function. A step answers 200 with ``{"ok": true, "result": {...}}``, or 200 with
+``{"ok": false, "error": {"code", "message"}, "details": {...}}`` for a failure retrying
+cannot fix (a broken build, an invalid service); anything else (a 5xx, a dropped
+connection) is transient and the workflow retries it. A step's finished result is saved
+under the deployment's records, so a retried call returns it instead of redoing the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, NoReturn
+
+from google.api_core import exceptions
+
+from orchestrator import clients
+from orchestrator.config import Settings
+from orchestrator.manifest import Manifest, resolve
+from orchestrator.records import Records
+from orchestrator.status import StatusEvent, StatusPublisher
+
+LOG = logging.getLogger(__name__)
+
+
+class StepFailed(Exception):
+    """A failure the workflow must not retry; the message says what to fix."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+class BadStepRequest(StepFailed):
+    def __init__(self, message: str) -> None:
+        super().__init__("INVALID_REQUEST", message)
+
+
+@dataclass
+class Deployment:
+    """The deployment a step works on, as intake handed it to the workflow."""
+
+    deployment_id: str
+    service: str
+    source: str
+    bucket: str
+    object: str
+    generation: int
+    manifest: Manifest
+    execution: str = ""
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_request(cls, body: Any) -> Deployment:
+        if not isinstance(body, dict) or not isinstance(body.get("deployment"), dict):
+            raise BadStepRequest("the request body must be a JSON object with 'deployment'")
+        d = body["deployment"]
+        try:
+            manifest = resolve(d["manifest"], {}, d["object"])
+            return cls(
+                deployment_id=d["deployment_id"],
+                service=manifest.service,
+                source=d["source"],
+                bucket=d["bucket"],
+                object=d["object"],
+                generation=int(d["generation"]),
+                manifest=manifest,
+                execution=d.get("execution") or "",
+                outputs=dict(body.get("outputs") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadStepRequest(f"the deployment in the request is incomplete: {exc}") from None
+
+    def output(self, step: str, key: str) -> Any:
+        try:
+            return self.outputs[step][key]
+        except (KeyError, TypeError):
+            raise BadStepRequest(f"the request lacks the {step} step's {key!r}") from None
+
+
+class Context:
+    """Clients, settings, records and the status publisher of one function process."""
+
+    def __init__(self, settings: Settings | None = None, factory: Any = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.clients = factory or clients.default()
+
+    @cached_property
+    def records(self) -> Records:
+        return Records(self.settings, self.clients.storage)
+
+    @cached_property
+    def status(self) -> StatusPublisher:
+        return StatusPublisher(
+            self.settings.status_topic,
+            publisher=self.clients.ordered_publisher,
+            project=self.settings.project,
+        )
+
+    def publish(
+        self,
+        deployment: Deployment,
+        step: str,
+        state: str,
+        message: str = "",
+        *,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.status.publish(
+            StatusEvent(
+                deployment_id=deployment.deployment_id,
+                service=deployment.service,
+                step=step,
+                state=state,
+                message=message,
+                error_code=code,
+                details=details or {},
+                source_uri=deployment.source,
+            )
+        )
+
+    def execution_active(self, execution: str | None) -> bool:
+        """Whether a workflow execution still runs (a lock holder that is gone is stale)."""
+        if not execution:
+            return False
+        from google.cloud.workflows import executions_v1
+
+        try:
+            found = self.clients.executions.get_execution(name=execution)
+        except exceptions.NotFound:
+            return False
+        return found.state == executions_v1.Execution.State.ACTIVE
+
+
+_CONTEXT: Context | None = None
+
+
+def context() -> Context:
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = Context()
+    return _CONTEXT
+
+
+def run(
+    step: str,
+    body: Any,
+    work: Callable[[Context, Deployment], dict[str, Any]],
+    *,
+    announce: str | None = "",
+    release_on_failure: bool = True,
+) -> tuple[dict[str, Any], int]:
+    """Run one step for the workflow: events, saved result, and the HTTP answer.
+
+    ``announce`` is the ``running`` event's message; None when ``work`` publishes it
+    itself (the build step first waits for the service's lock).
+    """
+    ctx = context()
+    try:
+        deployment = Deployment.from_request(body)
+    except StepFailed as failure:
+        return {"ok": False, "error": {"code": failure.code, "message": failure.message}}, 200
+    saved = ctx.records.step_result(deployment.deployment_id, step)
+    if saved is not None:
+        LOG.info("%s: %s already done; returning its result", deployment.deployment_id, step)
+        ctx.publish(deployment, step, "succeeded", f"{step} already done", details=saved)
+        return {"ok": True, "result": saved}, 200
+    started = time.monotonic()
+    try:
+        if announce is not None:
+            ctx.publish(deployment, step, "running", announce)
+        result = work(ctx, deployment)
+    except StepFailed as failure:
+        details = {**failure.details, "seconds": round(time.monotonic() - started, 3)}
+        ctx.publish(deployment, step, "failed", failure.message, code=failure.code, details=details)
+        if release_on_failure:
+            ctx.records.release(deployment.service, deployment.deployment_id)
+        error = {"code": failure.code, "message": failure.message}
+        return {"ok": False, "error": error, "details": details}, 200
+    result["seconds"] = round(time.monotonic() - started, 3)
+    ctx.records.save_step(deployment.deployment_id, step, result)
+    ctx.publish(deployment, step, "succeeded", details=result)
+    return {"ok": True, "result": result}, 200
+
+
+def reraise(code: str, what: str, exc: exceptions.GoogleAPICallError) -> NoReturn:
+    """Raise StepFailed for an API error a retry cannot fix (4xx but 408/409/429), else ``exc``."""
+    retryable = (exceptions.TooManyRequests, exceptions.Conflict, exceptions.RequestTimeout)
+    if isinstance(exc, exceptions.ClientError) and not isinstance(exc, retryable):
+        raise StepFailed(code, f"{what}: {exc.message or exc}") from None
+    raise exc

@@ -1,0 +1,70 @@
+# Users drop source archives here (any .zip outside the reserved `_orchestrator/` prefix,
+# where the orchestrator keeps its deployment claims and records).
+resource "google_storage_bucket" "sources" {
+  name     = local.sources_bucket
+  project  = var.project_id
+  location = upper(var.region)
+
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = !var.deletion_protection
+
+  # A re-uploaded archive keeps its predecessor as a noncurrent version (a deployment id is
+  # derived from the generation, so the old one stays readable) until the lifecycle rule
+  # deletes it.
+  versioning {
+    enabled = true
+  }
+
+  lifecycle_rule {
+    condition {
+      days_since_noncurrent_time = var.source_retention_days
+      with_state                 = "ARCHIVED"
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  # Versioning already keeps replaced archives; soft delete on top would bill them twice.
+  soft_delete_policy {
+    retention_duration_seconds = 0
+  }
+
+  depends_on = [google_project_service.api]
+}
+
+# The orchestrator's own code, zipped from orchestrator/ as is (main.py and requirements.txt
+# at its root), for Cloud Run functions to build from.
+resource "google_storage_bucket" "code" {
+  name     = local.code_bucket
+  project  = var.project_id
+  location = upper(var.region)
+
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = !var.deletion_protection
+
+  # No lifecycle rule: Cloud Run functions rebuild from this source when they apply runtime
+  # security updates. Terraform replaces the object when the code changes, so old ones go.
+  soft_delete_policy {
+    retention_duration_seconds = 0
+  }
+
+  depends_on = [google_project_service.api]
+}
+
+data "archive_file" "orchestrator" {
+  type        = "zip"
+  source_dir  = "${path.module}/../orchestrator"
+  output_path = "${path.module}/.build/orchestrator.zip"
+  excludes    = ["__pycache__", "__pycache__/**", "**/__pycache__", "**/__pycache__/**", "**/*.pyc"]
+}
+
+resource "google_storage_bucket_object" "orchestrator" {
+  # The md5 in the name makes every change of orchestrator/ a new object, and so a new
+  # build and revision of each function.
+  name   = "orchestrator-${data.archive_file.orchestrator.output_md5}.zip"
+  bucket = google_storage_bucket.code.name
+  source = data.archive_file.orchestrator.output_path
+}
