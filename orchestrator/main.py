@@ -32,6 +32,7 @@ from orchestrator import push as push_step
 from orchestrator import triggers as triggers_step
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+step.warm()
 
 
 @functions_framework.cloud_event

@@ -1,0 +1,378 @@
+"""The deploy pipeline end to end on localcloud, through its public entry points only."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import threading
+import time
+import uuid
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from localcloud.testing import zip_dir
+from orchestrator import manifest
+from orchestrator.config import pipeline as pipeline_names
+from tests.e2e.conftest import done, hello_source, steps, wait_until_serving
+
+FUNCTIONS = Path(__file__).parent.parent / "functions"
+EXAMPLES = Path(__file__).parent.parent.parent / "examples"
+EXPECTED = [
+    ("accepted", "succeeded"),
+    ("build", "running"),
+    ("build", "succeeded"),
+    ("push", "running"),
+    ("push", "succeeded"),
+    ("deploy", "running"),
+    ("deploy", "succeeded"),
+    ("bind_triggers", "running"),
+    ("bind_triggers", "succeeded"),
+    ("done", "succeeded"),
+]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def test_a_zip_dropped_into_the_bucket_is_served_with_every_step_reported_in_order(pipeline):
+    dep_id, generation = pipeline.upload(zip_dir(EXAMPLES / "hello"), "hello.zip")
+    events = pipeline.wait(dep_id)
+    assert steps(events) == EXPECTED
+    assert all(e.service == "hello" for e in events)
+    assert all(
+        e.source_uri == f"gs://{pipeline.settings.sources_bucket}/hello.zip#{generation}"
+        for e in events
+    )
+    final = done(events)
+    assert final.details["revision"].startswith("hello-")
+    assert "Hello, world!" in pipeline.get(final.details["url"])
+    service = pipeline.service("hello")
+    assert service.labels["deployment-id"] == dep_id
+    assert service.template.containers[0].image == final.details["image"]
+    assert "@sha256:" in final.details["image"]
+    assert "/functions/hello@" in final.details["image"]
+
+
+def test_redeploy_with_a_code_change_serves_the_new_revision_only(pipeline):
+    name = unique("redeploy")
+    first, _ = pipeline.upload(hello_source(name, "one"), f"{name}.zip")
+    url = done(pipeline.wait(first)).details["url"]
+    assert pipeline.get(url) == "one"
+    second, _ = pipeline.upload(hello_source(name, "two"), f"{name}.zip")
+    final = done(pipeline.wait(second))
+    assert final.state == "succeeded"
+    wait_until_serving(pipeline, url, "two")
+    service = pipeline.service(name)
+    serving = [t for t in service.traffic_statuses if t.percent]
+    assert [t.percent for t in serving] == [100]
+    assert service.latest_ready_revision.endswith(final.details["revision"])
+    revisions = list(pipeline.clients.run_revisions.list_revisions(parent=service.name))
+    assert len(revisions) == 2, "the old revision stays, out of traffic"
+
+
+def _zip_with(entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for info, data in entries:
+            zf.writestr(info, data)
+    return buffer.getvalue()
+
+
+def _symlink(name: str, target: str) -> tuple[zipfile.ZipInfo, bytes]:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = 0o120777 << 16
+    return info, target.encode()
+
+
+MAIN = b"def hello(request):\n    return 'bad'\n"
+BAD_INPUTS = {
+    "not a zip": (b"this is not an archive", "not a valid zip"),
+    "zip slip": (_zip_with([("main.py", MAIN), ("../../etc/evil.py", b"x")]), "climbs out"),
+    "link out": (_zip_with([("main.py", MAIN), _symlink("data", "/etc/passwd")]), "symbolic link"),
+    "zip bomb": (_zip_with([("main.py", MAIN), ("bomb.txt", b"\0" * (8 << 20))]), "zip bomb"),
+    "missing main.py": (_zip_with([("app.py", MAIN)]), "no main.py"),
+    "bad function.yaml": (
+        _zip_with([("main.py", MAIN), ("function.yaml", b"service: [")]),
+        "invalid YAML",
+    ),
+    "unknown field": (
+        _zip_with([("main.py", MAIN), ("function.yaml", b"servcie: x\n")]),
+        "servcie",
+    ),
+    "bad service name": (
+        _zip_with([("main.py", MAIN), ("function.yaml", b"service: Bad_Name\n")]),
+        "service",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def steady(pipeline) -> tuple[str, str]:
+    """A deployed service that bad inputs aimed at it must leave serving."""
+    name = unique("steady")
+    dep_id, _ = pipeline.upload(hello_source(name, "steady"), f"{name}.zip")
+    url = done(pipeline.wait(dep_id)).details["url"]
+    return name, url
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_reports_one_failure_naming_the_problem_and_keeps_serving(pipeline, steady, case):
+    name, url = steady
+    data, phrase = BAD_INPUTS[case]
+    dep_id, _ = pipeline.upload(data, f"{name}.zip")
+    events = pipeline.wait(dep_id, timeout=60)
+    assert steps(events) == [("accepted", "failed")]
+    assert phrase in events[0].message
+    assert events[0].error_code in ("INVALID_ARCHIVE", "INVALID_MANIFEST")
+    assert pipeline.get(url) == "steady"
+    time.sleep(0.3)
+    assert len(pipeline.seen(dep_id)) == 1, "nothing else runs for a refused source"
+
+
+def test_a_deploy_request_is_served(pipeline):
+    name = unique("requested")
+    bucket = pipeline.clients.storage.create_bucket(unique("elsewhere"))
+    blob = bucket.blob("src/function.zip")
+    from localcloud.testing import zip_tree
+
+    blob.upload_from_string(zip_tree(hello_source("ignored-name", "by request")))
+    fields = {"service": name, "env": {"MODE": "request"}}
+    pipeline.request({"source": f"gs://{bucket.name}/src/function.zip", **fields})
+    dep_id = manifest.deployment_id(bucket.name, "src/function.zip", blob.generation, fields)
+    events = pipeline.wait(dep_id)
+    assert steps(events) == EXPECTED
+    url = done(events).details["url"]
+    assert pipeline.get(url) == "by request"
+    env = {e.name: e.value for e in pipeline.service(name).template.containers[0].env}
+    assert env == {"MODE": "request"}
+
+
+def test_a_bad_deploy_request_fails_at_intake(pipeline):
+    name = unique("badreq")
+    pipeline.request({"source": "gs://no-such-bucket-here/x.zip#1", "service": name, "colour": 1})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with pipeline.lock:
+            found = [e for evs in pipeline.events.values() for e in evs if e.service == name]
+        if found:
+            break
+        time.sleep(0.1)
+    assert [(e.step, e.state, e.error_code) for e in found] == [
+        ("accepted", "failed", "INVALID_REQUEST")
+    ]
+    assert "colour" in found[0].message
+
+
+def test_a_duplicate_event_is_one_deployment(pipeline):
+    name = unique("dup")
+    dep_id, generation = pipeline.upload(hello_source(name, "once"), f"{name}.zip")
+    # The same upload again, as a request naming that generation: the same deployment id.
+    pipeline.request({"source": f"gs://{pipeline.settings.sources_bucket}/{name}.zip#{generation}"})
+    events = pipeline.wait(dep_id)
+    time.sleep(1.0)
+    events = pipeline.seen(dep_id)
+    assert [s for s in steps(events) if s[0] == "accepted"] == [("accepted", "succeeded")]
+    assert [s for s in steps(events) if s[0] == "done"] == [("done", "succeeded")]
+    builds = [
+        b
+        for b in pipeline.clients.cloud_build.list_builds(project_id=pipeline.settings.project)
+        if dep_id in b.tags
+    ]
+    assert len(builds) == 1
+
+
+def test_two_concurrent_deploys_of_one_service_are_serialized(pipeline):
+    name = unique("serial")
+    first, _ = pipeline.upload(hello_source(name, "first"), "serial-a.zip")
+    second, _ = pipeline.upload(hello_source(name, "second"), "serial-b.zip")
+    a, b = pipeline.wait(first), pipeline.wait(second)
+    assert done(a).state == done(b).state == "succeeded"
+
+    def working(events):
+        """From the build's real start (after any wait) to bind_triggers' end."""
+        start = next(e for e in events if e.step == "build" and e.message.startswith("building"))
+        end = next(e for e in events if e.step == "bind_triggers" and e.state == "succeeded")
+        return start.time, end.time
+
+    (a0, a1), (b0, b1) = working(a), working(b)
+    assert a1 <= b0 or b1 <= a0, "the two deployments' steps interleaved"
+    later = b if a1 <= b0 else a
+    waiting = [e for e in later if e.message.startswith("waiting")]
+    assert waiting and waiting[0].details["waiting_for"] in (first, second)
+    winner = "second" if later is b else "first"
+    assert pipeline.get(done(later).details["url"]) == winner
+
+
+class Recorder:
+    """An HTTP endpoint the deployed recorder function POSTs its events to."""
+
+    def __init__(self) -> None:
+        self.events: list[bytes] = []
+        self.arrived = threading.Condition()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with recorder.arrived:
+                    recorder.events.append(body)
+                    recorder.arrived.notify_all()
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+    def wait(self, count: int, timeout: float = 20.0) -> list[bytes]:
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while len(self.events) < count and time.monotonic() < deadline:
+                self.arrived.wait(deadline - time.monotonic())
+            return list(self.events)
+
+
+def test_triggers_are_bound_and_removed_as_the_manifest_changes(pipeline):
+    import yaml
+
+    recorder = Recorder()
+    name = unique("rec")
+    topic = unique("orders")
+    source = {
+        p.name: p.read_bytes() for p in (FUNCTIONS / "event_recorder").iterdir() if p.is_file()
+    }
+    fields = {
+        "service": name,
+        "entry_point": "record",
+        "signature_type": "cloudevent",
+        "env": {"RECORD_URL": recorder.url},
+        "triggers": [{"pubsub": {"topic": topic}}],
+    }
+    dep_id, _ = pipeline.upload({**source, "function.yaml": yaml.safe_dump(fields)}, f"{name}.zip")
+    final = done(pipeline.wait(dep_id))
+    assert final.state == "succeeded", final.message
+    (trigger_id,) = final.details["triggers"]
+    publisher = pipeline.clients.publisher
+    publisher.publish(pipeline.settings.topic_path(topic), b"order 1").result(timeout=30)
+    assert len(recorder.wait(1)) == 1, "a message on the trigger's topic reaches the function"
+
+    del fields["triggers"]
+    dep_id, _ = pipeline.upload({**source, "function.yaml": yaml.safe_dump(fields)}, f"{name}.zip")
+    events = pipeline.wait(dep_id)
+    bound = next(e for e in events if e.step == "bind_triggers" and e.state == "succeeded")
+    assert bound.details["deleted"] == [trigger_id]
+    names = [
+        t.name
+        for t in pipeline.clients.eventarc.list_triggers(parent=pipeline.settings.location_path)
+    ]
+    assert not any(n.endswith("/" + trigger_id) for n in names)
+    publisher.publish(pipeline.settings.topic_path(topic), b"order 2").result(timeout=30)
+    time.sleep(1.5)
+    assert len(recorder.events) == 1, "the removed trigger delivers nothing more"
+    recorder.server.shutdown()
+
+
+def _instance_pids(service: str) -> list[int]:
+    """Processes of one Cloud Run service's instances (by the K_SERVICE they run with)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"K_SERVICE={service}".encode() in environ and b"PORT" in b"".join(environ):
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_step_function_crashing_mid_deploy_is_retried_and_the_deployment_completes(pipeline):
+    name = unique("crash")
+    build_service = pipeline.settings.function_service("build")
+    files = hello_source(name, "survived")
+    files["requirements.txt"] = "localgreeting==0.1.0\n"  # from the test wheelhouse: slower
+    dep_id, _ = pipeline.upload(files, f"{name}.zip")
+    deadline = time.monotonic() + 60
+    while not any(e.message.startswith("building") for e in pipeline.seen(dep_id)):
+        assert time.monotonic() < deadline, "the build never started"
+        time.sleep(0.02)
+    pids = _instance_pids(build_service)
+    assert pids, f"no instance of {build_service} found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    events = pipeline.wait(dep_id, timeout=180)
+    final = done(events)
+    assert final.state == "succeeded", final.message
+    assert pipeline.get(final.details["url"]) == "survived"
+    builds = [
+        b
+        for b in pipeline.clients.cloud_build.list_builds(project_id=pipeline.settings.project)
+        if dep_id in b.tags
+    ]
+    assert len(builds) == 1, "the retried build step waited for the same build"
+
+
+def test_failed_build_and_failed_start_report_why_and_keep_the_previous_revision(pipeline):
+    name = unique("keeps")
+    first, _ = pipeline.upload(hello_source(name, "good"), f"{name}.zip")
+    url = done(pipeline.wait(first)).details["url"]
+
+    broken_deps = hello_source(name, "never")
+    broken_deps["requirements.txt"] = "no-such-package-anywhere-xyz==1.0\n"
+    dep_id, _ = pipeline.upload(broken_deps, f"{name}.zip")
+    events = pipeline.wait(dep_id)
+    failed = next(e for e in events if e.step == "build" and e.state == "failed")
+    assert failed.error_code == "BUILD_FAILED"
+    assert failed.details["log_url"]
+    assert any("no-such-package-anywhere-xyz" in line for line in failed.details["log_tail"])
+    final = done(events)
+    assert (final.state, final.details["step"]) == ("failed", "build")
+    assert final.error_code == "BUILD_FAILED"
+    assert not [e for e in events if e.step in ("push", "deploy")], "it stops at the failure"
+    assert pipeline.get(url) == "good"
+
+    crashing = hello_source(name, "never")
+    crashing["main.py"] = (FUNCTIONS / "crash_on_import" / "main.py").read_text()
+    dep_id, _ = pipeline.upload(crashing, f"{name}.zip")
+    events = pipeline.wait(dep_id)
+    failed = next(e for e in events if e.step == "deploy" and e.state == "failed")
+    assert failed.error_code == "DEPLOY_FAILED"
+    assert "keeps serving" in failed.message
+    assert done(events).state == "failed"
+    assert pipeline.get(url) == "good"
+    assert not pipeline.seen(dep_id)[-1].details.get("url")
+
+
+def test_the_pipeline_is_named_as_terraform_names_it(pipeline):
+    """Local provisioning made exactly the resources pipeline.json lists (Terraform reads it too)."""
+    names = pipeline_names()
+    s = pipeline.settings
+    services = {
+        svc.name.rsplit("/", 1)[-1]
+        for svc in pipeline.clients.run_services.list_services(parent=s.location_path)
+    }
+    assert {s.function_service(k) for k in names["functions"]} <= services
+    triggers = {
+        t.name.rsplit("/", 1)[-1]
+        for t in pipeline.clients.eventarc.list_triggers(parent=s.location_path)
+    }
+    assert {f"{s.prefix}-{k}" for k in names["triggers"]} <= triggers
+    workflow = pipeline.clients.workflows.get_workflow(name=s.workflow_path)
+    assert set(workflow.user_env_vars) == {
+        *(f["workflow_env"] for f in names["functions"].values() if "workflow_env" in f),
+        "STATUS_TOPIC",
+    }
+    for function in names["functions"]:
+        service = pipeline.service(s.function_service(function))
+        policy = pipeline.clients.run_services.get_iam_policy(request={"resource": service.name})
+        members = {m for b in policy.bindings for m in b.members}
+        assert "allUsers" not in members, f"{function} must be private"
