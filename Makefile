@@ -46,9 +46,9 @@ down: venv ## Stop localcloud (orch local down)
 status: venv ## Show localcloud's health and addresses
 	$(BIN)/orch local status
 
-demo: venv deps ## Start localcloud and show it working end to end
+demo: venv deps ## Start localcloud, provision the pipeline, deploy examples/hello from a zip and call it
 	$(BIN)/orch local up
-	$(BIN)/python -m orchestrator.demo
+	eval "$$($(BIN)/orch local env)" && $(BIN)/orch deploy examples/hello && $(BIN)/orch call hello --path /?name=demo
 
 test: venv deps ## Run the whole test suite (starts its own localcloud on free ports)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

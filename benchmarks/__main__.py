@@ -13,6 +13,9 @@ latency, alternating rounds), and a cold start against functions-framework start
 For Cloud Workflows (``--only workflows``), a loop's step rate against the PyPI
 ``workflows-emulator`` on the same file, memory per execution, and the overhead of an
 ``http.post`` step against a direct POST.
+For the deploy pipeline (``--only pipeline``), a zip uploaded to the sources bucket until the
+service answers the new source, p50/p95, each step's time from the status events, against
+the same deploy's build, push and process start done directly.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 
 from benchmarks import build, pubsub
 from benchmarks import eventarc as events_bench
+from benchmarks import pipeline as pipeline_bench
 from benchmarks import run as cloud_run
 from benchmarks import workflows as workflows_bench
 from benchmarks.build import BuildResult, BuildSettings
@@ -78,8 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-official", action="store_true", help="skip the official emulator")
     parser.add_argument(
         "--only",
-        choices=("build", "pubsub", "run", "eventarc", "workflows"),
-        help="run only the Cloud Build, Pub/Sub, Cloud Run, Eventarc or Workflows part",
+        choices=("build", "pubsub", "run", "eventarc", "workflows", "pipeline"),
+        help="run only the Cloud Build, Pub/Sub, Cloud Run, Eventarc, Workflows or deploy "
+        "pipeline part",
     )
     parser.add_argument(
         "--repeats", type=int, help="build: fresh localcloud data dirs, each cold (3; quick 1)"
@@ -731,12 +736,15 @@ def main(argv: list[str] | None = None) -> int:
     events = events_bench.run(es) if args.only in (None, "eventarc") else None
     ws = workflows_bench.WorkflowSettings.for_run(args.quick)
     flows = workflows_bench.run(ws) if args.only in (None, "workflows") else None
+    ps = pipeline_bench.PipelineSettings.for_run(args.quick)
+    piped = pipeline_bench.run(ps) if args.only in (None, "pipeline") else None
     wall = time.monotonic() - began
     rows = build_rows(*results) if results else []
     b_rows = cloud_build_rows(built) if built else []
     r_rows = run_rows(ran) if ran else []
     e_rows = [Row(*x, group="eventarc") for x in events_bench.rows(events)] if events else []
     w_rows = [Row(*x, group="workflows") for x in workflows_bench.rows(ws, flows)] if flows else []
+    p_rows = [Row(*x, group="pipeline") for x in pipeline_bench.rows(piped)] if piped else []
     official_ran = results is not None and results[1].skipped is None
     passed = (
         all(r.ok is not False for r in rows + b_rows + r_rows)
@@ -747,6 +755,8 @@ def main(argv: list[str] | None = None) -> int:
     passed = passed and (events is None or events_bench.passed(events))
     passed = passed and all(r.ok is not False for r in w_rows)
     passed = passed and (flows is None or workflows_bench.passed(flows))
+    passed = passed and all(r.ok is not False for r in p_rows)
+    passed = passed and (piped is None or pipeline_bench.passed(piped))
 
     print()
     if results:
@@ -764,6 +774,9 @@ def main(argv: list[str] | None = None) -> int:
     if flows:
         print(table(w_rows, reference="emulator/direct"))
         print()
+    if piped:
+        print(table(p_rows, reference="directly"))
+        print()
     for note in (
         (notes(s, results) if results else [])
         + (build_notes(bs, built) if built else [])
@@ -773,6 +786,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in events_bench.notes(es, events) if events else []:
         print(f"  {note}")
     for note in workflows_bench.notes(ws, flows) if flows else []:
+        print(f"  {note}")
+    for note in pipeline_bench.notes(ps, piped) if piped else []:
         print(f"  {note}")
     print(f"  wall time: {wall:.1f} s; result: {'PASS' if passed else 'FAIL'}")
     print("\nREADME snippet:\n")
@@ -787,6 +802,8 @@ def main(argv: list[str] | None = None) -> int:
         snippets.append(events_bench.markdown(events))
     if flows:
         snippets.append(workflows_bench.markdown(ws, flows))
+    if piped:
+        snippets.append(pipeline_bench.markdown(ps, piped))
     if snippets and not results:  # the Pub/Sub snippet says where and when; say it here
         snippets[-1] += (
             f" Measured by `make bench` on {when} ({os.cpu_count()} CPUs, Python "
@@ -811,9 +828,10 @@ def main(argv: list[str] | None = None) -> int:
         "run": run_json(rs, ran) if ran else None,
         "eventarc": events_bench.to_json(es, events) if events else None,
         "workflows": workflows_bench.to_json(ws, flows) if flows else None,
+        "pipeline": pipeline_bench.to_json(ps, piped) if piped else None,
         "rows": [
             dataclasses.asdict(r) | {"ratio": r.ratio}
-            for r in rows + b_rows + r_rows + e_rows + w_rows
+            for r in rows + b_rows + r_rows + e_rows + w_rows + p_rows
         ],
         "passed": passed,
     }

@@ -2,8 +2,8 @@
 
 It first takes the service's lock, so two deployments of one service never interleave
 their steps: the later one waits (and says so in a status event) until the earlier one
-finishes or its workflow is gone. The build is submitted once per deployment: its id is
-recorded before waiting, so a retried call after a crash waits for the same build.
+finishes or its workflow is gone. The build is submitted once per deployment: it is tagged with the deployment id and its
+id recorded before waiting, so a retried call after a crash waits for the same build.
 """
 
 from __future__ import annotations
@@ -91,6 +91,15 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
     ctx.publish(deployment, "build", "running", f"building {deployment.source}")
 
     submitted = ctx.records.step_result(deployment.deployment_id, "build-submitted")
+    if submitted is None:
+        # A call that died between submitting and recording left a build tagged with the
+        # deployment id: wait for that one rather than building twice.
+        found = ctx.clients.cloud_build.list_builds(
+            project_id=settings.project, filter=f'tags="{deployment.deployment_id}"'
+        )
+        earlier = next(iter(found), None)
+        if earlier is not None:
+            submitted = {"build_id": earlier.id}
     if submitted is None:
         image = f"{settings.staging_image(deployment.service)}:{deployment.deployment_id}"
         try:

@@ -1,0 +1,66 @@
+"""Intake's archive check: what it refuses, from the zip's directory alone."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+
+from orchestrator.archive import ArchiveProblem, inspect
+
+
+def make(entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for info, data in entries:
+            zf.writestr(info, data)
+    return buffer.getvalue()
+
+
+def link(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = 0o120777 << 16
+    return info
+
+
+MAIN = ("main.py", b"def f(request):\n    return 'ok'\n")
+
+
+def test_a_plain_function_passes_and_lists_its_files():
+    contents = inspect(make([MAIN, ("lib/util.py", b"x = 1\n"), ("function.yaml", b"")]))
+    assert contents.files == {"main.py", "lib/util.py", "function.yaml"}
+
+
+@pytest.mark.parametrize(
+    ("entries", "phrase"),
+    [
+        ([MAIN, ("../up.py", b"")], "climbs out"),
+        ([MAIN, ("a/../../up.py", b"")], "climbs out"),
+        ([MAIN, ("/etc/passwd", b"")], "absolute path"),
+        ([MAIN, ("C:/x.py", b"")], "absolute path"),
+        ([MAIN, (link("data"), b"/etc")], "symbolic link"),
+        ([MAIN, ("big.bin", b"\0" * (4 << 20))], "zip bomb"),
+        ([("app.py", b"")], "no main.py at its root"),
+        ([("fn/main.py", b"")], "zip the directory's contents"),
+    ],
+)
+def test_refusals_name_the_entry_and_the_rule(entries, phrase):
+    with pytest.raises(ArchiveProblem, match=phrase):
+        inspect(make(entries))
+
+
+def test_not_a_zip_is_named():
+    with pytest.raises(ArchiveProblem, match="not a valid zip"):
+        inspect(b"PK but not really")
+
+
+def test_limits_on_size_and_entries(monkeypatch):
+    import orchestrator.archive as archive
+
+    monkeypatch.setattr(archive, "MAX_ENTRIES", 3)
+    with pytest.raises(ArchiveProblem, match="entries; the limit is 3"):
+        inspect(make([MAIN, ("a", b""), ("b", b""), ("c", b"")]))
+    monkeypatch.setattr(archive, "MAX_ARCHIVE_BYTES", 10)
+    with pytest.raises(ArchiveProblem, match="the limit is 10 bytes"):
+        inspect(make([MAIN]))
