@@ -2,8 +2,8 @@
 
 It first takes the service's lock, so two deployments of one service never interleave
 their steps: the later one waits (and says so in a status event) until the earlier one
-finishes or its workflow is gone. The build is submitted once per deployment: it is tagged with the deployment id and its
-id recorded before waiting, so a retried call after a crash waits for the same build.
+finishes or its workflow is gone. The build is submitted once per deployment: it is tagged with the deployment id, so a
+retried call after a crash finds it and waits for it instead of building again.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
         )
 
     try:
-        ctx.records.acquire(
+        first_call = ctx.records.acquire(
             deployment.service,
             deployment.deployment_id,
             deployment.execution,
@@ -90,17 +90,16 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
         raise StepFailed("TIMEOUT", str(exc)) from None
     ctx.publish(deployment, "build", "running", f"building {deployment.source}")
 
-    submitted = ctx.records.step_result(deployment.deployment_id, "build-submitted")
-    if submitted is None:
-        # A call that died between submitting and recording left a build tagged with the
-        # deployment id: wait for that one rather than building twice.
+    build_id = None
+    if not first_call:
+        # A retried call: its first attempt may have submitted the build before it died.
+        # Builds carry the deployment id as a tag; wait for that one rather than build twice.
         found = ctx.clients.cloud_build.list_builds(
             project_id=settings.project, filter=f'tags="{deployment.deployment_id}"'
         )
         earlier = next(iter(found), None)
-        if earlier is not None:
-            submitted = {"build_id": earlier.id}
-    if submitted is None:
+        build_id = earlier.id if earlier is not None else None
+    if build_id is None:
         image = f"{settings.staging_image(deployment.service)}:{deployment.deployment_id}"
         try:
             operation = ctx.clients.cloud_build.create_build(
@@ -109,20 +108,17 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
         except exceptions.GoogleAPICallError as exc:
             reraise("BUILD_FAILED", "Cloud Build refused the build", exc)
         build_id = operation.metadata.build.id
-        ctx.records.save_step(deployment.deployment_id, "build-submitted", {"build_id": build_id})
-    else:
-        build_id = submitted["build_id"]
 
     status = cloudbuild_v1.Build.Status
     done = {status.SUCCESS, status.FAILURE, status.INTERNAL_ERROR, status.TIMEOUT}
     done |= {status.CANCELLED, status.EXPIRED}
-    delay = 0.05
+    delay = 0.02
     while True:
         build = ctx.clients.cloud_build.get_build(project_id=settings.project, id=build_id)
         if build.status in done:
             break
         time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)
+        delay = min(delay * 1.5, 0.5)
 
     if build.status != status.SUCCESS:
         details = {

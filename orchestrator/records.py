@@ -118,12 +118,14 @@ class Records:
         on_wait: Any,
         timeout: float,
         poll: float = 0.25,
-    ) -> None:
+    ) -> bool:
         """Hold ``service``'s lock for ``deployment_id``, waiting for the current holder.
 
         A lock whose holder's workflow execution is no longer running (it failed after its
         retries, or was cancelled) is stale and taken over, so a crash never wedges a
         service. ``on_wait(holder)`` is called once when this deployment has to wait.
+        True when this call took the lock; False when the deployment already held it (a
+        retried call, whose first attempt may have started work).
         """
         name = lock_name(service)
         mine = {"deployment_id": deployment_id, "execution": execution, "since": now()}
@@ -131,19 +133,19 @@ class Records:
         waited_for: str | None = None
         while True:
             if self.create(name, mine) is not None:
-                return
+                return True
             found = self.read(name)
             if found is None:
                 continue  # released between our two calls
             holder, generation = found
             if holder.get("deployment_id") == deployment_id:
-                return  # a retried call of our own deployment
+                return False  # a retried call of our own deployment
             if not is_active(holder.get("execution")):
                 LOG.warning(
                     "taking over the stale lock of %s from %s", service, holder["deployment_id"]
                 )
                 if self.replace(name, mine, generation) is not None:
-                    return
+                    return True
                 continue
             if waited_for != holder.get("deployment_id"):
                 waited_for = holder.get("deployment_id")

@@ -201,12 +201,24 @@ class StatusPublisher:
         self.timeout = timeout
         self._publisher = publisher
 
-    def publish(self, event: StatusEvent) -> str:
-        """Publish ``event`` and return its Pub/Sub message id."""
+    def start(self, event: StatusEvent) -> tuple[Any, str]:
+        """Send ``event`` without waiting; pass the result to :meth:`finish`.
+
+        Later events with the same deployment id still go out after it: the client keeps
+        an ordering key's messages in sequence.
+        """
         data, attributes, key = to_message(event)
-        future = self._publisher.publish(self.topic, data, ordering_key=key, **attributes)
+        return self._publisher.publish(self.topic, data, ordering_key=key, **attributes), key
+
+    def finish(self, started: tuple[Any, str]) -> str:
+        """Wait for a started publish; its message id."""
+        future, key = started
         try:
             return future.result(timeout=self.timeout)
         except Exception:
             self._publisher.resume_publish(self.topic, key)
             raise
+
+    def publish(self, event: StatusEvent) -> str:
+        """Publish ``event`` and return its Pub/Sub message id."""
+        return self.finish(self.start(event))

@@ -113,8 +113,10 @@ class Context:
         *,
         code: str | None = None,
         details: dict[str, Any] | None = None,
-    ) -> None:
-        self.status.publish(
+        wait: bool = True,
+    ) -> Any:
+        """Publish one status event; with ``wait=False``, the handle for ``status.finish``."""
+        started = self.status.start(
             StatusEvent(
                 deployment_id=deployment.deployment_id,
                 service=deployment.service,
@@ -126,6 +128,7 @@ class Context:
                 source_uri=deployment.source,
             )
         )
+        return self.status.finish(started) if wait else started
 
     def execution_active(self, execution: str | None) -> bool:
         """Whether a workflow execution still runs (a lock holder that is gone is stale)."""
@@ -194,11 +197,14 @@ def run(
         ctx.publish(deployment, step, "succeeded", f"{step} already done", details=saved)
         return {"ok": True, "result": saved}, 200
     started = time.monotonic()
+    running = None
     try:
-        if announce is not None:
-            ctx.publish(deployment, step, "running", announce)
+        if announce is not None:  # sent while the work starts; waited for before the result
+            running = ctx.publish(deployment, step, "running", announce, wait=False)
         result = work(ctx, deployment)
     except StepFailed as failure:
+        if running is not None:
+            ctx.status.finish(running)
         details = {**failure.details, "seconds": round(time.monotonic() - started, 3)}
         ctx.publish(deployment, step, "failed", failure.message, code=failure.code, details=details)
         if release_on_failure:
@@ -206,6 +212,8 @@ def run(
         error = {"code": failure.code, "message": failure.message}
         return {"ok": False, "error": error, "details": details}, 200
     result["seconds"] = round(time.monotonic() - started, 3)
+    if running is not None:
+        ctx.status.finish(running)
     ctx.records.save_step(deployment.deployment_id, step, result)
     ctx.publish(deployment, step, "succeeded", details=result)
     return {"ok": True, "result": result}, 200

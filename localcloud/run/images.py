@@ -21,6 +21,13 @@ Design choices, and why:
   where every image directory is mounted at its own path, and contained on the host).
   Devices and FIFOs are skipped: an instance gets its own minimal ``/dev``.
 - Tar work blocks, so it runs in ``asyncio.to_thread``.
+- Redeploying a function changes only its top (source) layer. The tree of every layer but
+  the last is kept under ``bases/<chain id>/`` (the chain id hashes those layers' digests in
+  order, as Docker's chain ids do), and a new image over the same base is a hard-link clone
+  of it with only its last layer downloaded and applied: milliseconds instead of fetching
+  and unpacking the dependencies again. Applying a layer never writes into an existing
+  file (it unlinks and creates), so a clone cannot change its base; the sandbox mounts
+  both read-only.
 
 Spec: https://github.com/opencontainers/image-spec/blob/main/layer.md (whiteouts),
 https://github.com/opencontainers/image-spec/blob/main/manifest.md.
@@ -32,6 +39,7 @@ import asyncio
 import contextlib
 import errno
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -123,6 +131,8 @@ class UnpackedImage:
             exposed_port=doc["exposed_port"],
         )
 
+
+BASE_DONE = ".localcloud-base-complete"
 
 # -- unpacking ---------------------------------------------------------------------------
 
@@ -559,15 +569,18 @@ class ImageCache:
                     f"{image} lists {len(layers)} layers but its config {len(diff_ids)} diff_ids"
                 )
             slot = self.root / digest.removeprefix("sha256:")
+            base = self._base_dir([x["digest"] for x in layers[:-1]])
+            have_base = base is not None and (base / BASE_DONE).exists()
+            fetch = layers[-1:] if have_base else layers
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{slot.name[:12]}-", dir=self.root))
             try:
                 paths = []
-                for i, layer in enumerate(layers):
+                for i, layer in enumerate(fetch):
                     paths.append(
                         await self.registry.get_blob(repo, layer["digest"], tmp / f"layer-{i}.tar")
                     )
                 unpacked = image_from_config(digest, config, slot / "rootfs")
-                await asyncio.to_thread(self._unpack, paths, tmp, slot, unpacked)
+                await asyncio.to_thread(self._unpack, paths, tmp, slot, unpacked, base, have_base)
             finally:
                 await asyncio.to_thread(shutil.rmtree, tmp, True)
         except DigestMismatchError as exc:
@@ -577,11 +590,53 @@ class ImageCache:
         LOG.info("unpacked %s (%d layers) into %s", image, len(layers), slot)
         return unpacked
 
+    def _base_dir(self, digests: list[str]) -> Path | None:
+        """Where the tree of these lower layers is kept; None for a one-layer image."""
+        if not digests:
+            return None
+        chain = hashlib.sha256("\n".join(digests).encode()).hexdigest()
+        return self.root / "bases" / chain
+
     @staticmethod
-    def _unpack(paths: list[Path], tmp: Path, slot: Path, image: UnpackedImage) -> None:
-        """Unpacks into ``tmp``, then renames it to ``slot``: the cache never holds half a tree."""
-        unpack_layers(paths, tmp / "rootfs")
-        for path in paths:
+    def _unpack(
+        paths: list[Path],
+        tmp: Path,
+        slot: Path,
+        image: UnpackedImage,
+        base: Path | None = None,
+        have_base: bool = False,
+    ) -> None:
+        """Unpacks into ``tmp``, then renames it to ``slot``: the cache never holds half a tree.
+
+        With ``base``, ``paths`` are every layer (``have_base`` false: the lower ones are
+        unpacked into a new base first) or only the last one (a clone of ``base`` gets it).
+        """
+        rootfs = tmp / "rootfs"
+        downloaded = list(paths)
+        if base is None:
+            unpack_layers(paths, rootfs)
+        else:
+            if not have_base:
+                staging = tmp / "base"
+                unpack_layers(paths[:-1], staging)
+                (staging / BASE_DONE).touch()
+                base.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    staging.rename(base)
+                except OSError as exc:  # built meanwhile by another process: same content
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                    shutil.rmtree(staging)
+                paths = paths[-1:]
+            shutil.copytree(
+                base,
+                rootfs,
+                symlinks=True,
+                copy_function=os.link,
+                ignore=shutil.ignore_patterns(BASE_DONE),
+            )
+            unpack_layers(paths, rootfs)
+        for path in downloaded:
             path.unlink()
         (tmp / META).write_text(json.dumps(image.to_json(), indent=1, sort_keys=True))
         if slot.exists() and _read_slot(slot) is None:

@@ -199,7 +199,10 @@ def test_ensure_unpacks_once_per_digest(localcloud, built, tmp_path):
             tagged = await cache.ensure(image)
             assert tagged == first
             assert requests[pulled:] == [f"/v2/{image.split('/', 1)[1]}/manifests/latest"]
-            assert sorted(p.name for p in root.iterdir()) == [digest.removeprefix("sha256:")]
+            assert sorted(p.name for p in root.iterdir()) == [
+                "bases",
+                digest.removeprefix("sha256:"),
+            ]
 
             # Callers racing for one digest share one pull.
             other = ImageCache(tmp_path / "racing", localcloud.config.registry_address, session)
@@ -209,6 +212,40 @@ def test_ensure_unpacks_once_per_digest(localcloud, built, tmp_path):
             assert sum("/manifests/" in p for p in requests[before:]) == 1
 
     run(scenario())
+
+
+def test_an_image_over_known_lower_layers_fetches_and_unpacks_only_its_top(
+    localcloud, built, tmp_path
+):
+    """Redeploys change the source layer only: the rest is a hard-link clone of a base."""
+    root = tmp_path / "images"
+    blobs: list[str] = []
+
+    async def count(_session: Any, _ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        if "/blobs/" in params.url.path:
+            blobs.append(params.url.path)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(count)
+
+    async def scenario() -> tuple[UnpackedImage, UnpackedImage, int]:
+        async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+            cache = ImageCache(root, localcloud.config.registry_address, session)
+            first = await cache.ensure("@".join(built["probe"]))
+            before = len(blobs)
+            second = await cache.ensure("@".join(built["crash"]))
+            return first, second, len(blobs) - before
+
+    first, second, fetched = run(scenario())
+    assert fetched == 2, "the config and the top layer only"
+    assert (first.rootfs / "workspace" / "main.py").read_text() == PROBE_MAIN
+    assert (second.rootfs / "workspace" / "main.py").read_text() == CRASH_MAIN
+    shared = first.rootfs / "layers" / "python" / "functions-framework" / "lib"
+    module = next(p for p in shared.rglob("*.py"))
+    twin = second.rootfs / module.relative_to(first.rootfs)
+    assert module.stat().st_ino == twin.stat().st_ino, "lower layers are shared, not copied"
+    (base,) = (root / "bases").iterdir()
+    assert not (base / "workspace" / "main.py").exists(), "the base holds no top layer"
 
 
 def test_ensure_reports_missing_and_malformed_images(localcloud, built, tmp_path):
