@@ -533,7 +533,11 @@ class Bench:
         t0 = time.perf_counter()
         operation = clients.cloud_build.create_build(
             project_id=PROJECT,
-            build=build.pack_build((bucket.name, blob.name, blob.generation), image),
+            build=build.pack_build(
+                (bucket.name, blob.name, blob.generation),
+                image,
+                {"GOOGLE_FUNCTION_TARGET": TARGET},
+            ),
             timeout=SETUP_TIMEOUT,
         )
         built = operation.result(timeout=180, polling=build.POLLING)

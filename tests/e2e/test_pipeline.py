@@ -378,3 +378,11 @@ def test_the_pipeline_is_named_as_terraform_names_it(pipeline):
         policy = pipeline.clients.run_services.get_iam_policy(request={"resource": service.name})
         members = {m for b in policy.bindings for m in b.members}
         assert "allUsers" not in members, f"{function} must be private"
+
+
+def test_provisioning_again_changes_nothing(pipeline):
+    """``orch local up`` on a provisioned localcloud is a no-op, like a second terraform apply."""
+    from orchestrator.provision import provision
+
+    changes = provision(pipeline.settings, pipeline.clients, log=lambda _line: None)
+    assert changes and {c.action for c in changes} == {"unchanged"}, [str(c) for c in changes]
