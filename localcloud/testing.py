@@ -17,11 +17,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -298,3 +300,43 @@ def pack_build(source: tuple[str, str, int], image: str, env: dict[str, str], **
         images=fields.pop("images", [image]),
         **fields,
     )
+
+
+class Recorder:
+    """An HTTP server on loopback collecting the JSON documents a deployed function POSTs.
+
+    The test functions (``tests/functions/event_recorder``) report each event they receive
+    here, so a test sees what really reached the function.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.arrived = threading.Condition()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with recorder.arrived:
+                    recorder.events.append(json.loads(body))
+                    recorder.arrived.notify_all()
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, count: int, timeout: float = 30) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while len(self.events) < count and time.monotonic() < deadline:
+                self.arrived.wait(deadline - time.monotonic())
+            return list(self.events)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -344,13 +344,7 @@ def _start_and_follow(
         return
     # Subscribe before starting, so the first event cannot be missed.
     filter = f"attributes.service = {follow.quote(service)}" if service else ""
-    stream = follow.StatusStream(clients, settings, filter)
-    try:
-        stream.open()
-    except LookupError as exc:
-        raise click.ClickException(str(exc)) from None
-    except exceptions.GoogleAPICallError as exc:
-        raise _api_error(exc) from None
+    stream = _open_stream(clients, settings, filter)
     deployment_id = ""
     try:
         deployment_id = start()
@@ -673,12 +667,12 @@ def _print_claim(clients: Any, claim: dict[str, Any]) -> None:
         click.echo(f"{'error:':<15}{error}")
 
 
-def _follow_status(clients: Any, settings: Settings, deployment_id: str | None) -> None:
+def _open_stream(clients: Any, settings: Settings, filter: str) -> Any:
+    """A temporary filtered subscription on the status topic, or a message saying why not."""
     from google.api_core import exceptions
 
     from orchestrator import follow
 
-    filter = f"attributes.deployment_id = {follow.quote(deployment_id)}" if deployment_id else ""
     stream = follow.StatusStream(clients, settings, filter)
     try:
         stream.open()
@@ -686,6 +680,15 @@ def _follow_status(clients: Any, settings: Settings, deployment_id: str | None) 
         raise click.ClickException(str(exc)) from None
     except exceptions.GoogleAPICallError as exc:
         raise _api_error(exc) from None
+    return stream
+
+
+def _follow_status(clients: Any, settings: Settings, deployment_id: str | None) -> None:
+
+    from orchestrator import follow
+
+    filter = f"attributes.deployment_id = {follow.quote(deployment_id)}" if deployment_id else ""
+    stream = _open_stream(clients, settings, filter)
     outcome = None
     try:
         if deployment_id:

@@ -6,16 +6,14 @@ import contextlib
 import io
 import os
 import signal
-import threading
 import time
 import uuid
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from localcloud.testing import zip_dir
+from localcloud.testing import Recorder, zip_dir
 from orchestrator import manifest
 from orchestrator.config import pipeline as pipeline_names
 from tests.e2e.conftest import done, hello_source, steps, wait_until_serving
@@ -209,38 +207,6 @@ def test_two_concurrent_deploys_of_one_service_are_serialized(pipeline):
     assert pipeline.get(done(later).details["url"]) == winner
 
 
-class Recorder:
-    """An HTTP endpoint the deployed recorder function POSTs its events to."""
-
-    def __init__(self) -> None:
-        self.events: list[bytes] = []
-        self.arrived = threading.Condition()
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with recorder.arrived:
-                    recorder.events.append(body)
-                    recorder.arrived.notify_all()
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-
-    def wait(self, count: int, timeout: float = 20.0) -> list[bytes]:
-        deadline = time.monotonic() + timeout
-        with self.arrived:
-            while len(self.events) < count and time.monotonic() < deadline:
-                self.arrived.wait(deadline - time.monotonic())
-            return list(self.events)
-
-
 def test_triggers_are_bound_and_removed_as_the_manifest_changes(pipeline):
     import yaml
 
@@ -278,7 +244,7 @@ def test_triggers_are_bound_and_removed_as_the_manifest_changes(pipeline):
     publisher.publish(pipeline.settings.topic_path(topic), b"order 2").result(timeout=30)
     time.sleep(1.5)
     assert len(recorder.events) == 1, "the removed trigger delivers nothing more"
-    recorder.server.shutdown()
+    recorder.close()
 
 
 def _instance_pids(service: str) -> list[int]:

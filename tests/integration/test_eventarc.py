@@ -10,12 +10,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import json
-import threading
 import time
 import uuid
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,43 +21,12 @@ from google.cloud import eventarc_v1, run_v2
 from google.cloud.devtools import cloudbuild_v1
 from google.iam.v1 import policy_pb2
 
+from localcloud.testing import Recorder
 from orchestrator.clients import Clients, Environment
 
 FUNCTIONS = Path(__file__).parent.parent / "functions"
 LOCATION = "projects/local-project/locations/us-central1"
 TRIGGER_SA = "eventarc-trigger@local-project.iam.gserviceaccount.com"
-
-
-class Recorder:
-    """An HTTP server on loopback collecting what the function posts."""
-
-    def __init__(self) -> None:
-        self.events: list[dict] = []
-        self.arrived = threading.Condition()
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with recorder.arrived:
-                    recorder.events.append(json.loads(body))
-                    recorder.arrived.notify_all()
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait(self, count: int, timeout: float = 30) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        with self.arrived:
-            while len(self.events) < count and time.monotonic() < deadline:
-                self.arrived.wait(deadline - time.monotonic())
-            return list(self.events)
 
 
 @pytest.fixture(scope="module")
