@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 MAX_ARCHIVE_BYTES = 100 * 1024 * 1024  # what intake downloads at most
@@ -23,6 +24,20 @@ RATIO_FLOOR = 1 << 20
 
 class ArchiveProblem(ValueError):
     """The archive cannot be deployed; the message names the entry and the rule."""
+
+
+# What the zipfile module raises on a damaged or crafted archive besides BadZipFile (an
+# unknown format version, an undecodable name, a truncated or corrupt stream).
+DAMAGED = (
+    zipfile.BadZipFile,
+    NotImplementedError,
+    UnicodeDecodeError,
+    ValueError,
+    IndexError,
+    EOFError,
+    OSError,
+    zlib.error,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,15 @@ def _name_problem(name: str) -> str | None:
 
 def inspect(data: bytes) -> Contents:
     """Check ``data`` is a zip a function can be built from; raise ArchiveProblem if not."""
+    try:
+        return _inspect(data)
+    except ArchiveProblem:
+        raise
+    except DAMAGED as exc:
+        raise ArchiveProblem(f"the zip archive is damaged: {type(exc).__name__}: {exc}") from None
+
+
+def _inspect(data: bytes) -> Contents:
     if len(data) > MAX_ARCHIVE_BYTES:
         raise ArchiveProblem(
             f"the archive is {len(data)} bytes; the limit is {MAX_ARCHIVE_BYTES} bytes"

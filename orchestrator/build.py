@@ -20,6 +20,7 @@ PACK = "gcr.io/k8s-skaffold/pack"
 BUILD_TIMEOUT = 1200  # seconds
 LOCK_TIMEOUT = 1500.0
 LOG_TAIL_LINES = 20
+RETRY_GRACE = 5.0  # seconds a retried call waits for its first attempt's build to appear
 
 
 def pack_build(deployment: Deployment, image: str) -> Any:
@@ -52,15 +53,37 @@ def pack_build(deployment: Deployment, image: str) -> Any:
 
 
 def _log_tail(ctx: Context, build: Any) -> list[str]:
-    """The last lines of the build's log object, for the failure event."""
+    """The last lines of the build's log object, for the failure event (none when the build
+    logs only to Cloud Logging)."""
     bucket = build.logs_bucket.removeprefix("gs://")
     bucket, _, prefix = bucket.partition("/")
+    if not bucket:
+        return []
     name = f"{prefix.strip('/')}/log-{build.id}.txt".lstrip("/")
     try:
         text = ctx.clients.storage.bucket(bucket).blob(name).download_as_text()
     except exceptions.GoogleAPICallError:
         return []
     return text.splitlines()[-LOG_TAIL_LINES:]
+
+
+def _earlier_build(ctx: Context, deployment: Deployment) -> str | None:
+    """The build an earlier call of this step submitted, found by its deployment tag.
+
+    A retried call may overlap a first attempt that is still between taking the lock and
+    submitting (its answer was lost, not its process): give it a few seconds to appear.
+    """
+    deadline = time.monotonic() + RETRY_GRACE
+    while True:
+        found = ctx.clients.cloud_build.list_builds(
+            project_id=ctx.settings.project, filter=f'tags="{deployment.deployment_id}"'
+        )
+        earlier = next(iter(found), None)
+        if earlier is not None:
+            return earlier.id
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
 
 
 def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
@@ -90,15 +113,7 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
         raise StepFailed("TIMEOUT", str(exc)) from None
     ctx.publish(deployment, "build", "running", f"building {deployment.source}")
 
-    build_id = None
-    if not first_call:
-        # A retried call: its first attempt may have submitted the build before it died.
-        # Builds carry the deployment id as a tag; wait for that one rather than build twice.
-        found = ctx.clients.cloud_build.list_builds(
-            project_id=settings.project, filter=f'tags="{deployment.deployment_id}"'
-        )
-        earlier = next(iter(found), None)
-        build_id = earlier.id if earlier is not None else None
+    build_id = None if first_call else _earlier_build(ctx, deployment)
     if build_id is None:
         image = f"{settings.staging_image(deployment.service)}:{deployment.deployment_id}"
         try:
@@ -130,6 +145,8 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
         raise StepFailed(
             "BUILD_FAILED", f"build {build_id} {status(build.status).name}: {reason}", details
         )
+    if not build.results.images:
+        raise StepFailed("BUILD_FAILED", f"build {build_id} succeeded but pushed no image")
     built = build.results.images[0]
     name = built.name.rsplit(":", 1)[0] if "@" not in built.name else built.name.split("@")[0]
     return {

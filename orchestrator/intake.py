@@ -36,7 +36,10 @@ from orchestrator.status import StatusEvent
 from orchestrator.step import Context, context
 
 LOG = logging.getLogger(__name__)
-STALE_CLAIM_SECONDS = 60.0
+# Longer than the intake functions' own timeout (pipeline.json), so a slow first attempt is
+# never taken for a dead one.
+STALE_CLAIM_SECONDS = 150.0
+EXECUTION_LABEL = "deployment-id"
 
 
 class ClaimBusy(RuntimeError):
@@ -67,8 +70,8 @@ def _guess_service(source: Source, overrides: dict[str, Any]) -> str:
         return ""
 
 
-def _claim(ctx: Context, dep_id: str, source: Source, service: str) -> bool:
-    """True when this attempt owns the deployment; False when it is already handled."""
+def _claim(ctx: Context, dep_id: str, source: Source, service: str) -> str | None:
+    """ "new" or "taken over" when this attempt owns the deployment; None when it is handled."""
     claim = {
         "deployment_id": dep_id,
         "service": service,
@@ -80,23 +83,29 @@ def _claim(ctx: Context, dep_id: str, source: Source, service: str) -> bool:
     }
     name = claim_name(dep_id)
     if ctx.records.create(name, claim) is not None:
-        return True
+        return "new"
     found = ctx.records.read(name)
     if found is None:
-        return ctx.records.create(name, claim) is not None
+        return "new" if ctx.records.create(name, claim) is not None else None
     existing, generation = found
     if existing.get("state") != "claimed":
         LOG.info("deployment %s is already %s; ignoring this delivery", dep_id, existing["state"])
-        return False
+        return None
     if _age(existing.get("created", "")) < STALE_CLAIM_SECONDS:
         raise ClaimBusy(f"deployment {dep_id} is being accepted by another attempt")
     LOG.warning("taking over the stale claim of deployment %s", dep_id)
-    return ctx.records.replace(name, claim, generation) is not None
+    return "taken over" if ctx.records.replace(name, claim, generation) is not None else None
 
 
 def _read_source(ctx: Context, source: Source) -> bytes:
     bucket = ctx.clients.storage.bucket(source.bucket)
-    blob = bucket.get_blob(source.object, generation=source.generation)
+    try:
+        blob = bucket.get_blob(source.object, generation=source.generation)
+    except exceptions.Forbidden as exc:
+        raise Rejected(
+            "SOURCE_UNREADABLE",
+            f"{source.uri()} cannot be read by the pipeline's service account: {exc.message}",
+        ) from None
     if blob is None:
         raise Rejected("SOURCE_NOT_FOUND", f"{source.uri()} does not exist")
     if blob.size is not None and blob.size > archive.MAX_ARCHIVE_BYTES:
@@ -117,21 +126,22 @@ def accept(
     """Claim, check and start one deployment; the execution name, or None if not started."""
     ctx = ctx or context()
     service = _guess_service(source, overrides)
-    if not _claim(ctx, dep_id, source, service):
+    claimed = _claim(ctx, dep_id, source, service)
+    if claimed is None:
         return None
     try:
         data = _read_source(ctx, source)
         try:
             archive.inspect(data)
+            found = read_manifest_from_zip(data) or {}
         except archive.ArchiveProblem as exc:
             raise Rejected("INVALID_ARCHIVE", f"{source.uri()}: {exc}") from None
+        except archive.DAMAGED as exc:  # inspect passed, reading function.yaml did not
+            raise Rejected(
+                "INVALID_ARCHIVE", f"{source.uri()}: the zip archive is damaged: {exc}"
+            ) from None
         try:
-            manifest = resolve(
-                read_manifest_from_zip(data) or {},
-                overrides,
-                source.object,
-                overrides_origin=origin,
-            )
+            manifest = resolve(found, overrides, source.object, overrides_origin=origin)
         except ManifestError as exc:
             raise Rejected("INVALID_MANIFEST", str(exc)) from None
     except Rejected as rejected:
@@ -147,22 +157,57 @@ def accept(
         "generation": source.generation,
         "manifest": manifest.to_dict(),
     }
-    _publish(
-        ctx,
-        dep_id,
-        manifest.service,
-        source,
-        "succeeded",
-        f"deploying {source.uri()} as service {manifest.service}",
-        details={"manifest": manifest.to_dict()},
+    execution = _started_execution(ctx, dep_id) if claimed == "taken over" else None
+    if execution is None:
+        _publish(
+            ctx,
+            dep_id,
+            manifest.service,
+            source,
+            "succeeded",
+            f"deploying {source.uri()} as service {manifest.service}",
+            details={"manifest": manifest.to_dict()},
+        )
+        try:
+            execution = ctx.clients.executions.create_execution(
+                parent=ctx.settings.workflow_path,
+                execution={
+                    "argument": json.dumps(argument, separators=(",", ":")),
+                    "labels": {EXECUTION_LABEL: dep_id},
+                },
+            ).name
+        except exceptions.ClientError as exc:
+            if isinstance(exc, (exceptions.TooManyRequests, exceptions.Conflict)):
+                raise  # Eventarc retries
+            message = f"the deploy workflow could not be started: {exc.message or exc}"
+            error = {"code": "WORKFLOW_NOT_STARTED", "message": message}
+            _record(ctx, dep_id, manifest.service, source, "failed", error=error)
+            _publish(
+                ctx, dep_id, manifest.service, source, "failed", message, error["code"], step="done"
+            )
+            return None
+    _record(ctx, dep_id, manifest.service, source, "accepted", execution=execution)
+    LOG.info("deployment %s of %s: execution %s", dep_id, manifest.service, execution)
+    return execution
+
+
+def _started_execution(ctx: Context, dep_id: str) -> str | None:
+    """An execution already started for ``dep_id`` by an attempt that died before recording it.
+
+    Only consulted when a stale claim was taken over; the newest executions are enough,
+    since the claim is minutes old at most.
+    """
+    from google.cloud.workflows import executions_v1
+
+    request = executions_v1.ListExecutionsRequest(
+        parent=ctx.settings.workflow_path, page_size=100, view=executions_v1.ExecutionView.BASIC
     )
-    execution = ctx.clients.executions.create_execution(
-        parent=ctx.settings.workflow_path,
-        execution={"argument": json.dumps(argument, separators=(",", ":"))},
-    )
-    _record(ctx, dep_id, manifest.service, source, "accepted", execution=execution.name)
-    LOG.info("deployment %s of %s: execution %s", dep_id, manifest.service, execution.name)
-    return execution.name
+    for count, found in enumerate(ctx.clients.executions.list_executions(request=request)):
+        if found.labels.get(EXECUTION_LABEL) == dep_id:
+            return found.name
+        if count >= 200:
+            break
+    return None
 
 
 def _record(
@@ -204,12 +249,13 @@ def _publish(
     message: str,
     code: str | None = None,
     details: dict[str, Any] | None = None,
+    step: str = "accepted",
 ) -> None:
     ctx.status.publish(
         StatusEvent(
             deployment_id=dep_id,
             service=service,
-            step="accepted",
+            step=step,
             state=state,
             message=message,
             error_code=code,

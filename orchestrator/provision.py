@@ -36,7 +36,7 @@ INVOKER = "roles/run.invoker"
 class Change:
     kind: str
     name: str
-    action: str  # created | updated | unchanged
+    action: str  # created | updated | replaced | unchanged
 
     def __str__(self) -> str:
         return f"{self.action:<9} {self.kind} {self.name}"
@@ -183,7 +183,7 @@ class Provisioner:
                 service_account=self._service_account(key),
             )
             old = existing.get(key)
-            if old is not None and current.get(key) == digest and _same_env(old, env):
+            if old is not None and current.get(key) == digest and _same_template(old, template):
                 self._note("function", service_id, "unchanged")
                 service = old
             elif old is None:
@@ -274,26 +274,31 @@ class Provisioner:
                 fields["transport"] = {
                     "pubsub": {"topic": self.s.topic_path(self.s.requests_topic)}
                 }
+            wanted = eventarc_v1.Trigger(
+                event_filters=filters,
+                destination={
+                    "cloud_run": {
+                        "service": self.s.function_service(spec["function"]),
+                        "region": self.s.region,
+                    }
+                },
+                service_account=self._role_account("trigger"),
+                **fields,
+            )
             try:
                 made = self.c.eventarc.get_trigger(name=name)
-                self._note("trigger", trigger_id, "unchanged")
             except exceptions.NotFound:
+                made = None
+            if made is not None and _same_trigger(made, wanted):
+                self._note("trigger", trigger_id, "unchanged")
+            else:
+                action = "created" if made is None else "replaced"
+                if made is not None:  # filters and transport cannot be updated: replace it
+                    self.c.eventarc.delete_trigger(name=name).result(polling=POLLING)
                 made = self.c.eventarc.create_trigger(
-                    parent=self.s.location_path,
-                    trigger_id=trigger_id,
-                    trigger=eventarc_v1.Trigger(
-                        event_filters=filters,
-                        destination={
-                            "cloud_run": {
-                                "service": self.s.function_service(spec["function"]),
-                                "region": self.s.region,
-                            }
-                        },
-                        service_account=self._role_account("trigger"),
-                        **fields,
-                    ),
+                    parent=self.s.location_path, trigger_id=trigger_id, trigger=wanted
                 ).result(polling=POLLING)
-                self._note("trigger", trigger_id, "created")
+                self._note("trigger", trigger_id, action)
             self._dead_letter(made.transport.pubsub.subscription)
 
     def _dead_letter(self, subscription: str) -> None:
@@ -328,9 +333,37 @@ class Provisioner:
         return self.changes
 
 
-def _same_env(service: Any, env: dict[str, str]) -> bool:
-    containers = service.template.containers
-    return bool(containers) and {e.name: e.value for e in containers[0].env} == env
+def _same_trigger(found: Any, wanted: Any) -> bool:
+    def filters(t: Any) -> set[tuple[str, str]]:
+        return {(f.attribute, f.value) for f in t.event_filters}
+
+    return (
+        filters(found) == filters(wanted)
+        and found.destination.cloud_run.service == wanted.destination.cloud_run.service
+        and found.service_account == wanted.service_account
+        and (
+            not wanted.transport.pubsub.topic
+            or found.transport.pubsub.topic == wanted.transport.pubsub.topic
+        )
+    )
+
+
+def _same_template(service: Any, wanted: Any) -> bool:
+    """Whether the running template is the one provisioning would write (image aside)."""
+    found = service.template
+    if not found.containers:
+        return False
+
+    def env(t: Any) -> dict[str, str]:
+        return {e.name: e.value for e in t.containers[0].env}
+
+    return (
+        env(found) == env(wanted)
+        and found.service_account == wanted.service_account
+        and found.timeout.seconds == wanted.timeout.seconds
+        and found.scaling.min_instance_count == wanted.scaling.min_instance_count
+        and found.scaling.max_instance_count == wanted.scaling.max_instance_count
+    )
 
 
 def provision(

@@ -42,6 +42,11 @@ def lock_name(service: str) -> str:
     return f"{pipeline()['reserved_prefix']}locks/{service}.json"
 
 
+def locations_name(service: str) -> str:
+    """Where a service's triggers were created (storage triggers follow their buckets)."""
+    return f"{pipeline()['reserved_prefix']}services/{service}/triggers.json"
+
+
 class Records:
     """Read and write records in the sources bucket with the official storage client."""
 

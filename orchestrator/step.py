@@ -173,6 +173,19 @@ def context() -> Context:
     return _CONTEXT
 
 
+# Failures worth retrying: the platform was busy or unreachable, or the call timed out.
+# Anything else that escapes a step is a fault no retry fixes, reported as INTERNAL.
+TRANSIENT = (
+    exceptions.ServerError,
+    exceptions.TooManyRequests,
+    exceptions.Conflict,
+    exceptions.RetryError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
 def run(
     step: str,
     body: Any,
@@ -184,7 +197,9 @@ def run(
     """Run one step for the workflow: events, saved result, and the HTTP answer.
 
     ``announce`` is the ``running`` event's message; None when ``work`` publishes it
-    itself (the build step first waits for the service's lock).
+    itself (the build step first waits for the service's lock). A final failure is saved
+    like a result, so a retried call (its answer was lost) gives the same failure instead
+    of carrying on after the service's lock was released.
     """
     ctx = context()
     try:
@@ -192,6 +207,12 @@ def run(
     except StepFailed as failure:
         return {"ok": False, "error": {"code": failure.code, "message": failure.message}}, 200
     saved = ctx.records.step_result(deployment.deployment_id, step)
+    if saved is not None and "error" in saved:
+        error, details = saved["error"], saved.get("details", {})
+        ctx.publish(
+            deployment, step, "failed", error["message"], code=error["code"], details=details
+        )
+        return {"ok": False, "error": error, "details": details}, 200
     if saved is not None:
         LOG.info("%s: %s already done; returning its result", deployment.deployment_id, step)
         ctx.publish(deployment, step, "succeeded", f"{step} already done", details=saved)
@@ -201,15 +222,26 @@ def run(
     try:
         if announce is not None:  # sent while the work starts; waited for before the result
             running = ctx.publish(deployment, step, "running", announce, wait=False)
-        result = work(ctx, deployment)
+        try:
+            result = work(ctx, deployment)
+        except StepFailed:
+            raise
+        except TRANSIENT:
+            raise  # a 500: the workflow retries, and the step resumes from its records
+        except Exception as exc:  # a fault in the step itself: retrying repeats it
+            LOG.exception("%s of %s failed", step, deployment.deployment_id)
+            raise StepFailed(
+                "INTERNAL", f"the {step} step failed: {type(exc).__name__}: {exc}"
+            ) from exc
     except StepFailed as failure:
         if running is not None:
             ctx.status.finish(running)
         details = {**failure.details, "seconds": round(time.monotonic() - started, 3)}
+        error = {"code": failure.code, "message": failure.message}
+        ctx.records.save_step(deployment.deployment_id, step, {"error": error, "details": details})
         ctx.publish(deployment, step, "failed", failure.message, code=failure.code, details=details)
         if release_on_failure:
             ctx.records.release(deployment.service, deployment.deployment_id)
-        error = {"code": failure.code, "message": failure.message}
         return {"ok": False, "error": error, "details": details}, 200
     result["seconds"] = round(time.monotonic() - started, 3)
     if running is not None:
@@ -220,8 +252,8 @@ def run(
 
 
 def reraise(code: str, what: str, exc: exceptions.GoogleAPICallError) -> NoReturn:
-    """Raise StepFailed for an API error a retry cannot fix (4xx but 408/409/429), else ``exc``."""
-    retryable = (exceptions.TooManyRequests, exceptions.Conflict, exceptions.RequestTimeout)
+    """Raise StepFailed for an API error a retry cannot fix (4xx but 409/429), else ``exc``."""
+    retryable = (exceptions.TooManyRequests, exceptions.Conflict)
     if isinstance(exc, exceptions.ClientError) and not isinstance(exc, retryable):
         raise StepFailed(code, f"{what}: {exc.message or exc}") from None
     raise exc

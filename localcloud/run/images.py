@@ -26,8 +26,9 @@ Design choices, and why:
   order, as Docker's chain ids do), and a new image over the same base is a hard-link clone
   of it with only its last layer downloaded and applied: milliseconds instead of fetching
   and unpacking the dependencies again. Applying a layer never writes into an existing
-  file (it unlinks and creates), so a clone cannot change its base; the sandbox mounts
-  both read-only.
+  file (it unlinks and creates), so a clone cannot change its base, and the sandbox mounts
+  images read-only; an instance run unsandboxed (``LOCALCLOUD_RUN_UNSANDBOXED``, by the
+  user's choice) could write through to the base, as it could to its own image.
 
 Spec: https://github.com/opencontainers/image-spec/blob/main/layer.md (whiteouts),
 https://github.com/opencontainers/image-spec/blob/main/manifest.md.
@@ -133,6 +134,15 @@ class UnpackedImage:
 
 
 BASE_DONE = ".localcloud-base-complete"
+
+
+def _link_or_copy(source: str, dest: str) -> None:
+    """A hard link where the filesystem allows one (and the inode has links to spare)."""
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
+
 
 # -- unpacking ---------------------------------------------------------------------------
 
@@ -632,7 +642,7 @@ class ImageCache:
                 base,
                 rootfs,
                 symlinks=True,
-                copy_function=os.link,
+                copy_function=_link_or_copy,
                 ignore=shutil.ignore_patterns(BASE_DONE),
             )
             unpack_layers(paths, rootfs)

@@ -64,3 +64,26 @@ def test_limits_on_size_and_entries(monkeypatch):
     monkeypatch.setattr(archive, "MAX_ARCHIVE_BYTES", 10)
     with pytest.raises(ArchiveProblem, match="the limit is 10 bytes"):
         inspect(make([MAIN]))
+
+
+def test_damaged_archives_are_refused_never_crash():
+    """Random byte flips anywhere in a zip give ArchiveProblem or a pass, nothing else."""
+    import random
+
+    from orchestrator.archive import DAMAGED
+    from orchestrator.manifest import ManifestError, read_manifest_from_zip
+
+    good = make([MAIN, ("function.yaml", b"service: fine\nentry_point: f\n" * 3)])
+    rng = random.Random(7)
+    for _ in range(3000):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            inspect(bytes(data))
+        except ArchiveProblem:
+            continue  # refused with a reason: what intake reports
+        try:  # intake reports these as a damaged archive too
+            read_manifest_from_zip(bytes(data))
+        except (ManifestError, *DAMAGED):
+            pass
