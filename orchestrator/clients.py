@@ -242,6 +242,16 @@ class Clients:
 _default: Clients | None = None
 
 
+def _forget_default() -> None:
+    global _default
+    _default = None
+
+
+# gRPC channels and client threads do not survive a fork (gunicorn forks its workers after
+# loading a function): a child builds its own.
+os.register_at_fork(after_in_child=_forget_default)
+
+
 def default() -> Clients:
     """The process-wide factory (functions are long-lived; channels are reused)."""
     global _default

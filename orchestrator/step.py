@@ -11,6 +11,7 @@ under the deployment's records, so a retried call returns it instead of redoing 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -147,23 +148,25 @@ _CONTEXT: Context | None = None
 
 
 def warm() -> None:
-    """Import the API clients and build them now, while the instance starts.
+    """Import the API client libraries now, while the instance starts.
 
-    A first call would otherwise pay for importing the GAPIC modules and opening channels
-    (about a second per step function); Cloud Run counts start-up before it sends traffic.
+    A first call would otherwise pay for importing the GAPIC modules (about a second per
+    step function). Only imports: functions-framework loads this module in gunicorn's
+    master process and forks the worker after, and gRPC channels or client threads made
+    before a fork can hang in the child. Clients are built in the worker, on first use.
     """
-    from google.cloud import eventarc_v1, run_v2  # noqa: F401
+    from google.cloud import eventarc_v1, pubsub_v1, run_v2, storage  # noqa: F401
     from google.cloud.devtools import cloudbuild_v1  # noqa: F401
     from google.cloud.workflows import executions_v1  # noqa: F401
 
-    ctx = context()
-    factory = ctx.clients
-    for name in ("storage", "ordered_publisher", "publisher", "cloud_build", "run_services"):
-        getattr(factory, name)
-    for name in ("eventarc", "executions", "http"):
-        getattr(factory, name)
-    ctx.records  # noqa: B018 - builds the bucket handle
-    ctx.status  # noqa: B018
+
+def _forget_context() -> None:
+    global _CONTEXT
+    _CONTEXT = None
+
+
+# Whatever a parent process built (channels, publisher threads) is not used after a fork.
+os.register_at_fork(after_in_child=_forget_context)
 
 
 def context() -> Context:
