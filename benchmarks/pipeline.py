@@ -42,7 +42,6 @@ bounded; the localcloud started here is stopped at the end.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
 import statistics
@@ -483,6 +482,7 @@ class Bench:
         return None
 
     def direct_build_push(self, case: Case, d: Deploy, files: dict[str, str]) -> None:
+        from orchestrator import push
         from orchestrator.push import Registry, split_image
 
         s = self.settings
@@ -504,23 +504,8 @@ class Bench:
         host, source, digest = split_image(pinned)
         target = s.image("bench-direct-" + case.service).partition("/")[2]
         registry = Registry(SimpleNamespace(clients=self.clients), host)  # type: ignore[arg-type]
-        counts = {"mounted": 0, "present": 0, "copied": 0}
         t0 = time.perf_counter()
-        body, kind = registry.manifest(source, digest)
-        manifest = json.loads(body)
-        for blob_digest in [
-            manifest["config"]["digest"],
-            *(x["digest"] for x in manifest["layers"]),
-        ]:
-            if registry.has_blob(target, blob_digest):
-                counts["present"] += 1
-            elif registry.mount(target, blob_digest, source):
-                counts["mounted"] += 1
-            else:
-                registry.copy_blob(target, blob_digest, source)
-                counts["copied"] += 1
-        for tag in (f"n{d.n}", "latest"):
-            registry.put_manifest(target, tag, body, kind)
+        counts = push.publish(registry, source, digest, target, [f"n{d.n}", "latest"])
         d.push_s = time.perf_counter() - t0
         d.push_counts = counts
 

@@ -230,9 +230,15 @@ def start_official_emulator(data_dir: Path, timeout: float = 60.0) -> OfficialEm
 # -- sources for build tests and benchmarks ----------------------------------------------
 def zip_tree(files: dict[str, str | bytes]) -> bytes:
     """A zip archive in memory of ``{name: content}``."""
+    return zip_entries(list(files.items()))
+
+
+def zip_entries(entries: list[tuple[zipfile.ZipInfo | str, str | bytes]]) -> bytes:
+    """A zip archive in memory of entries in order: names may repeat, and a ``ZipInfo``
+    sets modes (a symlink) a plain name cannot."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
+        for name, data in entries:
             zf.writestr(name, data)
     return buffer.getvalue()
 

@@ -23,10 +23,28 @@ LOG_TAIL_LINES = 20
 RETRY_GRACE = 5.0  # seconds a retried call waits for its first attempt's build to appear
 
 
-def pack_build(deployment: Deployment, image: str) -> Any:
-    """The Build ``gcloud builds submit --pack`` would send for this deployment."""
+def pack_build(
+    source: tuple[str, str, int | None], image: str, env: dict[str, str], tags: list[str]
+) -> Any:
+    """The Build ``gcloud builds submit --pack`` sends for a ``(bucket, object, generation)``
+    source: the buildpacks step with ``env`` as its ``--env`` values."""
     from google.cloud.devtools import cloudbuild_v1
 
+    bucket, name, generation = source
+    args = ["build", image, "--network", "cloudbuild", "--builder", BUILDER]
+    for key, value in env.items():
+        args += ["--env", f"{key}={value}"]
+    return cloudbuild_v1.Build(
+        source={"storage_source": {"bucket": bucket, "object_": name, "generation": generation}},
+        steps=[{"name": PACK, "entrypoint": "pack", "args": args}],
+        images=[image],
+        tags=tags,
+        timeout={"seconds": BUILD_TIMEOUT},
+    )
+
+
+def function_env(deployment: Deployment) -> dict[str, str]:
+    """The ``GOOGLE_*`` variables Google's buildpacks read to build a function."""
     m = deployment.manifest
     env = {
         "GOOGLE_FUNCTION_TARGET": m.entry_point,
@@ -34,22 +52,7 @@ def pack_build(deployment: Deployment, image: str) -> Any:
     }
     if m.runtime:
         env["GOOGLE_RUNTIME"] = m.runtime
-    args = ["build", image, "--network", "cloudbuild", "--builder", BUILDER]
-    for key, value in env.items():
-        args += ["--env", f"{key}={value}"]
-    return cloudbuild_v1.Build(
-        source={
-            "storage_source": {
-                "bucket": deployment.bucket,
-                "object_": deployment.object,
-                "generation": deployment.generation,
-            }
-        },
-        steps=[{"name": PACK, "entrypoint": "pack", "args": args}],
-        images=[image],
-        tags=[deployment.deployment_id, deployment.service],
-        timeout={"seconds": BUILD_TIMEOUT},
-    )
+    return env
 
 
 def _log_tail(ctx: Context, build: Any) -> list[str]:
@@ -118,7 +121,13 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
         image = f"{settings.staging_image(deployment.service)}:{deployment.deployment_id}"
         try:
             operation = ctx.clients.cloud_build.create_build(
-                project_id=settings.project, build=pack_build(deployment, image)
+                project_id=settings.project,
+                build=pack_build(
+                    (deployment.bucket, deployment.object, deployment.generation),
+                    image,
+                    function_env(deployment),
+                    [deployment.deployment_id, deployment.service],
+                ),
             )
         except exceptions.GoogleAPICallError as exc:
             reraise("BUILD_FAILED", "Cloud Build refused the build", exc)

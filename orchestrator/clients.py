@@ -96,7 +96,7 @@ class Clients:
         options = pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
         # Status events go out one at a time and each is waited for: a batch would only
         # add its 10 ms collection delay to every step. (With ordering on, a full batch is
-        # not sent early, so the latency itself is zero here: 12.7 ms -> 2 ms a publish.)
+        # not sent early, so the latency itself is set to zero.)
         batch = pubsub_v1.types.BatchSettings(max_messages=1, max_latency=0.0)
         return pubsub_v1.PublisherClient(publisher_options=options, batch_settings=batch)
 

@@ -45,9 +45,9 @@ def _short(name: str) -> str:
     return name.rsplit("/", 1)[-1] if name else ""
 
 
-def set_invoker(ctx: Context, service: str, members: set[str], public: bool | None) -> None:
-    """Grant ``members`` run.invoker; add or remove ``allUsers`` when ``public`` is given."""
-    services = ctx.clients.run_services
+def set_invoker(services: Any, service: str, members: set[str], public: bool | None) -> None:
+    """Grant ``members`` run.invoker on ``service`` (through the Cloud Run ``services``
+    client); add or remove ``allUsers`` when ``public`` is given. Nothing else changes."""
     policy = services.get_iam_policy(request={"resource": service})
     binding = next((b for b in policy.bindings if b.role == INVOKER), None)
     current = set(binding.members) if binding is not None else set()
@@ -115,7 +115,7 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
             f"{exc.message or exc}{keeps}",
             {"failed_revision": failed, "serving_revision": serving, "url": after.uri},
         ) from None
-    set_invoker(ctx, name, set(), deployment.manifest.allow_unauthenticated)
+    set_invoker(services, name, set(), deployment.manifest.allow_unauthenticated)
     return {
         "url": service.uri,
         "revision": _short(service.latest_ready_revision),

@@ -22,14 +22,15 @@ from typing import Any
 
 from google.api_core import exceptions
 
+from orchestrator.build import pack_build
 from orchestrator.clients import polling
 from orchestrator.config import Settings, pipeline, service_account_email
+from orchestrator.deploy import set_invoker
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 SOURCE_HASH = "orchestrator.dev/source-hash"
 POLLING = polling(900)
-INVOKER = "roles/run.invoker"
 
 
 @dataclass
@@ -104,8 +105,6 @@ class Provisioner:
 
     def image(self, source: bytes, digest: str) -> str:
         """Build the functions' image from ``source`` (once per source hash)."""
-        from google.cloud.devtools import cloudbuild_v1
-
         bucket = self.c.storage.bucket(self.s.sources_bucket)
         name = f"{self.p['reserved_prefix']}source/orchestrator-{digest[:16]}.zip"
         blob = bucket.get_blob(name)
@@ -113,23 +112,11 @@ class Provisioner:
             blob = bucket.blob(name)
             blob.upload_from_string(source, content_type="application/zip")
         image = f"{self.s.staging_image(self.s.prefix)}:{digest[:16]}"
-        build = cloudbuild_v1.Build(
-            source={
-                "storage_source": {
-                    "bucket": bucket.name,
-                    "object_": name,
-                    "generation": blob.generation,
-                }
-            },
-            steps=[
-                {
-                    "name": "gcr.io/k8s-skaffold/pack",
-                    "entrypoint": "pack",
-                    "args": ["build", image, "--env", "GOOGLE_FUNCTION_TARGET=build"],
-                }
-            ],
-            images=[image],
-            tags=[self.s.prefix, "orchestrator"],
+        build = pack_build(
+            (bucket.name, name, blob.generation),
+            image,
+            {"GOOGLE_FUNCTION_TARGET": "build"},  # each service names its own function
+            [self.s.prefix, "orchestrator"],
         )
         self.log(f"building the orchestrator's functions from {len(source)} bytes of source ...")
         started = time.monotonic()
@@ -203,21 +190,13 @@ class Provisioner:
                 service = services.update_service(service=old).result(polling=POLLING)
                 self._note("function", service_id, "updated")
             caller = "trigger" if spec["signature_type"] == "cloudevent" else "workflow"
-            self._invoker(service.name, self._role_account(caller))
+            member = f"serviceAccount:{self._role_account(caller)}"
+            set_invoker(self.c.run_services, service.name, {member}, None)
             urls[key] = service.uri
         return urls
 
     def _role_account(self, role: str) -> str:
         return self._service_account(self.p["service_accounts"][role])
-
-    def _invoker(self, resource: str, email: str) -> None:
-        services = self.c.run_services
-        policy = services.get_iam_policy(request={"resource": resource})
-        member = f"serviceAccount:{email}"
-        if any(b.role == INVOKER and member in b.members for b in policy.bindings):
-            return
-        policy.bindings.add(role=INVOKER, members=[member])
-        services.set_iam_policy(request={"resource": resource, "policy": policy})
 
     # ---------------------------------------------------------------- workflow
 

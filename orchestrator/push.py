@@ -129,11 +129,11 @@ def _blobs(manifest: dict[str, Any]) -> list[str]:
     return [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
 
 
-def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
-    host, source, digest = split_image(deployment.output("build", "image"))
-    target_image = ctx.settings.image(deployment.service)
-    target = target_image.partition("/")[2]
-    registry = Registry(ctx, host)
+def publish(
+    registry: Registry, source: str, digest: str, target: str, tags: list[str]
+) -> dict[str, int]:
+    """Put image ``source@digest`` under ``target:tag`` for each tag, blobs mounted, not
+    uploaded; how many blobs were mounted, already present or copied."""
     body, kind = registry.manifest(source, digest)
     counts = {"mounted": 0, "present": 0, "copied": 0}
     for blob in _blobs(json.loads(body)):
@@ -144,7 +144,6 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
         else:
             registry.copy_blob(target, blob, source)
             counts["copied"] += 1
-    tags = [deployment.deployment_id, "latest"]
     for tag in tags:
         reported = registry.put_manifest(target, tag, body, kind)
         if reported and reported != digest:
@@ -152,4 +151,12 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
                 "PUSH_FAILED",
                 f"the registry stored {target}:{tag} as {reported}, not the built {digest}",
             )
+    return counts
+
+
+def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
+    host, source, digest = split_image(deployment.output("build", "image"))
+    target_image = ctx.settings.image(deployment.service)
+    tags = [deployment.deployment_id, "latest"]
+    counts = publish(Registry(ctx, host), source, digest, target_image.partition("/")[2], tags)
     return {"image": f"{target_image}@{digest}", "digest": digest, "tags": tags, **counts}

@@ -11,11 +11,9 @@ under the deployment's records, so a retried call returns it instead of redoing 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, NoReturn
 
 from google.api_core import exceptions
@@ -87,17 +85,25 @@ class Deployment:
 
 
 class Context:
-    """Clients, settings, records and the status publisher of one function process."""
+    """Settings, and the clients, records and status publisher of one function process.
+
+    Clients come from the factory on every use (it caches them, and drops them in a forked
+    child), so nothing here outlives a fork.
+    """
 
     def __init__(self, settings: Settings | None = None, factory: Any = None) -> None:
         self.settings = settings or Settings.from_env()
-        self.clients = factory or clients.default()
+        self._factory = factory
 
-    @cached_property
+    @property
+    def clients(self) -> Any:
+        return self._factory or clients.default()
+
+    @property
     def records(self) -> Records:
         return Records(self.settings, self.clients.storage)
 
-    @cached_property
+    @property
     def status(self) -> StatusPublisher:
         return StatusPublisher(
             self.settings.status_topic,
@@ -158,15 +164,6 @@ def warm() -> None:
     from google.cloud import eventarc_v1, pubsub_v1, run_v2, storage  # noqa: F401
     from google.cloud.devtools import cloudbuild_v1  # noqa: F401
     from google.cloud.workflows import executions_v1  # noqa: F401
-
-
-def _forget_context() -> None:
-    global _CONTEXT
-    _CONTEXT = None
-
-
-# Whatever a parent process built (channels, publisher threads) is not used after a fork.
-os.register_at_fork(after_in_child=_forget_context)
 
 
 def context() -> Context:

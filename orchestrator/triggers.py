@@ -105,7 +105,7 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
                 existing[t.name.rsplit("/", 1)[-1]] = location
     if wanted:
         set_invoker(
-            ctx,
+            ctx.clients.run_services,
             ctx.settings.service_path(deployment.service),
             {f"serviceAccount:{ctx.settings.trigger_service_account}"},
             None,

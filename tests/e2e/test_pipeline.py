@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import signal
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from localcloud.testing import Recorder, zip_dir
+from localcloud.testing import Recorder, zip_dir, zip_entries
 from orchestrator import manifest
 from orchestrator.config import pipeline as pipeline_names
 from tests.e2e.conftest import done, hello_source, steps, wait_until_serving
@@ -74,14 +73,6 @@ def test_redeploy_with_a_code_change_serves_the_new_revision_only(pipeline):
     assert len(revisions) == 2, "the old revision stays, out of traffic"
 
 
-def _zip_with(entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for info, data in entries:
-            zf.writestr(info, data)
-    return buffer.getvalue()
-
-
 def _symlink(name: str, target: str) -> tuple[zipfile.ZipInfo, bytes]:
     info = zipfile.ZipInfo(name)
     info.external_attr = 0o120777 << 16
@@ -89,22 +80,38 @@ def _symlink(name: str, target: str) -> tuple[zipfile.ZipInfo, bytes]:
 
 
 MAIN = b"def hello(request):\n    return 'bad'\n"
+
+
+def _undecodable_name() -> bytes:
+    """A zip whose directory flags its last name as UTF-8 but holds an invalid byte."""
+    data = bytearray(zip_entries([("main.py", MAIN), ("function.yaml", b"service: x\n")]))
+    header = data.rfind(b"PK\x01\x02")  # the last central directory entry
+    flags = int.from_bytes(data[header + 8 : header + 10], "little") | 0x800
+    data[header + 8 : header + 10] = flags.to_bytes(2, "little")
+    data[header + 46] = 0xFF  # the name's first byte
+    return bytes(data)
+
+
 BAD_INPUTS = {
     "not a zip": (b"this is not an archive", "not a valid zip"),
-    "zip slip": (_zip_with([("main.py", MAIN), ("../../etc/evil.py", b"x")]), "climbs out"),
-    "link out": (_zip_with([("main.py", MAIN), _symlink("data", "/etc/passwd")]), "symbolic link"),
-    "zip bomb": (_zip_with([("main.py", MAIN), ("bomb.txt", b"\0" * (8 << 20))]), "zip bomb"),
-    "missing main.py": (_zip_with([("app.py", MAIN)]), "no main.py"),
+    "damaged zip": (_undecodable_name(), "the zip archive is damaged"),
+    "zip slip": (zip_entries([("main.py", MAIN), ("../../etc/evil.py", b"x")]), "climbs out"),
+    "link out": (
+        zip_entries([("main.py", MAIN), _symlink("data", "/etc/passwd")]),
+        "symbolic link",
+    ),
+    "zip bomb": (zip_entries([("main.py", MAIN), ("bomb.txt", b"\0" * (8 << 20))]), "zip bomb"),
+    "missing main.py": (zip_entries([("app.py", MAIN)]), "no main.py"),
     "bad function.yaml": (
-        _zip_with([("main.py", MAIN), ("function.yaml", b"service: [")]),
+        zip_entries([("main.py", MAIN), ("function.yaml", b"service: [")]),
         "invalid YAML",
     ),
     "unknown field": (
-        _zip_with([("main.py", MAIN), ("function.yaml", b"servcie: x\n")]),
+        zip_entries([("main.py", MAIN), ("function.yaml", b"servcie: x\n")]),
         "servcie",
     ),
     "bad service name": (
-        _zip_with([("main.py", MAIN), ("function.yaml", b"service: Bad_Name\n")]),
+        zip_entries([("main.py", MAIN), ("function.yaml", b"service: Bad_Name\n")]),
         "service",
     ),
 }
@@ -165,6 +172,20 @@ def test_a_bad_deploy_request_fails_at_intake(pipeline):
         ("accepted", "failed", "INVALID_REQUEST")
     ]
     assert "colour" in found[0].message
+
+
+def test_a_deploy_request_for_a_missing_object_fails_at_intake(pipeline):
+    name = unique("missing")
+    source = f"gs://{pipeline.settings.sources_bucket}/nowhere/{name}.zip"
+    pipeline.request({"source": source, "service": name})
+    dep_id = manifest.deployment_id(
+        pipeline.settings.sources_bucket, f"nowhere/{name}.zip", 0, {"service": name}
+    )
+    events = pipeline.wait(dep_id, timeout=30)
+    assert [(e.step, e.state, e.error_code) for e in events] == [
+        ("accepted", "failed", "SOURCE_NOT_FOUND")
+    ]
+    assert events[0].message == f"{source} does not exist"
 
 
 def test_a_duplicate_event_is_one_deployment(pipeline):

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import zipfile
 
 import pytest
 
+from localcloud.testing import zip_entries
 from orchestrator.archive import ArchiveProblem, inspect
-
-
-def make(entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for info, data in entries:
-            zf.writestr(info, data)
-    return buffer.getvalue()
 
 
 def link(name: str) -> zipfile.ZipInfo:
@@ -28,7 +20,7 @@ MAIN = ("main.py", b"def f(request):\n    return 'ok'\n")
 
 
 def test_a_plain_function_passes_and_lists_its_files():
-    contents = inspect(make([MAIN, ("lib/util.py", b"x = 1\n"), ("function.yaml", b"")]))
+    contents = inspect(zip_entries([MAIN, ("lib/util.py", b"x = 1\n"), ("function.yaml", b"")]))
     assert contents.files == {"main.py", "lib/util.py", "function.yaml"}
 
 
@@ -47,7 +39,7 @@ def test_a_plain_function_passes_and_lists_its_files():
 )
 def test_refusals_name_the_entry_and_the_rule(entries, phrase):
     with pytest.raises(ArchiveProblem, match=phrase):
-        inspect(make(entries))
+        inspect(zip_entries(entries))
 
 
 def test_not_a_zip_is_named():
@@ -60,10 +52,10 @@ def test_limits_on_size_and_entries(monkeypatch):
 
     monkeypatch.setattr(archive, "MAX_ENTRIES", 3)
     with pytest.raises(ArchiveProblem, match="entries; the limit is 3"):
-        inspect(make([MAIN, ("a", b""), ("b", b""), ("c", b"")]))
+        inspect(zip_entries([MAIN, ("a", b""), ("b", b""), ("c", b"")]))
     monkeypatch.setattr(archive, "MAX_ARCHIVE_BYTES", 10)
     with pytest.raises(ArchiveProblem, match="the limit is 10 bytes"):
-        inspect(make([MAIN]))
+        inspect(zip_entries([MAIN]))
 
 
 def test_damaged_archives_are_refused_never_crash():
@@ -73,7 +65,7 @@ def test_damaged_archives_are_refused_never_crash():
     from orchestrator.archive import DAMAGED
     from orchestrator.manifest import ManifestError, read_manifest_from_zip
 
-    good = make([MAIN, ("function.yaml", b"service: fine\nentry_point: f\n" * 3)])
+    good = zip_entries([MAIN, ("function.yaml", b"service: fine\nentry_point: f\n" * 3)])
     rng = random.Random(7)
     for _ in range(3000):
         data = bytearray(good)
