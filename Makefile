@@ -6,7 +6,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | sha1sum | cut -c1-12)
-DEBIAN_PACKAGES := docker-registry:docker-registry bwrap:bubblewrap
+# command-or-file:package; instances run under bubblewrap, with pasta (passt) for their own
+# network and the container runtimes' default seccomp profile (golang-github-containers-common).
+DEBIAN_PACKAGES := docker-registry:docker-registry bwrap:bubblewrap pasta:passt \
+	/usr/share/containers/seccomp.json:golang-github-containers-common
 PYTEST_ARGS ?=
 
 .PHONY: help deps venv up down status demo test test-fast bench lint fmt clean
@@ -14,9 +17,11 @@ PYTEST_ARGS ?=
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-deps: ## Install the Debian packages localcloud runs (docker-registry, bubblewrap) when missing
+deps: ## Install the Debian packages localcloud runs (registry, bubblewrap, passt, seccomp profile)
 	@missing=""; for pair in $(DEBIAN_PACKAGES); do \
-	  cmd=$${pair%%:*}; pkg=$${pair##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  if [ "$${cmd#/}" != "$$cmd" ]; then test -e $$cmd || missing="$$missing $$pkg"; \
+	  else command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; fi; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

@@ -31,6 +31,7 @@ from localcloud.pubsub import names
 from localcloud.pubsub.engine import PubSub
 from localcloud.pubsub.push import PushWorker
 from localcloud.pubsub.service import Publisher, Subscriber
+from localcloud.run import sandbox
 from localcloud.run.autoscaler import Autoscaler
 from localcloud.run.controller import Controller
 from localcloud.run.images import ImageCache
@@ -105,9 +106,7 @@ class LocalCloud:
         self.controller = Controller(
             cfg, self.run_store, self.operations, self.policies, self.autoscaler, cfg.client_env()
         )
-        self.ingress = Ingress(
-            self.controller, self.issuer, self.session, cfg.host, cfg.ingress_port
-        )
+        self.ingress = Ingress(self.controller, self.issuer, cfg.host, cfg.ingress_port)
         self.controller.ingress = self.ingress
         await self.ingress.start()
         await self.controller.start()
@@ -171,7 +170,11 @@ class LocalCloud:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         ok = all(v == "ok" for v in self.health.values())
-        body = {"status": "ok" if ok else "degraded", "parts": self.health}
+        body = {
+            "status": "ok" if ok else "degraded",
+            "parts": self.health,
+            "sandbox": sandbox.isolation().report(),
+        }
         return web.json_response(body, status=200 if ok else 503)
 
     async def stop(self) -> None:
@@ -191,6 +194,7 @@ class LocalCloud:
             await self.controller.stop()
             await self.autoscaler.stop()
             await self.ingress.stop()
+            sandbox.isolation().close()
         if hasattr(self, "pubsub"):
             await self.pubsub.stop()
         if stopping is not None:

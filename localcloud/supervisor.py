@@ -25,6 +25,7 @@ from typing import IO
 from localcloud.core.children import Child
 from localcloud.core.config import Config
 from localcloud.registry import registry
+from localcloud.run import stage
 from localcloud.server import LocalCloud
 from localcloud.storage import gcs
 
@@ -181,6 +182,10 @@ def serve(config: Config) -> int:
         return 1
     try:
         check_ports(config)
+        try:
+            stage.isolate()  # while this process has one thread (see localcloud/run/stage.py)
+        except OSError as exc:
+            LOG.warning("no private mount namespace (%s): instances may not start as nobody", exc)
         asyncio.run(Supervisor(config).run())
     except (PortTaken, RuntimeError, OSError) as exc:
         print(f"localcloud: {exc}", file=sys.stderr)

@@ -122,6 +122,7 @@ def start(
     }
     for key in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "LOCALCLOUD_GRPC_HOST"):
         env.pop(key, None)
+    config = Config.from_env(env)  # what the server reads, extra_env included
     log_dir = config.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "localcloud.log", "ab") as log:
@@ -315,7 +316,9 @@ class Recorder:
     here, so a test sees what really reached the function.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """``port``: one of localcloud's ``run_host_ports`` when sandboxed functions post
+        here (an instance reaches no other port of the host)."""
         self.events: list[dict] = []
         self.arrived = threading.Condition()
         recorder = self
@@ -332,7 +335,7 @@ class Recorder:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -10,6 +10,7 @@ a person configure it the same way.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import os
 import signal
@@ -96,6 +97,7 @@ data_option = click.option(
 def up(data: str | None, pipeline: bool) -> None:
     """Start localcloud, wait until every part is healthy, then provision the pipeline."""
     config = _config(data)
+    _warn_if_exposed(config.host)
     state = _state(config)
     if state is not None:
         click.echo(f"localcloud is already running (pid {state['pid']}) on {config.data_dir}")
@@ -104,6 +106,20 @@ def up(data: str | None, pipeline: bool) -> None:
         state = _start(config)
     if pipeline:
         _provision(state)
+
+
+def _warn_if_exposed(host: str) -> None:
+    """localcloud has no authentication of its own callers: off loopback, anyone can call it."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        click.echo(
+            f"warning: LOCALCLOUD_HOST={host} is not a loopback address: every machine that "
+            "can reach it can call localcloud's APIs and storage as the project's owner",
+            err=True,
+        )
 
 
 def _start(config: Config) -> dict:
@@ -199,9 +215,22 @@ def status(data: str | None) -> None:
     click.echo(f"localcloud (pid {state['pid']}) is {health['status']}")
     for part, value in sorted(health.get("parts", {}).items()):
         click.echo(f"  {part:<10} {value}")
+    _print_sandbox(health.get("sandbox"))
     _print_addresses(state)
     if health["status"] != "ok":
         sys.exit(1)
+
+
+def _print_sandbox(report: dict | None) -> None:
+    """How Cloud Run instances are contained here, and what this machine cannot enforce."""
+    if not report:
+        return
+    click.echo(
+        f"  sandbox    user {report.get('user')}, network {report.get('network')}, cgroups "
+        f"{report.get('cgroups') or 'none'}, seccomp {'on' if report.get('seccomp') else 'off'}"
+    )
+    for what, why in (report.get("not_enforced") or {}).items():
+        click.echo(f"  warning    {what} not enforced: {why}")
 
 
 @local.command()

@@ -19,7 +19,12 @@ import pytest
 from google.cloud import pubsub_v1
 
 from localcloud import testing
+from localcloud.run import stage
 from localcloud.testing import write_wheel
+
+# Tests start sandboxed instances in this process too: as root, give it the private mount
+# namespace localcloud's server has (it must be entered while pytest has one thread).
+stage.isolate()
 
 PROJECT = "local-project"
 GREETING_MODULE = 'def greet(name):\n    return f"hello, {name}, from a wheel"\n'
@@ -36,6 +41,9 @@ def localcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testing.Ins
             "LOCALCLOUD_PUSH_MAX_BACKOFF_MS": "1000",
             "LOCALCLOUD_WHEELHOUSE": str(wheelhouse),
             "LOCALCLOUD_RUN_IDLE_MS": "3000",
+            "LOCALCLOUD_RUN_LOG_MAX_BYTES": str(1 << 20),  # small, so a log flood test is cheap
+            # Where a test's Recorder listens: sandboxed functions reach no other host port.
+            "LOCALCLOUD_RUN_HOST_PORTS": str(testing.free_port()),
             "LOCALCLOUD_EVENTARC_MIN_BACKOFF_MS": "100",
             "LOCALCLOUD_EVENTARC_MAX_BACKOFF_MS": "500",
         },

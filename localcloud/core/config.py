@@ -46,6 +46,17 @@ def _int(environ: Mapping[str, str], name: str, default: int, lo: int, hi: int) 
     return value
 
 
+def _ports(env: Mapping[str, str], name: str) -> tuple[int, ...]:
+    text = env.get(name) or ""
+    try:
+        ports = tuple(int(p) for p in text.replace(" ", "").split(",") if p)
+    except ValueError:
+        raise ConfigError(f"{name} must be a comma-separated list of ports, not {text!r}") from None
+    if any(not 0 < p < 65536 for p in ports):
+        raise ConfigError(f"{name}: ports are between 1 and 65535")
+    return ports
+
+
 def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raw = environ.get(name)
     if raw is None or raw == "":
@@ -84,6 +95,11 @@ class Config:
     run_first_port: int = 8100
     run_idle_seconds: float = 300.0
     run_unsandboxed: bool = False
+    # Host loopback ports instances may call besides localcloud's (a local database, a test's
+    # receiver); everything else on the host is out of their reach.
+    run_host_ports: tuple[int, ...] = ()
+    # A revision's log rotates at this size (one previous file kept).
+    run_log_max_bytes: int = 10 * 1024 * 1024
     # Eventarc delivery retries (Google: 10 s..600 s).
     eventarc_min_backoff: float = 10.0
     eventarc_max_backoff: float = 600.0
@@ -109,6 +125,10 @@ class Config:
             run_first_port=_int(env, "LOCALCLOUD_RUN_FIRST_PORT", 8100, 1, 65535),
             run_idle_seconds=_int(env, "LOCALCLOUD_RUN_IDLE_MS", 300_000, 100, 86_400_000) / 1000,
             run_unsandboxed=_bool(env, "LOCALCLOUD_RUN_UNSANDBOXED", False),
+            run_host_ports=_ports(env, "LOCALCLOUD_RUN_HOST_PORTS"),
+            run_log_max_bytes=_int(
+                env, "LOCALCLOUD_RUN_LOG_MAX_BYTES", 10 * 1024 * 1024, 4096, 1 << 40
+            ),
             eventarc_min_backoff=_int(env, "LOCALCLOUD_EVENTARC_MIN_BACKOFF_MS", 10_000, 0, 600_000)
             / 1000,
             eventarc_max_backoff=_int(

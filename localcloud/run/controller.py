@@ -34,7 +34,7 @@ from localcloud.core.errors import (
 )
 from localcloud.core.iam import PolicyStore
 from localcloud.operations.store import OperationStore
-from localcloud.run import names, sandbox
+from localcloud.run import names, resources, sandbox
 from localcloud.run.autoscaler import DEFAULT_CONCURRENCY, Autoscaler, Pool, log_path
 from localcloud.run.store import RevisionPb, RunStore, ServicePb
 
@@ -43,6 +43,9 @@ C = types.Condition
 LATEST = types.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
 BY_REVISION = types.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 DEFAULT_TIMEOUT = 300
+# Service ports (from run_first_port up) that instances reach on their own loopback, so a
+# function can call another service by its URL. Ports past these are not forwarded.
+SERVICE_PORTS_REACHABLE = 100
 OUTPUT_ONLY = (
     "uid",
     "generation",
@@ -139,6 +142,7 @@ class Controller:
             )
         if not template.containers[0].image:
             raise InvalidArgument("service.template.containers[0].image is required")
+        resources.limits(dict(template.containers[0].resources.limits))
         scaling = template.scaling
         if scaling.max_instance_count and scaling.min_instance_count > scaling.max_instance_count:
             raise InvalidArgument(
@@ -552,6 +556,18 @@ class Controller:
         env.update({e.name: e.value for e in container.env})
         self.log_dir.mkdir(parents=True, exist_ok=True)
         unsandboxed = self.config.run_unsandboxed
+        limits = resources.limits(dict(container.resources.limits))
+        cfg = self.config
+        # What an instance reaches on its own loopback: localcloud's APIs and the services.
+        forward = (
+            cfg.grpc_port,
+            cfg.storage_port,
+            cfg.registry_port,
+            cfg.http_port,
+            cfg.ingress_port,
+            *range(cfg.run_first_port, cfg.run_first_port + SERVICE_PORTS_REACHABLE),
+            *cfg.run_host_ports,
+        )
 
         def spec_for(port: int) -> Any:
             return sandbox.InstanceSpec(
@@ -562,6 +578,9 @@ class Controller:
                 unsandboxed=unsandboxed,
                 command=list(container.command) or None,
                 args=list(container.args) or None,
+                limits=limits,
+                forward_ports=forward,
+                log_max_bytes=cfg.run_log_max_bytes,
             )
 
         pool = Pool(

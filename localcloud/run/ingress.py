@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from localcloud.core.oidc import InvalidToken, Issuer, owner_email
+from localcloud.run import sandbox
 from localcloud.run.autoscaler import Overloaded, StartFailed
 from localcloud.run.images import ImageError
 
@@ -42,12 +43,9 @@ class InstanceUnreachable(Exception):
 
 
 class Ingress:
-    def __init__(
-        self, controller: Any, issuer: Issuer, session: aiohttp.ClientSession, host: str, port: int
-    ) -> None:
+    def __init__(self, controller: Any, issuer: Issuer, host: str, port: int) -> None:
         self.controller = controller
         self.issuer = issuer
-        self.session = session
         self.host = host
         self.port = port
         self.runners: dict[str, web.AppRunner] = {}
@@ -149,7 +147,7 @@ class Ingress:
             except (Overloaded, StartFailed, ImageError) as exc:
                 return self._refused(exc)
             try:
-                return await self._proxy(request, slot.instance.port, rev)
+                return await self._proxy(request, slot.instance, rev)
             except InstanceUnreachable:
                 # The instance died between being picked and being called (nothing was
                 # sent yet): drop it and try once more on a live or fresh one.
@@ -170,7 +168,9 @@ class Ingress:
             )
         return web.Response(status=503, text=f"The revision's image is not available: {exc}\n")
 
-    async def _proxy(self, request: web.Request, port: int, rev: Any) -> web.StreamResponse:
+    async def _proxy(
+        self, request: web.Request, instance: sandbox.Instance, rev: Any
+    ) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         if "Transfer-Encoding" in request.headers:
             headers.pop("Content-Length", None)
@@ -179,12 +179,13 @@ class Ingress:
         headers["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
         headers["X-Forwarded-Proto"] = request.scheme
         headers["X-Forwarded-Host"] = request.host
-        url = f"http://127.0.0.1:{port}{request.rel_url}"
+        url = f"{instance.url}{request.rel_url}"
         timeout = aiohttp.ClientTimeout(total=rev.timeout.seconds or 300)
         body = request.content if request.body_exists else None
         response: web.StreamResponse | None = None
         try:
-            async with self.session.request(
+            # The instance's own session: its connections open inside its network namespace.
+            async with instance.session.request(
                 request.method,
                 url,
                 headers=headers,

@@ -1,9 +1,20 @@
-"""Start one Cloud Run instance of an unpacked image, sandboxed with bubblewrap.
+"""Start one Cloud Run instance of an unpacked image, contained as Cloud Run contains it.
 
-localcloud has no container engine, so an instance is a process on this machine. To keep
-"it works locally" honest and to keep a function from reading the developer's files, the
-process runs under bubblewrap (``bwrap``) in its own mount, PID, IPC and UTS namespaces:
+localcloud has no container engine, so an instance is a process on this machine, run
+under bubblewrap (``bwrap``) and held to what a Cloud Run container may do:
 
+- **its own user namespace**: root inside is ``nobody`` outside (a root localcloud runs
+  bwrap as ``nobody``; anyone else's localcloud maps root inside to that user), with every
+  capability dropped, no new privileges, and no new namespaces. Host files stay
+  the host's: ``/proc/sys`` and the other parts of ``/proc`` that can change the machine
+  are read-only, and writing them is refused anyway, since their owner is not mapped;
+- **the seccomp filter container runtimes apply by default** (``seccomp.py``);
+- **its own PID, IPC, UTS, cgroup and network namespaces**: its port is reachable only
+  through the ingress, it reaches localcloud's APIs and the internet (``network.py``);
+- **Cloud Run's resource limits**: memory (``/tmp`` is a tmpfs of that size, charged to
+  the instance), CPU and a process limit, in a cgroup (``cgroups.py``); an instance over
+  its memory is killed, as Cloud Run kills it, and the revision's log says so;
+- **its own log**, through a pipe, capped and rotated per revision (``logs.py``);
 - the host's system directories (``/usr``, ``/lib``...) and the few files of ``/etc`` a
   Python program needs are bound read-only, because localcloud images carry no OS: the
   buildpack builds them against the host's Python (see ``localcloud/build/buildpack.py``);
@@ -12,16 +23,14 @@ process runs under bubblewrap (``bwrap``) in its own mount, PID, IPC and UTS nam
   provide packages (as on Google Cloud), and linked as ``/usr/local/bin/python3``, which is
   what the image's ``python3`` entrypoint finds on its ``PATH``;
 - each top-level directory of the image (``/workspace``, ``/layers``) is bound read-only
-  at its path; ``/tmp`` is a private tmpfs; ``/proc`` and ``/dev`` are the sandbox's own;
-- the environment is exactly the image's ``Env`` overlaid with the instance's variables;
-- every capability is dropped: bwrap started by root keeps them all by default, and with
-  e.g. CAP_DAC_READ_SEARCH a process can open any inode of a bound filesystem by handle;
-- the network is the host's, so the instance listens on ``127.0.0.1:PORT`` and reaches
-  localcloud's emulators at the addresses in its environment.
+  at its path; ``/tmp`` is private; ``/proc`` and ``/dev`` are the sandbox's own;
+- the environment is exactly the image's ``Env`` overlaid with the instance's variables.
 
 Not visible inside: the user's home (beyond the bound Python prefix), localcloud's data
-directory, the project tree, the host's processes. Without bubblewrap, instances only run
-when the user opts out of the sandbox explicitly (``LOCALCLOUD_RUN_UNSANDBOXED=true``).
+directory, the project tree, the host's processes and ports. What this machine cannot
+enforce (no root, no cgroups, no pasta) is listed by :func:`isolation`, which ``orch local
+status`` prints. Without bubblewrap, instances only run when the user opts out of the
+sandbox explicitly (``LOCALCLOUD_RUN_UNSANDBOXED=true``).
 """
 
 from __future__ import annotations
@@ -41,6 +50,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+
+from localcloud.run import cgroups, logs, network, seccomp, stage
 from localcloud.run.images import UnpackedImage
 
 LOG = logging.getLogger(__name__)
@@ -72,9 +84,12 @@ RESERVED = frozenset({"usr", "lib", "lib64", "lib32", "libx32", "bin", "sbin", "
     "tmp",
 }
 PYTHON_BIN = "/usr/local/bin"
+NOBODY = 65534  # whom root inside an instance is, outside, when localcloud runs as root
+DEFAULT_LIMITS = cgroups.Limits(memory=512 * 1024 * 1024, cpu=1.0, pids=1024)
 READY_POLL = 0.005  # a refused connect costs microseconds; cold starts wait less
 STOP_SETTLE = 5.0  # how long stop() waits for killed processes to be gone
 LOG_TAIL_BYTES = 64 * 1024
+STARTUP_REPORT = 30.0  # how long bwrap may take to create the namespaces
 NO_BWRAP = (
     "bubblewrap (bwrap) is not installed: install the Debian package bubblewrap (make deps) "
     "or set LOCALCLOUD_RUN_UNSANDBOXED=true to run functions without a sandbox"
@@ -102,6 +117,61 @@ class InstanceSpec:
     unsandboxed: bool = False
     command: list[str] | None = None
     args: list[str] | None = None
+    limits: cgroups.Limits = DEFAULT_LIMITS
+    # Host ports the instance reaches on its own 127.0.0.1 (localcloud's APIs and services).
+    forward_ports: tuple[int, ...] = ()
+    log_max_bytes: int = logs.DEFAULT_MAX_BYTES
+
+
+class Isolation:
+    """What this machine lets the sandbox enforce, found out once per process."""
+
+    def __init__(self) -> None:
+        self.root = os.geteuid() == 0
+        self.cgroups = cgroups.Cgroups()
+        self.pasta = network.pasta_available()
+        self.network = self.root and self.pasta is not None
+        self.seccomp_problem = ""
+        try:
+            seccomp.compiled()
+        except (seccomp.SeccompUnavailable, OSError) as exc:
+            self.seccomp_problem = str(exc)
+
+    def report(self) -> dict[str, object]:
+        """For ``orch local status``: each protection, on or off, and why when off."""
+        missing: dict[str, str] = {}
+        if not self.network:
+            missing["network isolation"] = (
+                "pasta is not installed (Debian package passt)"
+                if self.pasta is None
+                else "needs a localcloud running as root (it opens sockets in each "
+                "instance's network namespace)"
+            )
+        if self.seccomp_problem:
+            missing["seccomp filter"] = self.seccomp_problem
+        if not self.cgroups.enforced:
+            missing["memory, cpu and process limits"] = self.cgroups.problem
+        return {
+            "bubblewrap": bwrap_available() is not None,
+            "user": "nobody (root inside)" if self.root else f"uid {os.geteuid()} (root inside)",
+            "cgroups": self.cgroups.report().get("cgroups"),
+            "network": "own namespace, pasta" if self.network else "the host's",
+            "seccomp": not self.seccomp_problem,
+            "not_enforced": missing,
+        }
+
+    def close(self) -> None:
+        self.cgroups.close()
+
+
+_isolation: Isolation | None = None
+
+
+def isolation() -> Isolation:
+    global _isolation
+    if _isolation is None:
+        _isolation = Isolation()
+    return _isolation
 
 
 @dataclass(frozen=True)
@@ -223,25 +293,51 @@ def _reserved(python: PythonInstall | None) -> set[str]:
     return reserved
 
 
-def bwrap_argv(bwrap: str, spec: InstanceSpec, python: PythonInstall | None) -> list[str]:
+@dataclass(frozen=True)
+class Fds:
+    """Descriptors bwrap inherits: the seccomp program, where it reports its child's pid,
+    and the pipe it waits on until the instance's cgroup and network are in place."""
+
+    seccomp: int | None = None
+    info: int | None = None
+    block: int | None = None
+
+    def passed(self) -> tuple[int, ...]:
+        return tuple(fd for fd in (self.seccomp, self.info, self.block) if fd is not None)
+
+
+def bwrap_argv(
+    bwrap: str,
+    spec: InstanceSpec,
+    python: PythonInstall | None,
+    fds: Fds = Fds(),
+    own_network: bool = False,
+) -> list[str]:
     """The whole bwrap command line for ``spec`` (separate so it can be read and tested)."""
     image = spec.image
     cmd = [bwrap, "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    cmd += ["--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    # No --disable-userns: pasta must still join the namespace; the seccomp filter refuses
+    # new namespaces to the instance's processes (they hold no CAP_SYS_ADMIN) anyway.
+    cmd += ["--unshare-user", "--uid", "0", "--gid", "0"]
+    cmd += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if own_network:
+        cmd += ["--unshare-net"]
     bound: list[str] = []
     for path in SYSTEM_DIRS:
         if os.path.islink(path):
             cmd += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
-            cmd += ["--ro-bind", path, path]
+            cmd += ["--ro-bind", stage.reachable(path), path]
             bound.append(path)
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # /tmp is Cloud Run's in-memory file system: as big as the memory limit, charged to it.
+    cmd += ["--proc", "/proc", "--dev", "/dev"]
+    cmd += ["--size", str(spec.limits.memory), "--tmpfs", "/tmp"]
     for path in ETC_FILES:
         if os.path.exists(path):
-            cmd += ["--ro-bind", path, path]
+            cmd += ["--ro-bind", stage.reachable(path), path]
     if python is not None:
         if not any(python.prefix == b or python.prefix.startswith(b + "/") for b in bound):
-            cmd += ["--ro-bind", python.prefix, python.prefix]
+            cmd += ["--ro-bind", stage.reachable(python.prefix), python.prefix]
         for site_dir in python.site_dirs:
             if os.path.isdir(site_dir):
                 cmd += ["--tmpfs", site_dir]
@@ -257,7 +353,13 @@ def bwrap_argv(bwrap: str, spec: InstanceSpec, python: PythonInstall | None) -> 
         if top.is_symlink():
             cmd += ["--symlink", os.readlink(top), dest]
         else:
-            cmd += ["--ro-bind", str(top), dest]
+            cmd += ["--ro-bind", stage.reachable(str(top)), dest]
+    if fds.seccomp is not None:
+        cmd += ["--seccomp", str(fds.seccomp)]
+    if fds.info is not None:
+        cmd += ["--info-fd", str(fds.info)]
+    if fds.block is not None:
+        cmd += ["--block-fd", str(fds.block)]
     cmd += ["--chdir", image.working_dir or "/", "--clearenv"]
     for key, value in instance_env(spec).items():
         cmd += ["--setenv", key, value]
@@ -325,13 +427,92 @@ class Instance:
         argv: list[str],
         log_offset: int,
         sandboxed: bool,
+        log: logs.RevisionLog | None = None,
+        netns: network.Namespace | None = None,
+        cgroup: cgroups.InstanceCgroup | None = None,
+        child_pid: int | None = None,
     ) -> None:
         self.process = process
         self.spec = spec
         self.argv = argv
         self.sandboxed = sandboxed
+        self.log = log or logs.revision_log(spec.log_path, spec.log_max_bytes)
+        self.netns = netns
+        self.cgroup = cgroup
+        self.child_pid = child_pid  # the sandbox's init, as the host sees it
+        self.oom_killed = False
         self._log_offset = log_offset
+        self._rotations = self.log.rotations
+        self._session: aiohttp.ClientSession | None = None
+        self._oom_fd: int | None = None
         self._exited = asyncio.ensure_future(process.wait())
+        self._cleaned = asyncio.ensure_future(self._after_exit())
+        if cgroup is not None:
+            self._watch_memory(cgroup)
+
+    def _watch_memory(self, cgroup: cgroups.InstanceCgroup) -> None:
+        """cgroup v1 kills one process at a time: on its OOM event, end the whole instance
+        (v2's ``memory.oom.group`` does that in the kernel)."""
+        try:
+            fd = cgroup.oom_eventfd()
+        except OSError:
+            fd = None
+        if fd is None:
+            return
+        self._oom_fd = fd
+
+        def fired() -> None:
+            with contextlib.suppress(OSError):
+                os.eventfd_read(fd)
+            if self.running and not self.oom_killed:
+                self.oom_killed = True
+                self._kill_sandbox()
+
+        asyncio.get_running_loop().add_reader(fd, fired)
+
+    def _kill_sandbox(self) -> None:
+        # The sandbox's init: when it dies, the kernel kills every process of its namespace.
+        target = self.child_pid or self.pid
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(target, signal.SIGKILL)
+
+    async def _after_exit(self) -> None:
+        """Once the instance is gone: say why if memory killed it, release what it held."""
+        await self._exited
+        if self._oom_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._oom_fd)
+            os.close(self._oom_fd)
+            self._oom_fd = None
+        group = self.cgroup
+        if group is not None:
+            if group.oom_kills() or self.oom_killed:
+                self.oom_killed = True
+                limit = group.limits.memory // (1024 * 1024)
+                used = max(group.peak_memory() // (1024 * 1024), limit)
+                self.log.write(
+                    f"[localcloud] Memory limit of {limit} MiB exceeded with {used} MiB used. "
+                    "Consider increasing the memory limit, see "
+                    "https://cloud.google.com/run/docs/configuring/memory-limits\n".encode()
+                )
+                LOG.warning("instance on port %d killed: over its %d MiB", self.port, limit)
+            await asyncio.to_thread(group.remove)
+        if self.netns is not None:
+            self.netns.close()
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """HTTP to this instance: its connections are opened inside its network."""
+        if self._session is None:
+            factory = self.netns.socket_factory if self.netns is not None else None
+            connector = aiohttp.TCPConnector(socket_factory=factory, limit=0)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return self._session
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self.returncode}"
@@ -375,10 +556,11 @@ class Instance:
 
     def log_tail(self, n: int = 20) -> str:
         """The last ``n`` lines this instance wrote to its log (not earlier instances')."""
+        offset = self._log_offset if self.log.rotations == self._rotations else 0
         try:
             with open(self.spec.log_path, "rb") as f:
                 size = f.seek(0, os.SEEK_END)
-                f.seek(max(self._log_offset, size - LOG_TAIL_BYTES))
+                f.seek(max(offset, size - LOG_TAIL_BYTES))
                 data = f.read()
         except OSError:
             return ""
@@ -405,9 +587,7 @@ class Instance:
                     f"log ends with:\n{self.log_tail()}"
                 )
             try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", self.port), min(remaining, 1.0)
-                )
+                _, writer = await asyncio.wait_for(self.connect(), min(remaining, 1.0))
             except (OSError, TimeoutError):
                 await asyncio.wait({self._exited}, timeout=min(READY_POLL, remaining))
                 continue
@@ -416,6 +596,11 @@ class Instance:
                 await writer.wait_closed()
             if self.running:  # else someone else's listener answered; report the exit
                 return
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.netns is not None:
+            return await self.netns.connect(self.port)
+        return await asyncio.open_connection("127.0.0.1", self.port)
 
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the program, SIGKILL whatever is left after ``grace`` seconds.
@@ -445,6 +630,7 @@ class Instance:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         await self._exited
+        await asyncio.shield(self._cleaned)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STOP_SETTLE
         while any(_same(pid, started) for pid, started in tree):
@@ -469,41 +655,171 @@ async def start(spec: InstanceSpec) -> Instance:
     python = await asyncio.to_thread(find_python, runtime) if runtime else None
     argv = container_argv(spec)
     bwrap = bwrap_available()
-    if bwrap is not None and not spec.unsandboxed:
-        cmd, env, cwd = bwrap_argv(bwrap, spec, python), {}, "/"
-        sandboxed = True
-    elif spec.unsandboxed:
-        cmd, env, cwd = _unsandboxed_argv(spec, python)
-        sandboxed = False
+    if spec.unsandboxed:
         LOG.warning(
             "running an instance of %s WITHOUT a sandbox (LOCALCLOUD_RUN_UNSANDBOXED): it can "
             "read and write everything this user can",
             image.digest,
         )
-    else:
+        return await _start_unsandboxed(spec, python, argv)
+    if bwrap is None:
         raise SandboxError(NO_BWRAP)
-    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    return await _start_sandboxed(bwrap, spec, python, argv)
+
+
+def _log_start(log: logs.RevisionLog, spec: InstanceSpec, mode: str, argv: list[str]) -> int:
+    offset = log.size()
+    log.write(f"[localcloud] starting ({mode}, port {spec.port}): {shlex.join(argv)}\n".encode())
+    return offset
+
+
+async def _start_unsandboxed(
+    spec: InstanceSpec, python: PythonInstall | None, argv: list[str]
+) -> Instance:
+    cmd, env, cwd = _unsandboxed_argv(spec, python)
+    log = logs.revision_log(spec.log_path, spec.log_max_bytes)
+    offset = _log_start(log, spec, "UNSANDBOXED", argv)
+    read, write = os.pipe()
     try:
-        offset = os.fstat(fd).st_size
-        mode = "sandboxed" if sandboxed else "UNSANDBOXED"
-        os.write(
-            fd, f"[localcloud] starting ({mode}, port {spec.port}): {shlex.join(argv)}\n".encode()
-        )
         process = await asyncio.create_subprocess_exec(
             *cmd,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=fd,
+            stdout=write,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             cwd=cwd,
             start_new_session=True,  # its own process group, signalled as one by stop()
         )
     except OSError as exc:
+        os.close(read)
         raise SandboxError(f"cannot start {cmd[0]}: {exc}") from exc
     finally:
-        os.close(fd)
-    LOG.info(
-        "started instance pid %d (%s) of %s on port %d", process.pid, mode, image.digest, spec.port
+        os.close(write)
+    log.pump(read, f"port {spec.port}")
+    LOG.info("started instance pid %d (UNSANDBOXED) on port %d", process.pid, spec.port)
+    return Instance(process, spec, argv, offset, False, log)
+
+
+@functools.lru_cache(maxsize=1)
+def _as_nobody() -> tuple[str, ...]:
+    """The prefix that runs bwrap as ``nobody``, with no groups and no capabilities."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise SandboxError("setpriv (Debian package util-linux) is needed to start instances")
+    return (
+        setpriv,
+        f"--reuid={NOBODY}",
+        f"--regid={NOBODY}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--",
     )
-    return Instance(process, spec, argv, offset, sandboxed)
+
+
+def _read_info(fd: int, timeout: float) -> dict:
+    """bwrap's ``--info-fd`` report (``{"child-pid": N, ...}``); closes ``fd``."""
+    import select
+
+    data = b""
+    try:
+        while not data.rstrip().endswith(b"}"):
+            ready, _, _ = select.select([fd], [], [], timeout)
+            if not ready:
+                raise SandboxError(f"bwrap did not report its sandbox within {timeout:g}s")
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise SandboxError("bwrap exited before its sandbox was set up") from None
+
+
+async def _start_sandboxed(
+    bwrap: str, spec: InstanceSpec, python: PythonInstall | None, argv: list[str]
+) -> Instance:
+    iso = isolation()
+    if iso.seccomp_problem:
+        raise SandboxError(f"instances need the default seccomp filter: {iso.seccomp_problem}")
+    log = logs.revision_log(spec.log_path, spec.log_max_bytes)
+    seccomp_fd = seccomp.memfd()
+    info_r, info_w = os.pipe()
+    block_r, block_w = os.pipe()
+    out_r, out_w = os.pipe()
+    fds = Fds(seccomp=seccomp_fd, info=info_w, block=block_r)
+    for fd in fds.passed():
+        os.set_inheritable(fd, True)
+    group: cgroups.InstanceCgroup | None = None
+    process: asyncio.subprocess.Process | None = None
+    netns: network.Namespace | None = None
+    try:
+        cmd = bwrap_argv(bwrap, spec, python, fds, own_network=iso.network)
+        if iso.cgroups.enforced:
+            group = await asyncio.to_thread(iso.cgroups.create, spec.limits)
+        offset = _log_start(log, spec, "sandboxed", argv)
+        if iso.root:
+            # Not subprocess's user=/group=: they make Python fork() instead of vfork(),
+            # and gRPC's fork handlers then crash the child now and then (SIGSEGV, SIGABRT).
+            cmd = [*_as_nobody(), *cmd]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=asyncio.subprocess.STDOUT,
+                env={},
+                cwd="/",
+                pass_fds=fds.passed(),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise SandboxError(f"cannot start {cmd[0]}: {exc}") from exc
+        for fd in (info_w, block_r, out_w, seccomp_fd):
+            os.close(fd)
+        info_w = block_r = out_w = seccomp_fd = -1
+        log.pump(out_r, f"port {spec.port}")
+        out_r = -1
+        fd, info_r = info_r, -1
+        try:
+            info = await asyncio.to_thread(_read_info, fd, STARTUP_REPORT)
+        except SandboxError as exc:
+            code = await asyncio.wait_for(process.wait(), 5)
+            raise SandboxError(f"{exc} (bwrap's exit status {code})") from None
+        child = int(info["child-pid"])
+        if group is not None:
+            await asyncio.to_thread(group.add, child)
+        if iso.network:
+            netns = network.Namespace(child)
+            forward = [p for p in spec.forward_ports if p != spec.port]
+            await network.attach(child, forward)
+        os.write(block_w, b"go")  # cgroup and network in place: let the program start
+    except BaseException as exc:
+        if block_w >= 0:  # a sandbox still waiting to start reads EOF and exits
+            os.close(block_w)
+            block_w = -1
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        if group is not None:
+            await asyncio.to_thread(group.remove)
+        if netns is not None:
+            netns.close()
+        if isinstance(exc, (OSError, network.NetworkError)):
+            raise SandboxError(f"the instance's sandbox could not be set up: {exc}") from exc
+        raise
+    finally:
+        for fd in (info_r, info_w, block_r, block_w, out_r, out_w, seccomp_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+    LOG.info(
+        "started instance pid %d (sandboxed) of %s on port %d",
+        process.pid,
+        spec.image.digest,
+        spec.port,
+    )
+    return Instance(process, spec, argv, offset, True, log, netns, group, child)

@@ -228,10 +228,10 @@ def test_two_concurrent_deploys_of_one_service_are_serialized(pipeline):
     assert pipeline.get(done(later).details["url"]) == winner
 
 
-def test_triggers_are_bound_and_removed_as_the_manifest_changes(pipeline):
+def test_triggers_are_bound_and_removed_as_the_manifest_changes(pipeline, localcloud):
     import yaml
 
-    recorder = Recorder()
+    recorder = Recorder(localcloud.config.run_host_ports[0])
     name = unique("rec")
     topic = unique("orders")
     source = {

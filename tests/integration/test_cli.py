@@ -47,6 +47,7 @@ def test_local_up_status_env_logs_down(tmp_path):
         assert status.returncode == 0, status.stdout
         for part in ("api", "storage", "registry"):
             assert part in status.stdout
+        assert "sandbox    user" in status.stdout  # how instances are contained here
 
         printed = orch("local", "env", env=env).stdout.strip()
         assert printed.startswith("export ")

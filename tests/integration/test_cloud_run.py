@@ -73,14 +73,21 @@ def deploy(clients):
     created: list[str] = []
 
     def make(
-        image: str, *, public: bool = False, env: dict | None = None, **template
+        image: str,
+        *,
+        public: bool = False,
+        env: dict | None = None,
+        limits: dict | None = None,
+        **template,
     ) -> run_v2.Service:
         service_id = f"svc-{uuid.uuid4().hex[:8]}"
         service = run_v2.Service(
             template=run_v2.RevisionTemplate(
                 containers=[
                     run_v2.Container(
-                        image=image, env=[{"name": k, "value": v} for k, v in (env or {}).items()]
+                        image=image,
+                        env=[{"name": k, "value": v} for k, v in (env or {}).items()],
+                        resources={"limits": limits or {}},
                     )
                 ],
                 **template,

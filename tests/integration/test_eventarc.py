@@ -68,10 +68,10 @@ def images(clients) -> dict[str, str]:
 
 
 @pytest.fixture
-def recorder():
-    rec = Recorder()
+def recorder(localcloud):
+    rec = Recorder(localcloud.config.run_host_ports[0])
     yield rec
-    rec.server.shutdown()
+    rec.close()
 
 
 @pytest.fixture

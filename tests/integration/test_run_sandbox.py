@@ -85,12 +85,10 @@ def alive(pid: int) -> bool:
         return False
 
 
-async def get(port: int, path: str = "/") -> tuple[int, str]:
+async def get(instance: sandbox.Instance, path: str = "/") -> tuple[int, str]:
+    """A request the way the ingress sends it: through the instance's own network."""
     timeout = aiohttp.ClientTimeout(total=10)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.get(f"http://127.0.0.1:{port}{path}") as resp,
-    ):
+    async with instance.session.get(f"{instance.url}{path}", timeout=timeout) as resp:
         return resp.status, await resp.text()
 
 
@@ -427,7 +425,7 @@ def test_instance_serves_requests_and_stops_without_leftovers(
         try:
             assert instance.sandboxed
             await instance.wait_ready(30)
-            assert await get(instance.port) == (200, "hello from a localcloud build")
+            assert await get(instance) == (200, "hello from a localcloud build")
             pids = instance.pids()
             assert len(pids) >= 3  # bwrap, the sandbox's init, the function's server
         finally:
@@ -435,7 +433,7 @@ def test_instance_serves_requests_and_stops_without_leftovers(
         assert not instance.running
         assert [pid for pid in pids if alive(pid)] == []
         with pytest.raises(OSError):
-            await get(instance.port)
+            await instance.connect()
 
     run(scenario())
     assert "[localcloud] starting (sandboxed" in (tmp_path / "hello.log").read_text()
@@ -464,7 +462,7 @@ def test_sandbox_hides_the_host(localcloud, built, cache_root, tmp_path):
         instance = await sandbox.start(spec)
         try:
             await instance.wait_ready(30)
-            status, body = await get(instance.port)
+            status, body = await get(instance)
             assert status == 200, body
             return {**json.loads(body), "port": instance.port}
         finally:
@@ -528,7 +526,7 @@ def test_without_bubblewrap_instances_run_only_when_unsandboxed_is_chosen(
         try:
             assert not instance.sandboxed
             await instance.wait_ready(30)
-            assert await get(instance.port) == (200, "hello from a localcloud build")
+            assert await get(instance) == (200, "hello from a localcloud build")
             pids = instance.pids()
         finally:
             await instance.stop(grace=5)

@@ -1,0 +1,145 @@
+"""An instance's own network: reachable only through the ingress, reaching only what it should.
+
+Each sandboxed instance gets a network namespace of its own (``bwrap --unshare-net``), so
+the port it listens on exists nowhere else: not on the host's addresses, not on another
+instance's loopback. Two things connect it to the world:
+
+- **In**: the ingress opens its sockets *inside* the instance's namespace (``setns`` on the
+  calling thread for the one ``socket()`` call, then back), so a connection to the
+  instance's ``127.0.0.1:PORT`` needs no port on the host at all. This takes
+  CAP_SYS_ADMIN, which is why isolation is on only for a root localcloud.
+- **Out**: ``pasta`` (Debian's ``passt`` package, the user-space network of rootless
+  Podman) attached to the namespace gives it the internet as Cloud Run gives it by default,
+  and forwards exactly localcloud's ports from the instance's loopback to the host's
+  (``-T``), so the API addresses in its environment work unchanged. The host's other
+  loopback services stay out of reach (``--no-map-gw``), and no port of the instance is
+  published on the host (``-t none``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import functools
+import os
+import shutil
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetworkError(Exception):
+    """The instance's network could not be set up; the message says why."""
+
+
+def pasta_available() -> str | None:
+    return shutil.which("pasta")
+
+
+@functools.lru_cache(maxsize=1)
+def _host_netns() -> int:
+    # The thread group leader never leaves the host's namespace: its view is the host's.
+    return os.open(f"/proc/{os.getpid()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+class Namespace:
+    """An open handle on one instance's network namespace."""
+
+    def __init__(self, pid: int) -> None:
+        self.fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+    def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
+        """A socket that lives in this namespace (whichever thread later uses it)."""
+        host = _host_netns()
+        _setns(self.fd)
+        try:
+            return socket.socket(family, kind)
+        finally:
+            _setns(host)  # never leave the calling thread in the instance's network
+
+    def socket_factory(self, addr_info: Any) -> socket.socket:
+        """For ``aiohttp.TCPConnector(socket_factory=...)``: connections into the instance."""
+        family, kind, _proto, _, _ = addr_info
+        sock = self.socket(family, kind)
+        sock.setblocking(False)
+        return sock
+
+    async def connect(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = self.socket()
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        except BaseException:
+            sock.close()
+            raise
+        return await asyncio.open_connection(sock=sock)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _spec(ports: Iterable[int]) -> str:
+    """pasta's port list, consecutive ports folded into ranges: ``8085,8100-8199``."""
+    values = sorted({p for p in ports if 0 < p < 65536})
+    parts: list[str] = []
+    start = prev = None
+    for port in values:
+        if prev is not None and port == prev + 1:
+            prev = port
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = port
+    if start is not None:
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+    return ",".join(parts) or "none"
+
+
+def pasta_argv(pasta: str, pid: int, forward: Iterable[int]) -> list[str]:
+    return [
+        pasta,
+        "--config-net",
+        "--quiet",
+        "--no-map-gw",  # the gateway address is not a way to the host's loopback
+        "-t",
+        "none",  # nothing of the instance is published on the host...
+        "-u",
+        "none",
+        "-U",
+        "none",
+        "-T",
+        _spec(forward),  # ...and only localcloud's ports are reachable on its loopback
+        str(pid),
+    ]
+
+
+async def attach(pid: int, forward: Iterable[int]) -> None:
+    """Start pasta for the namespace of ``pid``; returns once the network is configured.
+
+    pasta forks to the background once the namespace is configured, and leaves when the
+    namespace's last process does.
+    """
+    pasta = pasta_available()
+    if pasta is None:
+        raise NetworkError("pasta is not installed: install the Debian package passt (make deps)")
+    process = await asyncio.create_subprocess_exec(
+        *pasta_argv(pasta, pid, forward),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await process.communicate()
+    if process.returncode != 0:
+        text = err.decode(errors="replace").strip()
+        raise NetworkError(f"pasta could not set up the instance's network: {text}")
