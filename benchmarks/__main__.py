@@ -51,6 +51,9 @@ WARM_TARGET_S = 1.0  # a warm rebuild of a source-only change
 RUN_THROUGHPUT_TARGET = 0.85  # ingress / direct requests/s at the highest concurrency
 RUN_ADDED_P50_MS = 1.0  # ingress p50 - direct p50 at concurrency 1
 RUN_COLD_TARGET = 1.2  # first request to a scaled-to-zero service / bare process start
+# Containment (own user and network namespaces, seccomp, cgroup limits) against the earlier
+# filesystem-only sandbox, side by side: within 10% (issue 12).
+CONTAINMENT_TARGET = 0.10
 
 
 @dataclass
@@ -542,6 +545,34 @@ def run_rows(r: RunResult) -> list[Row]:
                             "run",
                         )
                     )
+    if r.client is not None:
+        for c in cloud_run.CONCURRENCIES:
+            i, p = r.summary(r.client, "ingress", c), r.summary(r.client, "previous", c)
+            judged = c == high
+            row = Row(
+                f"run c={c} ingress throughput, contained / previous sandbox",
+                "req/s",
+                i.rate if i else None,
+                p.rate if p else None,
+                f">= {1 - CONTAINMENT_TARGET:g}x previous" if judged else "",
+                None,
+                "run",
+            )
+            if judged:
+                clean = i is not None and p is not None and not i.errors and not p.errors
+                row.ok = clean and row.ratio is not None and row.ratio >= 1 - CONTAINMENT_TARGET
+            rows.append(row)
+            rows.append(
+                Row(
+                    f"run c={c} ingress latency p50, contained / previous sandbox",
+                    "ms",
+                    i.p50_ms if i else None,
+                    p.p50_ms if p else None,
+                    "",
+                    None,
+                    "run",
+                )
+            )
     # Cold starts are judged on the best of each kind (as timeit does: other processes
     # only ever add time, and on a small shared machine they add a lot), medians shown.
     cold = r.cold
@@ -578,6 +609,17 @@ def run_rows(r: RunResult) -> list[Row]:
             "run",
         )
     )
+    row = Row(
+        "run cold start, bwrap only, contained / previous sandbox, best",
+        "s",
+        min(cold.bwrap_s, default=None),
+        min(cold.previous_s, default=None),
+        f"<= {1 + CONTAINMENT_TARGET:g}x previous",
+        None,
+        "run",
+    )
+    row.ok = row.ratio is not None and row.ratio <= 1 + CONTAINMENT_TARGET
+    rows.append(row)
     if not r.clients:  # the hot part never started: say so in a failing row
         rows.insert(0, Row("run hot", "req/s", None, None, "", False, "run"))
     return rows
@@ -618,6 +660,7 @@ def run_notes(rs: RunSettings, r: RunResult) -> list[str]:
     out.append(
         f"run cold starts (s): through the ingress {series(cold.ingress_s)}; functions-framework "
         f"by hand {series(cold.bare_s)}; sandbox.start (bwrap) alone {series(cold.bwrap_s)}; "
+        f"the same with the previous, filesystem-only sandbox {series(cold.previous_s)}; "
         f"first request after localcloud restarted: "
         f"{'-' if cold.after_restart_s is None else f'{cold.after_restart_s:.3f}'}; idle "
         f"period {cloud_run.IDLE_MS} ms; bare = spawn to first 200, polled every "
@@ -691,11 +734,26 @@ def run_markdown(rs: RunSettings, r: RunResult) -> str:
             "run cold start, bwrap only, best",
             "Cold start of the sandbox alone, best (bwrap, no autoscaler or ingress)",
         ),
+        (
+            "run cold start, bwrap only, contained / previous sandbox, best",
+            "Cold start of the sandbox alone, contained, against the previous filesystem-only "
+            "sandbox (best of each)",
+        ),
     ):
         row = rows[key]
         ratio = "-" if row.ratio is None else f"{row.ratio:.2f}x"
         lines.append(
             f"| {label} | {s(row.localcloud)} | {s(row.official)} | {ratio} | {row.target or '-'} |"
+        )
+    for c in cloud_run.CONCURRENCIES:
+        t = rows.get(f"run c={c} ingress throughput, contained / previous sandbox")
+        if t is None or t.localcloud is None or t.official is None:
+            continue
+        ratio = "-" if t.ratio is None else f"{t.ratio:.2f}x"
+        lines.append(
+            f"| Requests/s through the ingress, concurrency {c}: contained instance, against the "
+            f"previous filesystem-only sandbox | {t.localcloud:,.0f} req/s | "
+            f"{t.official:,.0f} req/s | {ratio} | {t.target or '-'} |"
         )
     lines += [
         "",

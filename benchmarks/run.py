@@ -44,6 +44,7 @@ import socket
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -59,7 +60,7 @@ from google.iam.v1 import policy_pb2
 from benchmarks import build
 from benchmarks.pubsub import cpu_snapshot, log, other_cores
 from localcloud import testing
-from localcloud.run import sandbox
+from localcloud.run import network, sandbox
 from localcloud.run.images import META, UnpackedImage
 from orchestrator.clients import Clients, Environment
 
@@ -78,7 +79,9 @@ SETUP_TIMEOUT = 60.0
 REQUEST_TIMEOUT = 30.0
 POLL = 0.002  # how often a starting process is asked for its first answer
 SETTLE = 0.2  # quiet time before a cold start, after the previous instance is gone
-SIDES = ("direct", "ingress")
+# "previous": the ingress of a second localcloud whose instances run in the earlier,
+# filesystem-only sandbox (LOCALCLOUD_RUN_ISOLATION=filesystem): what containment costs.
+SIDES = ("direct", "ingress", "previous")
 # wrk's summary, one line at the end (latencies in microseconds).
 WRK_SCRIPT = """
 done = function(summary, latency, requests)
@@ -138,6 +141,7 @@ class ColdStarts:
     ingress_s: list[float] = field(default_factory=list)  # first request, scaled to zero
     bare_s: list[float] = field(default_factory=list)  # functions-framework by hand
     bwrap_s: list[float] = field(default_factory=list)  # sandbox.start, no autoscaler
+    previous_s: list[float] = field(default_factory=list)  # the same, filesystem sandbox only
     after_restart_s: float | None = None  # first request after localcloud restarted
 
 
@@ -224,6 +228,40 @@ def sandboxes(revision_id: str) -> list[int]:
             if ("--setenv", "K_REVISION", revision_id) in triples:
                 found.add(pid)
     return sorted(pid for pid in found if table[pid][0] not in found)
+
+
+def inner_pid(outer: int) -> int:
+    """The sandbox's init (bwrap's child, in the instance's namespaces) of an outer bwrap."""
+    table = _table()
+    children = [pid for pid, (ppid, _) in table.items() if ppid == outer]
+    if not children:
+        raise RuntimeError(f"bwrap {outer} has no sandbox process")
+    return min(children)
+
+
+def in_network_of(pid: int | None, work: Any) -> Any:
+    """Run ``work()`` on a thread inside the network namespace of ``pid`` (the host's when
+    None): a contained instance's port exists only there, so the direct side goes in."""
+    if pid is None or os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+        return work()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        namespace = network.Namespace(pid)
+        try:
+            with namespace.entered():
+                box["value"] = work()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+        finally:
+            namespace.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def tree_ticks(root: int, table: dict[int, tuple[int, int]]) -> int:
@@ -317,10 +355,11 @@ def python_round(
 
 
 def wrk_round(
-    wrk: str, script: Path, url: str, concurrency: int, seconds: float
+    wrk: str, script: Path, url: str, concurrency: int, seconds: float, prefix: list[str]
 ) -> tuple[int, int, float, float, float]:
+    """``prefix``: e.g. ``nsenter --net=...`` to load an instance from inside its network."""
     duration = max(math.ceil(seconds), 1)
-    cmd = [wrk, "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "10s"]
+    cmd = [*prefix, wrk, "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "10s"]
     out = subprocess.run(
         [*cmd, "-s", str(script), url],
         capture_output=True,
@@ -430,31 +469,44 @@ def stop_group(process: subprocess.Popen) -> None:
         process.wait(5)
 
 
-async def _bwrap_start(image: UnpackedImage, log_file: Path, timeout: float) -> float:
+async def _bwrap_start(
+    image: UnpackedImage, log_file: Path, timeout: float, contained: bool = True
+) -> float:
     port = testing.free_port()
     spec = sandbox.InstanceSpec(
         image=image,
         env={"K_SERVICE": "bench", "K_REVISION": "bench-bwrap", "K_CONFIGURATION": "bench"},
         port=port,
         log_path=log_file,
+        contained=contained,
     )
     t0 = time.perf_counter()
     instance = await sandbox.start(spec)
     try:
-        t1 = await asyncio.to_thread(
-            first_answer,
-            port,
-            time.monotonic() + timeout,
-            lambda: instance.running,
-        )
+
+        def poll() -> float:
+            return first_answer(port, time.monotonic() + timeout, lambda: instance.running)
+
+        if instance.netns is not None:  # the port exists only inside the instance
+            namespace = instance.netns
+
+            def poll_inside() -> float:
+                with namespace.entered():
+                    return poll()
+
+            t1 = await asyncio.to_thread(poll_inside)
+        else:
+            t1 = await asyncio.to_thread(poll)
         return t1 - t0
     finally:
         await instance.stop(grace=5)
 
 
-def bwrap_start(image: UnpackedImage, log_file: Path, timeout: float) -> float:
+def bwrap_start(
+    image: UnpackedImage, log_file: Path, timeout: float, contained: bool = True
+) -> float:
     """The same instance the autoscaler would start, by ``sandbox.start`` alone."""
-    return asyncio.run(_bwrap_start(image, log_file, timeout))
+    return asyncio.run(_bwrap_start(image, log_file, timeout, contained))
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -484,6 +536,7 @@ def close(clients: Clients) -> None:
 class Bench:
     def __init__(self, s: RunSettings, result: RunResult, scratch: Path) -> None:
         self.s, self.result, self.scratch = s, result, scratch
+        self.netns_pid: int | None = None  # the instance's sandbox init, for direct calls
         self.data_dir = scratch / "data"
         self.wrk = shutil.which("wrk") if s.wrk else None
         self.script = scratch / "report.lua"
@@ -493,23 +546,30 @@ class Bench:
             result.notes.append("wrk is not installed: only the Python client ran")
 
     def run(self) -> None:
-        log("run: starting localcloud on a fresh data dir ...")
-        # The default idle period (5 min) keeps the instance up between rounds.
-        instance = testing.start(self.data_dir, extra_env={"LOCALCLOUD_RUN_IDLE_MS": "300000"})
+        log("run: starting two localclouds on fresh data dirs (contained, previous sandbox) ...")
+        # The default idle period (5 min) keeps the instances up between rounds.
+        hot_env = {"LOCALCLOUD_RUN_IDLE_MS": "300000"}
+        instance = testing.start(self.data_dir, extra_env=hot_env)
+        previous = testing.start(
+            self.scratch / "previous",
+            extra_env={**hot_env, "LOCALCLOUD_RUN_ISOLATION": "filesystem"},
+        )
         try:
-            with instance.client_env():
-                clients = Clients(Environment.from_env(instance.env))
-                try:
-                    digest, service, revision = self.deploy(clients)
-                finally:
-                    close(clients)
+            digest, service, revision = self.deploy_on(instance)
+            _, previous_service, previous_revision = self.deploy_on(previous)
             revision_id = revision.name.rsplit("/", 1)[-1]
             try:
                 port = instance_port(revision.log_uri)
-                self.hot(service.uri, port, instance.process.pid, revision_id)
+                self.hot(
+                    {"": service.uri, "previous": previous_service.uri},
+                    port,
+                    {"": instance.process.pid, "previous": previous.process.pid},
+                    {"": revision_id, "previous": previous_revision.name.rsplit("/", 1)[-1]},
+                )
             except Exception as exc:  # the cold starts can still be measured
                 self.result.errors.append(f"hot: {type(exc).__name__}: {exc}")
                 log(f"run: hot part failed: {exc}")
+            previous.stop()
             instance.stop()
             log(f"run: restarting localcloud with LOCALCLOUD_RUN_IDLE_MS={IDLE_MS} ...")
             instance = testing.start(
@@ -519,7 +579,16 @@ class Bench:
             )
             self.cold(service.uri, revision_id, load_image(self.data_dir, digest))
         finally:
+            previous.stop()
             instance.stop()
+
+    def deploy_on(self, instance: testing.Instance) -> tuple[str, Any, Any]:
+        with instance.client_env():
+            clients = Clients(Environment.from_env(instance.env))
+            try:
+                return self.deploy(clients)
+            finally:
+                close(clients)
 
     def deploy(self, clients: Clients) -> tuple[str, Any, Any]:
         """Build with Cloud Build, deploy public with one instance at most: (image digest,
@@ -565,40 +634,70 @@ class Bench:
         revision = clients.run_revisions.get_revision(name=service.latest_ready_revision)
         return digest, service, revision
 
-    def hot(self, uri: str, port: int, server_pid: int, revision_id: str) -> None:
+    def hot(
+        self, uris: dict[str, str], port: int, servers: dict[str, int], revisions: dict[str, str]
+    ) -> None:
+        """``uris``, ``servers``, ``revisions``: "" for the contained localcloud, "previous"
+        for the one with the earlier sandbox."""
         direct = f"http://127.0.0.1:{port}/"
-        urls = {"direct": direct, "ingress": uri.rstrip("/") + "/"}
+        urls = {
+            "direct": direct,
+            "ingress": uris[""].rstrip("/") + "/",
+            "previous": uris["previous"].rstrip("/") + "/",
+        }
         self.result.instance_port = port
-        before = {side: get(url) for side, url in urls.items()}
+        outer = sandboxes(revisions[""])
+        if len(outer) != 1:
+            raise RuntimeError(f"expected one instance of {revisions['']}, found {outer}")
+        self.netns_pid = inner_pid(outer[0])
+        before = {side: self.get(side, url) for side, url in urls.items()}
         if any(status != 200 for status, _ in before.values()):
             raise RuntimeError(f"the function does not answer 200: {before}")
-        pids = sandboxes(revision_id)
-        meter = CpuMeter(server_pid, pids[0] if len(pids) == 1 else None)
-        for url in urls.values():  # warm both paths (and the instance's threads)
-            python_round(url, max(CONCURRENCIES), 0.3)
+        meters = {
+            side: CpuMeter(servers[key], pids[0] if len(pids) == 1 else None)
+            for side, key in (("direct", ""), ("ingress", ""), ("previous", "previous"))
+            for pids in [sandboxes(revisions[key])]
+        }
+        for side, url in urls.items():  # warm every path (and the instances' threads)
+            self.side(side, lambda url=url: python_round(url, max(CONCURRENCIES), 0.3))
         for client in self.result.clients:
             for c in CONCURRENCIES:
                 log(f"run: {client} client, concurrency {c}: {self.s.rounds} rounds a side ...")
                 for i in range(self.s.rounds):
-                    for side in SIDES if i % 2 == 0 else SIDES[::-1]:
-                        self.round(client, side, urls[side], c, meter)
-        after = {side: get(url) for side, url in urls.items()}
-        answers = {body for _, body in (*before.values(), *after.values())}
+                    shift = i % len(SIDES)
+                    for side in SIDES[shift:] + SIDES[:shift]:
+                        self.round(client, side, urls[side], c, meters[side])
+        after = {side: self.get(side, url) for side, url in urls.items() if side != "previous"}
+        answers = {body for key, (_, body) in before.items() if key != "previous"} | {
+            body for _, body in after.values()
+        }
         self.result.same_process = len(answers) == 1
         if not self.result.same_process:
             self.result.notes.append(
                 f"direct and ingress answers came from different processes: {sorted(answers)}"
             )
 
+    def side(self, side: str, work: Any) -> Any:
+        """Direct calls go inside the instance's network; the ingress sides from the host."""
+        return in_network_of(self.netns_pid if side == "direct" else None, work)
+
+    def get(self, side: str, url: str) -> tuple[int, str]:
+        return self.side(side, lambda: get(url))
+
     def round(self, client: str, side: str, url: str, c: int, meter: CpuMeter) -> None:
         t0 = meter.snapshot()
         if client == "wrk":
             assert self.wrk is not None
+            prefix = []
+            if side == "direct":  # wrk itself runs in the instance's network
+                prefix = ["nsenter", f"--net=/proc/{self.netns_pid}/ns/net"]
             ok, errors, seconds, p50, p99 = wrk_round(
-                self.wrk, self.script, url, c, self.s.round_seconds
+                self.wrk, self.script, url, c, self.s.round_seconds, prefix
             )
         else:
-            ok, errors, seconds, p50, p99 = python_round(url, c, self.s.round_seconds)
+            ok, errors, seconds, p50, p99 = self.side(
+                side, lambda: python_round(url, c, self.s.round_seconds)
+            )
         cpu = meter.delta(t0, meter.snapshot())
         self.result.loads.append(Load(client, side, c, ok, errors, seconds, p50, p99, cpu))
 
@@ -628,14 +727,17 @@ class Bench:
             (cold.ingress_s, timed),
             (cold.bare_s, lambda: bare_start(image, log_file, self.s.timeout)),
             (cold.bwrap_s, lambda: bwrap_start(image, log_file, self.s.timeout)),
+            (cold.previous_s, lambda: bwrap_start(image, log_file, self.s.timeout, False)),
         ]
         for i in range(self.s.cold_starts):
-            for samples, start in kinds[i % 3 :] + kinds[: i % 3]:  # each kind first in turn
+            shift = i % len(kinds)
+            for samples, start in kinds[shift:] + kinds[:shift]:  # each kind first in turn
                 self.wait_for_zero(revision_id)  # also SETTLE: a quiet machine to start on
                 samples.append(start())
         log(
             f"run: cold start {median(cold.ingress_s) or 0:.3f} s through the ingress, "
-            f"{median(cold.bare_s) or 0:.3f} s by hand, {median(cold.bwrap_s) or 0:.3f} s bwrap"
+            f"{median(cold.bare_s) or 0:.3f} s by hand, {median(cold.bwrap_s) or 0:.3f} s bwrap, "
+            f"{median(cold.previous_s) or 0:.3f} s bwrap with the previous flags"
         )
 
 

@@ -173,7 +173,7 @@ class LocalCloud:
         body = {
             "status": "ok" if ok else "degraded",
             "parts": self.health,
-            "sandbox": sandbox.isolation().report(),
+            "sandbox": sandbox.isolation().report(self.config.run_isolation == "full"),
         }
         return web.json_response(body, status=200 if ok else 503)
 

@@ -46,6 +46,13 @@ def _int(environ: Mapping[str, str], name: str, default: int, lo: int, hi: int) 
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or choices[0]).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
 def _ports(env: Mapping[str, str], name: str) -> tuple[int, ...]:
     text = env.get(name) or ""
     try:
@@ -95,6 +102,10 @@ class Config:
     run_first_port: int = 8100
     run_idle_seconds: float = 300.0
     run_unsandboxed: bool = False
+    # "full": instances contained as on Cloud Run (localcloud/run/sandbox.py); "filesystem":
+    # only bubblewrap's mounts and PID namespace, the host's network and no limits (the
+    # earlier sandbox: for side-by-side benchmarks and machines that cannot do more).
+    run_isolation: str = "full"
     # Host loopback ports instances may call besides localcloud's (a local database, a test's
     # receiver); everything else on the host is out of their reach.
     run_host_ports: tuple[int, ...] = ()
@@ -125,6 +136,7 @@ class Config:
             run_first_port=_int(env, "LOCALCLOUD_RUN_FIRST_PORT", 8100, 1, 65535),
             run_idle_seconds=_int(env, "LOCALCLOUD_RUN_IDLE_MS", 300_000, 100, 86_400_000) / 1000,
             run_unsandboxed=_bool(env, "LOCALCLOUD_RUN_UNSANDBOXED", False),
+            run_isolation=_choice(env, "LOCALCLOUD_RUN_ISOLATION", ("full", "filesystem")),
             run_host_ports=_ports(env, "LOCALCLOUD_RUN_HOST_PORTS"),
             run_log_max_bytes=_int(
                 env, "LOCALCLOUD_RUN_LOG_MAX_BYTES", 10 * 1024 * 1024, 4096, 1 << 40

@@ -581,6 +581,7 @@ class Controller:
                 limits=limits,
                 forward_ports=forward,
                 log_max_bytes=cfg.run_log_max_bytes,
+                contained=cfg.run_isolation == "full",
             )
 
         pool = Pool(

@@ -19,12 +19,13 @@ instance's loopback. Two things connect it to the world:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import os
 import shutil
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 CLONE_NEWNET = 0x40000000
@@ -57,14 +58,22 @@ class Namespace:
     def __init__(self, pid: int) -> None:
         self.fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
-    def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
-        """A socket that lives in this namespace (whichever thread later uses it)."""
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """The calling thread (and threads it starts) in this namespace, then back.
+
+        Only for a thread of its own: anything else it runs meanwhile is inside too."""
         host = _host_netns()
         _setns(self.fd)
         try:
-            return socket.socket(family, kind)
+            yield
         finally:
             _setns(host)  # never leave the calling thread in the instance's network
+
+    def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
+        """A socket that lives in this namespace (whichever thread later uses it)."""
+        with self.entered():
+            return socket.socket(family, kind)
 
     def socket_factory(self, addr_info: Any) -> socket.socket:
         """For ``aiohttp.TCPConnector(socket_factory=...)``: connections into the instance."""

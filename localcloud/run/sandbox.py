@@ -121,6 +121,9 @@ class InstanceSpec:
     # Host ports the instance reaches on its own 127.0.0.1 (localcloud's APIs and services).
     forward_ports: tuple[int, ...] = ()
     log_max_bytes: int = logs.DEFAULT_MAX_BYTES
+    # False: only the filesystem sandbox (LOCALCLOUD_RUN_ISOLATION=filesystem): no user or
+    # network namespace, no seccomp, no limits. For side-by-side benchmarks.
+    contained: bool = True
 
 
 class Isolation:
@@ -137,9 +140,24 @@ class Isolation:
         except (seccomp.SeccompUnavailable, OSError) as exc:
             self.seccomp_problem = str(exc)
 
-    def report(self) -> dict[str, object]:
+    def report(self, contained: bool = True) -> dict[str, object]:
         """For ``orch local status``: each protection, on or off, and why when off."""
         missing: dict[str, str] = {}
+        if not contained:
+            off = "LOCALCLOUD_RUN_ISOLATION=filesystem"
+            return {
+                "bubblewrap": bwrap_available() is not None,
+                "user": "root (filesystem sandbox only)",
+                "cgroups": None,
+                "network": "the host's",
+                "seccomp": False,
+                "not_enforced": {
+                    "user namespace": off,
+                    "network isolation": off,
+                    "seccomp filter": off,
+                    "memory, cpu and process limits": off,
+                },
+            }
         if not self.network:
             missing["network isolation"] = (
                 "pasta is not installed (Debian package passt)"
@@ -316,10 +334,11 @@ def bwrap_argv(
     """The whole bwrap command line for ``spec`` (separate so it can be read and tested)."""
     image = spec.image
     cmd = [bwrap, "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    # No --disable-userns: pasta must still join the namespace; the seccomp filter refuses
-    # new namespaces to the instance's processes (they hold no CAP_SYS_ADMIN) anyway.
-    cmd += ["--unshare-user", "--uid", "0", "--gid", "0"]
-    cmd += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if spec.contained:
+        # No --disable-userns: pasta must still join the namespace; the seccomp filter
+        # refuses new namespaces to the instance's processes (no CAP_SYS_ADMIN) anyway.
+        cmd += ["--unshare-user", "--uid", "0", "--gid", "0", "--unshare-cgroup-try"]
+    cmd += ["--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     if own_network:
         cmd += ["--unshare-net"]
     bound: list[str] = []
@@ -327,14 +346,16 @@ def bwrap_argv(
         if os.path.islink(path):
             cmd += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
-            cmd += ["--ro-bind", stage.reachable(path), path]
+            cmd += ["--ro-bind", path, path]
             bound.append(path)
     # /tmp is Cloud Run's in-memory file system: as big as the memory limit, charged to it.
     cmd += ["--proc", "/proc", "--dev", "/dev"]
-    cmd += ["--size", str(spec.limits.memory), "--tmpfs", "/tmp"]
+    if spec.contained:
+        cmd += ["--size", str(spec.limits.memory)]
+    cmd += ["--tmpfs", "/tmp"]
     for path in ETC_FILES:
         if os.path.exists(path):
-            cmd += ["--ro-bind", stage.reachable(path), path]
+            cmd += ["--ro-bind", path, path]
     if python is not None:
         if not any(python.prefix == b or python.prefix.startswith(b + "/") for b in bound):
             cmd += ["--ro-bind", stage.reachable(python.prefix), python.prefix]
@@ -669,6 +690,8 @@ async def start(spec: InstanceSpec) -> Instance:
 
 def _log_start(log: logs.RevisionLog, spec: InstanceSpec, mode: str, argv: list[str]) -> int:
     offset = log.size()
+    if mode == "sandboxed" and not spec.contained:
+        mode = "sandboxed, filesystem only"
     log.write(f"[localcloud] starting ({mode}, port {spec.port}): {shlex.join(argv)}\n".encode())
     return offset
 
@@ -742,25 +765,27 @@ async def _start_sandboxed(
     bwrap: str, spec: InstanceSpec, python: PythonInstall | None, argv: list[str]
 ) -> Instance:
     iso = isolation()
-    if iso.seccomp_problem:
+    contained = spec.contained
+    if contained and iso.seccomp_problem:
         raise SandboxError(f"instances need the default seccomp filter: {iso.seccomp_problem}")
     log = logs.revision_log(spec.log_path, spec.log_max_bytes)
-    seccomp_fd = seccomp.memfd()
+    seccomp_fd = seccomp.memfd() if contained else -1
     info_r, info_w = os.pipe()
     block_r, block_w = os.pipe()
     out_r, out_w = os.pipe()
-    fds = Fds(seccomp=seccomp_fd, info=info_w, block=block_r)
+    fds = Fds(seccomp=seccomp_fd if contained else None, info=info_w, block=block_r)
     for fd in fds.passed():
         os.set_inheritable(fd, True)
     group: cgroups.InstanceCgroup | None = None
     process: asyncio.subprocess.Process | None = None
     netns: network.Namespace | None = None
     try:
-        cmd = bwrap_argv(bwrap, spec, python, fds, own_network=iso.network)
-        if iso.cgroups.enforced:
+        network_ns = contained and iso.network
+        cmd = bwrap_argv(bwrap, spec, python, fds, own_network=network_ns)
+        if contained and iso.cgroups.enforced:
             group = await asyncio.to_thread(iso.cgroups.create, spec.limits)
         offset = _log_start(log, spec, "sandboxed", argv)
-        if iso.root:
+        if contained and iso.root:
             # Not subprocess's user=/group=: they make Python fork() instead of vfork(),
             # and gRPC's fork handlers then crash the child now and then (SIGSEGV, SIGABRT).
             cmd = [*_as_nobody(), *cmd]
@@ -778,7 +803,8 @@ async def _start_sandboxed(
         except OSError as exc:
             raise SandboxError(f"cannot start {cmd[0]}: {exc}") from exc
         for fd in (info_w, block_r, out_w, seccomp_fd):
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         info_w = block_r = out_w = seccomp_fd = -1
         log.pump(out_r, f"port {spec.port}")
         out_r = -1
@@ -791,7 +817,7 @@ async def _start_sandboxed(
         child = int(info["child-pid"])
         if group is not None:
             await asyncio.to_thread(group.add, child)
-        if iso.network:
+        if network_ns:
             netns = network.Namespace(child)
             forward = [p for p in spec.forward_ports if p != spec.port]
             await network.attach(child, forward)

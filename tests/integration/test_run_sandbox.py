@@ -415,13 +415,16 @@ def test_unpack_refuses_damaged_and_zstd_layers(tmp_path):
 
 
 @needs_bwrap
+@pytest.mark.parametrize("contained", [True, False], ids=["contained", "filesystem-only"])
 def test_instance_serves_requests_and_stops_without_leftovers(
-    localcloud, built, cache_root, tmp_path
+    localcloud, built, cache_root, tmp_path, contained
 ):
     image = unpacked(localcloud, cache_root, *built["hello"])
 
     async def scenario() -> None:
-        instance = await sandbox.start(spec_for(image, tmp_path / "hello.log"))
+        spec = spec_for(image, tmp_path / "hello.log")
+        spec.contained = contained  # LOCALCLOUD_RUN_ISOLATION=full | filesystem
+        instance = await sandbox.start(spec)
         try:
             assert instance.sandboxed
             await instance.wait_ready(30)
@@ -434,6 +437,8 @@ def test_instance_serves_requests_and_stops_without_leftovers(
         assert [pid for pid in pids if alive(pid)] == []
         with pytest.raises(OSError):
             await instance.connect()
+        if instance.cgroup is not None:  # its cgroup went with it
+            assert not any(path.exists() for path in instance.cgroup.dirs.values())
 
     run(scenario())
     assert "[localcloud] starting (sandboxed" in (tmp_path / "hello.log").read_text()
