@@ -41,6 +41,7 @@ from benchmarks.build import BuildResult, BuildSettings
 from benchmarks.pubsub import Latency, ServerResult, Settings, Throughput
 from benchmarks.run import RunResult, RunSettings
 from localcloud.build import buildpack
+from localcloud.run import stage
 
 ROOT = Path(__file__).resolve().parent.parent
 P50_TARGET_MS = 10.0
@@ -782,6 +783,8 @@ def run_json(rs: RunSettings, r: RunResult) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # The run part starts sandboxed instances in this process, as localcloud's server does.
+    stage.isolate()
     s = settings_from(args)
     bs = build_settings_from(args)
     rs = run_settings_from(args)

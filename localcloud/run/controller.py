@@ -43,9 +43,6 @@ C = types.Condition
 LATEST = types.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
 BY_REVISION = types.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 DEFAULT_TIMEOUT = 300
-# Service ports (from run_first_port up) that instances reach on their own loopback, so a
-# function can call another service by its URL. Ports past these are not forwarded.
-SERVICE_PORTS_REACHABLE = 100
 OUTPUT_ONLY = (
     "uid",
     "generation",
@@ -558,16 +555,11 @@ class Controller:
         unsandboxed = self.config.run_unsandboxed
         limits = resources.limits(dict(container.resources.limits))
         cfg = self.config
-        # What an instance reaches on its own loopback: localcloud's APIs and the services.
-        forward = (
-            cfg.grpc_port,
-            cfg.storage_port,
-            cfg.registry_port,
-            cfg.http_port,
-            cfg.ingress_port,
-            *range(cfg.run_first_port, cfg.run_first_port + SERVICE_PORTS_REACHABLE),
-            *cfg.run_host_ports,
-        )
+        # What an instance reaches on its own loopback: localcloud's APIs, the services'
+        # ports as they are when it starts (pasta takes milliseconds a port, so not a range)
+        # and the host ports the user listed.
+        apis = (cfg.grpc_port, cfg.storage_port, cfg.registry_port, cfg.http_port)
+        apis += (cfg.ingress_port, *cfg.run_host_ports)
 
         def spec_for(port: int) -> Any:
             return sandbox.InstanceSpec(
@@ -579,7 +571,7 @@ class Controller:
                 command=list(container.command) or None,
                 args=list(container.args) or None,
                 limits=limits,
-                forward_ports=forward,
+                forward_ports=(*apis, *self.store.ports.values()),
                 log_max_bytes=cfg.run_log_max_bytes,
                 contained=cfg.run_isolation == "full",
             )

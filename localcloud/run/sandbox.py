@@ -462,6 +462,8 @@ class Instance:
         self.cgroup = cgroup
         self.child_pid = child_pid  # the sandbox's init, as the host sees it
         self.oom_killed = False
+        # The instance's way out (pasta), set up while the program starts; see wait_ready.
+        self.network_ready: asyncio.Future[None] | None = None
         self._log_offset = log_offset
         self._rotations = self.log.rotations
         self._session: aiohttp.ClientSession | None = None
@@ -517,6 +519,11 @@ class Instance:
                 )
                 LOG.warning("instance on port %d killed: over its %d MiB", self.port, limit)
             await asyncio.to_thread(group.remove)
+        if self.network_ready is not None:
+            if self.network_ready.done():
+                self.network_ready.exception()  # seen: a failure is reported by wait_ready
+            else:
+                self.network_ready.cancel()
         if self.netns is not None:
             self.netns.close()
         if self._session is not None:
@@ -616,7 +623,16 @@ class Instance:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
             if self.running:  # else someone else's listener answered; report the exit
+                await self._network_up(max(deadline - loop.time(), 0.1))
                 return
+
+    async def _network_up(self, timeout: float) -> None:
+        if self.network_ready is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.network_ready), timeout)
+        except (network.NetworkError, TimeoutError) as exc:
+            raise SandboxError(f"the instance's network was not set up: {exc}") from exc
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.netns is not None:
@@ -779,6 +795,7 @@ async def _start_sandboxed(
     group: cgroups.InstanceCgroup | None = None
     process: asyncio.subprocess.Process | None = None
     netns: network.Namespace | None = None
+    attaching: asyncio.Future[None] | None = None
     try:
         network_ns = contained and iso.network
         cmd = bwrap_argv(bwrap, spec, python, fds, own_network=network_ns)
@@ -820,8 +837,12 @@ async def _start_sandboxed(
         if network_ns:
             netns = network.Namespace(child)
             forward = [p for p in spec.forward_ports if p != spec.port]
-            await network.attach(child, forward)
-        os.write(block_w, b"go")  # cgroup and network in place: let the program start
+            # pasta takes 50-200 ms here, about a third of functions-framework's own start:
+            # it is set up while the program starts, and the instance is ready only once
+            # both are (wait_ready). A program reaches out only after importing its
+            # framework and code, by which time the way out is there.
+            attaching = asyncio.ensure_future(network.attach(child, forward))
+        os.write(block_w, b"go")  # in its cgroup: let the program start
     except BaseException as exc:
         if block_w >= 0:  # a sandbox still waiting to start reads EOF and exits
             os.close(block_w)
@@ -834,6 +855,8 @@ async def _start_sandboxed(
             await asyncio.to_thread(group.remove)
         if netns is not None:
             netns.close()
+        if attaching is not None:
+            attaching.cancel()
         if isinstance(exc, (OSError, network.NetworkError)):
             raise SandboxError(f"the instance's sandbox could not be set up: {exc}") from exc
         raise
@@ -848,4 +871,6 @@ async def _start_sandboxed(
         spec.image.digest,
         spec.port,
     )
-    return Instance(process, spec, argv, offset, True, log, netns, group, child)
+    instance = Instance(process, spec, argv, offset, True, log, netns, group, child)
+    instance.network_ready = attaching
+    return instance

@@ -114,8 +114,15 @@ def walkable(path: str) -> bool:
 def reachable(path: str) -> str:
     """``path`` itself when nobody can walk to it, else its read-only bind under the stage."""
     path = os.path.abspath(path)
-    if not _isolated or walkable(path):
+    if walkable(path):
         return path
+    if not _isolated:
+        if os.geteuid() != 0:
+            return path  # bwrap runs as this user, who can walk to it
+        raise OSError(
+            f"{path} is out of reach of the sandbox's unprivileged user: this process must "
+            "call localcloud.run.stage.isolate() at start, while it has one thread"
+        )
     with _lock:
         found = _staged.get(path)
         if found is not None:
