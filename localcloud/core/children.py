@@ -7,6 +7,7 @@ dies, even by SIGKILL: localcloud never leaves orphans holding its ports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -35,6 +36,14 @@ class ChildSpec:
     health_url: str
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return []
 
 
 class Child:
@@ -99,7 +108,14 @@ class Child:
         if not self.running:
             return
         assert self.process is not None
-        self.process.terminate()
+        # A child under bubblewrap: bwrap forwards no signal (and its child dies with it),
+        # so its program gets the SIGTERM itself, stops cleanly, and bwrap exits with it.
+        inner = _children(self.process.pid)
+        for pid in inner:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        if not inner:
+            self.process.terminate()
         try:
             await asyncio.wait_for(self.process.wait(), timeout)
         except TimeoutError:
