@@ -133,7 +133,8 @@ class Isolation:
         self.root = os.geteuid() == 0
         self.cgroups = cgroups.Cgroups()
         self.pasta = network.pasta_available()
-        self.network = self.root and self.pasta is not None
+        self.tun = os.path.exists("/dev/net/tun")  # pasta's way out needs it
+        self.network = self.root and self.pasta is not None and self.tun
         self.seccomp_problem = ""
         try:
             seccomp.compiled()
@@ -159,12 +160,16 @@ class Isolation:
                 },
             }
         if not self.network:
-            missing["network isolation"] = (
-                "pasta is not installed (Debian package passt)"
-                if self.pasta is None
-                else "needs a localcloud running as root (it opens sockets in each "
-                "instance's network namespace)"
-            )
+            if self.pasta is None:
+                why = "pasta is not installed (Debian package passt)"
+            elif not self.tun:
+                why = "this machine has no /dev/net/tun, which pasta needs"
+            else:
+                why = (
+                    "needs a localcloud running as root (it opens sockets in each "
+                    "instance's network namespace)"
+                )
+            missing["network isolation"] = why
         if self.seccomp_problem:
             missing["seccomp filter"] = self.seccomp_problem
         if not self.cgroups.enforced:

@@ -43,7 +43,7 @@ def binary() -> Path:
     return path
 
 
-def confined(root: Path) -> list[str]:
+def confined(root: Path, program: Path) -> list[str]:
     """bubblewrap around fake-gcs-server: the host read-only, only its root writable.
 
     Its filesystem backend joins object names to its root as they are, so a name such as
@@ -67,6 +67,10 @@ def confined(root: Path) -> list[str]:
         "/proc",
         "--tmpfs",
         "/tmp",
+        # After the private /tmp: the program and the root may live under /tmp themselves.
+        "--ro-bind",
+        str(program.parent),
+        str(program.parent),
         "--bind",
         str(root),
         str(root),
@@ -78,11 +82,12 @@ def spec(config: Config) -> ChildSpec:
     root = config.data_dir / "storage"
     root.mkdir(parents=True, exist_ok=True)
     base = f"http://{config.storage_address}"
+    program = binary()
     return ChildSpec(
         name="storage",
         argv=[
-            *confined(root),
-            str(binary()),
+            *confined(root, program),
+            str(program),
             "-scheme=http",
             f"-host={config.host}",
             f"-port={config.storage_port}",
