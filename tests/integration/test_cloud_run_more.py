@@ -694,3 +694,27 @@ def test_restart_keeps_services_and_serves_lazily_on_the_same_port(tmp_path):
         assert len(instances) == 1, f"{len(instances)} pools/instances for one revision"
     finally:
         instance.stop()
+
+
+@pytest.mark.parametrize(
+    ("limits", "named"),
+    [
+        ({"memory": "64Mi"}, "limits.memory: 64Mi is outside what Cloud Run allows"),
+        ({"memory": "lots"}, "limits.memory: 'lots' is not a quantity"),
+        ({"cpu": "3"}, "limits.cpu: 3 is not allowed"),
+        ({"memory": "5Gi", "cpu": "1"}, "5Gi of memory needs at least 2 CPUs"),
+    ],
+)
+def test_resource_limits_google_refuses_are_refused_by_the_api(image, clients, limits, named):
+    service = _service(image)
+    service.template.containers[0].resources.limits.update(limits)
+    with pytest.raises(exceptions.InvalidArgument) as refused:
+        clients.run_services.create_service(
+            request={
+                "parent": PARENT,
+                "service": service,
+                "service_id": f"bad-{uuid.uuid4().hex[:6]}",
+                "validate_only": True,
+            }
+        ).result(timeout=30)
+    assert named in str(refused.value)

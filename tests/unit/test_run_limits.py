@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from localcloud.core.config import Config, ConfigError
 from localcloud.core.errors import InvalidArgument
 from localcloud.run import network, resources, seccomp
 
@@ -56,3 +57,23 @@ def test_pasta_gets_ranges_for_consecutive_ports():
 def test_the_default_container_profile_compiles_to_bpf():
     program = seccomp.compiled()
     assert program and len(program) % 8 == 0  # struct sock_filter: 8 bytes an instruction
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "named"),
+    [
+        ("LOCALCLOUD_RUN_ISOLATION", "none", "LOCALCLOUD_RUN_ISOLATION must be one of full"),
+        ("LOCALCLOUD_RUN_HOST_PORTS", "5432,db", "LOCALCLOUD_RUN_HOST_PORTS must be a comma"),
+        ("LOCALCLOUD_RUN_HOST_PORTS", "70000", "LOCALCLOUD_RUN_HOST_PORTS: ports are between"),
+    ],
+)
+def test_bad_sandbox_settings_are_named(name, value, named):
+    with pytest.raises(ConfigError, match=named):
+        Config.from_env({name: value})
+
+
+def test_sandbox_settings_are_read():
+    cfg = Config.from_env(
+        {"LOCALCLOUD_RUN_ISOLATION": "Filesystem", "LOCALCLOUD_RUN_HOST_PORTS": "5432, 6379"}
+    )
+    assert (cfg.run_isolation, cfg.run_host_ports) == ("filesystem", (5432, 6379))
