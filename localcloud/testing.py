@@ -349,3 +349,12 @@ class Recorder:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def make_public(clients: Any, name: str) -> None:
+    """Grant ``roles/run.invoker`` to ``allUsers`` on a Cloud Run service, as a user would."""
+    from google.iam.v1 import policy_pb2
+
+    policy = clients.run_services.get_iam_policy(request={"resource": name})
+    policy.bindings.append(policy_pb2.Binding(role="roles/run.invoker", members=["allUsers"]))
+    clients.run_services.set_iam_policy(request={"resource": name, "policy": policy})

@@ -6,8 +6,6 @@ sysctls, reach another instance's port, exhaust memory, fork without end, flood 
 and checks from the host that nothing happened beyond the instance.
 """
 
-# ruff: noqa: F811 - the Cloud Run tests' fixtures are imported and used by name
-
 from __future__ import annotations
 
 import json
@@ -20,13 +18,7 @@ import pytest
 
 from localcloud.core.oidc import owner_email
 from localcloud.run import sandbox
-from tests.integration.test_cloud_run import (  # noqa: F401 - fixtures, used by name
-    build_image,
-    call,
-    clients,
-    deploy,
-    issuer,
-)
+from tests.integration.test_cloud_run import call, issuer
 
 pytestmark = pytest.mark.skipif(
     sandbox.bwrap_available() is None, reason="bubblewrap (bwrap) is not installed"
