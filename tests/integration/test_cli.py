@@ -29,6 +29,9 @@ def test_local_up_status_env_logs_down(tmp_path):
         "LOCALCLOUD_STORAGE_PORT": testing.free_port(),
         "LOCALCLOUD_REGISTRY_PORT": testing.free_port(),
         "LOCALCLOUD_HTTP_PORT": testing.free_port(),
+        # Every port moved, so a localcloud left running by `make demo` does not matter.
+        "LOCALCLOUD_INGRESS_PORT": testing.free_port(),
+        "LOCALCLOUD_RUN_FIRST_PORT": testing.free_port(),
     }
     env = {**os.environ, "LOCALCLOUD_DATA": str(tmp_path), **{k: str(v) for k, v in ports.items()}}
     for key in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "LOCALCLOUD_GRPC_HOST"):
