@@ -42,8 +42,7 @@ class RevisionLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             size = self.size()
             if size and size + len(data) > self.max_bytes:
-                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-                self.rotations += 1
+                self._rotate()
             if len(data) > self.max_bytes:  # one write longer than the whole log: keep its end
                 data = b"[localcloud] ...truncated...\n" + data[-(self.max_bytes - 64) :]
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -51,6 +50,20 @@ class RevisionLog:
                 os.write(fd, data)
             finally:
                 os.close(fd)
+
+    def _rotate(self) -> None:
+        """Make the current file ``NAME.log.1`` and start an empty one, with no moment at
+        which ``NAME.log`` is missing (a reader listing the directory always finds it)."""
+        kept = self.path.with_name(self.path.name + ".1")
+        link = self.path.with_name(f".{self.path.name}.rotating")
+        fresh = self.path.with_name(f".{self.path.name}.fresh")
+        for stale in (link, fresh):
+            stale.unlink(missing_ok=True)
+        os.link(self.path, link)
+        os.replace(link, kept)
+        os.close(os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        os.replace(fresh, self.path)
+        self.rotations += 1
 
     def pump(self, fd: int, name: str) -> threading.Thread:
         """Copy everything read from ``fd`` into the log until its writers close it."""
