@@ -40,7 +40,7 @@ from localcloud.run.service import RevisionsService, ServicesService
 from localcloud.run.store import RunStore
 from localcloud.storage.notifier import Notifier
 from localcloud.workflows.engine import WorkflowsEngine
-from localcloud.workflows.runtime import Runtime
+from localcloud.workflows.runtime import Engines, Runtime
 from localcloud.workflows.service import ExecutionsService, WorkflowsService
 from localcloud.workflows.store import WorkflowStore
 
@@ -114,7 +114,13 @@ class LocalCloud:
         self.router = EventRouter(cfg, self.triggers, self.operations, self.pubsub, self.controller)
         await self.router.start()
         self.workflows = WorkflowsEngine(
-            self.workflow_store, self.operations, Runtime(self.session, self.issuer, self)
+            self.workflow_store,
+            self.operations,
+            Runtime(
+                self.session,
+                self.issuer,
+                Engines(self.pubsub, self.builder, self.controller, self.operations),
+            ),
         )
         await self.workflows.start()
 

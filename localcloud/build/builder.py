@@ -24,13 +24,21 @@ import aiohttp
 from google.cloud.devtools.cloudbuild_v1 import types
 from google.protobuf import json_format
 from google.pubsub_v1.types import PubsubMessage, Topic
-from google.rpc import code_pb2, status_pb2
 
 from localcloud.build import archive, buildpack
 from localcloud.build.config import PackPlan, plan
 from localcloud.build.store import BuildStore
 from localcloud.core.config import Config
-from localcloud.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from localcloud.core.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    GoogleError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    Unknown,
+)
 from localcloud.operations.store import OperationStore
 from localcloud.pubsub.engine import PubSub
 from localcloud.registry.client import RegistryClient
@@ -56,15 +64,15 @@ RUN_FIELDS = (
     "warnings",
 )
 DONE = {S.SUCCESS, S.FAILURE, S.INTERNAL_ERROR, S.TIMEOUT, S.CANCELLED, S.EXPIRED}
-OPERATION_ERRORS = {
-    S.FAILURE: (code_pb2.UNKNOWN, "Build failed; check build logs for details"),
-    S.INTERNAL_ERROR: (code_pb2.INTERNAL, "Build failed with an internal error"),
-    S.TIMEOUT: (code_pb2.DEADLINE_EXCEEDED, "Build timed out"),
-    S.CANCELLED: (code_pb2.CANCELLED, "Build was cancelled"),
+OPERATION_ERRORS: dict[int, tuple[type[GoogleError], str]] = {
+    S.FAILURE: (Unknown, "Build failed; check build logs for details"),
+    S.INTERNAL_ERROR: (Internal, "Build failed with an internal error"),
+    S.TIMEOUT: (DeadlineExceeded, "Build timed out"),
+    S.CANCELLED: (Cancelled, "Build was cancelled"),
 }
 
 
-class StepFailed(Exception):
+class BuildStepFailed(Exception):
     """A build step failed: the build ends FAILURE with this detail and failure type."""
 
     def __init__(self, detail: str, failure_type: int) -> None:
@@ -283,7 +291,7 @@ class Builder:
                     build.status = S.TIMEOUT
                     build.status_detail = f"Build timed out after {timeout:g}s"
                     log(f"ERROR: build timed out after {timeout:g}s")
-                except StepFailed as exc:
+                except BuildStepFailed as exc:
                     build.status = S.FAILURE
                     build.status_detail = exc.detail
                     build.failure_info.type_ = exc.failure_type
@@ -344,11 +352,9 @@ class Builder:
         if build.status == S.SUCCESS:
             await self.operations.finish(op, response=build, metadata=metadata)
         else:
-            code, message = OPERATION_ERRORS.get(build.status, (code_pb2.UNKNOWN, "Build failed"))
+            kind, message = OPERATION_ERRORS.get(build.status, (Unknown, "Build failed"))
             detail = f"{message}: {build.status_detail}" if build.status_detail else message
-            await self.operations.finish(
-                op, error=status_pb2.Status(code=code, message=detail), metadata=metadata
-            )
+            await self.operations.finish(op, error=kind(detail).to_proto(), metadata=metadata)
 
     async def _execute(self, build: Any, pack: PackPlan, workdir: Path, log: BuildLog) -> None:
         src = build.source.storage_source
@@ -362,7 +368,7 @@ class Builder:
         try:
             members = await asyncio.to_thread(archive.extract, archive_path, tree)
         except archive.ArchiveError as exc:
-            raise StepFailed(
+            raise BuildStepFailed(
                 f"bad source archive: {exc}",
                 types.Build.FailureInfo.FailureType.FETCH_SOURCE_FAILED,
             ) from None
@@ -385,7 +391,7 @@ class Builder:
         await self._update(build)
         source = (root / pack.path).resolve()
         if not source.is_dir() or not source.is_relative_to(root.resolve()):
-            raise StepFailed(
+            raise BuildStepFailed(
                 f"--path {pack.path!r} is not a directory of the source",
                 types.Build.FailureInfo.FailureType.USER_BUILD_STEP,
             )
@@ -397,7 +403,7 @@ class Builder:
             step.status = S.FAILURE
             step.exit_code = 1
             step.timing.end_time.GetCurrentTime()
-            raise StepFailed(
+            raise BuildStepFailed(
                 f"step #{pack.step_index} (pack build) failed: {exc}",
                 types.Build.FailureInfo.FailureType.USER_BUILD_STEP,
             ) from None
@@ -419,7 +425,7 @@ class Builder:
                     ref.path, ref.tag or "latest", image.manifest, buildpack.OCI_MANIFEST
                 )
         except Exception as exc:
-            raise StepFailed(
+            raise BuildStepFailed(
                 f"pushing {pack.image} failed: {exc}",
                 types.Build.FailureInfo.FailureType.PUSH_FAILED,
             ) from None
@@ -435,12 +441,12 @@ class Builder:
             params["generation"] = str(generation)
         async with self.session.get(url, params=params) as response:
             if response.status == 404:
-                raise StepFailed(
+                raise BuildStepFailed(
                     f"source gs://{bucket}/{name} not found",
                     types.Build.FailureInfo.FailureType.FETCH_SOURCE_FAILED,
                 )
             if response.status >= 400:
-                raise StepFailed(
+                raise BuildStepFailed(
                     f"fetching gs://{bucket}/{name} failed: HTTP {response.status}",
                     types.Build.FailureInfo.FailureType.FETCH_SOURCE_FAILED,
                 )

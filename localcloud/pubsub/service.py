@@ -35,6 +35,13 @@ Empty = empty_pb2.Empty
 RESPONSE_WINDOW = 0.005  # seconds between two responses on a busy StreamingPull stream
 
 
+def check_publish(request: types.PublishRequest) -> None:
+    """Everything Publish checks before the engine sees the request: the topic's name and
+    Google's limits. Every way in (gRPC, a workflow's connector) goes through here."""
+    names.topic(request.topic)
+    check_messages(request)
+
+
 def check_messages(request: types.PublishRequest) -> None:
     """Google's publish limits, each violation named."""
     size = request.ByteSize()
@@ -87,8 +94,7 @@ class Publisher:
 
     @rpc("Publish", types.PublishRequest, types.PublishResponse)
     async def publish(self, request, context):
-        names.topic(request.topic)
-        check_messages(request)
+        check_publish(request)
         ids = await self.engine.publish(request.topic, list(request.messages))
         return types.PublishResponse.pb()(message_ids=ids)
 

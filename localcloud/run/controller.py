@@ -20,7 +20,6 @@ import uuid
 from typing import Any
 
 from google.cloud.run_v2 import types
-from google.rpc import code_pb2, status_pb2
 
 from localcloud.core.clock import now
 from localcloud.core.config import Config
@@ -31,6 +30,7 @@ from localcloud.core.errors import (
     GoogleError,
     InvalidArgument,
     NotFound,
+    as_google_error,
 )
 from localcloud.core.iam import PolicyStore
 from localcloud.operations.store import OperationStore
@@ -434,9 +434,7 @@ class Controller:
                 await self.operations.finish(op_name, response=svc, metadata=svc)
             else:
                 await self.operations.finish(
-                    op_name,
-                    error=status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=error),
-                    metadata=svc,
+                    op_name, error=FailedPrecondition(error).to_proto(), metadata=svc
                 )
         except asyncio.CancelledError:
             await asyncio.shield(
@@ -444,21 +442,17 @@ class Controller:
             )
             raise
         except Exception as exc:
-            if isinstance(exc, GoogleError):
-                code, message = exc.code.value[0], exc.message
-            else:
+            if not isinstance(exc, GoogleError):
                 LOG.exception("reconciling %s failed", name)
-                code, message = code_pb2.INTERNAL, f"internal error: {exc}"
+            error = as_google_error(exc)
             current = self._merge_status(name, svc)
             if current is not None:
                 current.ClearField("terminal_condition")
                 current.terminal_condition.CopyFrom(
-                    _condition("Ready", C.State.CONDITION_FAILED, message)
+                    _condition("Ready", C.State.CONDITION_FAILED, error.message)
                 )
                 await self.store.put_service(current)
-            await self.operations.finish(
-                op_name, error=status_pb2.Status(code=code, message=message), metadata=svc
-            )
+            await self.operations.finish(op_name, error=error.to_proto(), metadata=svc)
 
     def _merge_status(self, name: str, reconciled: Any) -> Any | None:
         """The stored service with this reconcile's results: a newer update made meanwhile
@@ -477,9 +471,7 @@ class Controller:
     async def _abort(self, op_name: str, message: str) -> None:
         try:
             if not self.operations.get(op_name).done:
-                await self.operations.finish(
-                    op_name, error=status_pb2.Status(code=code_pb2.ABORTED, message=message)
-                )
+                await self.operations.finish(op_name, error=Aborted(message).to_proto())
         except NotFound:
             pass
 

@@ -16,27 +16,70 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from google.protobuf import json_format
 
+from localcloud.core.errors import GoogleError, InvalidArgument, as_google_error
 from localcloud.workflows.expr import WorkflowError
 from localcloud.workflows.interpreter import DEFAULT_RETRY, NON_IDEMPOTENT, Interpreter
+
+if TYPE_CHECKING:
+    from localcloud.build.builder import Builder
+    from localcloud.core.oidc import Issuer
+    from localcloud.operations.store import OperationStore
+    from localcloud.pubsub.engine import PubSub
+    from localcloud.run.controller import Controller
 
 LOG = logging.getLogger(__name__)
 MAX_RESPONSE = 2 * 1024 * 1024
 HTTP_METHODS = {"get": "GET", "post": "POST", "put": "PUT", "patch": "PATCH", "delete": "DELETE"}
 
 
+class Connectors(Protocol):
+    """What the connectors call: the engines behind localcloud's APIs, nothing else."""
+
+    @property
+    def pubsub(self) -> PubSub: ...
+
+    @property
+    def builder(self) -> Builder: ...
+
+    @property
+    def controller(self) -> Controller: ...
+
+    @property
+    def operations(self) -> OperationStore: ...
+
+
+@dataclass(frozen=True)
+class Engines:
+    """The engines a server hands its workflows (``Connectors``)."""
+
+    pubsub: PubSub
+    builder: Builder
+    controller: Controller
+    operations: OperationStore
+
+
 class Runtime:
     """Per-server services the blocking functions need."""
 
-    def __init__(self, session: aiohttp.ClientSession, issuer: Any, services: Any) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, issuer: Issuer, services: Connectors | None
+    ) -> None:
         self.session = session
         self.issuer = issuer
-        self.services = services  # the LocalCloud: pubsub, builder, controller, operations
+        self._services = services
+
+    @property
+    def services(self) -> Connectors:
+        if self._services is None:
+            raise RuntimeError("this runtime has no connectors")
+        return self._services
 
     def functions(self, env: dict[str, str]) -> dict[str, Callable[..., Any]]:
         from localcloud.workflows.stdlib import standard_functions
@@ -145,18 +188,26 @@ class Runtime:
 
     # -- connectors -------------------------------------------------------------------
     async def pubsub_publish(self, it: Interpreter, args: dict[str, Any]) -> Any:
-        from google.pubsub_v1.types import PubsubMessage
+        """Publish as ``Publisher.Publish`` does, with the same checks (names, limits)."""
+        from google.pubsub_v1.types import PublishRequest
 
-        topic = args.get("topic")
-        messages = []
-        for m in (args.get("body") or {}).get("messages", []):
-            pb = PubsubMessage.pb()(
-                data=base64.b64decode(m.get("data", "")), ordering_key=m.get("orderingKey", "")
-            )
-            pb.attributes.update({str(k): str(v) for k, v in (m.get("attributes") or {}).items()})
-            messages.append(pb)
+        from localcloud.pubsub.service import check_publish
+
+        request = PublishRequest.pb()(topic=str(args.get("topic") or ""))
         try:
-            ids = await self.services.pubsub.publish(topic, messages)
+            for m in (args.get("body") or {}).get("messages", []):
+                pb = request.messages.add(
+                    data=base64.b64decode(m.get("data", ""), validate=True),
+                    ordering_key=m.get("orderingKey", ""),
+                )
+                pb.attributes.update(
+                    {str(k): str(v) for k, v in (m.get("attributes") or {}).items()}
+                )
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise _as_error(InvalidArgument(f"Invalid publish body: {exc}")) from None
+        try:
+            check_publish(request)
+            ids = await self.services.pubsub.publish(request.topic, list(request.messages))
         except Exception as exc:
             raise _as_error(exc) from None
         return {"messageIds": ids}
@@ -244,17 +295,11 @@ class Runtime:
 
 
 def _as_error(exc: Exception) -> WorkflowError:
-    """A localcloud API error as the HttpError a connector raises."""
-    code = getattr(exc, "code", None)
-    http = {
-        "NOT_FOUND": 404,
-        "ALREADY_EXISTS": 409,
-        "INVALID_ARGUMENT": 400,
-        "FAILED_PRECONDITION": 400,
-        "PERMISSION_DENIED": 403,
-        "ABORTED": 409,
-    }.get(getattr(code, "name", ""), 500)
-    return WorkflowError(getattr(exc, "message", str(exc)), "HttpError", code=http)
+    """A localcloud API error as the HttpError a connector raises, with Google's status."""
+    error = as_google_error(exc)
+    if not isinstance(exc, GoogleError):
+        LOG.exception("a connector failed", exc_info=exc)
+    return WorkflowError(error.message, "HttpError", code=error.http_status)
 
 
 def _query(query: Any) -> Any:

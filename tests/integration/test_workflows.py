@@ -442,6 +442,44 @@ main:
     assert json.loads(execution.result) == [got[0].message.message_id]
 
 
+def test_pubsub_connector_keeps_pubsubs_limits(clients, deploy, local_topic):
+    """A workflow publishes through the same checks as a gRPC client: an attribute value
+    over 1,024 bytes is Google's INVALID_ARGUMENT, an HttpError 400 in the workflow, and a
+    topic name that is not one is refused before any lookup."""
+    topic = local_topic()
+    workflow = deploy("""
+main:
+  params: [args]
+  steps:
+    - publish:
+        try:
+          call: googleapis.pubsub.v1.projects.topics.publish
+          args:
+            topic: ${args.topic}
+            body:
+              messages:
+                - data: ${base64.encode(text.encode("x"))}
+                  attributes:
+                    big: ${args.value}
+        except:
+          as: e
+          steps:
+            - caught:
+                return: ${[e.code, e.message]}
+    - done:
+        return: "published"
+""")
+    for target, value, words in (
+        (topic, "v" * 1025, "exceeds 1024 bytes"),
+        ("topics/not-a-full-name", "v", "topic"),
+    ):
+        execution = run(clients, workflow, {"topic": target, "value": value})
+        assert execution.state == State.SUCCEEDED, execution.error.payload
+        code, message = json.loads(execution.result)
+        assert code == 400
+        assert words in message
+
+
 def test_many_sleeping_executions_run_concurrently_and_cancel(clients, deploy):
     """200 executions sleeping 2 s each finish in about 2 s: tasks, not threads."""
     workflow = deploy("""
