@@ -20,17 +20,17 @@ from localcloud.build.service import CloudBuildService
 from localcloud.build.store import BuildStore
 from localcloud.core.config import Config
 from localcloud.core.db import Database
-from localcloud.core.iam import IamService, PolicyStore
+from localcloud.core.iam import IamService, PolicyStore, Resolver
+from localcloud.core.lifecycle import Calls, Parts
 from localcloud.core.oidc import Issuer, aiohttp_routes, metadata_routes
 from localcloud.eventarc.router import EventRouter
 from localcloud.eventarc.service import EventarcService
 from localcloud.eventarc.store import TriggerStore
 from localcloud.operations.service import OperationsService
 from localcloud.operations.store import OperationStore
-from localcloud.pubsub import names
 from localcloud.pubsub.engine import PubSub
 from localcloud.pubsub.push import PushWorker
-from localcloud.pubsub.service import Publisher, Subscriber
+from localcloud.pubsub.service import Publisher, Subscriber, pubsub_resources
 from localcloud.run import sandbox
 from localcloud.run.autoscaler import Autoscaler
 from localcloud.run.controller import Controller
@@ -47,31 +47,15 @@ from localcloud.workflows.store import WorkflowStore
 LOG = logging.getLogger(__name__)
 MAX_MESSAGE = 32 * 1024 * 1024  # above Pub/Sub's 10 MB so oversize gets INVALID_ARGUMENT
 
-TOPIC_PERMISSIONS = {
-    "pubsub.topics.attachSubscription",
-    "pubsub.topics.delete",
-    "pubsub.topics.detachSubscription",
-    "pubsub.topics.get",
-    "pubsub.topics.getIamPolicy",
-    "pubsub.topics.publish",
-    "pubsub.topics.setIamPolicy",
-    "pubsub.topics.update",
-    "pubsub.topics.updateTag",
-}
-SUBSCRIPTION_PERMISSIONS = {
-    "pubsub.subscriptions.consume",
-    "pubsub.subscriptions.delete",
-    "pubsub.subscriptions.get",
-    "pubsub.subscriptions.getIamPolicy",
-    "pubsub.subscriptions.setIamPolicy",
-    "pubsub.subscriptions.update",
-}
-
 
 class LocalCloud:
+    """The engines behind the APIs, started and stopped as ``Parts`` (``core/lifecycle``)."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.health: dict[str, Any] = {}
+        self.parts = Parts()
+        self.resolvers: list[Resolver] = []
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -87,42 +71,38 @@ class LocalCloud:
         self.run_store = RunStore(self.db)
         self.triggers = TriggerStore(self.db)
         self.workflow_store = WorkflowStore(self.db)
-        self.db.start()
+        await self.parts.start("database", Calls(self.db.start, self.db.close))
         self.issuer = Issuer(cfg.data_dir / "oidc", cfg.http_url)
-        self.session = aiohttp.ClientSession()
-        self.pubsub.push_factory = lambda engine, st: PushWorker(
-            engine, st, self.session, self.issuer
-        )
+        session = self.session = aiohttp.ClientSession()
+        self.pubsub.push_factory = lambda engine, st: PushWorker(engine, st, session, self.issuer)
         self.pubsub.on_delete.append(self.policies.forget)
-        await self.pubsub.start()
+        self.resolvers.append(pubsub_resources(self.pubsub))
+        await self.parts.start("pubsub", self.pubsub)
         self.notifier = Notifier(self.pubsub, cfg)
-        await self.notifier.start()
+        await self.parts.start("storage notifications", self.notifier)
         self.builder = Builder(
-            cfg, self.builds, self.operations, self.pubsub, self.session, limit=cfg.build_limit
+            cfg, self.builds, self.operations, self.pubsub, session, limit=cfg.build_limit
         )
-        await self.builder.start()
-        images = ImageCache(cfg.data_dir / "run" / "images", cfg.registry_address, self.session)
+        await self.parts.start("cloud build", self.builder)
+        images = ImageCache(cfg.data_dir / "run" / "images", cfg.registry_address, session)
         self.autoscaler = Autoscaler(images, cfg.run_idle_seconds)
         self.controller = Controller(
             cfg, self.run_store, self.operations, self.policies, self.autoscaler, cfg.client_env()
         )
         self.ingress = Ingress(self.controller, self.issuer, cfg.host, cfg.ingress_port)
         self.controller.ingress = self.ingress
-        await self.ingress.start()
-        await self.controller.start()
-        self.autoscaler.start()
+        isolation = sandbox.isolation()
+        await self.parts.start("sandbox", Calls(lambda: None, isolation.close))
+        await self.parts.start("cloud run ingress", self.ingress)
+        await self.parts.start("cloud run instances", self.autoscaler)
+        await self.parts.start("cloud run", self.controller)
         self.router = EventRouter(cfg, self.triggers, self.operations, self.pubsub, self.controller)
-        await self.router.start()
+        await self.parts.start("eventarc", self.router)
+        engines = Engines(self.pubsub, self.builder, self.controller, self.operations)
         self.workflows = WorkflowsEngine(
-            self.workflow_store,
-            self.operations,
-            Runtime(
-                self.session,
-                self.issuer,
-                Engines(self.pubsub, self.builder, self.controller, self.operations),
-            ),
+            self.workflow_store, self.operations, Runtime(session, self.issuer, engines)
         )
-        await self.workflows.start()
+        await self.parts.start("workflows", self.workflows)
 
         self._grpc = grpc.aio.server(
             options=[
@@ -148,7 +128,7 @@ class LocalCloud:
 
     def _handlers(self) -> list[grpc.GenericRpcHandler]:
         iam = IamService(self.policies)
-        iam.resolvers.append(self._pubsub_resource)
+        iam.resolvers.extend(self.resolvers)
         return [
             Publisher(self.pubsub).handler(),
             Subscriber(self.pubsub).handler(),
@@ -161,18 +141,6 @@ class LocalCloud:
             ExecutionsService(self.workflows).handler(),
             iam.handler(),
         ]
-
-    def _pubsub_resource(self, resource: str) -> tuple[bool, set[str]] | None:
-        parts = resource.split("/")
-        if len(parts) != 4 or parts[0] != "projects":
-            return None
-        if parts[2] == "topics":
-            names.topic(resource)
-            return resource in self.pubsub.topics, TOPIC_PERMISSIONS
-        if parts[2] == "subscriptions":
-            names.subscription(resource)
-            return resource in self.pubsub.subs, SUBSCRIPTION_PERMISSIONS
-        return None
 
     async def _healthz(self, request: web.Request) -> web.Response:
         ok = all(v == "ok" for v in self.health.values())
@@ -190,24 +158,10 @@ class LocalCloud:
         if self._grpc is not None:
             stopping = asyncio.get_running_loop().create_task(self._grpc.stop(grace=2.0))
             await asyncio.sleep(0)
-        if hasattr(self, "notifier"):
-            self.notifier.stop()
-        if hasattr(self, "workflows"):
-            await self.workflows.stop()
-        if hasattr(self, "builder"):
-            await self.builder.stop()
-        if hasattr(self, "controller"):
-            await self.controller.stop()
-            await self.autoscaler.stop()
-            await self.ingress.stop()
-            sandbox.isolation().close()
-        if hasattr(self, "pubsub"):
-            await self.pubsub.stop()
+        await self.parts.stop()  # the engines, in reverse order, the database last
         if stopping is not None:
             await stopping
         if self._http is not None:
             await self._http.cleanup()
         if self.session is not None:
             await self.session.close()
-        if hasattr(self, "db"):
-            self.db.close()

@@ -259,7 +259,7 @@ class Builder:
         self._notified[build.id] = build.status
         topic = f"projects/{build.project_id}/topics/cloud-builds"
         try:
-            if topic not in self.pubsub.topics:
+            if not self.pubsub.has_topic(topic):
                 await self.pubsub.create_topic(Topic.pb()(name=topic))
             body = json_format.MessageToJson(build)
             message = PubsubMessage.pb()(data=body.encode())

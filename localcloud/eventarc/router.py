@@ -65,6 +65,9 @@ class EventRouter:
         for trigger in self.store.triggers.values():
             self._register(trigger)
 
+    async def stop(self) -> None:
+        """Deliveries are Pub/Sub's push workers; they stop with Pub/Sub."""
+
     # -- API ----------------------------------------------------------------------------
     def get(self, name: str) -> Any:
         parse_name(name)
@@ -201,7 +204,7 @@ class EventRouter:
                 )
         if event_type == events.PUBSUB_TYPE and trigger.transport.pubsub.topic:
             topic = trigger.transport.pubsub.topic
-            if topic not in self.pubsub.topics:
+            if not self.pubsub.has_topic(topic):
                 raise InvalidArgument(f"transport.pubsub.topic {topic!r} does not exist")
         run = trigger.destination.cloud_run
         if not run.service:
@@ -210,7 +213,7 @@ class EventRouter:
             )
         region = run.region or location
         service = f"projects/{project}/locations/{region}/services/{run.service}"
-        if service not in self.run.store.services:
+        if self.run.find(service) is None:
             raise InvalidArgument(
                 f"destination.cloud_run.service {run.service!r} does not exist in {region}"
             )
@@ -220,9 +223,9 @@ class EventRouter:
     # -- binding ------------------------------------------------------------------------
     def _service(self, trigger: Any, project: str, location: str) -> Any:
         run = trigger.destination.cloud_run
-        return self.run.store.services[
+        return self.run.get(
             f"projects/{project}/locations/{run.region or location}/services/{run.service}"
-        ]
+        )
 
     async def _bind(self, trigger: Any, project: str, location: str) -> None:
         trigger_id = trigger.name.rsplit("/", 1)[-1]
@@ -233,7 +236,7 @@ class EventRouter:
             topic = trigger.transport.pubsub.topic
             if not topic:
                 topic = f"projects/{project}/topics/eventarc-{location}-{trigger_id}-{suffix}"
-                if topic not in self.pubsub.topics:
+                if not self.pubsub.has_topic(topic):
                     await self.pubsub.create_topic(
                         Topic.pb()(name=topic, labels={"eventarc": "trigger"})
                     )
@@ -263,7 +266,7 @@ class EventRouter:
             int(self.config.eventarc_max_backoff * 1000)
         )
         sub.labels["eventarc-trigger"] = trigger_id
-        if sub.name not in self.pubsub.subs:
+        if not self.pubsub.has_subscription(sub.name):
             await self.pubsub.create_subscription(sub)
         trigger.transport.pubsub.topic = topic
         trigger.transport.pubsub.subscription = sub.name
@@ -271,11 +274,11 @@ class EventRouter:
 
     async def _unbind(self, trigger: Any) -> None:
         sub = trigger.transport.pubsub.subscription
-        self.pubsub.push_formatters.pop(sub, None)
-        if sub in self.pubsub.subs:
+        self.pubsub.format_pushes(sub, None)
+        if self.pubsub.has_subscription(sub):
             await self.pubsub.delete_subscription(sub)
         topic = trigger.transport.pubsub.topic
-        if "/topics/eventarc-" in topic and topic in self.pubsub.topics:
+        if "/topics/eventarc-" in topic and self.pubsub.has_topic(topic):
             await self.pubsub.delete_topic(topic)
 
     def _register(self, trigger: Any) -> None:
@@ -300,7 +303,7 @@ class EventRouter:
                     return None  # acknowledged, not delivered
             return body, headers
 
-        self.pubsub.push_formatters[sub] = format_event
+        self.pubsub.format_pushes(sub, format_event)
 
     def _etag(self, trigger: Any) -> None:
         trigger.etag = hashlib.sha256(trigger.SerializeToString(deterministic=True)).hexdigest()[

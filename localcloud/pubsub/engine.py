@@ -84,6 +84,11 @@ def _duration_seconds(duration: Any, default: float) -> float:
     return seconds if seconds > 0 else default
 
 
+# What Eventarc sets on its subscriptions: (subscription, entry) -> (body, headers), or
+# None to acknowledge the message without delivering it.
+PushFormatter = Callable[[SubState, Entry], Any]
+
+
 class PubSub:
     """All topics and subscriptions of every project."""
 
@@ -98,7 +103,7 @@ class PubSub:
         self.push_factory: Callable[[PubSub, SubState], Any] | None = None
         # Push subscriptions whose messages another service shapes (Eventarc's CloudEvents):
         # formatter(sub, entry) -> (body, headers), or None to acknowledge without delivery.
-        self.push_formatters: dict[str, Callable[[SubState, Entry], Any]] = {}
+        self.push_formatters: dict[str, PushFormatter] = {}
         # Called with a deleted topic's or subscription's name (e.g. to drop its IAM policy).
         self.on_delete: list[Callable[[str], Awaitable[None]]] = []
         self.stopping = False
@@ -169,6 +174,9 @@ class PubSub:
             st.push = None
 
     # -- topics -------------------------------------------------------------------------
+    def has_topic(self, name: str) -> bool:
+        return name in self.topics
+
     def get_topic(self, name: str) -> Any:
         names.topic(name)
         topic = self.topics.get(name)
@@ -237,6 +245,17 @@ class PubSub:
         return sorted(self.topic_subs.get(topic, ()))
 
     # -- subscriptions ------------------------------------------------------------------
+    def has_subscription(self, name: str) -> bool:
+        return name in self.subs
+
+    def format_pushes(self, subscription: str, formatter: PushFormatter | None) -> None:
+        """Deliver ``subscription``'s pushes as ``formatter`` makes them (Eventarc's
+        CloudEvents) instead of Pub/Sub's push body; None goes back to Pub/Sub's."""
+        if formatter is None:
+            self.push_formatters.pop(subscription, None)
+        else:
+            self.push_formatters[subscription] = formatter
+
     def get_subscription(self, name: str) -> SubState:
         names.subscription(name)
         st = self.subs.get(name)

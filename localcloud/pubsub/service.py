@@ -24,6 +24,7 @@ from localcloud.core.errors import (
     Unavailable,
     Unimplemented,
 )
+from localcloud.core.iam import Resolver
 from localcloud.core.paging import page
 from localcloud.core.wire import handler_for, rpc
 from localcloud.pubsub import names
@@ -350,3 +351,43 @@ def _no_snapshots() -> Unimplemented:
     return Unimplemented(
         "Snapshots and Seek are not supported by localcloud (see docs/compatibility.md)."
     )
+
+
+TOPIC_PERMISSIONS = {
+    "pubsub.topics.attachSubscription",
+    "pubsub.topics.delete",
+    "pubsub.topics.detachSubscription",
+    "pubsub.topics.get",
+    "pubsub.topics.getIamPolicy",
+    "pubsub.topics.publish",
+    "pubsub.topics.setIamPolicy",
+    "pubsub.topics.update",
+    "pubsub.topics.updateTag",
+}
+SUBSCRIPTION_PERMISSIONS = {
+    "pubsub.subscriptions.consume",
+    "pubsub.subscriptions.delete",
+    "pubsub.subscriptions.get",
+    "pubsub.subscriptions.getIamPolicy",
+    "pubsub.subscriptions.setIamPolicy",
+    "pubsub.subscriptions.update",
+}
+
+
+def pubsub_resources(engine: PubSub) -> Resolver:
+    """Which names are topics and subscriptions, for the IAM methods: whether each exists
+    and the permissions valid on it (what TestIamPermissions may report)."""
+
+    def resolve(resource: str) -> tuple[bool, set[str]] | None:
+        parts = resource.split("/")
+        if len(parts) != 4 or parts[0] != "projects":
+            return None
+        if parts[2] == "topics":
+            names.topic(resource)
+            return engine.has_topic(resource), TOPIC_PERMISSIONS
+        if parts[2] == "subscriptions":
+            names.subscription(resource)
+            return engine.has_subscription(resource), SUBSCRIPTION_PERMISSIONS
+        return None
+
+    return resolve

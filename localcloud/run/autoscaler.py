@@ -196,7 +196,7 @@ class Autoscaler:
         self.pools: dict[str, Pool] = {}
         self.task: asyncio.Task | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._reap_loop(), name="run reaper")
 
     async def _reap_loop(self) -> None:

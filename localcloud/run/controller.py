@@ -104,6 +104,10 @@ class Controller:
         self.pending_ops: dict[str, list[str]] = {}  # service -> operations not yet reconciled
 
     # -- reading -------------------------------------------------------------------------
+    def find(self, name: str) -> Any | None:
+        """The service named ``name``, or None (no name check: for callers inside localcloud)."""
+        return self.store.services.get(name)
+
     def get(self, name: str) -> Any:
         names.service(name)
         svc = self.store.services.get(name)

@@ -111,15 +111,15 @@ class Notifier:
 
     async def start(self) -> None:
         for topic in (self.raw_topic, events_topic(self.config)):
-            if topic not in self.engine.topics:
+            if not self.engine.has_topic(topic):
                 await self.engine.create_topic(Topic.pb()(name=topic))
-        if self.raw_sub not in self.engine.subs:
+        if not self.engine.has_subscription(self.raw_sub):
             await self.engine.create_subscription(
                 Subscription.pb()(name=self.raw_sub, topic=self.raw_topic, ack_deadline_seconds=60)
             )
         self.task = asyncio.get_running_loop().create_task(self._run(), name="storage notifier")
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         self.consumer.close()
         if self.task is not None:
             self.task.cancel()
@@ -133,7 +133,7 @@ class Notifier:
             if not entries:
                 return
             try:
-                if target not in self.engine.topics:
+                if not self.engine.has_topic(target):
                     LOG.warning("storage events topic %s was deleted; recreating it", target)
                     await self.engine.create_topic(Topic.pb()(name=target))
                 await self.engine.publish(
