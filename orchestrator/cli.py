@@ -164,8 +164,7 @@ def _provision(state: dict) -> None:
     from orchestrator.config import Settings
     from orchestrator.provision import provision
 
-    os.environ.update(state["env"])  # the Pub/Sub client reads PUBSUB_EMULATOR_HOST itself
-    env = dict(os.environ)
+    env = {**os.environ, **state["env"]}
     settings = Settings.from_env(env)
     click.echo(f"provisioning the deploy pipeline in {settings.project}/{settings.region} ...")
     started = time.monotonic()
@@ -876,12 +875,12 @@ def service_logs(service: str, lines: int, settings: Settings) -> None:
     for revision in revisions:
         name = _short(revision.name)
         uri = revision.log_uri
+        log_file = clients.env.log_file(uri)
         if not uri:
             click.echo(f"==> {name}: no log URI <==")
-        elif uri.startswith(("http://", "https://")):
+        elif log_file is None:
             click.echo(f"==> {name} <==\n{uri}")
         else:
-            log_file = Path(uri.removeprefix("file://"))
             if not log_file.is_file():
                 click.echo(f"==> {name}: no log yet ({log_file}) <==")
                 continue

@@ -1,10 +1,13 @@
 """The client factory: the only place that knows whether we talk to Google or localcloud.
 
-Everything else in the orchestrator asks this module for clients. With the emulator
-variables set (``orch local env`` prints them), clients reach localcloud: Pub/Sub and
-Cloud Storage through their documented ``PUBSUB_EMULATOR_HOST`` and
-``STORAGE_EMULATOR_HOST``; every other gRPC API through ``LOCALCLOUD_GRPC_HOST`` on an
-insecure channel. Without them, clients use Application Default Credentials.
+Everything else in the orchestrator asks this module for clients. ``Environment`` reads
+the process environment once; from then on it alone says where clients go. With the
+emulator variables set (``orch local env`` prints them), clients reach localcloud: Pub/Sub
+and Cloud Storage at the addresses of their documented ``PUBSUB_EMULATOR_HOST`` and
+``STORAGE_EMULATOR_HOST``, every other gRPC API at ``LOCALCLOUD_GRPC_HOST``, on insecure
+channels. Without them, clients use Application Default Credentials. What differs
+between the two besides addresses (how often operations are polled, where a revision's
+log is read) is a method of ``Environment`` too, so no other module asks which it is.
 """
 
 from __future__ import annotations
@@ -13,25 +16,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 DEFAULT_PROJECT = "local-project"
-
-
-def polling(timeout: float = 900.0) -> Any:
-    """How long-running operations are waited on: every 20 ms rising to 250 ms, not api_core's 1 s steps.
-
-    Every pipeline step waits on one (a build, a revision, a trigger); the default's first
-    second of sleep would dominate a deploy that takes two, and a long gap late in the wait
-    would delay noticing a revision that is ready.
-    """
-    from google.api_core.future.polling import DEFAULT_POLLING
-
-    return DEFAULT_POLLING.with_delay(initial=0.02, maximum=0.25, multiplier=1.5).with_timeout(
-        timeout
-    )
 
 
 @dataclass(frozen=True)
@@ -63,6 +53,30 @@ class Environment:
     def local(self) -> bool:
         return self.grpc_host is not None
 
+    def polling(self, timeout: float) -> Any:
+        """How long-running operations are waited on, up to ``timeout`` seconds.
+
+        Locally every 20 ms rising to 250 ms, not api_core's 1 s steps: every pipeline
+        step waits on one (a build, a revision, a trigger), and the default's first second
+        of sleep would dominate a deploy that takes two. On Google Cloud, where a revision
+        takes tens of seconds and every poll counts against the API's quota, from 0.5 s
+        rising to 5 s.
+        """
+        from google.api_core.future.polling import DEFAULT_POLLING
+
+        initial, maximum = (0.02, 0.25) if self.local else (0.5, 5.0)
+        return DEFAULT_POLLING.with_delay(
+            initial=initial, maximum=maximum, multiplier=1.5
+        ).with_timeout(timeout)
+
+    def log_file(self, log_uri: str) -> Path | None:
+        """Where a revision's log can be read on this machine (localcloud writes it to a
+        file and its ``log_uri`` is that file's path); None on Google Cloud, whose
+        ``log_uri`` is a Cloud Logging page to open."""
+        if not self.local or not log_uri:
+            return None
+        return Path(log_uri.removeprefix("file://"))
+
 
 class Clients:
     """Official clients, built lazily and reused (each holds a channel or session)."""
@@ -70,24 +84,29 @@ class Clients:
     def __init__(self, env: Environment | None = None) -> None:
         self.env = env or Environment.from_env()
 
-    def _grpc(self, client_cls: type, transport_cls: type) -> Any:
+    def _grpc(self, client_cls: type, transport_cls: type, host: str | None = None) -> Any:
         """A GAPIC client on an insecure channel to localcloud, or a default one."""
-        if self.env.grpc_host is None:
+        host = host or self.env.grpc_host
+        if host is None:
             return client_cls()
-        channel = grpc.insecure_channel(
-            self.env.grpc_host,
-            options=[
-                ("grpc.max_receive_message_length", 32 * 1024 * 1024),
-                ("grpc.max_send_message_length", 32 * 1024 * 1024),
-            ],
+        return client_cls(transport=transport_cls(channel=_insecure_channel(host)))
+
+    def _publisher(self, **options: Any) -> Any:
+        """A Pub/Sub publisher for ``env``: its emulator address when there is one. Never
+        the process's PUBSUB_EMULATOR_HOST: only ``Environment`` says where clients go."""
+        from google.cloud import pubsub_v1
+        from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+
+        if self.env.pubsub_host is None:
+            return pubsub_v1.PublisherClient(**options)
+        channel = _insecure_channel(self.env.pubsub_host)
+        return pubsub_v1.PublisherClient(
+            transport=PublisherGrpcTransport(channel=channel), **options
         )
-        return client_cls(transport=transport_cls(channel=channel))
 
     @cached_property
     def publisher(self) -> Any:
-        from google.cloud import pubsub_v1
-
-        return pubsub_v1.PublisherClient()  # honours PUBSUB_EMULATOR_HOST itself
+        return self._publisher()
 
     @cached_property
     def ordered_publisher(self) -> Any:
@@ -98,13 +117,14 @@ class Clients:
         # add its 10 ms collection delay to every step. (With ordering on, a full batch is
         # not sent early, so the latency itself is set to zero.)
         batch = pubsub_v1.types.BatchSettings(max_messages=1, max_latency=0.0)
-        return pubsub_v1.PublisherClient(publisher_options=options, batch_settings=batch)
+        return self._publisher(publisher_options=options, batch_settings=batch)
 
     @cached_property
     def subscriber(self) -> Any:
         from google.cloud import pubsub_v1
+        from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
-        return pubsub_v1.SubscriberClient()
+        return self._grpc(pubsub_v1.SubscriberClient, SubscriberGrpcTransport, self.env.pubsub_host)
 
     @cached_property
     def storage(self) -> Any:
@@ -237,6 +257,16 @@ class Clients:
                 capture_output=True,
                 text=True,
             ).stdout.strip()
+
+
+def _insecure_channel(host: str) -> grpc.Channel:
+    return grpc.insecure_channel(
+        host,
+        options=[
+            ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+            ("grpc.max_send_message_length", 32 * 1024 * 1024),
+        ],
+    )
 
 
 _default: Clients | None = None

@@ -13,14 +13,12 @@ from typing import Any
 
 from google.api_core import exceptions
 
-from orchestrator.clients import polling
 from orchestrator.step import Context, Deployment, StepFailed, reraise
 
 INVOKER = "roles/run.invoker"
 DEPLOYMENT_LABEL = "deployment-id"
 MANAGED_LABEL = "managed-by"
 SOURCE_ANNOTATION = "orchestrator.dev/source"
-POLLING = polling(900)
 
 
 def template(ctx: Context, deployment: Deployment, image: str) -> Any:
@@ -99,7 +97,7 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
     except exceptions.GoogleAPICallError as exc:
         reraise("DEPLOY_FAILED", "Cloud Run refused the service", exc)
     try:
-        service = operation.result(polling=POLLING)
+        service = operation.result(polling=ctx.clients.env.polling(900))
     except exceptions.GoogleAPICallError as exc:
         after = services.get_service(name=name)
         failed = _short(after.latest_created_revision)

@@ -23,14 +23,12 @@ from typing import Any
 from google.api_core import exceptions
 
 from orchestrator.build import pack_build
-from orchestrator.clients import polling
 from orchestrator.config import Settings, pipeline, service_account_email
 from orchestrator.deploy import set_invoker
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 SOURCE_HASH = "orchestrator.dev/source-hash"
-POLLING = polling(900)
 
 
 @dataclass
@@ -56,6 +54,7 @@ class Provisioner:
     ) -> None:
         self.s = settings
         self.c = factory
+        self.polling = factory.env.polling(900)
         self.log = log
         self.changes: list[Change] = []
         self.p = pipeline()
@@ -121,7 +120,7 @@ class Provisioner:
         self.log(f"building the orchestrator's functions from {len(source)} bytes of source ...")
         started = time.monotonic()
         result = self.c.cloud_build.create_build(project_id=self.s.project, build=build).result(
-            timeout=1800, polling=POLLING
+            timeout=1800, polling=self.polling
         )
         built = result.results.images[0]
         self.log(f"built {built.digest[:19]} in {time.monotonic() - started:.1f}s")
@@ -182,12 +181,12 @@ class Provisioner:
                         annotations={SOURCE_HASH: digest},
                         labels={"managed-by": "orchestrator"},
                     ),
-                ).result(polling=POLLING)
+                ).result(polling=self.polling)
                 self._note("function", service_id, "created")
             else:
                 old.template = template
                 old.annotations[SOURCE_HASH] = digest
-                service = services.update_service(service=old).result(polling=POLLING)
+                service = services.update_service(service=old).result(polling=self.polling)
                 self._note("function", service_id, "updated")
             caller = "trigger" if spec["signature_type"] == "cloudevent" else "workflow"
             member = f"serviceAccount:{self._role_account(caller)}"
@@ -226,7 +225,7 @@ class Provisioner:
         if old is None:
             client.create_workflow(
                 parent=self.s.location_path, workflow=wanted, workflow_id=self.s.workflow
-            ).result(polling=POLLING)
+            ).result(polling=self.polling)
             return self._note("workflow", self.s.workflow, "created")
         if (
             old.source_contents == source
@@ -234,7 +233,7 @@ class Provisioner:
             and old.service_account.rsplit("/", 1)[-1] == account.rsplit("/", 1)[-1]
         ):
             return self._note("workflow", self.s.workflow, "unchanged")
-        client.update_workflow(workflow=wanted).result(polling=POLLING)
+        client.update_workflow(workflow=wanted).result(polling=self.polling)
         self._note("workflow", self.s.workflow, "updated")
 
     # ---------------------------------------------------------------- triggers
@@ -273,10 +272,10 @@ class Provisioner:
             else:
                 action = "created" if made is None else "replaced"
                 if made is not None:  # filters and transport cannot be updated: replace it
-                    self.c.eventarc.delete_trigger(name=name).result(polling=POLLING)
+                    self.c.eventarc.delete_trigger(name=name).result(polling=self.polling)
                 made = self.c.eventarc.create_trigger(
                     parent=self.s.location_path, trigger_id=trigger_id, trigger=wanted
-                ).result(polling=POLLING)
+                ).result(polling=self.polling)
                 self._note("trigger", trigger_id, action)
             self._dead_letter(made.transport.pubsub.subscription)
 

@@ -18,14 +18,12 @@ from typing import Any
 
 from google.api_core import exceptions
 
-from orchestrator.clients import polling
 from orchestrator.deploy import set_invoker
 from orchestrator.manifest import Trigger
 from orchestrator.records import locations_name
 from orchestrator.step import Context, Deployment, StepFailed, reraise
 
 SERVICE_LABEL = "orchestrator-service"
-POLLING = polling(300)
 
 
 def event_filters(trigger: Trigger) -> list[dict[str, str]]:
@@ -81,7 +79,7 @@ def _create(
             parent=f"projects/{ctx.settings.project}/locations/{location}",
             trigger=made,
             trigger_id=trigger_id,
-        ).result(polling=POLLING)
+        ).result(polling=ctx.clients.env.polling(300))
     except exceptions.AlreadyExists:
         pass  # a retried call: created the first time
     except exceptions.GoogleAPICallError as exc:
@@ -122,7 +120,7 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
             continue
         name = f"projects/{project}/locations/{location}/triggers/{trigger_id}"
         with contextlib.suppress(exceptions.NotFound):
-            eventarc.delete_trigger(name=name).result(polling=POLLING)
+            eventarc.delete_trigger(name=name).result(polling=ctx.clients.env.polling(300))
         deleted.append(trigger_id)
     if set(where.values()) != before:
         ctx.records.write(record, {"trigger_locations": sorted(set(where.values()))})
