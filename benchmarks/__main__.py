@@ -40,7 +40,7 @@ from benchmarks import workflows as workflows_bench
 from benchmarks.build import BuildResult, BuildSettings
 from benchmarks.pubsub import Latency, ServerResult, Settings, Throughput
 from benchmarks.run import RunResult, RunSettings
-from localcloud.build import buildpack
+from localcloud.cloudbuild import buildpack
 from localcloud.run import stage
 
 ROOT = Path(__file__).resolve().parent.parent

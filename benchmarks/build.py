@@ -52,7 +52,7 @@ from google.cloud.devtools import cloudbuild_v1
 
 from benchmarks.pubsub import cpu_snapshot, log, other_cores
 from localcloud import testing
-from localcloud.build import archive, buildpack, layers
+from localcloud.cloudbuild import archive, buildpack, layers
 from localcloud.testing import pack_build, write_wheel, zip_tree
 from orchestrator.clients import Clients, Environment
 

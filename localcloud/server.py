@@ -15,9 +15,9 @@ import aiohttp
 import grpc
 from aiohttp import web
 
-from localcloud.build.builder import Builder
-from localcloud.build.service import CloudBuildService
-from localcloud.build.store import BuildStore
+from localcloud.cloudbuild.builder import Builder
+from localcloud.cloudbuild.service import CloudBuildService
+from localcloud.cloudbuild.store import BuildStore
 from localcloud.core.config import Config
 from localcloud.core.db import Database
 from localcloud.core.iam import IamService, PolicyStore, Resolver

@@ -17,7 +17,7 @@ under bubblewrap (``bwrap``) and held to what a Cloud Run container may do:
 - **its own log**, through a pipe, capped and rotated per revision (``logs.py``);
 - the host's system directories (``/usr``, ``/lib``...) and the few files of ``/etc`` a
   Python program needs are bound read-only, because localcloud images carry no OS: the
-  buildpack builds them against the host's Python (see ``localcloud/build/buildpack.py``);
+  buildpack builds them against the host's Python (see ``localcloud/cloudbuild/buildpack.py``);
 - the host's interpreter for the image's runtime (``python311`` -> Python 3.11) is bound
   read-only at its own path, with its own site-packages hidden so only the image's layers
   provide packages (as on Google Cloud), and linked as ``/usr/local/bin/python3``, which is

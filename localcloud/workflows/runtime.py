@@ -28,7 +28,7 @@ from localcloud.workflows.expr import WorkflowError
 from localcloud.workflows.interpreter import DEFAULT_RETRY, NON_IDEMPOTENT, Interpreter
 
 if TYPE_CHECKING:
-    from localcloud.build.builder import Builder
+    from localcloud.cloudbuild.builder import Builder
     from localcloud.core.oidc import Issuer
     from localcloud.operations.store import OperationStore
     from localcloud.pubsub.engine import PubSub

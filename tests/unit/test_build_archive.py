@@ -1,4 +1,4 @@
-"""Table-driven tests for source-archive checks (localcloud.build.archive).
+"""Table-driven tests for source-archive checks (localcloud.cloudbuild.archive).
 
 Every malicious archive is built here with zipfile/tarfile (and a few patched bytes where the
 stdlib refuses to write the lie). Each refusal must carry the right code, name the offending
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from localcloud.build.archive import (
+from localcloud.cloudbuild.archive import (
     ArchiveError,
     Limits,
     Member,

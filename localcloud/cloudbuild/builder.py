@@ -25,9 +25,9 @@ from google.cloud.devtools.cloudbuild_v1 import types
 from google.protobuf import json_format
 from google.pubsub_v1.types import PubsubMessage, Topic
 
-from localcloud.build import archive, buildpack
-from localcloud.build.config import PackPlan, plan
-from localcloud.build.store import BuildStore
+from localcloud.cloudbuild import archive, buildpack
+from localcloud.cloudbuild.config import PackPlan, plan
+from localcloud.cloudbuild.store import BuildStore
 from localcloud.core.config import Config
 from localcloud.core.errors import (
     Cancelled,

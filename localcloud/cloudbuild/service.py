@@ -12,7 +12,7 @@ import grpc
 from google.cloud.devtools.cloudbuild_v1 import types
 from google.longrunning import operations_pb2
 
-from localcloud.build.builder import Builder
+from localcloud.cloudbuild.builder import Builder
 from localcloud.core.errors import InvalidArgument, Unimplemented
 from localcloud.core.names import PARENT, parse_parent
 from localcloud.core.paging import page

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localcloud.build.layers import OCI_LAYER_GZIP, Layer, write_layer
+from localcloud.cloudbuild.layers import OCI_LAYER_GZIP, Layer, write_layer
 
 LOG = logging.getLogger(__name__)
 
