@@ -39,10 +39,6 @@ import yaml
 MANIFEST_NAME = "function.yaml"
 MAX_MANIFEST_BYTES = 64 * 1024
 
-SIGNATURE_TYPES = ("http", "cloudevent", "event")
-STORAGE_EVENTS = ("finalized", "deleted", "metadataUpdated")
-RESERVED_ENV = ("PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION")
-
 DEFAULTS: dict[str, Any] = {
     "signature_type": "http",
     "runtime": None,
@@ -60,8 +56,6 @@ SERVICE_RULE = (
     "a Cloud Run service name uses lowercase letters, digits and '-', starts with a letter, "
     "does not end with '-', and has at most 49 characters"
 )
-# Eventarc trigger ids: lowercase letters, digits and '-', starting with a letter, <= 63.
-TRIGGER_ID_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 BUCKET_RE = re.compile(r"[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]")
 
 STORAGE_EVENT_TYPES = {

@@ -37,19 +37,7 @@ SOURCE_PREFIX = "//orchestrator/deployments/"
 STATUS_TOPIC = "deploy-status"
 ATTRIBUTES = ("deployment_id", "service", "step", "state")
 
-# Codes the pipeline uses; others matching ERROR_CODE_RE are allowed, so a new step can
-# name its own failures without changing this contract.
-ERROR_CODES = (
-    "INVALID_MANIFEST",
-    "INVALID_REQUEST",
-    "SOURCE_NOT_FOUND",
-    "BUILD_FAILED",
-    "PUSH_FAILED",
-    "DEPLOY_FAILED",
-    "TRIGGER_FAILED",
-    "TIMEOUT",
-    "INTERNAL",
-)
+# A failure's code: the pipeline's own (BUILD_FAILED, DEPLOY_FAILED, ...) or a new step's.
 ERROR_CODE_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 

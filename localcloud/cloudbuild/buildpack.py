@@ -63,10 +63,6 @@ class Image:
     def config_digest(self) -> str:
         return "sha256:" + hashlib.sha256(self.config).hexdigest()
 
-    @property
-    def manifest_digest(self) -> str:
-        return "sha256:" + hashlib.sha256(self.manifest).hexdigest()
-
 
 def runtime_of(env: dict[str, str]) -> str:
     runtime = env.get("GOOGLE_RUNTIME") or f"python{sys.version_info[0]}{sys.version_info[1]}"

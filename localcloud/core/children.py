@@ -95,15 +95,6 @@ class Child:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"{self.spec.name} did not become healthy in {timeout:g}s ({last})")
 
-    async def healthy(self, session: aiohttp.ClientSession) -> bool:
-        if not self.running:
-            return False
-        try:
-            async with session.get(self.spec.health_url, timeout=aiohttp.ClientTimeout(2)) as r:
-                return r.status < 500
-        except (aiohttp.ClientError, TimeoutError):
-            return False
-
     async def stop(self, timeout: float = 10.0) -> None:
         if not self.running:
             return

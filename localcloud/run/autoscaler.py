@@ -61,7 +61,6 @@ class Pool:
         self.waiting = 0
         self.changed = asyncio.Condition()
         self.last_error: str | None = None
-        self.starts = 0
         self.closed = False
 
     def _alive(self) -> None:
@@ -148,7 +147,6 @@ class Pool:
             if self.closed:  # the pool was dropped while this instance started
                 await instance.stop(grace=1)
                 return None
-            self.starts += 1
             self.last_error = None
             self.slots.append(slot)
             self.changed.notify_all()

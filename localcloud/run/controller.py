@@ -63,7 +63,6 @@ OUTPUT_ONLY = (
     "reconciling",
     "etag",
 )
-FIRST_PORT = 8100
 
 
 def _template_key(template: Any) -> str:

@@ -27,7 +27,7 @@ LOG = logging.getLogger(__name__)
 
 STAGE = "/run/localcloud-stage"
 CLONE_NEWNS = 0x00020000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
+MS_RDONLY, MS_NOSUID, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 32, 4096, 16384
 MS_PRIVATE = 1 << 18
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -91,10 +91,6 @@ def _open_tun() -> None:
     os.mknod(node, stat.S_IFCHR | 0o666, st.st_rdev)
     os.chmod(node, 0o666)  # mknod applies the umask
     _mount(node, tun, None, MS_BIND)
-
-
-def isolated() -> bool:
-    return _isolated
 
 
 def walkable(path: str) -> bool:
