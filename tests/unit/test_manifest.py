@@ -18,9 +18,6 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from orchestrator import manifest as m
-
-# Eventarc trigger ids: lowercase letters, digits and '-', starting with a letter, <= 63.
-TRIGGER_ID_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 from orchestrator.manifest import (
     Manifest,
     ManifestError,
@@ -33,6 +30,9 @@ from orchestrator.manifest import (
     read_manifest_from_zip,
     resolve,
 )
+
+# Eventarc trigger ids: lowercase letters, digits and '-', starting with a letter, <= 63.
+TRIGGER_ID_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 
 # --------------------------------------------------------------------------- the schema
 
