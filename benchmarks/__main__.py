@@ -4,8 +4,8 @@ The figures that matter are ratios against a reference measured in the same run 
 same machine: for Pub/Sub, Google's official emulator (plus localcloud's absolute p50
 latency); for Cloud Build, the irreducible work of each build (unzip, pip install, tar.gz)
 done directly (plus the absolute time of a warm source-only rebuild). The markdown
-snippet printed at the end is what goes into the README, so the README's figures always
-come from this command. The exit code is 1 when a row fails its target, loses messages
+snippet printed at the end is what goes into docs/performance.md (its headline rows into
+the README), so the figures always come from this command. The exit code is 1 when a row fails its target, loses messages
 or a build fails, so a regression is visible to whoever runs it. For Cloud Run, the
 ingress against the same functions-framework process called directly (throughput and
 latency, alternating rounds), and a cold start against functions-framework started by hand.
@@ -307,7 +307,7 @@ def markdown(s: Settings, rows: list[Row], official_ran: bool, when: str, quick:
     reference = "the official emulator in the same run" if official_ran else "no reference"
     lines.append("")
     if quick:
-        lines.append("(A --quick run: the README's figures come from a full `make bench`.)")
+        lines.append("(A --quick run: the published figures come from a full `make bench`.)")
     lines.append(
         f"Measured by `make bench` on {when} ({os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}), against {reference}. localcloud commits every publish "
@@ -851,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in pipeline_bench.notes(ps, piped) if piped else []:
         print(f"  {note}")
     print(f"  wall time: {wall:.1f} s; result: {'PASS' if passed else 'FAIL'}")
-    print("\nREADME snippet:\n")
+    print("\ndocs/performance.md snippet:\n")
     snippets = []
     if results:
         snippets.append(markdown(s, rows, official_ran, when, args.quick))

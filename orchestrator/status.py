@@ -1,7 +1,7 @@
 """Status events: one Pub/Sub message on ``deploy-status`` per step transition.
 
-The contract (DESIGN.md, "Status events"), fixed here so every producer and subscriber
-agrees:
+The contract (docs/pipeline.md, "Status events"), fixed here so every producer and
+subscriber agrees:
 
 - The body is a CloudEvent in structured JSON mode (CloudEvents 1.0):
   ``specversion`` ``1.0``, ``id`` (a UUID, for de-duplication: Pub/Sub delivers at least

@@ -1,4 +1,4 @@
-"""The status event contract (DESIGN.md "Status events") and its publisher.
+"""The status event contract (docs/pipeline.md, "Status events") and its publisher.
 
 CloudEvents 1.0 structured JSON mode: https://github.com/cloudevents/spec (spec.md,
 formats/json-format.md). Ordering: https://cloud.google.com/pubsub/docs/ordering.
