@@ -64,9 +64,10 @@ test-fast: venv deps ## Run the tests except the slow restart/kill cases
 bench: venv deps ## Run the benchmarks (figures as ratios against references measured in the same run)
 	$(BIN)/python -m benchmarks
 
-lint: venv ## ruff check and ruff format --check
+lint: venv ## ruff check, ruff format --check and mypy (types of orchestrator/ and localcloud/)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 fmt: venv ## Format the code with ruff
 	$(BIN)/ruff check --fix .

@@ -131,6 +131,7 @@ class Supervisor:
             await child.start()
         await self.cloud.start()
         self.cloud.health["api"] = "ok"
+        assert self.cloud.session is not None  # made by start()
         for child in self.children:
             await child.wait_healthy(self.cloud.session)
             self.cloud.health[child.spec.name] = "ok"

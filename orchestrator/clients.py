@@ -94,7 +94,7 @@ class Clients:
     def _publisher(self, **options: Any) -> Any:
         """A Pub/Sub publisher for ``env``: its emulator address when there is one. Never
         the process's PUBSUB_EMULATOR_HOST: only ``Environment`` says where clients go."""
-        from google.cloud import pubsub_v1
+        import google.cloud.pubsub_v1 as pubsub_v1
         from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 
         if self.env.pubsub_host is None:
@@ -110,7 +110,7 @@ class Clients:
 
     @cached_property
     def ordered_publisher(self) -> Any:
-        from google.cloud import pubsub_v1
+        import google.cloud.pubsub_v1 as pubsub_v1
 
         options = pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
         # Status events go out one at a time and each is waited for: a batch would only
@@ -121,14 +121,14 @@ class Clients:
 
     @cached_property
     def subscriber(self) -> Any:
-        from google.cloud import pubsub_v1
+        import google.cloud.pubsub_v1 as pubsub_v1
         from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
         return self._grpc(pubsub_v1.SubscriberClient, SubscriberGrpcTransport, self.env.pubsub_host)
 
     @cached_property
     def storage(self) -> Any:
-        from google.cloud import storage
+        import google.cloud.storage as storage
 
         if self.env.storage_host is not None:
             from google.auth.credentials import AnonymousCredentials

@@ -197,14 +197,15 @@ def outcome_from_records(
         if not isinstance(result, dict):
             result = {}
         ok = result.get("state", "succeeded") == "succeeded"
-        error = result.get("error") if isinstance(result.get("error"), dict) else {}
+        found = result.get("error")
+        failure: dict[str, Any] = found if isinstance(found, dict) else {}
         return Outcome(
             deployment_id,
             ok,
             service=result.get("service") or claim.get("service") or "",
             step=str(result.get("step") or "done"),
-            error_code=None if ok else (error.get("code") or "INTERNAL"),
-            message=str(error.get("message") or result.get("message") or ""),
+            error_code=None if ok else (failure.get("code") or "INTERNAL"),
+            message=str(failure.get("message") or result.get("message") or ""),
             url=str(result.get("url") or ""),
             revision=str(result.get("revision") or ""),
         ), True

@@ -137,7 +137,7 @@ def _describe(error: Any) -> list[tuple[str | None, str, str]]:
     schema_path = list(error.absolute_schema_path)
     if validator in ("additionalProperties", "unevaluatedProperties"):
         known = _known_keys(error.schema)
-        out = []
+        out: list[tuple[str | None, str, str]] = []
         for key in sorted(k for k in error.instance if k not in known):
             hint = difflib.get_close_matches(str(key), known, n=1)
             suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
@@ -361,7 +361,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 

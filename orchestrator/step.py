@@ -161,7 +161,9 @@ def warm() -> None:
     master process and forks the worker after, and gRPC channels or client threads made
     before a fork can hang in the child. Clients are built in the worker, on first use.
     """
-    from google.cloud import eventarc_v1, pubsub_v1, run_v2, storage  # noqa: F401
+    import google.cloud.pubsub_v1
+    import google.cloud.storage  # noqa: F401
+    from google.cloud import eventarc_v1, run_v2  # noqa: F401
     from google.cloud.devtools import cloudbuild_v1  # noqa: F401
     from google.cloud.workflows import executions_v1  # noqa: F401
 

@@ -33,8 +33,17 @@ _TAR_META = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
 _TAR_META |= {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
 _DRIVE = re.compile(r"[A-Za-z]:")
 # What the stdlib readers raise on a damaged archive; to the user all of them mean "corrupt".
-_READ_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error)
-_READ_ERRORS += (lzma.LZMAError, struct.error, NotImplementedError, ValueError)
+_READ_ERRORS: tuple[type[Exception], ...] = (
+    zipfile.BadZipFile,
+    tarfile.TarError,
+    EOFError,
+    OSError,
+    zlib.error,
+    lzma.LZMAError,
+    struct.error,
+    NotImplementedError,
+    ValueError,
+)
 
 # Every refusal of one entry: (code, what is wrong with it). Fields are filled in per call.
 _WHY = {
@@ -180,7 +189,7 @@ class _GuardedTarInfo(tarfile.TarInfo):
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _TAR_META and self.size > MAX_TAR_HEADER:
             raise _refuse("meta", self.name, size=self.size)
-        return super()._proc_member(tarfile_)
+        return super()._proc_member(tarfile_)  # type: ignore[misc]  # private, not in typeshed
 
 
 Handle = zipfile.ZipInfo | tarfile.TarInfo
@@ -285,6 +294,7 @@ class _Reader:
 
     def open(self, handle: Handle) -> IO[bytes]:
         if isinstance(self.arc, zipfile.ZipFile):
+            assert isinstance(handle, zipfile.ZipInfo)
             return self.arc.open(handle)
         assert isinstance(self.arc, tarfile.TarFile) and isinstance(handle, tarfile.TarInfo)
         src = self.arc.extractfile(handle)

@@ -17,7 +17,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 SKIP_DIRS = frozenset({"__pycache__", ".git"})
@@ -96,7 +96,9 @@ def write_layer(root: Path, prefix: str, out: Path, description: str) -> Layer:
             filename="", fileobj=compressed, mode="wb", compresslevel=6, mtime=0
         ) as gz:
             plain = _Hashing(gz)
-            with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            # A stream ("w|") only writes: _Hashing is file enough, though not an IO.
+            stream = cast(IO[bytes], plain)
+            with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 parts = prefix.split("/") if prefix else []
                 for i in range(len(parts)):
                     tar.addfile(_info("/".join(parts[: i + 1]) + "/", None, tarfile.DIRTYPE))

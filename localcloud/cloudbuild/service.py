@@ -62,7 +62,7 @@ def _filter(builds: list, text: str) -> list:
         if key == "status":
             if value not in S.__members__:
                 raise InvalidArgument(f"Unknown build status {value!r} in filter")
-            builds = [b for b in builds if b.status == S[value]]
+            builds = [b for b in builds if b.status == S.__members__[value]]
         elif key in ("build_id", "id"):
             builds = [b for b in builds if b.id == value]
         elif key == "tags":

@@ -80,10 +80,10 @@ class Child:
         end = loop.time() + timeout
         last = "no answer yet"
         while loop.time() < end:
-            if not self.running:
+            if self.process is None or self.process.returncode is not None:
+                code = self.process.returncode if self.process is not None else None
                 raise RuntimeError(
-                    f"{self.spec.name} exited with code {self.process.returncode}; "
-                    f"see {self.log_path}:\n{self.tail()}"
+                    f"{self.spec.name} exited with code {code}; see {self.log_path}:\n{self.tail()}"
                 )
             try:
                 async with session.get(self.spec.health_url, timeout=aiohttp.ClientTimeout(2)) as r:

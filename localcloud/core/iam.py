@@ -86,8 +86,10 @@ class PolicyStore:
                 lambda c: c.execute("DELETE FROM iam_policies WHERE resource=?", (resource,))
             )
 
-    def members_with(self, resource: str, role: str) -> set[str]:
-        return {m for b in self.get(resource).bindings if b.role == role for m in b.members}
+    def members_with(self, resource: str, role: str) -> frozenset[str]:
+        return frozenset(
+            m for b in self.get(resource).bindings if b.role == role for m in b.members
+        )
 
 
 class IamService:

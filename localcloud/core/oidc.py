@@ -89,12 +89,12 @@ def _load_or_create_key(path: pathlib.Path) -> rsa.RSAPrivateKey:
             LOG.info("created OIDC signing key %s", path)
             return key
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except ValueError as exc:
         raise ValueError(f"OIDC signing key {path} is unreadable: {exc}") from exc
-    if not isinstance(key, rsa.RSAPrivateKey):
+    if not isinstance(loaded, rsa.RSAPrivateKey):
         raise ValueError(f"OIDC signing key {path} is not an RSA key")
-    return key
+    return loaded
 
 
 def _load_or_create_cert(path: pathlib.Path, key: rsa.RSAPrivateKey, kid: str) -> x509.Certificate:
@@ -165,7 +165,10 @@ class Issuer:
             kid = jwt.get_unverified_header(token).get("kid")
             if kid != self.kid:
                 raise InvalidToken(f"invalid ID token: key id {kid!r} is not this issuer's")
-            options = {"require": ["iss", "sub", "iat", "exp"], "verify_aud": audience is not None}
+            options: jwt.types.Options = {
+                "require": ["iss", "sub", "iat", "exp"],
+                "verify_aud": audience is not None,
+            }
             return jwt.decode(
                 token,
                 self._public_key,

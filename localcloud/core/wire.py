@@ -29,8 +29,9 @@ LOG = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RpcSpec:
     name: str
-    request: type
-    response: type
+    # Message classes, proto-plus or protobuf: generated at run time, so untyped (Any).
+    request: Any
+    response: Any
     request_streaming: bool
     response_streaming: bool
     proto_plus: bool
@@ -138,7 +139,7 @@ def handler_for(service_name: str, servicer: object) -> grpc.GenericRpcHandler:
     for attr in dir(type(servicer)):
         fn = getattr(servicer, attr, None)
         spec = getattr(fn, "__rpc__", None)
-        if isinstance(spec, RpcSpec):
+        if fn is not None and isinstance(spec, RpcSpec):
             handlers[spec.name] = _wrap(fn, spec, f"{service_name}/{spec.name}")
     if not handlers:
         raise ValueError(f"{type(servicer).__name__} has no @rpc methods")

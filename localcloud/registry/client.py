@@ -325,37 +325,37 @@ class RegistryClient:
         if mount_from is not None:
             check_repository_path(mount_from)
         if isinstance(path_or_bytes, bytes | bytearray | memoryview):
-            data: bytes | None = bytes(path_or_bytes)
+            content = bytes(path_or_bytes)
+            data: bytes | None = content
             path: Path | None = None
-            actual = sha256_digest(data)
+            actual = sha256_digest(content)
             if digest is not None and check_digest(digest) != actual:
                 raise DigestMismatchError(
                     f"push blob to {repo}: content hashes to {actual}, not the declared {digest}"
                 )
-            digest, size = actual, len(data)
+            blob, size = actual, len(content)
+        elif digest is None:
+            data, path = None, Path(path_or_bytes)
+            blob, size = await asyncio.to_thread(file_digest, path)
         else:
-            data = None
-            path = Path(path_or_bytes)
-            if digest is None:
-                digest, size = await asyncio.to_thread(file_digest, path)
-            else:
-                check_digest(digest)
-                size = (await asyncio.to_thread(path.stat)).st_size
-        what = f"push blob {digest} to {repo}"
+            data, path = None, Path(path_or_bytes)
+            blob = check_digest(digest)
+            size = (await asyncio.to_thread(path.stat)).st_size
+        what = f"push blob {blob} to {repo}"
 
-        existing = await self.blob_exists(repo, digest)
+        existing = await self.blob_exists(repo, blob)
         if existing is not None:
             LOG.debug("%s: already present (%d bytes), skipped", what, existing)
-            return digest, existing
+            return blob, existing
 
         uploads = self._url(repo, "blobs", "uploads", "")
         if mount_from is not None:
-            uploads = uploads.with_query({"mount": digest, "from": mount_from})
+            uploads = uploads.with_query({"mount": blob, "from": mount_from})
         async with self._request("POST", uploads, ok=(201, 202), what=what) as resp:
             if resp.status == 201:
-                self._check_announced(resp, digest, what)
+                self._check_announced(resp, blob, what)
                 LOG.debug("%s: mounted from %s", what, mount_from)
-                return digest, size
+                return blob, size
             location = resp.headers.get("Location")
         if not location:
             raise RegistryError(
@@ -364,14 +364,14 @@ class RegistryClient:
         if mount_from is not None:
             LOG.debug("%s: registry declined to mount from %s; uploading", what, mount_from)
 
-        target = self.base_url.join(URL(location)).update_query({"digest": digest})
+        target = self.base_url.join(URL(location)).update_query({"digest": blob})
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         try:
             if data is not None:
                 async with self._request(
                     "PUT", target, ok=(201,), what=what, transfer=True, data=data, headers=headers
                 ) as resp:
-                    self._check_announced(resp, digest, what)
+                    self._check_announced(resp, blob, what)
             else:
                 assert path is not None
                 f: BinaryIO = await asyncio.to_thread(open, path, "rb")
@@ -379,7 +379,7 @@ class RegistryClient:
                     async with self._request(
                         "PUT", target, ok=(201,), what=what, transfer=True, data=f, headers=headers
                     ) as resp:
-                        self._check_announced(resp, digest, what)
+                        self._check_announced(resp, blob, what)
                 finally:
                     await asyncio.to_thread(f.close)
         except Exception:
@@ -391,7 +391,7 @@ class RegistryClient:
                     pass
             raise
         LOG.debug("%s: uploaded %d bytes", what, size)
-        return digest, size
+        return blob, size
 
     async def put_manifest(
         self, repo: str, reference: str, manifest: bytes, media_type: str

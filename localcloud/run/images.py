@@ -300,13 +300,13 @@ def _apply_entry(
         os.chmod(dest, info.mode & 0o777)  # setuid/setgid bits are dropped
         os.utime(dest, (info.mtime, info.mtime))
     elif info.issym():
-        target = info.linkname
-        if not target:
+        link = info.linkname
+        if not link:
             raise ImageError(f"layer entry {_show(parts)} is a symlink with an empty target")
-        if target.startswith("/"):
-            target = _relative_target(parts, target)
+        if link.startswith("/"):
+            link = _relative_target(parts, link)
         _remove(dest)
-        os.symlink(target, dest)
+        os.symlink(link, dest)
     elif info.islnk():
         _hard_link(root, parts, info.linkname)
     else:

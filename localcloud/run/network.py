@@ -26,6 +26,7 @@ import os
 import shutil
 import socket
 from collections.abc import Iterable, Iterator
+from socket import socket as Socket
 from typing import Any
 
 CLONE_NEWNET = 0x40000000
@@ -70,12 +71,12 @@ class Namespace:
         finally:
             _setns(host)  # never leave the calling thread in the instance's network
 
-    def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> Socket:
         """A socket that lives in this namespace (whichever thread later uses it)."""
         with self.entered():
             return socket.socket(family, kind)
 
-    def socket_factory(self, addr_info: Any) -> socket.socket:
+    def socket_factory(self, addr_info: Any) -> Socket:
         """For ``aiohttp.TCPConnector(socket_factory=...)``: connections into the instance."""
         family, kind, _proto, _, _ = addr_info
         sock = self.socket(family, kind)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.cloud.run_v2 import types
 from google.iam.v1 import iam_policy_pb2, policy_pb2
@@ -93,7 +95,7 @@ class RevisionsService:
     @rpc("ListRevisions", types.ListRevisionsRequest, types.ListRevisionsResponse)
     async def list_revisions(self, request, context):
         names.service(request.parent)
-        revs = self.controller.list_revisions(request.parent)
+        revs: list[Any] = self.controller.list_revisions(request.parent)
         items, token = page(revs, request.page_size, request.page_token)
         return types.ListRevisionsResponse.pb()(revisions=items, next_page_token=token)
 

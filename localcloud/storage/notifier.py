@@ -71,17 +71,17 @@ def rewrite(raw: Any, config: Config, known: OrderedDict | None = None) -> Any:
             resource[key] = obj[key]
     event_type = attrs.get("eventType", "OBJECT_FINALIZE")
     if known is not None:
-        key = (bucket, name)
+        object_key = (bucket, name)
         if event_type == "OBJECT_DELETE":
-            previous = known.pop(key, None)
+            previous = known.pop(object_key, None)
             if previous is not None and previous["generation"] == generation:
                 # The deleted object's content fields, which the raw event lacks.
                 for field in ("size", "md5Hash", "crc32c", "contentType", "metadata"):
                     if field in previous:
                         resource[field] = previous[field]
         else:
-            known[key] = resource
-            known.move_to_end(key)
+            known[object_key] = resource
+            known.move_to_end(object_key)
             while len(known) > KNOWN_OBJECTS:
                 known.popitem(last=False)
     message = MessagePb(data=json.dumps(resource).encode())

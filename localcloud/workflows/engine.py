@@ -9,6 +9,7 @@ that says so. ``sys.log`` output goes to localcloud's log with the execution's i
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import json
 import logging
@@ -195,7 +196,7 @@ class WorkflowsEngine:
             return copy
         return execution
 
-    def list_executions(self, parent: str) -> list[Any]:
+    def list_executions(self, parent: str) -> builtins.list[Any]:
         self.get(parent)
         prefix = parent + "/executions/"
         found = [e for n, e in self.store.executions.items() if n.startswith(prefix)]

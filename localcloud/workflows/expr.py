@@ -115,9 +115,32 @@ class Binary(Node):
 # Keywords may be lower- or upper-case but not mixed (datatypes page, "Logical operators").
 _KEYWORDS = {"and": "and", "AND": "and", "or": "or", "OR": "or", "not": "not", "NOT": "not"}
 _KEYWORDS["in"] = "in"
-_CONSTANTS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False}
+_CONSTANTS: dict[str, bool | None] = {
+    "true": True,
+    "True": True,
+    "TRUE": True,
+    "false": False,
+    "False": False,
+}
 _CONSTANTS.update({"FALSE": False, "null": None})
-_OPERATORS = ("//", "==", "!=", "<=", ">=", "<", ">", "+", "-", "*", "/", "%", "(", ")", "[", "]")
+_OPERATORS: tuple[str, ...] = (
+    "//",
+    "==",
+    "!=",
+    "<=",
+    ">=",
+    "<",
+    ">",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    "(",
+    ")",
+    "[",
+    "]",
+)
 _OPERATORS += ("{", "}", ",", ":", ".")
 _NUMBER = re.compile(r"\d+(\.\d+)?([eE][+-]?\d+)?")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -134,7 +157,8 @@ class _Token:
 
 
 def _read_string(text: str, start: int) -> tuple[str, int]:
-    quote, i, out = text[start], start + 1, []
+    quote, i = text[start], start + 1
+    out: list[str] = []
     while i < len(text):
         ch = text[i]
         if ch == quote:

@@ -53,7 +53,7 @@ class RaisedError(WorkflowError):
         self.raised = raised
 
     @property
-    def value(self) -> Any:  # type: ignore[override]
+    def value(self) -> Any:
         return self.raised
 
 
@@ -393,15 +393,19 @@ class Interpreter:
             for branch in spec["branches"]:
                 ((_bname, bbody),) = branch.items()
                 steps = _as_steps(bbody["steps"], self._cache)
-                jobs.append(lambda s, steps=steps: self._run_list(steps, s))
-            items = [None] * len(jobs)
+
+                async def run_branch(s: Scope, steps: list[Step] = steps) -> None:
+                    await self._run_list(steps, s)
+
+                jobs.append(run_branch)
+            items: list[Any] = [None] * len(jobs)
         else:
             loop = spec["for"]
-            values = (
-                self.value(loop["in"], scope)
-                if "in" in loop
-                else list(range(*(lambda r: (r[0], r[1] + 1))(self.value(loop["range"], scope))))
-            )
+            if "in" in loop:
+                values = self.value(loop["in"], scope)
+            else:
+                bounds = self.value(loop["range"], scope)
+                values = range(bounds[0], bounds[1] + 1)
             body = _as_steps(loop["steps"], self._cache)
             items = list(values)
 
@@ -423,7 +427,7 @@ class Interpreter:
                 branch_scope.local[spec["for"]["value"]] = items[i]
                 if "index" in spec["for"]:
                     branch_scope.local[spec["for"]["index"]] = i
-            async with gate:  # type: ignore[union-attr]
+            async with gate:
                 try:
                     await jobs[i](branch_scope)
                 except WorkflowError as exc:

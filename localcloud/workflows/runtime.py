@@ -263,7 +263,7 @@ class Runtime:
         op.response.Unpack(service)
         return json_format.MessageToDict(service)
 
-    def _service(self, body: dict[str, Any]) -> Any:
+    def _service(self, body: dict[str, Any] | None) -> Any:
         from google.cloud.run_v2 import types
 
         service = types.Service.pb()()
