@@ -56,6 +56,7 @@ from benchmarks import build
 from benchmarks.pubsub import LATENCY_BATCH, cpu_snapshot, log, other_cores
 from localcloud import testing
 from localcloud.core.oidc import Issuer
+from localcloud.storage import layout
 from localcloud.storage.gcs import INTERNAL_PROJECT, RAW_TOPIC
 from orchestrator.clients import Clients, Environment
 
@@ -223,6 +224,8 @@ class Recorder:
                 message = data["message"]
                 attributes = message.get("attributes") or {}
                 key = attributes.get("objectId") or base64.b64decode(message["data"]).decode()
+                with contextlib.suppress(ValueError):  # the raw topic has encoded names
+                    key = layout.decode(key)
                 entered = None
         except (ValueError, KeyError, TypeError) as exc:
             with self.cond:

@@ -27,7 +27,7 @@ from localcloud.core.config import Config
 from localcloud.registry import registry
 from localcloud.run import stage
 from localcloud.server import LocalCloud
-from localcloud.storage import gcs
+from localcloud.storage.front import StorageFront
 
 LOG = logging.getLogger(__name__)
 
@@ -102,6 +102,8 @@ class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.cloud = LocalCloud(config)
+        # Cloud Storage: our front on the storage port, fake-gcs-server (a child) behind it.
+        self.storage = StorageFront(config)
         self.children: list[Child] = []
         self.log_dir = config.data_dir / "logs"
 
@@ -125,11 +127,12 @@ class Supervisor:
 
     async def start(self) -> None:
         # Children first: forking once gRPC's threads run is unsafe.
-        specs = [gcs.spec(self.config), registry.spec(self.config)]
+        specs = [self.storage.child_spec(), registry.spec(self.config)]
         self.children = [Child(spec, self.log_dir) for spec in specs]
         for child in self.children:
             await child.start()
         await self.cloud.start()
+        await self.storage.start()
         self.cloud.health["api"] = "ok"
         assert self.cloud.session is not None  # made by start()
         for child in self.children:
@@ -151,6 +154,7 @@ class Supervisor:
                     )
 
     async def stop(self) -> None:
+        await self.storage.stop()
         await asyncio.gather(*(child.stop() for child in self.children), return_exceptions=True)
         await self.cloud.stop()
 

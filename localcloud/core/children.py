@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,9 @@ class ChildSpec:
     health_url: str
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    # Run in the child between fork and exec (after the parent-death signal is set): a
+    # seccomp filter, say. Prepare everything in the parent; this only makes system calls.
+    preexec: Callable[[], None] | None = None
 
 
 def _children(pid: int) -> list[int]:
@@ -63,13 +67,18 @@ class Child:
                 stderr=log,
                 env={**os.environ, **self.spec.env},
                 cwd=self.spec.cwd,
-                preexec_fn=_die_with_parent,
+                preexec_fn=self._preexec,
             )
         finally:
             log.close()
         LOG.info(
             "started %s (pid %s): %s", self.spec.name, self.process.pid, " ".join(self.spec.argv)
         )
+
+    def _preexec(self) -> None:
+        _die_with_parent()
+        if self.spec.preexec is not None:
+            self.spec.preexec()
 
     @property
     def running(self) -> bool:

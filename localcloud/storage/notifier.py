@@ -6,6 +6,8 @@ each event the way Cloud Storage's Pub/Sub notifications look
 ``notificationConfig``, ``eventType``, ``payloadFormat``, ``bucketId``, ``objectId``,
 ``objectGeneration``, ``eventTime``, and a JSON_API_V1 object resource as the payload
 (int64 fields as strings), then publishes it to ``config.storage_events_topic``.
+fake-gcs-server knows objects by their encoded names (``layout.py``); the notifications
+carry the names the clients gave.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from google.pubsub_v1.types import PubsubMessage, Subscription, Topic
 from localcloud.core.config import Config
 from localcloud.pubsub.engine import PubSub
 from localcloud.pubsub.queue import Consumer
+from localcloud.storage import layout
 from localcloud.storage.gcs import INTERNAL_PROJECT, RAW_TOPIC
 
 LOG = logging.getLogger(__name__)
@@ -46,6 +49,10 @@ def rewrite(raw: Any, config: Config, known: OrderedDict | None = None) -> Any:
     obj = json.loads(raw.data or b"{}")
     bucket = attrs.get("bucketId") or obj.get("bucket", "")
     name = attrs.get("objectId") or obj.get("name", "")
+    try:
+        name = layout.decode(name)
+    except ValueError:
+        LOG.warning("storage event for an object the front did not name: %r", name[:200])
     generation = str(attrs.get("objectGeneration") or obj.get("generation") or "0")
     base = f"http://{config.storage_address}"
     resource = {

@@ -1,8 +1,9 @@
 """An object name cannot reach the host through the storage port (issue 12, finding 3).
 
-fake-gcs-server's filesystem backend joins names to its root as they are; it runs under
-bubblewrap with only its root writable, so a traversal name never writes a host file.
-(Storing such names faithfully, as Google does, is still to come: issue 12 stays open.)
+fake-gcs-server's filesystem backend joins names to its root as they are. The front gives
+it only encoded names (``localcloud/storage/layout.py``), and it runs under bubblewrap with
+only its root writable, so a traversal name never writes a host file. That such names are
+stored and served as Google does is tested in ``test_storage_names.py``.
 """
 
 from __future__ import annotations
