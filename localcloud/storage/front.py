@@ -44,7 +44,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, MultiDictProxy
+from multidict import CIMultiDict, MultiDictProxy, MultiMapping
 from yarl import URL
 
 from localcloud.core.children import ChildSpec
@@ -752,7 +752,7 @@ def _replace(query: MultiDictProxy | Any, **changes: str | None) -> list[tuple[s
     return items
 
 
-def _encoded_name(query: MultiDictProxy, name: str) -> Any:
+def _encoded_name(query: MultiMapping[str], name: str) -> Any:
     """The query with its ``name`` parameter, if it has one, encoded for the backend."""
     return _replace(query, name=layout.encode(name)) if "name" in query else query
 

@@ -143,13 +143,13 @@ def no_xattrs() -> Callable[[], None]:
     libc = ctypes.CDLL(None, use_errno=True)
     ulong = ctypes.c_ulong
 
-    def load() -> None:
+    # The default argument keeps the program's buffer alive as long as the hook is.
+    def load(_alive: tuple[object, ...] = (buffer, fprog)) -> None:
         if libc.prctl(PR_SET_NO_NEW_PRIVS, ulong(1), ulong(0), ulong(0), ulong(0)) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
         if libc.prctl(PR_SET_SECCOMP, ulong(SECCOMP_MODE_FILTER), ctypes.byref(fprog), 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
 
-    load.keep = (buffer, fprog)  # type: ignore[attr-defined] - alive as long as the hook
     return load
 
 
