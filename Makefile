@@ -64,7 +64,7 @@ test-fast: venv deps ## Run the tests except the slow restart/kill cases
 bench: venv deps ## Run the benchmarks (figures as ratios against references measured in the same run)
 	$(BIN)/python -m benchmarks
 
-lint: venv ## ruff check, ruff format --check and mypy (types of orchestrator/ and localcloud/)
+lint: venv ## ruff check, ruff format --check and mypy (types of pipeline/, orch/ and localcloud/)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

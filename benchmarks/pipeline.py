@@ -1,7 +1,7 @@
 """Deploy-pipeline benchmarks: a zip dropped in the sources bucket to the service answering.
 
 A fresh localcloud is started and the pipeline provisioned on it as ``orch local up`` does
-(``orchestrator.provision``: the orchestrator's functions, each with one warm instance, the
+(``orch.provision``: the orchestrator's functions, each with one warm instance, the
 ``deploy`` workflow and the intake triggers). Then functions are deployed the way a user
 does it, one after the other, by uploading a zip to ``gs://<sources bucket>/NAME.zip``
 through the official storage client:
@@ -340,7 +340,7 @@ class Bench:
             instance.stop()
 
     def provision(self) -> None:
-        from orchestrator.provision import provision
+        from orch.provision import provision
 
         log("pipeline: provisioning the pipeline (builds the orchestrator's image) ...")
         t0 = time.perf_counter()
@@ -710,7 +710,7 @@ def markdown(s: PipelineSettings, r: PipelineResult) -> str:
         "",
         f"{s.deploys} deploys of each, one at a time, after {s.warmup} warm-up deploy each "
         "(it creates the service; for `hello`, installs the dependency), on a fresh "
-        "localcloud with the pipeline provisioned by `orchestrator.provision`. Total = the "
+        "localcloud with the pipeline provisioned by `orch.provision`. Total = the "
         "upload call's return → the first answer of the service's URL with the new text "
         f"(polled every {POLL * 1000:g} ms). The work is done directly in the same run for "
         "each deploy: the same source submitted to Cloud Build, the push step's registry "

@@ -1,5 +1,5 @@
 # The orchestrator's functions (pipeline.json `functions`), each a private Cloud Run
-# function built from orchestrator/ with its own entry point and service account.
+# function built from pipeline/orchestrator/ with its own entry point and service account.
 resource "google_cloudfunctions2_function" "function" {
   for_each = local.functions
 

@@ -1,7 +1,7 @@
 locals {
-  # The one list of names shared with `orch local up` (orchestrator/provision.py): every
+  # The one list of names shared with `orch local up` (orch/provision.py): every
   # topic, function, trigger and service account below is derived from it.
-  pipeline = jsondecode(file("${path.module}/../orchestrator/pipeline.json"))
+  pipeline = jsondecode(file("${path.module}/../pipeline/orchestrator/pipeline.json"))
 
   prefix         = coalesce(var.name_prefix, local.pipeline.name_prefix)
   sources_bucket = "${var.project_id}${local.pipeline.sources_bucket_suffix}"
@@ -47,7 +47,7 @@ locals {
   # role of an account (workflow, trigger, runtime) -> its account id (orch-workflow).
   service_accounts = { for role, name in local.pipeline.service_accounts : role => "${local.prefix}-${name}" }
 
-  # The orchestrator's settings (orchestrator/config.py Settings: ids, not full paths).
+  # The orchestrator's settings (pipeline/orchestrator/config.py Settings: ids, not full paths).
   # The functions get them as environment variables; `orch` reads them as its config file.
   settings = {
     project                 = var.project_id
@@ -63,7 +63,7 @@ locals {
     trigger_service_account = google_service_account.account["trigger"].email
   }
 
-  # Settings field -> environment variable (orchestrator/config.py ENV_VARS; a unit test
+  # Settings field -> environment variable (pipeline/orchestrator/config.py ENV_VARS; a unit test
   # keeps the two equal).
   env_vars = {
     project                 = "GOOGLE_CLOUD_PROJECT"

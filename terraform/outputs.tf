@@ -1,5 +1,5 @@
 # `terraform output -json orch_config > ~/.config/orch/config.json` points the `orch` CLI at
-# this deployment: the object's keys are orchestrator/config.py's Settings fields.
+# this deployment: the object's keys are pipeline/orchestrator/config.py's Settings fields.
 output "orch_config" {
   description = "The orch CLI's config file (Settings fields: ids, not full resource paths)."
   value       = local.settings

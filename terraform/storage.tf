@@ -34,8 +34,8 @@ resource "google_storage_bucket" "sources" {
   depends_on = [google_project_service.api]
 }
 
-# The orchestrator's own code, zipped from orchestrator/ as is (main.py and requirements.txt
-# at its root), for Cloud Run functions to build from.
+# The orchestrator's own code, zipped from pipeline/ as is (main.py and requirements.txt at
+# its root, the orchestrator package beside them), for Cloud Run functions to build from.
 resource "google_storage_bucket" "code" {
   name     = local.code_bucket
   project  = var.project_id
@@ -56,13 +56,13 @@ resource "google_storage_bucket" "code" {
 
 data "archive_file" "orchestrator" {
   type        = "zip"
-  source_dir  = "${path.module}/../orchestrator"
+  source_dir  = "${path.module}/../pipeline"
   output_path = "${path.module}/.build/orchestrator.zip"
   excludes    = ["__pycache__", "__pycache__/**", "**/__pycache__", "**/__pycache__/**", "**/*.pyc"]
 }
 
 resource "google_storage_bucket_object" "orchestrator" {
-  # The md5 in the name makes every change of orchestrator/ a new object, and so a new
+  # The md5 in the name makes every change of pipeline/ a new object, and so a new
   # build and revision of each function.
   name   = "orchestrator-${data.archive_file.orchestrator.output_md5}.zip"
   bucket = google_storage_bucket.code.name

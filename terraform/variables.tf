@@ -20,7 +20,7 @@ variable "region" {
 }
 
 variable "name_prefix" {
-  description = "Prefix of the orchestrator's functions, triggers and service accounts (orch-build, orch-workflow, ...). Null takes name_prefix from orchestrator/pipeline.json. At most 11 characters, so that the longest service account id (PREFIX-on-source-uploaded) stays within IAM's 30."
+  description = "Prefix of the orchestrator's functions, triggers and service accounts (orch-build, orch-workflow, ...). Null takes name_prefix from pipeline/orchestrator/pipeline.json. At most 11 characters, so that the longest service account id (PREFIX-on-source-uploaded) stays within IAM's 30."
   type        = string
   default     = null
 

@@ -447,15 +447,15 @@ class Controller:
         except Exception as exc:
             if not isinstance(exc, GoogleError):
                 LOG.exception("reconciling %s failed", name)
-            error = as_google_error(exc)
+            failure = as_google_error(exc)
             current = self._merge_status(name, svc)
             if current is not None:
                 current.ClearField("terminal_condition")
                 current.terminal_condition.CopyFrom(
-                    _condition("Ready", C.State.CONDITION_FAILED, error.message)
+                    _condition("Ready", C.State.CONDITION_FAILED, failure.message)
                 )
                 await self.store.put_service(current)
-            await self.operations.finish(op_name, error=error.to_proto(), metadata=svc)
+            await self.operations.finish(op_name, error=failure.to_proto(), metadata=svc)
 
     def _merge_status(self, name: str, reconciled: Any) -> Any | None:
         """The stored service with this reconcile's results: a newer update made meanwhile

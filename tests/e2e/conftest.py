@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from localcloud.testing import zip_tree
+from orch.provision import provision
 from orchestrator import manifest
 from orchestrator.clients import Clients, Environment
 from orchestrator.config import Settings
-from orchestrator.provision import provision
 from orchestrator.status import StatusEvent, from_message
 
 TERMINAL = ("done",)

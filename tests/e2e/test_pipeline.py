@@ -369,7 +369,7 @@ def test_the_pipeline_is_named_as_terraform_names_it(pipeline):
 
 def test_provisioning_again_changes_nothing(pipeline):
     """``orch local up`` on a provisioned localcloud is a no-op, like a second terraform apply."""
-    from orchestrator.provision import provision
+    from orch.provision import provision
 
     changes = provision(pipeline.settings, pipeline.clients, log=lambda _line: None)
     assert changes and {c.action for c in changes} == {"unchanged"}, [str(c) for c in changes]

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def orch(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
+        [sys.executable, "-m", "orch.cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -25,9 +25,9 @@ from google.cloud import pubsub_v1, run_v2
 from google.iam.v1 import policy_pb2
 
 from localcloud.testing import pack_build, zip_dir
+from orch.cli import main
 from orchestrator import clients as clients_module
 from orchestrator import manifest
-from orchestrator.cli import main
 from orchestrator.clients import Clients, Environment
 from orchestrator.status import StatusEvent, StatusPublisher
 

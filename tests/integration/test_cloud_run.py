@@ -67,7 +67,7 @@ def test_deploy_serves_http_with_cloud_run_variables(localcloud, build_image, de
     assert seen["greeting"] == "hi"
     assert seen["forwarded_for"]
     logs = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "local", "logs", "--service", service_id],
+        [sys.executable, "-m", "orch.cli", "local", "logs", "--service", service_id],
         env={**os.environ, "LOCALCLOUD_DATA": str(localcloud.config.data_dir)},
         capture_output=True,
         text=True,

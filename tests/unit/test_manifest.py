@@ -1,6 +1,6 @@
 """Table-driven tests for the function manifest, its schema, overrides and sources.
 
-The rules come from the schemas in orchestrator/schemas/ (docs/pipeline.md) and from Google's published limits:
+The rules come from the schemas in pipeline/orchestrator/schemas/ (docs/pipeline.md) and from Google's published limits:
 Cloud Run service names (https://cloud.google.com/run/docs/deploying#service), reserved
 environment variables (https://cloud.google.com/run/docs/container-contract#env-vars),
 concurrency 1..1000 and request timeout up to 3600 s, bucket names

@@ -1,4 +1,4 @@
-"""``orchestrator.packing``: deterministic zips that honour .gcloudignore like gcloud."""
+"""``orch.packing``: deterministic zips that honour .gcloudignore like gcloud."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from orchestrator.packing import PackingError, compile_pattern, list_files, pack, zip_directory
+from orch.packing import PackingError, compile_pattern, list_files, pack, zip_directory
 
 
 def write(root, files: dict[str, str]) -> None:

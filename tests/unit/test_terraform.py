@@ -2,11 +2,11 @@
 
 Offline checks of the Terraform that runs the orchestrator on Google Cloud (no account, no
 provider download): ``terraform fmt``; every ``var.``/``local.``/``data.``/resource
-reference declared; the names come from ``orchestrator/pipeline.json``, the list that
+reference declared; the names come from ``pipeline/orchestrator/pipeline.json``, the list that
 ``orch local up`` provisions from too; the functions' entry points exist in
-``orchestrator/main.py``; the workflow passes localcloud's Workflows validation and gets
+``pipeline/orchestrator/functions.py``; the workflow passes localcloud's Workflows validation and gets
 every environment variable it reads; the settings handed to the functions and to ``orch``
-are ``orchestrator/config.py``'s. Where the PyPI package ``cdktn-provider-google`` is
+are ``pipeline/orchestrator/config.py``'s. Where the PyPI package ``cdktn-provider-google`` is
 installed, every argument and block is also checked against the google provider's schema.
 """
 
@@ -29,8 +29,9 @@ hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is in requirements-dev.tx
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "terraform"
-PIPELINE = ROOT / "orchestrator" / "pipeline.json"
-MAIN = ROOT / "orchestrator" / "main.py"
+PIPELINE = ROOT / "pipeline" / "orchestrator" / "pipeline.json"
+MAIN = ROOT / "pipeline" / "orchestrator" / "functions.py"
+ENTRY = ROOT / "pipeline" / "main.py"
 
 # Names Terraform provides in every module, and the meta-arguments of resources.
 BUILTIN_ROOTS = {"each", "count", "path", "self", "terraform"}
@@ -316,7 +317,7 @@ def test_the_names_are_the_ones_local_provisioning_uses() -> None:
     assert settings.runtime_service_account == service_account_email(
         f"{prefix}-{p['service_accounts']['runtime']}", "my-project"
     )
-    provision = ROOT / "orchestrator" / "provision.py"
+    provision = ROOT / "orch" / "provision.py"
     if provision.exists():
         text = provision.read_text()
         for key in ("functions", "triggers", "service_accounts", "dead_letter_subscription"):
@@ -402,7 +403,7 @@ def test_functions_take_entry_point_timeout_and_own_account_from_pipeline() -> N
     archive = mod.data[("archive_file", "orchestrator")]
     assert (
         TERRAFORM / unquote(archive["source_dir"]).replace("${path.module}/", "")
-    ).resolve() == (ROOT / "orchestrator")
+    ).resolve() == (ROOT / "pipeline")
     assert any("__pycache__" in pattern for pattern in archive["excludes"])
     obj = mod.resources[("google_storage_bucket_object", "orchestrator")]
     assert "data.archive_file.orchestrator.output_md5" in obj["name"]
@@ -415,8 +416,6 @@ def test_functions_take_entry_point_timeout_and_own_account_from_pipeline() -> N
 
 
 def test_every_entry_point_is_a_top_level_function_of_main() -> None:
-    if not MAIN.exists():
-        pytest.skip("orchestrator/main.py does not exist yet")
     tree = ast.parse(MAIN.read_text(), filename=str(MAIN))
     defined = {
         node.name: node
@@ -433,7 +432,15 @@ def test_every_entry_point_is_a_top_level_function_of_main() -> None:
             assert decorators & {"functions_framework.cloud_event", "cloud_event"}, (
                 f"{entry} must be registered with @functions_framework.cloud_event"
             )
-    assert (ROOT / "orchestrator" / "requirements.txt").exists()
+    assert (ROOT / "pipeline" / "requirements.txt").exists()
+    # main.py, what functions-framework loads, re-exports every entry point.
+    assert "from orchestrator.functions import *" in ENTRY.read_text()
+    exported = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "__all__"
+    )
+    assert set(exported) == {fn["entry_point"] for fn in pipeline()["functions"].values()}
 
 
 def test_workflow_passes_localcloud_validation_and_gets_its_env() -> None:

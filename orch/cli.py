@@ -160,9 +160,9 @@ def _start(config: Config) -> dict:
 
 def _provision(state: dict) -> None:
     """Provision the pipeline through localcloud's APIs (what Terraform does in the cloud)."""
+    from orch.provision import provision
     from orchestrator.clients import Clients, Environment
     from orchestrator.config import Settings
-    from orchestrator.provision import provision
 
     env = {**os.environ, **state["env"]}
     settings = Settings.from_env(env)
@@ -362,7 +362,7 @@ def _start_and_follow(
     """Run ``start`` (which returns the deployment id) and follow that deployment."""
     from google.api_core import exceptions
 
-    from orchestrator import follow
+    from orch import follow
 
     if no_wait:
         try:
@@ -431,7 +431,8 @@ def deploy(
     """
     from google.api_core.exceptions import NotFound
 
-    from orchestrator import manifest, packing
+    from orch import packing
+    from orchestrator import manifest
 
     if service is not None and not manifest.SERVICE_RE.fullmatch(service):
         raise click.BadParameter(manifest.SERVICE_RULE, param_hint="--service")
@@ -609,7 +610,7 @@ def deployment_status(
     """
     from google.api_core import exceptions
 
-    from orchestrator import follow
+    from orch import follow
 
     clients = _clients()
     if follow_events:
@@ -699,7 +700,7 @@ def _open_stream(clients: Any, settings: Settings, filter: str) -> Any:
     """A temporary filtered subscription on the status topic, or a message saying why not."""
     from google.api_core import exceptions
 
-    from orchestrator import follow
+    from orch import follow
 
     stream = follow.StatusStream(clients, settings, filter)
     try:
@@ -713,7 +714,7 @@ def _open_stream(clients: Any, settings: Settings, filter: str) -> Any:
 
 def _follow_status(clients: Any, settings: Settings, deployment_id: str | None) -> None:
 
-    from orchestrator import follow
+    from orch import follow
 
     filter = f"attributes.deployment_id = {follow.quote(deployment_id)}" if deployment_id else ""
     stream = _open_stream(clients, settings, filter)

@@ -2,7 +2,7 @@
 
 Every resource comes from ``pipeline.json`` (the list Terraform reads too) and is created
 through the same official clients a user would use: the sources bucket, the topics and
-the dead-letter subscription, the orchestrator's six functions (this directory zipped,
+the dead-letter subscription, the orchestrator's six functions (pipeline/ zipped,
 built by Cloud Build with the buildpack, deployed as private Cloud Run services from one
 image), the ``deploy`` workflow and the two intake triggers. Each resource is compared
 with what exists and only created or updated when it differs, so running it again changes
@@ -26,8 +26,8 @@ from orchestrator.build import pack_build
 from orchestrator.config import Settings, pipeline, service_account_email
 from orchestrator.deploy import set_invoker
 
-ROOT = Path(__file__).resolve().parent
-REPO = ROOT.parent
+REPO = Path(__file__).resolve().parent.parent
+SOURCE = REPO / "pipeline"  # the orchestrator's functions, deployed as is
 SOURCE_HASH = "orchestrator.dev/source-hash"
 
 
@@ -42,10 +42,10 @@ class Change:
 
 
 def function_source() -> bytes:
-    """This directory as a zip, deterministically (the same bytes Terraform's archive hashes)."""
-    from orchestrator.packing import zip_directory
+    """pipeline/ as a zip, deterministically (the same bytes Terraform's archive hashes)."""
+    from orch.packing import zip_directory
 
-    return zip_directory(ROOT)
+    return zip_directory(SOURCE)
 
 
 class Provisioner:

@@ -23,7 +23,7 @@ DEFAULT_CONFIG_FILE = Path("~/.config/orch/config.json")
 
 @cache
 def pipeline() -> dict[str, Any]:
-    """The shared resource names (``orchestrator/pipeline.json``)."""
+    """The shared resource names (``pipeline/orchestrator/pipeline.json``)."""
     return json.loads(PIPELINE_FILE.read_text())
 
 

@@ -3,7 +3,7 @@
 A deployment's settings come from three places, weakest first: the optional
 ``function.yaml`` at the archive root, the source object's Cloud Storage metadata, and the
 fields of a deploy request. All three are checked against one JSON Schema,
-``orchestrator/schemas/deploy.schema.json``, so the rules live in one file that terraform
+``pipeline/orchestrator/schemas/deploy.schema.json``, so the rules live in one file that terraform
 docs, editors and this module share. Every problem becomes a :class:`ManifestError` whose
 message names the key and the value, because the person reading it is the one who uploaded
 the archive and needs to know what to change, not where the code failed.

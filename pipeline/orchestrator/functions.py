@@ -1,27 +1,13 @@
 """The orchestrator's functions: the entry points Cloud Run functions (or localcloud) call.
 
-This directory is deployed as it is: its contents become the function's source root, so
-the package ``orchestrator`` has no parent directory there. The first lines make this
-directory importable as ``orchestrator`` in that layout too, so the modules keep one
-import style in the repository, in tests and deployed.
+``pipeline/main.py``, the module functions-framework loads, re-exports them: the deployed
+source root is ``pipeline/`` (this package, ``main.py`` and ``requirements.txt``), so the
+package imports itself as ``orchestrator`` there as it does in the repository.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
-from pathlib import Path
-
-if "orchestrator" not in sys.modules:  # deployed: this directory is the source root
-    _here = Path(__file__).resolve().parent
-    _spec = importlib.util.spec_from_file_location(
-        "orchestrator", _here / "__init__.py", submodule_search_locations=[str(_here)]
-    )
-    assert _spec is not None and _spec.loader is not None
-    _package = importlib.util.module_from_spec(_spec)
-    sys.modules["orchestrator"] = _package
-    _spec.loader.exec_module(_package)
 
 import functions_framework
 
@@ -30,6 +16,15 @@ from orchestrator import deploy as deploy_step
 from orchestrator import intake, step
 from orchestrator import push as push_step
 from orchestrator import triggers as triggers_step
+
+__all__ = [
+    "bind_triggers",
+    "build",
+    "deploy",
+    "on_deploy_request",
+    "on_source_uploaded",
+    "push",
+]
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 step.warm()

@@ -1,0 +1,1 @@
+"""``orch``: the command line of the deploy orchestrator (and of localcloud)."""

@@ -1,1 +1,0 @@
-"""The serverless deploy orchestrator: the pipeline's functions, schemas, client factory, CLI."""

@@ -1,0 +1,1 @@
+"""The serverless deploy orchestrator's functions: intake, steps, schemas, the client factory."""
