@@ -98,7 +98,7 @@ class EventRouter:
         trigger.update_time.CopyFrom(trigger.create_time)
         await self._bind(trigger, project, location)
         self._etag(trigger)
-        await self.store.put(trigger)
+        await self.store.triggers.put(trigger)
         return await self._operation(trigger, "create", done=True)
 
     async def update(
@@ -141,7 +141,7 @@ class EventRouter:
         updated.update_time.CopyFrom(now())
         await self._bind(updated, project, location)
         self._etag(updated)
-        await self.store.put(updated)
+        await self.store.triggers.put(updated)
         return await self._operation(updated, "update", done=True)
 
     async def delete(self, name: str, etag: str, allow_missing: bool, validate_only: bool) -> Any:
@@ -156,7 +156,7 @@ class EventRouter:
         if validate_only:
             return await self._operation(trigger, "delete", done=True)
         await self._unbind(trigger)
-        await self.store.delete(name)
+        await self.store.triggers.delete(name)
         return await self._operation(trigger, "delete", done=True)
 
     # -- validation ---------------------------------------------------------------------

@@ -206,7 +206,7 @@ class Controller:
         svc.uri = f"http://{self.config.host}:{port}"
         svc.urls.extend([svc.uri, f"http://{service_id}.run.localhost:{self.config.ingress_port}"])
         self._mark_reconciling(svc)
-        await self.store.put_service(svc)
+        await self.store.services.put(svc)
         if self.ingress is not None:
             await self.ingress.open(name, port)
         op = await self._operation(svc)
@@ -254,7 +254,7 @@ class Controller:
             return await self._operation(svc, done=True)
         svc.traffic_statuses.extend(current.traffic_statuses)
         self._mark_reconciling(svc)
-        await self.store.put_service(svc)
+        await self.store.services.put(svc)
         op = await self._operation(svc)
         self._reconcile_soon(svc.name, op.name)
         return op
@@ -294,7 +294,7 @@ class Controller:
                 rev, done=True, parent=rev.service.rsplit("/services/", 1)[0]
             )
         await self.autoscaler.drop(rev.name)
-        await self.store.delete_revision(rev.name)
+        await self.store.revisions.delete(rev.name)
         return await self._operation(rev, done=True, parent=rev.service.rsplit("/services/", 1)[0])
 
     # -- helpers -------------------------------------------------------------------------
@@ -406,7 +406,7 @@ class Controller:
                         f"Revision {svc.template.revision} already exists; revisions are immutable"
                     )
                 rev = self._new_revision(svc)
-                await self.store.put_revision(rev)
+                await self.store.revisions.put(rev)
                 svc.latest_created_revision = rev.name
                 error = await self._start_revision(svc, rev)
             elif latest.name != svc.latest_ready_revision:
@@ -429,7 +429,7 @@ class Controller:
                         "Ready", C.State.CONDITION_FAILED, error, C.CommonReason.REVISION_FAILED
                     )
                 )
-            await self.store.put_service(svc)
+            await self.store.services.put(svc)
             if error is None:
                 await self.operations.finish(op_name, response=svc, metadata=svc)
             else:
@@ -455,7 +455,7 @@ class Controller:
                 current.terminal_condition.CopyFrom(
                     _condition("Ready", C.State.CONDITION_FAILED, message)
                 )
-                await self.store.put_service(current)
+                await self.store.services.put(current)
             await self.operations.finish(
                 op_name, error=status_pb2.Status(code=code, message=message), metadata=svc
             )
@@ -497,7 +497,7 @@ class Controller:
             rev.ClearField("conditions")
             rev.conditions.append(_condition("Ready", C.State.CONDITION_FAILED, message))
             rev.reconciling = False
-            await self.store.put_revision(rev)
+            await self.store.revisions.put(rev)
             await self.autoscaler.drop(rev.name)
             return message
         rev.ClearField("conditions")
@@ -505,7 +505,7 @@ class Controller:
         rev.conditions.append(_condition("ContainerHealthy", C.State.CONDITION_SUCCEEDED))
         rev.reconciling = False
         rev.observed_generation = rev.generation
-        await self.store.put_revision(rev)
+        await self.store.revisions.put(rev)
         svc.latest_ready_revision = rev.name
         return None
 
