@@ -146,7 +146,7 @@ class Builder:
                 if step.status == S.WORKING:
                     step.status = S.INTERNAL_ERROR
             await self._finish_operation(build)
-            await self.store.put(build)
+            await self.store.builds.put(build)
             await self._notify(build)
         shutil.rmtree(self.work, ignore_errors=True)
 
@@ -182,7 +182,7 @@ class Builder:
             f"http://{self.config.storage_address}/download/storage/v1/b/{bucket}/o/"
             f"{quote(self._log_object(build), safe='')}?alt=media"
         )
-        await self.store.put(build)
+        await self.store.builds.put(build)
         op = await self.operations.create(
             f"projects/{project}/locations/{location}",
             types.BuildOperationMetadata.pb()(build=build),
@@ -245,7 +245,7 @@ class Builder:
         return f"{prefix}/{name}" if prefix else name
 
     async def _update(self, build: Any) -> None:
-        await self.store.put(build)
+        await self.store.builds.put(build)
         op = self.op_names.get(build.id)
         if op is not None:
             await self.operations.update_metadata(

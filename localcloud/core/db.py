@@ -44,6 +44,16 @@ def connect(path: Path, *, fsync: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def together(*writes: Write) -> Write:
+    """Several writes as one: they share a savepoint, so they commit or roll back together."""
+
+    def write(conn: sqlite3.Connection) -> None:
+        for each in writes:
+            each(conn)
+
+    return write
+
+
 class Database:
     """One SQLite file: synchronous reads at start-up, queued group-committed writes after."""
 

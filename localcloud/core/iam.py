@@ -18,16 +18,10 @@ from google.iam.v1 import iam_policy_pb2, policy_pb2
 
 from localcloud.core.db import Database
 from localcloud.core.errors import Aborted, InvalidArgument, NotFound
+from localcloud.core.table import ProtoTable
 from localcloud.core.wire import handler_for, rpc
 
 LOG = logging.getLogger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS iam_policies (
-    resource TEXT PRIMARY KEY,
-    body BLOB NOT NULL
-);
-"""
 
 # resource name -> (exists?, permissions valid for it) ; None when not this service's
 Resolver = Callable[[str], tuple[bool, set[str]] | None]
@@ -42,12 +36,10 @@ def _etag(policy: policy_pb2.Policy) -> bytes:
 
 class PolicyStore:
     def __init__(self, db: Database) -> None:
-        self._db = db
-        db.execute_script(SCHEMA)
-        self._policies = {
-            r: policy_pb2.Policy.FromString(b)
-            for r, b in db.query("SELECT resource, body FROM iam_policies")
-        }
+        # A policy does not name its resource, so the key is given with each put.
+        self._policies: ProtoTable[str, policy_pb2.Policy] = ProtoTable(
+            db, "iam_policies", policy_pb2.Policy, key="resource", key_of=None
+        )
 
     def get(self, resource: str) -> policy_pb2.Policy:
         policy = self._policies.get(resource)
@@ -70,21 +62,12 @@ class PolicyStore:
         stored.CopyFrom(policy)
         stored.version = stored.version or 1
         stored.etag = _etag(stored)
-        self._policies[resource] = stored
-        body = stored.SerializeToString()
-        await self._db.write(
-            lambda c: c.execute(
-                "INSERT OR REPLACE INTO iam_policies(resource, body) VALUES (?, ?)",
-                (resource, body),
-            )
-        )
+        await self._policies.put(stored, key=resource)
         return stored
 
     async def forget(self, resource: str) -> None:
-        if self._policies.pop(resource, None) is not None:
-            await self._db.write(
-                lambda c: c.execute("DELETE FROM iam_policies WHERE resource=?", (resource,))
-            )
+        if resource in self._policies:
+            await self._policies.delete(resource)
 
     def members_with(self, resource: str, role: str) -> frozenset[str]:
         return frozenset(

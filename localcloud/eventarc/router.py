@@ -101,7 +101,7 @@ class EventRouter:
         trigger.update_time.CopyFrom(trigger.create_time)
         await self._bind(trigger, project, location)
         self._etag(trigger)
-        await self.store.put(trigger)
+        await self.store.triggers.put(trigger)
         return await self._operation(trigger, "create", done=True)
 
     async def update(
@@ -114,7 +114,7 @@ class EventRouter:
                 return await self.create(
                     f"projects/{project}/locations/{location}", request, trigger_id, validate_only
                 )
-            self.get(request.name)
+            current = self.get(request.name)  # NotFound
         if request.etag and request.etag != current.etag:
             raise Aborted(f"etag {request.etag!r} does not match the trigger's current etag")
         updated = TriggerPb()
@@ -144,7 +144,7 @@ class EventRouter:
         updated.update_time.CopyFrom(now())
         await self._bind(updated, project, location)
         self._etag(updated)
-        await self.store.put(updated)
+        await self.store.triggers.put(updated)
         return await self._operation(updated, "update", done=True)
 
     async def delete(self, name: str, etag: str, allow_missing: bool, validate_only: bool) -> Any:
@@ -153,13 +153,13 @@ class EventRouter:
         if trigger is None:
             if allow_missing:
                 return await self._operation(TriggerPb(name=name), "delete", done=True)
-            self.get(name)
+            trigger = self.get(name)  # NotFound
         if etag and etag != trigger.etag:
             raise Aborted(f"etag {etag!r} does not match the trigger's current etag")
         if validate_only:
             return await self._operation(trigger, "delete", done=True)
         await self._unbind(trigger)
-        await self.store.delete(name)
+        await self.store.triggers.delete(name)
         return await self._operation(trigger, "delete", done=True)
 
     # -- validation ---------------------------------------------------------------------

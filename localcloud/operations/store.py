@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -22,18 +21,11 @@ from google.rpc import code_pb2, status_pb2
 
 from localcloud.core.db import Database
 from localcloud.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from localcloud.core.table import Column, ProtoTable
 
 LOG = logging.getLogger(__name__)
 
 CancelHook = Callable[[str], Awaitable[None]]
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS operations (
-    name TEXT PRIMARY KEY,
-    done INTEGER NOT NULL,
-    body BLOB NOT NULL
-);
-"""
 
 
 def _pack(message: Message | None) -> any_pb2.Any | None:
@@ -48,27 +40,14 @@ def _pack(message: Message | None) -> any_pb2.Any | None:
 
 class OperationStore:
     def __init__(self, db: Database) -> None:
-        self._db = db
-        db.execute_script(SCHEMA)
-        self._ops: dict[str, operations_pb2.Operation] = {}
+        self._ops: ProtoTable[str, operations_pb2.Operation] = ProtoTable(
+            db,
+            "operations",
+            operations_pb2.Operation,
+            columns=(Column("done", lambda op: int(op.done), "INTEGER"),),
+        )
         self._done_events: dict[str, asyncio.Event] = {}
         self._cancel_hooks: dict[str, CancelHook] = {}
-        for _name, body in db.query("SELECT name, body FROM operations"):
-            op = operations_pb2.Operation.FromString(body)
-            self._ops[op.name] = op
-
-    def _persist(self, op: operations_pb2.Operation) -> Callable[[sqlite3.Connection], None]:
-        body = op.SerializeToString()
-        name, done = op.name, int(op.done)
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO operations(name, done, body) VALUES (?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET done=excluded.done, body=excluded.body",
-                (name, done, body),
-            )
-
-        return write
 
     def _event(self, name: str) -> asyncio.Event:
         event = self._done_events.get(name)
@@ -91,16 +70,15 @@ class OperationStore:
         packed = _pack(metadata)
         if packed is not None:
             op.metadata.CopyFrom(packed)
-        self._ops[op.name] = op
         if on_cancel is not None:
             self._cancel_hooks[op.name] = on_cancel
-        await self._db.write(self._persist(op))
+        await self._ops.put(op)
         return self.get(op.name)
 
     async def update_metadata(self, name: str, metadata: Message) -> None:
         op = self._live(name)
         op.metadata.CopyFrom(_pack(metadata))
-        await self._db.write(self._persist(op))
+        await self._ops.put(op)
 
     async def finish(
         self,
@@ -126,8 +104,7 @@ class OperationStore:
                 finished.response.CopyFrom(packed)
         finished.done = True
         # Saved before anyone can see it done: a crash never turns "done" back into "running".
-        await self._db.write(self._persist(finished))
-        self._ops[name] = finished
+        await self._ops.put(finished, after_commit=True)
         self._cancel_hooks.pop(name, None)
         self._event(name).set()
         return self.get(name)
@@ -162,12 +139,9 @@ class OperationStore:
 
     async def delete(self, name: str) -> None:
         self.get(name)
-        del self._ops[name]
         self._cancel_hooks.pop(name, None)
         self._done_events.pop(name, None)
-        await self._db.write(
-            lambda conn: conn.execute("DELETE FROM operations WHERE name=?", (name,))
-        )
+        await self._ops.delete(name)
 
     async def cancel(self, name: str) -> None:
         """Ask the owning service to stop (its hook finishes the operation as CANCELLED).

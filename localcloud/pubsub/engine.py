@@ -25,7 +25,7 @@ from typing import Any
 from google.protobuf import field_mask_pb2
 from google.pubsub_v1.types import ReceivedMessage
 
-from localcloud.core.db import Database
+from localcloud.core.db import Database, together
 from localcloud.core.errors import AlreadyExists, InvalidArgument, NotFound
 from localcloud.pubsub import names, store
 from localcloud.pubsub.filter import Filter, FilterError, parse_filter
@@ -97,7 +97,7 @@ class PubSub:
         self.push_backoff = push_backoff
         loaded = store.init(db)
         self.seq = loaded.max_seq
-        self.topics: dict[str, Any] = {t.name: t for t in loaded.topics}
+        self.topics = loaded.topics
         self.subs: dict[str, SubState] = {}
         self.topic_subs: dict[str, set[str]] = {}
         self.push_factory: Callable[[PubSub, SubState], Any] | None = None
@@ -193,13 +193,7 @@ class PubSub:
         if topic.HasField("message_retention_duration"):
             _check_retention(topic.message_retention_duration, "message_retention_duration")
         topic.state = 1  # ACTIVE
-        self.topics[topic.name] = topic  # before the await: a concurrent create sees it
-        try:
-            await self.db.write(store.put_topic(topic))
-        except BaseException:
-            if self.topics.get(topic.name) is topic:
-                del self.topics[topic.name]
-            raise
+        await self.topics.put(topic)  # seen by a concurrent create before the commit
         return topic
 
     async def update_topic(self, topic: Any, mask: field_mask_pb2.FieldMask) -> Any:
@@ -215,8 +209,7 @@ class PubSub:
             _copy_field(topic, updated, path)
         if updated.HasField("message_retention_duration"):
             _check_retention(updated.message_retention_duration, "message_retention_duration")
-        self.topics[topic.name] = updated
-        await self.db.write(store.put_topic(updated))
+        await self.topics.put(updated)
         return updated
 
     def list_topics(self, project: str) -> list[Any]:
@@ -225,15 +218,14 @@ class PubSub:
 
     async def delete_topic(self, name: str) -> None:
         self.get_topic(name)
-        del self.topics[name]
         # Google keeps the subscriptions; their topic reads "_deleted-topic_".
-        writes = [store.delete_topic(name)]
+        writes = [self.topics.stage_delete(name)]
         for sub_name in self.topic_subs.pop(name, set()):
             st = self.subs[sub_name]
             st.pb.topic = names.DELETED_TOPIC
             self.topic_subs.setdefault(names.DELETED_TOPIC, set()).add(sub_name)
             writes.append(store.put_subscription(st.pb, st.created))
-        await self.db.write(lambda c: [w(c) for w in writes])
+        await self.db.write(together(*writes))
         await self._deleted(name)
 
     async def _deleted(self, name: str) -> None:
@@ -337,7 +329,7 @@ class PubSub:
             store.put_subscription(st.pb, st.created),
             store.remove([(name, e.seq) for e in entries], orphaned),
         ]
-        await self.db.write(lambda c: [w(c) for w in writes])
+        await self.db.write(together(*writes))
 
     @staticmethod
     def _drop_refs(entries: Iterable[Entry]) -> list[int]:

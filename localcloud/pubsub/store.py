@@ -1,25 +1,28 @@
-"""Pub/Sub persistence: plain rows of serialized protos in SQLite.
+"""Pub/Sub persistence beyond topics: subscriptions, messages and backlogs in SQLite.
 
-The engine keeps live state in memory; these functions build the writes that mirror it
-and load it back at start-up. A message row is kept while any subscription's backlog
-row references it; acknowledging the last reference deletes it.
+Topics are a ``ProtoTable`` like every service's resources. The rest is not a table of
+protos by name: a subscription lives in the engine with its queue and pump, and its row
+carries a creation time its proto has no field for; a message is stored once under a
+sequence number however many subscriptions want it; a backlog row is one (subscription,
+message) with its attempt count. The engine keeps that live state in memory; these
+functions build the writes that mirror it and load it back at start-up. A message row is
+kept while any subscription's backlog row references it; acknowledging the last
+reference deletes it.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from google.pubsub_v1.types import PubsubMessage, Subscription, Topic
 
-from localcloud.core.db import Database
+from localcloud.core.db import Database, Write
+from localcloud.core.table import ProtoTable
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS pubsub_topics (
-    name TEXT PRIMARY KEY,
-    body BLOB NOT NULL
-);
 CREATE TABLE IF NOT EXISTS pubsub_subscriptions (
     name TEXT PRIMARY KEY,
     body BLOB NOT NULL,
@@ -38,7 +41,6 @@ CREATE TABLE IF NOT EXISTS pubsub_backlog (
 ) WITHOUT ROWID;
 """
 
-Write = Callable[[sqlite3.Connection], None]
 TopicPb = Topic.pb()
 SubscriptionPb = Subscription.pb()
 MessagePb = PubsubMessage.pb()
@@ -46,9 +48,10 @@ MessagePb = PubsubMessage.pb()
 
 @dataclass
 class Loaded:
-    topics: list[TopicPb]
-    subscriptions: list[tuple[SubscriptionPb, float]]
-    messages: dict[int, MessagePb]
+    # The message types are generated at run time (Topic.pb()...): Any to the type checker.
+    topics: ProtoTable[str, Any]
+    subscriptions: list[tuple[Any, float]]
+    messages: dict[int, Any]
     backlog: list[tuple[str, int, int]]
     max_seq: int
 
@@ -59,7 +62,7 @@ def init(db: Database) -> Loaded:
     db.execute_script(
         "DELETE FROM pubsub_messages WHERE seq NOT IN (SELECT seq FROM pubsub_backlog);"
     )
-    topics = [TopicPb.FromString(b) for (b,) in db.query("SELECT body FROM pubsub_topics")]
+    topics: ProtoTable[str, Any] = ProtoTable(db, "pubsub_topics", TopicPb)
     subs = [
         (SubscriptionPb.FromString(b), created)
         for b, created in db.query("SELECT body, created FROM pubsub_subscriptions")
@@ -76,18 +79,7 @@ def init(db: Database) -> Loaded:
     return Loaded(topics, subs, messages, backlog, max_seq)
 
 
-def put_topic(topic: TopicPb) -> Write:
-    name, body = topic.name, topic.SerializeToString()
-    return lambda c: c.execute(
-        "INSERT OR REPLACE INTO pubsub_topics(name, body) VALUES (?, ?)", (name, body)
-    )
-
-
-def delete_topic(name: str) -> Write:
-    return lambda c: c.execute("DELETE FROM pubsub_topics WHERE name=?", (name,))
-
-
-def put_subscription(sub: SubscriptionPb, created: float) -> Write:
+def put_subscription(sub: Any, created: float) -> Write:
     name, body = sub.name, sub.SerializeToString()
     return lambda c: c.execute(
         "INSERT OR REPLACE INTO pubsub_subscriptions(name, body, created) VALUES (?, ?, ?)",

@@ -12,6 +12,7 @@ previous ready revision and the service's terminal condition says why, with the 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import logging
 import random
@@ -127,7 +128,7 @@ class Controller:
             raise NotFound(f"Revision {name.rsplit('/', 1)[-1]} does not exist.")
         return rev
 
-    def list_revisions(self, parent: str) -> list[Any]:
+    def list_revisions(self, parent: str) -> builtins.list[Any]:
         self.get(parent)
         return self.store.revisions_of(parent)
 
@@ -209,7 +210,7 @@ class Controller:
         svc.uri = f"http://{self.config.host}:{port}"
         svc.urls.extend([svc.uri, f"http://{service_id}.run.localhost:{self.config.ingress_port}"])
         self._mark_reconciling(svc)
-        await self.store.put_service(svc)
+        await self.store.services.put(svc)
         if self.ingress is not None:
             await self.ingress.open(name, port)
         op = await self._operation(svc)
@@ -222,7 +223,7 @@ class Controller:
         if current is None:
             if allow_missing:
                 return await self.create(str(p), request_svc, service_id, validate_only)
-            self.get(request_svc.name)
+            current = self.get(request_svc.name)  # NotFound
         if request_svc.etag and request_svc.etag != current.etag:
             raise Aborted(
                 f"etag {request_svc.etag!r} does not match the service's current etag {current.etag!r}"
@@ -257,7 +258,7 @@ class Controller:
             return await self._operation(svc, done=True)
         svc.traffic_statuses.extend(current.traffic_statuses)
         self._mark_reconciling(svc)
-        await self.store.put_service(svc)
+        await self.store.services.put(svc)
         op = await self._operation(svc)
         self._reconcile_soon(svc.name, op.name)
         return op
@@ -297,7 +298,7 @@ class Controller:
                 rev, done=True, parent=rev.service.rsplit("/services/", 1)[0]
             )
         await self.autoscaler.drop(rev.name)
-        await self.store.delete_revision(rev.name)
+        await self.store.revisions.delete(rev.name)
         return await self._operation(rev, done=True, parent=rev.service.rsplit("/services/", 1)[0])
 
     # -- helpers -------------------------------------------------------------------------
@@ -409,7 +410,7 @@ class Controller:
                         f"Revision {svc.template.revision} already exists; revisions are immutable"
                     )
                 rev = self._new_revision(svc)
-                await self.store.put_revision(rev)
+                await self.store.revisions.put(rev)
                 svc.latest_created_revision = rev.name
                 error = await self._start_revision(svc, rev)
             elif latest.name != svc.latest_ready_revision:
@@ -432,7 +433,7 @@ class Controller:
                         "Ready", C.State.CONDITION_FAILED, error, C.CommonReason.REVISION_FAILED
                     )
                 )
-            await self.store.put_service(svc)
+            await self.store.services.put(svc)
             if error is None:
                 await self.operations.finish(op_name, response=svc, metadata=svc)
             else:
@@ -454,7 +455,7 @@ class Controller:
                 current.terminal_condition.CopyFrom(
                     _condition("Ready", C.State.CONDITION_FAILED, failure.message)
                 )
-                await self.store.put_service(current)
+                await self.store.services.put(current)
             await self.operations.finish(op_name, error=failure.to_proto(), metadata=svc)
 
     def _merge_status(self, name: str, reconciled: Any) -> Any | None:
@@ -492,7 +493,7 @@ class Controller:
             rev.ClearField("conditions")
             rev.conditions.append(_condition("Ready", C.State.CONDITION_FAILED, message))
             rev.reconciling = False
-            await self.store.put_revision(rev)
+            await self.store.revisions.put(rev)
             await self.autoscaler.drop(rev.name)
             return message
         rev.ClearField("conditions")
@@ -500,7 +501,7 @@ class Controller:
         rev.conditions.append(_condition("ContainerHealthy", C.State.CONDITION_SUCCEEDED))
         rev.reconciling = False
         rev.observed_generation = rev.generation
-        await self.store.put_revision(rev)
+        await self.store.revisions.put(rev)
         svc.latest_ready_revision = rev.name
         return None
 
@@ -553,8 +554,8 @@ class Controller:
         # What an instance reaches on its own loopback: localcloud's APIs, the services'
         # ports as they are when it starts (pasta takes milliseconds a port, so not a range)
         # and the host ports the user listed.
-        apis = (cfg.grpc_port, cfg.storage_port, cfg.registry_port, cfg.http_port)
-        apis += (cfg.ingress_port, *cfg.run_host_ports)
+        apis: tuple[int, ...] = (cfg.grpc_port, cfg.storage_port, cfg.registry_port)
+        apis += (cfg.http_port, cfg.ingress_port, *cfg.run_host_ports)
 
         def spec_for(port: int) -> Any:
             return sandbox.InstanceSpec(

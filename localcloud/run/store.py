@@ -6,65 +6,43 @@ from typing import Any
 
 from google.cloud.run_v2 import types
 
-from localcloud.core.db import Database
+from localcloud.core.db import Database, together
+from localcloud.core.table import Column, ProtoTable
 
 ServicePb = types.Service.pb()
 RevisionPb = types.Revision.pb()
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS run_services (name TEXT PRIMARY KEY, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS run_revisions (
-    name TEXT PRIMARY KEY, service TEXT NOT NULL, body BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS run_ports (service TEXT PRIMARY KEY, port INTEGER NOT NULL UNIQUE);
-"""
+# A service keeps its port across restarts (its URL must not change), and the port is
+# taken before the service is first stored, so it is a table of its own; a plain integer,
+# not a proto.
+PORTS = (
+    "CREATE TABLE IF NOT EXISTS run_ports (service TEXT PRIMARY KEY, port INTEGER NOT NULL UNIQUE);"
+)
 
 
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        db.execute_script(SCHEMA)
-        self.services: dict[str, Any] = {
-            s.name: s
-            for s in (ServicePb.FromString(b) for (b,) in db.query("SELECT body FROM run_services"))
-        }
-        self.revisions: dict[str, Any] = {
-            r.name: r
-            for r in (
-                RevisionPb.FromString(b) for (b,) in db.query("SELECT body FROM run_revisions")
-            )
-        }
+        self.services: ProtoTable[str, Any] = ProtoTable(db, "run_services", ServicePb)
+        self.revisions: ProtoTable[str, Any] = ProtoTable(
+            db,
+            "run_revisions",
+            RevisionPb,
+            columns=(Column("service", lambda r: r.service),),
+            parent="service",
+        )
+        db.execute_script(PORTS)
         self.ports: dict[str, int] = dict(db.query("SELECT service, port FROM run_ports"))
 
-    async def put_service(self, service: Any) -> None:
-        self.services[service.name] = service
-        row = (service.name, service.SerializeToString())
-        await self.db.write(
-            lambda c: c.execute("INSERT OR REPLACE INTO run_services VALUES (?, ?)", row)
-        )
-
-    async def put_revision(self, revision: Any) -> None:
-        self.revisions[revision.name] = revision
-        row = (revision.name, revision.service, revision.SerializeToString())
-        await self.db.write(
-            lambda c: c.execute("INSERT OR REPLACE INTO run_revisions VALUES (?, ?, ?)", row)
-        )
-
-    async def delete_revision(self, name: str) -> None:
-        self.revisions.pop(name, None)
-        await self.db.write(lambda c: c.execute("DELETE FROM run_revisions WHERE name=?", (name,)))
-
     async def delete_service(self, name: str) -> None:
-        self.services.pop(name, None)
+        """The service, its revisions and its port, in one transaction."""
         self.ports.pop(name, None)
-        for rev in [r for r in self.revisions.values() if r.service == name]:
-            self.revisions.pop(rev.name, None)
-
-        def write(c) -> None:
-            c.execute("DELETE FROM run_services WHERE name=?", (name,))
-            c.execute("DELETE FROM run_revisions WHERE service=?", (name,))
-            c.execute("DELETE FROM run_ports WHERE service=?", (name,))
-
-        await self.db.write(write)
+        await self.db.write(
+            together(
+                self.services.stage_delete(name),
+                self.revisions.stage_delete_children(name),
+                lambda c: c.execute("DELETE FROM run_ports WHERE service=?", (name,)),
+            )
+        )
 
     async def set_port(self, service: str, port: int) -> None:
         self.ports[service] = port
@@ -73,5 +51,6 @@ class RunStore:
         )
 
     def revisions_of(self, service: str) -> list[Any]:
-        revs = [r for r in self.revisions.values() if r.service == service]
+        """Newest first, as Cloud Run lists them."""
+        revs = self.revisions.children(service)
         return sorted(revs, key=lambda r: r.generation, reverse=True)

@@ -61,7 +61,7 @@ class WorkflowsEngine:
                 execution.state = E.FAILED
                 execution.end_time.CopyFrom(now())
                 execution.error.payload = json.dumps(STOPPED)
-                await self.store.put_execution(execution)
+                await self.store.executions.put(execution)
 
     async def stop(self) -> None:
         self.stopping = True
@@ -198,8 +198,7 @@ class WorkflowsEngine:
 
     def list_executions(self, parent: str) -> builtins.list[Any]:
         self.get(parent)
-        prefix = parent + "/executions/"
-        found = [e for n, e in self.store.executions.items() if n.startswith(prefix)]
+        found = self.store.executions.children(parent)
         return sorted(found, key=lambda e: e.start_time.ToNanoseconds(), reverse=True)
 
     async def create_execution(self, parent: str, request: Any) -> Any:
@@ -218,7 +217,7 @@ class WorkflowsEngine:
         execution.workflow_revision_id = workflow.revision_id
         if not execution.call_log_level:
             execution.call_log_level = workflow.call_log_level
-        await self.store.put_execution(execution)
+        await self.store.executions.put(execution)
         self.tasks[execution.name] = asyncio.get_running_loop().create_task(
             self._run(execution, workflow, argument), name=f"execution {execution.name}"
         )
@@ -308,7 +307,7 @@ class WorkflowsEngine:
             execution.end_time.ToNanoseconds() - execution.start_time.ToNanoseconds()
         )
         self.running.pop(execution.name, None)
-        await asyncio.shield(self.store.put_execution(execution))
+        await asyncio.shield(self.store.executions.put(execution))
         self.tasks.pop(execution.name, None)
 
 

@@ -44,7 +44,7 @@ class WorkflowsService:
     @rpc("ListWorkflowRevisions", wf.ListWorkflowRevisionsRequest, wf.ListWorkflowRevisionsResponse)
     async def list_workflow_revisions(self, request, context):
         self.engine.get(request.name)
-        revs = [w for (n, _r), w in self.engine.store.revisions.items() if n == request.name]
+        revs = self.engine.store.revisions.children(request.name)
         revs.sort(key=lambda w: w.revision_id, reverse=True)
         items, token = page(revs, request.page_size, request.page_token)
         return wf.ListWorkflowRevisionsResponse.pb()(workflows=items, next_page_token=token)

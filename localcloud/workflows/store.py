@@ -7,78 +7,51 @@ from typing import Any
 from google.cloud.workflows.executions_v1.types import Execution
 from google.cloud.workflows_v1.types import Workflow
 
-from localcloud.core.db import Database
+from localcloud.core.db import Database, together
+from localcloud.core.table import Column, ProtoTable
 
 WorkflowPb = Workflow.pb()
 ExecutionPb = Execution.pb()
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS workflows (name TEXT PRIMARY KEY, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS workflow_revisions (
-    workflow TEXT NOT NULL, revision TEXT NOT NULL, body BLOB NOT NULL,
-    PRIMARY KEY (workflow, revision)
-);
-CREATE TABLE IF NOT EXISTS workflow_executions (
-    name TEXT PRIMARY KEY, workflow TEXT NOT NULL, started REAL NOT NULL, body BLOB NOT NULL
-);
-"""
+
+
+def _workflow_of(execution: Any) -> str:
+    return execution.name.rsplit("/executions/", 1)[0]
 
 
 class WorkflowStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        db.execute_script(SCHEMA)
-        self.workflows = {
-            w.name: w
-            for w in (WorkflowPb.FromString(b) for (b,) in db.query("SELECT body FROM workflows"))
-        }
-        self.revisions: dict[tuple[str, str], Any] = {
-            (w, r): WorkflowPb.FromString(b)
-            for w, r, b in db.query("SELECT workflow, revision, body FROM workflow_revisions")
-        }
-        self.executions = {
-            e.name: e
-            for e in (
-                ExecutionPb.FromString(b)
-                for (b,) in db.query("SELECT body FROM workflow_executions ORDER BY started")
-            )
-        }
+        self.workflows: ProtoTable[str, Any] = ProtoTable(db, "workflows", WorkflowPb)
+        # Every revision a workflow had, by (workflow, revision id): GetWorkflow can ask
+        # for an older one, and an execution runs the revision it started with.
+        self.revisions: ProtoTable[tuple[str, str], Any] = ProtoTable(
+            db,
+            "workflow_revisions",
+            WorkflowPb,
+            key=("workflow", "revision"),
+            key_of=lambda w: (w.name, w.revision_id),
+            parent="workflow",
+        )
+        self.executions: ProtoTable[str, Any] = ProtoTable(
+            db,
+            "workflow_executions",
+            ExecutionPb,
+            columns=(
+                Column("workflow", _workflow_of),
+                Column("started", lambda e: e.start_time.ToNanoseconds() / 1e9, "REAL"),
+            ),
+            parent="workflow",
+            order_by="started",
+        )
 
     async def put_workflow(self, workflow: Any) -> None:
-        self.workflows[workflow.name] = workflow
-        self.revisions[(workflow.name, workflow.revision_id)] = workflow
-        body = workflow.SerializeToString()
-        name, rev = workflow.name, workflow.revision_id
-
-        def write(c) -> None:
-            c.execute("INSERT OR REPLACE INTO workflows VALUES (?, ?)", (name, body))
-            c.execute(
-                "INSERT OR REPLACE INTO workflow_revisions VALUES (?, ?, ?)", (name, rev, body)
-            )
-
-        await self.db.write(write)
+        """The workflow and its current revision, in one transaction."""
+        await self.db.write(
+            together(self.workflows.stage_put(workflow), self.revisions.stage_put(workflow))
+        )
 
     async def delete_workflow(self, name: str) -> None:
-        self.workflows.pop(name, None)
-        for key in [k for k in self.revisions if k[0] == name]:
-            del self.revisions[key]
-
-        def write(c) -> None:
-            c.execute("DELETE FROM workflows WHERE name=?", (name,))
-            c.execute("DELETE FROM workflow_revisions WHERE workflow=?", (name,))
-
-        await self.db.write(write)
-
-    async def put_execution(self, execution: Any) -> None:
-        self.executions[execution.name] = execution
-        workflow = execution.name.rsplit("/executions/", 1)[0]
-        row = (
-            execution.name,
-            workflow,
-            execution.start_time.ToNanoseconds() / 1e9,
-            execution.SerializeToString(),
-        )
+        """The workflow and every revision, in one transaction; its executions are kept."""
         await self.db.write(
-            lambda c: c.execute(
-                "INSERT OR REPLACE INTO workflow_executions VALUES (?, ?, ?, ?)", row
-            )
+            together(self.workflows.stage_delete(name), self.revisions.stage_delete_children(name))
         )

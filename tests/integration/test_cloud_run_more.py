@@ -672,16 +672,10 @@ def test_restart_keeps_services_and_serves_lazily_on_the_same_port(tmp_path):
             parent=PARENT, service=_service(f"{repo}:latest"), service_id="tagged"
         ).result(timeout=120)
         make_public(clients, tagged.name)
-        revisions = [r.name for r in clients.run_revisions.list_revisions(parent=service.name)]
 
-        instance = instance.restart()
+        instance = instance.restart()  # (that services and revisions come back: test_persistence)
         clients = Clients(Environment.from_env(instance.env))
-        again = clients.run_services.get_service(name=service.name)
-        assert again.uri == service.uri
-        assert again.latest_ready_revision == service.latest_ready_revision
-        assert [r.name for r in clients.run_revisions.list_revisions(parent=service.name)] == (
-            revisions
-        )
+        assert clients.run_services.get_service(name=service.name).uri == service.uri
         assert not instance_pids("keeper"), "instances start lazily, on the first request"
         status, body = call(service.uri, timeout=60)
         assert status == 200, body

@@ -1,7 +1,8 @@
 """Durability and supervision: restarts, SIGKILL, orphans, a second supervisor, taken ports.
 
 These start their own localcloud instances (the session's stays untouched), so they are
-marked slow; each still takes only a few seconds.
+marked slow; each still takes only a few seconds, but for the one that makes a resource of
+every kind (a build, a Cloud Run service, ...) before its crash.
 """
 
 from __future__ import annotations
@@ -12,15 +13,23 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from google.cloud import pubsub_v1
+from google.cloud import eventarc_v1, pubsub_v1, run_v2, workflows_v1
+from google.cloud.workflows import executions_v1
 
 from localcloud import testing
+from orchestrator.clients import Clients, Environment
 
 pytestmark = pytest.mark.slow
 PROJECT = "local-project"
+LOCATION = f"projects/{PROJECT}/locations/us-central1"
+HELLO = Path(__file__).parent.parent / "functions" / "hello_http"
 
 
 def clients(instance: testing.Instance):
@@ -150,6 +159,148 @@ def test_stream_reconnects_across_a_restart(tmp_path):
         assert got == [b"before", b"after"]
     finally:
         instance.stop()
+
+
+# -- every table of protos ----------------------------------------------------------------
+@dataclass
+class Made:
+    """What was created before the crash, by name."""
+
+    build_id: str
+    build_operation: str
+    service: str
+    topic: str
+    trigger: str
+    workflow: str
+    first_revision: str
+    execution: str
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.status, response.read()
+
+
+# Each stored kind of resource (localcloud/*/store.py, core/iam.py), read back through
+# the official clients as a user would: by name and by listing under its parent.
+READS: dict[str, Callable[[Clients, Made], Any]] = {
+    "cloud build builds": lambda c, m: (
+        c.cloud_build.get_build(project_id=PROJECT, id=m.build_id),
+        [b.id for b in c.cloud_build.list_builds(project_id=PROJECT)],
+    ),
+    "operations": lambda c, m: c.operations.get_operation(m.build_operation),
+    "cloud run services": lambda c, m: c.run_services.get_service(name=m.service),
+    "cloud run revisions": lambda c, m: list(c.run_revisions.list_revisions(parent=m.service)),
+    # The port table: the service answers on the port it had (opened again at start).
+    "cloud run ports": lambda c, m: _get(c.run_services.get_service(name=m.service).uri),
+    "iam policies": lambda c, m: c.run_services.get_iam_policy(request={"resource": m.service}),
+    "pubsub topics": lambda c, m: c.publisher.get_topic(topic=m.topic),
+    "eventarc triggers": lambda c, m: c.eventarc.get_trigger(name=m.trigger),
+    "workflows": lambda c, m: c.workflows.get_workflow(name=m.workflow),
+    "workflow revisions": lambda c, m: (
+        list(c.workflows.list_workflow_revisions(request={"name": m.workflow})),
+        c.workflows.get_workflow(request={"name": m.workflow, "revision_id": m.first_revision}),
+    ),
+    "workflow executions": lambda c, m: (
+        c.executions.get_execution(name=m.execution),
+        list(c.executions.list_executions(parent=m.workflow)),
+    ),
+}
+RETURNS = "main:\n  steps:\n    - done:\n        return: {!r}\n"
+
+
+def make_one_of_everything(c: Clients) -> Made:
+    """A resource in every table, through the official clients (each engine's real path)."""
+    bucket = c.storage.create_bucket(f"kept-{os.urandom(4).hex()}")
+    blob = bucket.blob("hello.zip")
+    blob.upload_from_string(testing.zip_dir(HELLO))
+    image = f"us-central1-docker.pkg.dev/{PROJECT}/functions/kept"
+    source = (bucket.name, blob.name, blob.generation)
+    target = {"GOOGLE_FUNCTION_TARGET": "hello"}
+    building = c.cloud_build.create_build(
+        project_id=PROJECT, build=testing.pack_build(source, image, target)
+    )
+    digest = building.result(timeout=180).results.images[0].digest
+    service = c.run_services.create_service(
+        parent=LOCATION,
+        service=run_v2.Service(
+            template={"containers": [{"image": f"{image}@{digest}"}]},
+        ),
+        service_id="kept",
+    ).result(timeout=120)
+    service.template.containers[0].env.append(run_v2.EnvVar(name="SECOND", value="revision"))
+    c.run_services.update_service(service=service).result(timeout=120)
+    testing.make_public(c, service.name)
+    topic = c.publisher.create_topic(name=f"projects/{PROJECT}/topics/kept").name
+    trigger = c.eventarc.create_trigger(
+        parent=LOCATION,
+        trigger_id="kept",
+        trigger=eventarc_v1.Trigger(
+            event_filters=[
+                {"attribute": "type", "value": "google.cloud.pubsub.topic.v1.messagePublished"}
+            ],
+            transport={"pubsub": {"topic": topic}},
+            destination={"cloud_run": {"service": "kept", "region": "us-central1"}},
+        ),
+    ).result(timeout=60)
+    workflow = c.workflows.create_workflow(
+        parent=LOCATION,
+        workflow_id="kept",
+        workflow=workflows_v1.Workflow(source_contents=RETURNS.format("one")),
+    ).result(timeout=30)
+    c.workflows.update_workflow(
+        workflow=workflows_v1.Workflow(name=workflow.name, source_contents=RETURNS.format("two")),
+        update_mask={"paths": ["source_contents"]},
+    ).result(timeout=30)
+    execution = c.executions.create_execution(
+        parent=workflow.name, execution=executions_v1.Execution()
+    )
+    deadline = time.monotonic() + 30
+    while execution.state == executions_v1.Execution.State.ACTIVE:
+        assert time.monotonic() < deadline, "the execution did not finish"
+        time.sleep(0.05)
+        execution = c.executions.get_execution(name=execution.name)
+    return Made(
+        building.metadata.build.id,
+        building.operation.name,
+        service.name,
+        topic,
+        trigger.name,
+        workflow.name,
+        workflow.revision_id,
+        execution.name,
+    )
+
+
+@pytest.fixture(scope="module")
+def crashed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[testing.Instance, Clients, Made, dict[str, Any]]]:
+    """A localcloud holding one resource of every kind, read, SIGKILLed (nothing flushed at
+    shutdown: only what was committed before each answer counts) and started again on its
+    data directory. Yields the new instance, its clients, what was made and each read."""
+    instance = testing.start(tmp_path_factory.mktemp("crashed") / "data")
+    try:
+        with instance.client_env():
+            clients = Clients(Environment.from_env(instance.env))
+            made = make_one_of_everything(clients)
+            before = {kind: read(clients, made) for kind, read in READS.items()}
+        assert len(before["cloud run revisions"]) == 2
+        assert len(before["workflow revisions"][0]) == 2
+        assert before["cloud run ports"][0] == 200
+        instance.kill()
+        assert wait_gone(children_of(instance.config.data_dir)) == []
+        instance = testing.start(instance.config.data_dir, config=instance.config)
+        yield instance, Clients(Environment.from_env(instance.env)), made, before
+    finally:
+        instance.stop()
+
+
+@pytest.mark.parametrize("kind", list(READS))
+def test_every_kind_of_resource_survives_sigkill(crashed, kind: str) -> None:
+    instance, clients, made, before = crashed
+    with instance.client_env():
+        assert READS[kind](clients, made) == before[kind]
 
 
 def test_sigterm_stops_cleanly_and_sigkill_leaves_no_orphans(tmp_path):
