@@ -60,5 +60,9 @@ def deploy(request):
 @functions_framework.http
 def bind_triggers(request):
     return step.run(
-        "bind_triggers", request.get_json(silent=True), triggers_step.work, announce="binding"
+        "bind_triggers",
+        request.get_json(silent=True),
+        triggers_step.work,
+        announce="binding",
+        release_on_success=True,
     )

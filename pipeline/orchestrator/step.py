@@ -195,13 +195,16 @@ def run(
     *,
     announce: str | None = "",
     release_on_failure: bool = True,
+    release_on_success: bool = False,
 ) -> tuple[dict[str, Any], int]:
     """Run one step for the workflow: events, saved result, and the HTTP answer.
 
     ``announce`` is the ``running`` event's message; None when ``work`` publishes it
     itself (the build step first waits for the service's lock). A final failure is saved
     like a result, so a retried call (its answer was lost) gives the same failure instead
-    of carrying on after the service's lock was released.
+    of carrying on after the service's lock was released. The last step releases the
+    service's lock on success (``release_on_success``) only after its ``succeeded`` event
+    is out, so the next deployment of the service never starts before this one ends.
     """
     ctx = context()
     try:
@@ -218,6 +221,8 @@ def run(
     if saved is not None:
         LOG.info("%s: %s already done; returning its result", deployment.deployment_id, step)
         ctx.publish(deployment, step, "succeeded", f"{step} already done", details=saved)
+        if release_on_success:  # the first call may have died before releasing
+            ctx.records.release(deployment.service, deployment.deployment_id)
         return {"ok": True, "result": saved}, 200
     started = time.monotonic()
     running = None
@@ -250,6 +255,8 @@ def run(
         ctx.status.finish(running)
     ctx.records.save_step(deployment.deployment_id, step, result)
     ctx.publish(deployment, step, "succeeded", details=result)
+    if release_on_success:
+        ctx.records.release(deployment.service, deployment.deployment_id)
     return {"ok": True, "result": result}, 200
 
 

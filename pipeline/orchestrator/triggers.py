@@ -8,7 +8,8 @@ missing (as ``gcloud functions deploy --trigger-topic`` does); buckets are not. 
 trigger lives in its bucket's location, as Eventarc requires; the locations a service's
 triggers live in are recorded so stale ones are found there later. The trigger service
 account gets ``run.invoker`` on the service, since Eventarc calls it with that identity.
-This is the last step: it releases the service's lock.
+This is the last step: once its ``succeeded`` event is out, ``step.run`` releases the
+service's lock.
 """
 
 from __future__ import annotations
@@ -124,7 +125,6 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
         deleted.append(trigger_id)
     if set(where.values()) != before:
         ctx.records.write(record, {"trigger_locations": sorted(set(where.values()))})
-    ctx.records.release(deployment.service, deployment.deployment_id)
     return {
         "triggers": sorted(wanted),
         "created": created,
