@@ -21,13 +21,15 @@ import threading
 import time
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from localcloud.core.config import Config, free_port
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,11 +72,47 @@ class Instance:
             self.config.data_dir, config=self.config, extra_env=self.extra_env, timeout=timeout
         )
 
+    def service_pids(self, service_id: str) -> list[int]:
+        """Host pids of the processes this localcloud runs for a Cloud Run service's
+        instances (by their ``K_SERVICE``, and the API address instances are given, which
+        tells this localcloud's from another's on the same machine)."""
+        wanted = {
+            f"K_SERVICE={service_id}".encode(),
+            f"LOCALCLOUD_GRPC_HOST={self.config.grpc_address}".encode(),
+        }
+        found = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError), open(f"/proc/{entry.name}/environ", "rb") as f:
+                if wanted <= set(f.read().split(b"\0")):
+                    found.append(int(entry.name))
+        return found
+
     @contextlib.contextmanager
     def client_env(self) -> Iterator[None]:
         """Temporarily point this process's clients at the instance."""
         with patched_environ(self.env):
             yield
+
+
+# The variables that move each of localcloud's listening ports, and the Config fields.
+PORTS = {
+    "LOCALCLOUD_GRPC_PORT": "grpc_port",
+    "LOCALCLOUD_STORAGE_PORT": "storage_port",
+    "LOCALCLOUD_REGISTRY_PORT": "registry_port",
+    "LOCALCLOUD_HTTP_PORT": "http_port",
+    "LOCALCLOUD_INGRESS_PORT": "ingress_port",
+    "LOCALCLOUD_RUN_FIRST_PORT": "run_first_port",
+}
+
+
+def port_env(config: Config | None = None) -> dict[str, str]:
+    """The variables that put a localcloud on ``config``'s ports, or else on free ones: one
+    started by a test never falls back to its fixed default ports (8085, 4443, 8080, ...)."""
+    if config is None:
+        return {name: str(free_port()) for name in PORTS}
+    return {name: str(getattr(config, attr)) for name, attr in PORTS.items()}
 
 
 @contextlib.contextmanager
@@ -101,24 +139,13 @@ def start(
     """Start ``python -m localcloud serve`` on free ports; return once it is healthy."""
     if config is None:
         config = Config(
-            data_dir=Path(data_dir).resolve(),
-            grpc_port=free_port(),
-            storage_port=free_port(),
-            registry_port=free_port(),
-            http_port=free_port(),
-            ingress_port=free_port(),
-            run_first_port=free_port(),
+            data_dir=Path(data_dir).resolve(), **{attr: free_port() for attr in PORTS.values()}
         )
     env = {
         **os.environ,
         **(extra_env or {}),
         "LOCALCLOUD_DATA": str(config.data_dir),
-        "LOCALCLOUD_GRPC_PORT": str(config.grpc_port),
-        "LOCALCLOUD_STORAGE_PORT": str(config.storage_port),
-        "LOCALCLOUD_REGISTRY_PORT": str(config.registry_port),
-        "LOCALCLOUD_HTTP_PORT": str(config.http_port),
-        "LOCALCLOUD_INGRESS_PORT": str(config.ingress_port),
-        "LOCALCLOUD_RUN_FIRST_PORT": str(config.run_first_port),
+        **port_env(config),
     }
     for key in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "LOCALCLOUD_GRPC_HOST"):
         env.pop(key, None)
@@ -153,6 +180,22 @@ def start(
     raise RuntimeError(
         f"localcloud did not become healthy in {timeout:g}s; see {instance.log_path}"
     )
+
+
+def wait_for(
+    predicate: Callable[[], T | None], timeout: float, what: str, every: float = 0.05
+) -> T:
+    """Poll ``predicate`` until it returns something true; that value. AssertionError naming
+    ``what`` once ``timeout`` seconds pass: a deadline for state to come about, never a
+    measure of how fast it did (tests wait on state, not on the clock)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(every)
 
 
 @dataclass

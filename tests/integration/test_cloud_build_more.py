@@ -21,7 +21,7 @@ import sys
 import tarfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,7 @@ from google.rpc import code_pb2
 from localcloud import testing
 from localcloud.registry.client import RegistryClient
 from localcloud.registry.names import parse_image
-from localcloud.testing import pack_args, pack_build, write_wheel, zip_tree
+from localcloud.testing import pack_args, pack_build, wait_for, write_wheel, zip_tree
 from orchestrator.clients import Clients, Environment
 
 FUNCTIONS = Path(__file__).parent.parent / "functions"
@@ -57,16 +57,6 @@ def run_build(clients: Clients, build, timeout: float = 60):
     with contextlib.suppress(exceptions.GoogleAPICallError):
         operation.result(timeout=timeout)
     return clients.cloud_build.get_build(project_id=PROJECT, id=operation.metadata.build.id)
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def build_limit() -> int:
@@ -239,12 +229,16 @@ def test_cancel_a_queued_build_and_the_pip_of_working_ones(
         )
         queued = queued_op.metadata.build.id
         cleanup_builds.append(queued)
-        time.sleep(0.5)
+        # The build's task opens its log just before it asks for a slot, and a build that
+        # gets one is WORKING in the same step: once the log is there, the wait has begun.
+        log = Path(localcloud.config.data_dir, "logs", "builds", f"{queued}.log")
+        wait_for(log.exists, 30, "the queued build's task to ask for a slot")
         assert status_of(clients, queued) == S.QUEUED
 
         cancelled = clients.cloud_build.cancel_build(project_id=PROJECT, id=queued)
         assert cancelled.status == S.CANCELLED
         assert cancelled.finish_time
+        assert not cancelled.start_time, "the queued build ran before it was cancelled"
         with pytest.raises(exceptions.Cancelled):
             queued_op.result(timeout=10)
         done = clients.operations.get_operation(queued_op.operation.name)

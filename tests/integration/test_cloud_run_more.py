@@ -30,6 +30,7 @@ from google.iam.v1 import policy_pb2
 
 from localcloud import testing
 from localcloud.run.autoscaler import QUEUE_PER_INSTANCE
+from localcloud.testing import wait_for
 from orchestrator.clients import Clients, Environment
 
 PARENT = "projects/local-project/locations/us-central1"
@@ -66,15 +67,18 @@ def handle(request):
         def chunks():
             for i in range(n):
                 time.sleep(delay)
-                yield f"chunk {i}\\n"
+                yield f"chunk {i} at {time.time()}\\n"  # when it was written
 
         return flask.Response(chunks(), mimetype="text/plain")
+    started = time.time()
     delay = float(request.args.get("sleep", "0"))
     if delay:
         time.sleep(delay)
     return json.dumps(
         {
             "instance": INSTANCE,
+            "started": started,
+            "finished": time.time(),
             "pid": os.getpid(),
             "ppid": os.getppid(),
             "method": request.method,
@@ -210,28 +214,6 @@ def call(
         return exc.code, exc.read().decode()
 
 
-def instance_pids(service_id: str) -> list[int]:
-    """Host pids of this machine's processes started for ``service_id`` (by their K_SERVICE)."""
-    wanted = f"K_SERVICE={service_id}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError), open(f"/proc/{entry.name}/environ", "rb") as f:
-            if wanted in f.read().split(b"\0"):
-                found.append(int(entry.name))
-    return found
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
 def sid(service: run_v2.Service) -> str:
     return service.name.rsplit("/", 1)[-1]
 
@@ -244,7 +226,9 @@ def test_min_instances_keep_one_instance_warm_across_the_idle_period(image, depl
     status, body = call(service.uri)
     assert status == 200, body
     first = json.loads(body)["instance"]
-    time.sleep(IDLE_SECONDS + 1.5)  # past the idle period and a reaper pass (idle / 4)
+    # Waiting is the scenario: past the idle period the session configured short (3 s) and
+    # two passes of the reaper (every idle / 4), when an instance not kept warm is stopped.
+    time.sleep(IDLE_SECONDS + 1.5)
     status, body = call(service.uri)
     assert status == 200, body
     assert json.loads(body)["instance"] == first, "the min instance must not be stopped"
@@ -282,30 +266,27 @@ def test_too_many_queued_requests_get_429(image, deploy):
     accepted_bound = 1 + 1 + QUEUE_PER_INSTANCE
     n = accepted_bound + 8
     with ThreadPoolExecutor(n) as pool:
-        started = time.monotonic()
         results = list(pool.map(lambda _: call(service.uri + "?sleep=0.25", timeout=60), range(n)))
-        elapsed = time.monotonic() - started
     statuses = [s for s, _ in results]
     assert set(statuses) <= {200, 429}, statuses
     assert statuses.count(429) >= n - accepted_bound, statuses
     assert statuses.count(200) >= 1
-    assert elapsed < 30
 
 
 def test_a_second_concurrent_request_scales_out(image, deploy):
-    """Concurrency 1, max 2, one warm instance: two simultaneous one-second requests should
-    run on two instances at once, not one after the other on the same instance."""
+    """Concurrency 1, max 2, one warm instance: two simultaneous slow requests should run
+    on two instances at once, not one after the other on the same instance."""
     service = deploy(
         image, public=True, max_instance_request_concurrency=1, scaling={"max_instance_count": 2}
     )
     assert call(service.uri)[0] == 200
-    started = time.monotonic()
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: call(service.uri + "?sleep=1.5"), range(2)))
-    elapsed = time.monotonic() - started
     assert [s for s, _ in results] == [200, 200]
-    assert len({json.loads(b)["instance"] for _, b in results}) == 2
-    assert elapsed < 2.9
+    ran = [json.loads(b) for _, b in results]
+    assert len({r["instance"] for r in ran}) == 2
+    # By the instances' own clock (the host's): each started before the other finished.
+    assert max(r["started"] for r in ran) < min(r["finished"] for r in ran), ran
 
 
 # -- ingress -----------------------------------------------------------------------------
@@ -326,13 +307,13 @@ def test_streaming_post_body_is_echoed_intact(shared):
 def test_streamed_response_arrives_in_pieces(shared):
     service = shared
     with urllib.request.urlopen(service.uri + "/stream?n=4&delay=0.5", timeout=30) as response:
-        started = time.monotonic()
         first = response.readline()
-        first_at = time.monotonic() - started
-        rest = response.read()
-    assert first == b"chunk 0\n"
-    assert rest == b"chunk 1\nchunk 2\nchunk 3\n"
-    assert first_at < 1.2, "the first chunk must not wait for the whole response"
+        first_arrived = time.time()
+        rest = response.read().splitlines()
+    assert first.startswith(b"chunk 0 at ")
+    assert [line.split(b" at ")[0] for line in rest] == [b"chunk 1", b"chunk 2", b"chunk 3"]
+    last_written = float(rest[-1].split(b" at ")[1])
+    assert first_arrived < last_written, "the first chunk waited for the whole response"
 
 
 def test_head_and_other_methods(shared):
@@ -347,10 +328,8 @@ def test_head_and_other_methods(shared):
 
 def test_timeout_from_the_template_gives_504(image, deploy):
     service = deploy(image, public=True, timeout={"seconds": 1})
-    started = time.monotonic()
     status, _ = call(service.uri + "?sleep=4", timeout=30)
-    assert status == 504
-    assert time.monotonic() - started < 3.5
+    assert status == 504  # the request ran past its timeout (a request that ends is 200)
 
 
 def test_timeout_during_a_streamed_response_cuts_it_cleanly(image, deploy):
@@ -602,8 +581,13 @@ def test_update_during_a_reconcile_is_not_lost(image, deploy, clients):
     service = deploy(image, env={"GREETING": "one"})
     service.template.containers[0].env[0].value = "two"
     slow = clients.run_services.update_service(service=service)  # new revision: ~1 s
-    time.sleep(0.2)
-    current = clients.run_services.get_service(name=service.name)
+
+    def under_way():
+        # The reconcile made its new revision (and is starting its instance, or done).
+        found = clients.run_services.get_service(name=service.name)
+        return found if found.latest_created_revision != service.latest_created_revision else None
+
+    current = wait_for(under_way, 30, "the reconcile to create its revision", every=0.02)
     current.labels["second"] = "update"
     quick = clients.run_services.update_service(service=current)
     slow.result(timeout=120)
@@ -614,19 +598,18 @@ def test_update_during_a_reconcile_is_not_lost(image, deploy, clients):
     assert final.observed_generation == final.generation
 
 
-def test_delete_during_a_reconcile_finishes_the_operation_and_leaks_nothing(image, clients):
+def test_delete_during_a_reconcile_finishes_the_operation_and_leaks_nothing(
+    localcloud, image, clients
+):
     service_id = f"svc-{uuid.uuid4().hex[:8]}"
     name = f"{PARENT}/services/{service_id}"
     creating = clients.run_services.create_service(
         parent=PARENT, service=_service(image), service_id=service_id
     )
-    assert wait_until(lambda: instance_pids(service_id), 10, 0.02), "no instance started"
+    wait_for(lambda: localcloud.service_pids(service_id), 30, "an instance to start", every=0.02)
     clients.run_services.delete_service(name=name).result(timeout=30)
-    gone = wait_until(lambda: not instance_pids(service_id), 4)
-    done = clients.operations.get_operation(creating.operation.name).done
-    assert (gone, done) == (True, True), (
-        f"instance processes left: {instance_pids(service_id)}; create operation done: {done}"
-    )
+    assert clients.operations.get_operation(creating.operation.name).done
+    wait_for(lambda: not localcloud.service_pids(service_id), 30, "the instance processes to go")
 
 
 def test_requests_during_a_revision_switch_all_succeed(image, deploy, clients):
@@ -682,7 +665,7 @@ def test_restart_keeps_services_and_serves_lazily_on_the_same_port(tmp_path):
         assert [r.name for r in clients.run_revisions.list_revisions(parent=service.name)] == (
             revisions
         )
-        assert not instance_pids("keeper"), "instances start lazily, on the first request"
+        assert not instance.service_pids("keeper"), "instances start lazily, on the first request"
         status, body = call(service.uri, timeout=60)
         assert status == 200, body
         assert json.loads(body)["version"] == "one"

@@ -169,7 +169,11 @@ def test_sigterm_stops_cleanly_and_sigkill_leaves_no_orphans(tmp_path):
 def test_second_supervisor_on_same_data_dir_refuses(tmp_path):
     instance = testing.start(tmp_path / "data")
     try:
-        env = {**os.environ, "LOCALCLOUD_DATA": str(instance.config.data_dir)}
+        env = {
+            **os.environ,
+            "LOCALCLOUD_DATA": str(instance.config.data_dir),
+            **testing.port_env(instance.config),
+        }
         result = subprocess.run(
             [sys.executable, "-m", "localcloud", "serve"],
             env=env,
@@ -192,10 +196,8 @@ def test_taken_port_is_named_with_its_variable(tmp_path):
         env = {
             **os.environ,
             "LOCALCLOUD_DATA": str(tmp_path / "data"),
+            **testing.port_env(),
             "LOCALCLOUD_GRPC_PORT": str(port),
-            "LOCALCLOUD_STORAGE_PORT": str(testing.free_port()),
-            "LOCALCLOUD_REGISTRY_PORT": str(testing.free_port()),
-            "LOCALCLOUD_HTTP_PORT": str(testing.free_port()),
         }
         result = subprocess.run(
             [sys.executable, "-m", "localcloud", "serve"],
@@ -210,7 +212,12 @@ def test_taken_port_is_named_with_its_variable(tmp_path):
 
 
 def test_bad_config_value_is_named(tmp_path):
-    env = {**os.environ, "LOCALCLOUD_DATA": str(tmp_path), "LOCALCLOUD_GRPC_PORT": "eighty"}
+    env = {
+        **os.environ,
+        "LOCALCLOUD_DATA": str(tmp_path),
+        **testing.port_env(),
+        "LOCALCLOUD_GRPC_PORT": "eighty",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "localcloud", "serve"], env=env, capture_output=True, text=True
     )
