@@ -19,7 +19,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -350,6 +352,104 @@ def pack_build(source: tuple[str, str, int], image: str, env: dict[str, str], **
         images=fields.pop("images", [image]),
         **fields,
     )
+
+
+def image_name(name: str, project: str = "local-project") -> str:
+    """A new image name in the project's ``functions`` repository, starting with ``name``."""
+    return f"us-central1-docker.pkg.dev/{project}/functions/{name}-{uuid.uuid4().hex[:6]}"
+
+
+def run_build(
+    clients: Any, build: Any, timeout: float = 180, project: str = "local-project"
+) -> Any:
+    """Create ``build`` with ``clients.cloud_build`` and wait until it ends; the Build, which
+    says how (a failed build fails its operation too: that error is not raised)."""
+    from google.api_core import exceptions
+
+    operation = clients.cloud_build.create_build(project_id=project, build=build)
+    with contextlib.suppress(exceptions.GoogleAPICallError):
+        operation.result(timeout=timeout)
+    return clients.cloud_build.get_build(project_id=project, id=operation.metadata.build.id)
+
+
+def build_function(clients: Any, bucket: Any, directory: Path, target: str, image: str) -> str:
+    """Build a function's directory into ``image`` with Cloud Build (its source uploaded to
+    ``bucket``); the image by digest."""
+    blob = bucket.blob(f"{directory.name}-{uuid.uuid4().hex[:8]}.zip")
+    blob.upload_from_string(zip_dir(directory))
+    source = (bucket.name, blob.name, blob.generation)
+    build = run_build(clients, pack_build(source, image, {"GOOGLE_FUNCTION_TARGET": target}))
+    if not build.results.images:
+        raise RuntimeError(f"building {directory} failed: {build.status_detail}")
+    return f"{image}@{build.results.images[0].digest}"
+
+
+def pull_image(
+    registry_address: str, image: str, digest: str, dest: Path
+) -> tuple[dict, dict, list[tuple[dict, Path]]]:
+    """Pull ``image`` by digest as a runtime does: (manifest, config, [(layer descriptor,
+    the layer's blob downloaded into ``dest``)])."""
+    import asyncio
+
+    from localcloud.registry.client import RegistryClient
+    from localcloud.registry.names import parse_image
+
+    path = parse_image(image).path
+
+    async def fetch() -> tuple[dict, dict, list[tuple[dict, Path]]]:
+        async with RegistryClient(registry_address) as registry:
+            body, _media, got = await registry.get_manifest(path, digest)
+            if got != digest:
+                raise AssertionError(f"asked for {digest}, got {got}")
+            manifest = json.loads(body)
+            config = json.loads(await registry.get_blob_bytes(path, manifest["config"]["digest"]))
+            layers = []
+            for i, layer in enumerate(manifest["layers"]):
+                blob = await registry.get_blob(path, layer["digest"], dest / f"layer{i}.tar.gz")
+                layers.append((layer, blob))
+            return manifest, config, layers
+
+    return asyncio.run(fetch())
+
+
+def run_service(
+    image: str,
+    env: dict[str, str] | None = None,
+    limits: dict[str, str] | None = None,
+    **template: Any,
+) -> Any:
+    """A Cloud Run Service of one container of ``image``; ``template`` sets more fields of
+    its RevisionTemplate (scaling, timeout, max_instance_request_concurrency, ...)."""
+    from google.cloud import run_v2
+
+    container = run_v2.Container(
+        image=image,
+        env=[{"name": k, "value": v} for k, v in (env or {}).items()],
+        resources={"limits": limits or {}},
+    )
+    return run_v2.Service(template=run_v2.RevisionTemplate(containers=[container], **template))
+
+
+def call(
+    url: str,
+    *,
+    token: str | None = None,
+    host: str | None = None,
+    timeout: float = 60,
+    method: str | None = None,
+    data: bytes | None = None,
+) -> tuple[int, str]:
+    """One HTTP request, as a deployed service's client makes it; (status, body)."""
+    request = urllib.request.Request(url, data=data, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if host:
+        request.add_header("Host", host)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 class Recorder:

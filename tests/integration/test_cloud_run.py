@@ -26,25 +26,10 @@ from google.iam.v1 import policy_pb2
 
 from localcloud import testing
 from localcloud.core.oidc import Issuer
-from localcloud.testing import make_public
+from localcloud.testing import call, make_public
 
 FUNCTIONS = Path(__file__).parent.parent / "functions"
 PARENT = "projects/local-project/locations/us-central1"
-
-
-def call(
-    url: str, *, token: str | None = None, host: str | None = None, timeout: float = 60
-) -> tuple[int, str]:
-    request = urllib.request.Request(url)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    if host:
-        request.add_header("Host", host)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def issuer(localcloud) -> Issuer:

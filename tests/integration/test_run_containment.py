@@ -17,8 +17,8 @@ import pytest
 
 from localcloud.core.oidc import owner_email
 from localcloud.run import sandbox
-from localcloud.testing import wait_for
-from tests.integration.test_cloud_run import call, issuer
+from localcloud.testing import call, wait_for
+from tests.integration.test_cloud_run import issuer
 
 pytestmark = pytest.mark.skipif(
     sandbox.bwrap_available() is None, reason="bubblewrap (bwrap) is not installed"

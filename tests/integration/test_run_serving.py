@@ -1,9 +1,11 @@
-"""More Cloud Run: autoscaling edges, crashes, streaming, update semantics, restart, ingress.
+"""Cloud Run serving requests: autoscaling edges (min instances, scale out, a bounded queue),
+crashed instances replaced, the ingress (streaming both ways, methods, timeouts, routing by
+host, private services), requests during a revision switch, and a restart.
 
-Complements ``test_cloud_run.py`` (helpers are copied from it, not imported). Expectations
-come from https://cloud.google.com/run/docs/reference/rpc/google.cloud.run.v2 and
-https://cloud.google.com/run/docs/about-instance-autoscaling. The session's localcloud
+Expectations come from https://cloud.google.com/run/docs/reference/rpc/google.cloud.run.v2
+and https://cloud.google.com/run/docs/about-instance-autoscaling. The session's localcloud
 stops instances idle for 3 s (``LOCALCLOUD_RUN_IDLE_MS=3000`` in ``tests/conftest.py``).
+Every test runs ``tests/functions/behaviours``: a behaviour per path.
 
 Several of these pinned down bugs found in review (now fixed).
 """
@@ -12,213 +14,50 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import time
-import urllib.error
 import urllib.request
 import uuid
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
-from google.api_core import exceptions
 from google.cloud import run_v2
-from google.cloud.devtools import cloudbuild_v1
-from google.iam.v1 import policy_pb2
+from google.iam.v1.policy_pb2 import Binding
 
 from localcloud import testing
+from localcloud.core.oidc import Issuer
 from localcloud.run.autoscaler import QUEUE_PER_INSTANCE
-from localcloud.testing import wait_for
+from localcloud.testing import build_function, call, make_public, run_service
 from orchestrator.clients import Clients, Environment
 
 PARENT = "projects/local-project/locations/us-central1"
 IDLE_SECONDS = 3.0  # LOCALCLOUD_RUN_IDLE_MS of the session's localcloud
-
-# One function with a behaviour per path, so a single build serves every test here.
-FUNCTION_SOURCE = """
-import hashlib
-import json
-import os
-import time
-import uuid
-
-import flask
-
-INSTANCE = uuid.uuid4().hex
-
-
-def handle(request):
-    path = request.path
-    if path == "/crash":
-        if request.args.get("all"):  # the server's master too (gunicorn restarts workers)
-            with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
-                if b"functions" in f.read():
-                    os.kill(os.getppid(), 9)
-        os._exit(1)
-    if path == "/echo":
-        data = request.get_data()
-        return flask.Response(data, mimetype="application/octet-stream")
-    if path == "/stream":
-        n = int(request.args.get("n", "5"))
-        delay = float(request.args.get("delay", "0.2"))
-
-        def chunks():
-            for i in range(n):
-                time.sleep(delay)
-                yield f"chunk {i} at {time.time()}\\n"  # when it was written
-
-        return flask.Response(chunks(), mimetype="text/plain")
-    started = time.time()
-    delay = float(request.args.get("sleep", "0"))
-    if delay:
-        time.sleep(delay)
-    return json.dumps(
-        {
-            "instance": INSTANCE,
-            "started": started,
-            "finished": time.time(),
-            "pid": os.getpid(),
-            "ppid": os.getppid(),
-            "method": request.method,
-            "content_length": request.headers.get("Content-Length"),
-            "greeting": os.environ.get("GREETING"),
-            "version": VERSION,
-        }
-    )
-"""
-
-
-def source_zip(version: str = "one") -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr("main.py", FUNCTION_SOURCE + f"\nVERSION = {version!r}\n")
-    return buffer.getvalue()
-
-
-def build_inline(clients: Clients, bucket, image: str, data: bytes) -> str:
-    """Build an inline source zip with Cloud Build (the official client); image by digest."""
-    blob = bucket.blob(f"src-{uuid.uuid4().hex[:8]}.zip")
-    blob.upload_from_string(data)
-    args = ["build", image, "--env", "GOOGLE_FUNCTION_TARGET=handle"]
-    operation = clients.cloud_build.create_build(
-        project_id="local-project",
-        build=cloudbuild_v1.Build(
-            source={"storage_source": {"bucket": bucket.name, "object_": blob.name}},
-            steps=[{"name": "gcr.io/k8s-skaffold/pack", "entrypoint": "pack", "args": args}],
-            images=[image],
-        ),
-    )
-    result = operation.result(timeout=180)
-    return f"{image}@{result.results.images[0].digest}"
+BEHAVIOURS = Path(__file__).parent.parent / "functions" / "behaviours"
 
 
 @pytest.fixture(scope="module")
-def clients(localcloud) -> Clients:
-    return Clients(Environment.from_env(localcloud.env))
-
-
-@pytest.fixture(scope="module")
-def image(clients) -> str:
-    """The multi-behaviour function, built once for the module."""
-    bucket = clients.storage.create_bucket(f"run-more-{uuid.uuid4().hex[:8]}")
-    return build_inline(
-        clients, bucket, "us-central1-docker.pkg.dev/local-project/functions/run-more", source_zip()
-    )
+def image(build_image) -> str:
+    return build_image("behaviours", "handle")
 
 
 @pytest.fixture(scope="module")
 def shared(image, clients, graveyard):
     """One public service for the read-only ingress tests."""
     service = clients.run_services.create_service(
-        parent=PARENT, service=_service(image), service_id=f"shared-{uuid.uuid4().hex[:8]}"
+        parent=PARENT, service=run_service(image), service_id=f"shared-{uuid.uuid4().hex[:8]}"
     ).result(timeout=120)
     graveyard.append(service.name)
     make_public(clients, service.name)
     return service
 
 
-def make_public(clients, name: str) -> None:
-    policy = clients.run_services.get_iam_policy(request={"resource": name})
-    policy.bindings.append(policy_pb2.Binding(role="roles/run.invoker", members=["allUsers"]))
-    clients.run_services.set_iam_policy(request={"resource": name, "policy": policy})
-
-
-def _service(image: str, env: dict | None = None, **template) -> run_v2.Service:
-    return run_v2.Service(
-        template=run_v2.RevisionTemplate(
-            containers=[
-                run_v2.Container(
-                    image=image, env=[{"name": k, "value": v} for k, v in (env or {}).items()]
-                )
-            ],
-            **template,
-        )
-    )
-
-
-@pytest.fixture(scope="module")
-def graveyard(clients):
-    """Services to delete at the end of the module, all at once: a delete waits for the
-    service's instances to stop (~2 s each), so one by one they would dominate the runtime."""
-    names: list[str] = []
-    yield names
-
-    def delete(name: str) -> None:
-        with contextlib.suppress(exceptions.NotFound):
-            clients.run_services.delete_service(name=name).result(timeout=60)
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(delete, names))
-
-
-@pytest.fixture
-def deploy(clients, graveyard):
-    """Create services (deleted at the end of the module)."""
-
-    def make(
-        image: str, *, public: bool = False, env: dict | None = None, **template
-    ) -> run_v2.Service:
-        service_id = f"svc-{uuid.uuid4().hex[:8]}"
-        result = clients.run_services.create_service(
-            parent=PARENT, service=_service(image, env, **template), service_id=service_id
-        ).result(timeout=120)
-        graveyard.append(result.name)
-        if public:
-            make_public(clients, result.name)
-        return result
-
-    make.created = graveyard
-    return make
-
-
-def call(
-    url: str,
-    *,
-    token: str | None = None,
-    host: str | None = None,
-    timeout: float = 60,
-    method: str | None = None,
-    data: bytes | None = None,
-) -> tuple[int, str]:
-    request = urllib.request.Request(url, data=data, method=method)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    if host:
-        request.add_header("Host", host)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def sid(service: run_v2.Service) -> str:
     return service.name.rsplit("/", 1)[-1]
 
 
-# -- autoscaling -------------------------------------------------------------------------
+# -- autoscaling ------------------------------------------------------------------------
 
 
 def test_min_instances_keep_one_instance_warm_across_the_idle_period(image, deploy):
@@ -289,7 +128,7 @@ def test_a_second_concurrent_request_scales_out(image, deploy):
     assert max(r["started"] for r in ran) < min(r["finished"] for r in ran), ran
 
 
-# -- ingress -----------------------------------------------------------------------------
+# -- ingress ----------------------------------------------------------------------------
 
 
 def test_streaming_post_body_is_echoed_intact(shared):
@@ -377,239 +216,20 @@ def test_shared_ingress_routes_by_host_and_unknown_tag_is_404(localcloud, shared
 
 
 def test_private_service_auth_rules(localcloud, image, deploy, clients):
-    from localcloud.core.oidc import Issuer
-
     service = deploy(image)
     issuer = Issuer(localcloud.config.data_dir / "oidc", localcloud.config.http_url)
     caller = "someone@local-project.iam.gserviceaccount.com"
     assert call(service.uri, token="not-a-jwt")[0] == 401
     assert call(service.uri, token=issuer.mint_id_token(service.uri + "/", caller))[0] == 403
     policy = clients.run_services.get_iam_policy(request={"resource": service.name})
-    policy.bindings.append(
-        policy_pb2.Binding(role="roles/run.invoker", members=["allAuthenticatedUsers"])
-    )
+    policy.bindings.append(Binding(role="roles/run.invoker", members=["allAuthenticatedUsers"]))
     clients.run_services.set_iam_policy(request={"resource": service.name, "policy": policy})
     assert call(service.uri, token=issuer.mint_id_token(service.uri + "/", caller))[0] == 200
     assert call(service.uri, token=issuer.mint_id_token(service.urls[1], caller))[0] == 200
     assert call(service.uri)[0] == 401
 
 
-# -- the API -----------------------------------------------------------------------------
-
-
-def test_label_only_update_makes_no_revision(image, deploy, clients):
-    service = deploy(image)
-    first = service.latest_ready_revision
-    service.labels["team"] = "blue"
-    operation = clients.run_services.update_service(service=service)
-    updated = operation.result(timeout=60)
-    assert updated.labels["team"] == "blue"
-    assert updated.generation == service.generation + 1
-    assert updated.observed_generation == updated.generation
-    assert not updated.reconciling
-    assert updated.latest_ready_revision == first
-    assert updated.latest_created_revision == first
-    revisions = [r.name for r in clients.run_revisions.list_revisions(parent=service.name)]
-    assert revisions == [first]
-
-
-def test_update_metadata_has_no_duplicated_traffic_statuses(image, deploy, clients):
-    """The LRO's metadata is the Service being reconciled; traffic_statuses are output only
-    and must not be doubled by echoing back the ones the client sent."""
-    service = deploy(image)
-    assert len(service.traffic_statuses) == 1
-    service.labels["x"] = "y"
-    operation = clients.run_services.update_service(service=service)
-    first = run_v2.Service.deserialize(operation.operation.metadata.value)
-    operation.result(timeout=60)
-    assert len(first.traffic_statuses) <= 1, first.traffic_statuses
-    assert first.reconciling and first.generation == service.generation + 1
-    assert first.observed_generation == service.generation
-
-
-def test_allow_missing_update_creates(image, deploy, clients):
-    service_id = f"svc-{uuid.uuid4().hex[:8]}"
-    service = _service(image)
-    service.name = f"{PARENT}/services/{service_id}"
-    created = clients.run_services.update_service(
-        request={"service": service, "allow_missing": True}
-    ).result(timeout=120)
-    deploy.created.append(created.name)
-    assert created.name == service.name
-    assert created.generation == 1
-    assert created.latest_ready_revision
-    with pytest.raises(exceptions.NotFound):
-        missing = _service(image)
-        missing.name = f"{PARENT}/services/svc-{uuid.uuid4().hex[:8]}"
-        clients.run_services.update_service(service=missing)
-
-
-def test_validate_only_creates_and_changes_nothing(image, deploy, clients):
-    service_id = f"svc-{uuid.uuid4().hex[:8]}"
-    result = clients.run_services.create_service(
-        request={
-            "parent": PARENT,
-            "service": _service(image),
-            "service_id": service_id,
-            "validate_only": True,
-        }
-    ).result(timeout=30)
-    assert result.name.endswith(service_id)
-    with pytest.raises(exceptions.NotFound):
-        clients.run_services.get_service(name=f"{PARENT}/services/{service_id}")
-
-    service = deploy(image)
-    service.template.containers[0].env.append({"name": "GREETING", "value": "changed"})
-    clients.run_services.update_service(request={"service": service, "validate_only": True}).result(
-        timeout=30
-    )
-    after = clients.run_services.get_service(name=service.name)
-    assert after.generation == service.generation
-    assert [r.name for r in clients.run_revisions.list_revisions(parent=service.name)] == [
-        service.latest_ready_revision
-    ]
-    clients.run_services.delete_service(
-        request={"name": service.name, "validate_only": True}
-    ).result(timeout=30)
-    assert clients.run_services.get_service(name=service.name).name == service.name
-
-
-def test_stale_etag_is_aborted(image, deploy, clients):
-    service = deploy(image)
-    service.etag = "not-the-etag"
-    with pytest.raises(exceptions.Aborted):
-        clients.run_services.update_service(service=service)
-    with pytest.raises(exceptions.Aborted):
-        clients.run_services.delete_service(request={"name": service.name, "etag": "nope"})
-
-
-def test_bad_input_is_invalid_argument(image, clients):
-    bad = {
-        "min above max": _service(
-            image, scaling={"min_instance_count": 3, "max_instance_count": 1}
-        ),
-        "traffic not 100": run_v2.Service(
-            template=_service(image).template,
-            traffic=[{"type_": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 50}],
-        ),
-        "two containers": run_v2.Service(
-            template=run_v2.RevisionTemplate(
-                containers=[run_v2.Container(image=image), run_v2.Container(image=image)]
-            )
-        ),
-    }
-    for what, service in bad.items():
-        with pytest.raises(exceptions.InvalidArgument):
-            clients.run_services.create_service(
-                parent=PARENT, service=service, service_id=f"bad-{uuid.uuid4().hex[:6]}"
-            )
-            pytest.fail(what)
-    with pytest.raises(exceptions.InvalidArgument):
-        clients.run_services.get_service(name="projects/x/services/y")
-    with pytest.raises(exceptions.InvalidArgument):
-        clients.run_revisions.get_revision(name=f"{PARENT}/services/a/revisions/Bad_Rev")
-
-
-_MISSING_REVISION = run_v2.TrafficTarget(
-    type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION,
-    revision="nope-00001-abc",
-    percent=100,
-)
-_UNCHECKED = {
-    "negative min instances": {"scaling": {"min_instance_count": -1}},
-    "negative timeout": {"timeout": {"seconds": -5}},
-    "timeout over 3600 s": {"timeout": {"seconds": 7200}},
-    "traffic to a missing revision": {"traffic": [_MISSING_REVISION]},
-    "negative traffic percent": {
-        "traffic": [
-            {"type_": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 150},
-            {"type_": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": -50, "tag": "neg"},
-        ]
-    },
-}
-
-
-@pytest.mark.parametrize("what", sorted(_UNCHECKED))
-def test_more_bad_input_is_invalid_argument(image, clients, what):
-    fields = dict(_UNCHECKED[what])
-    service = run_v2.Service(traffic=fields.pop("traffic", []), template=_service(image).template)
-    for key, value in fields.items():
-        setattr(service.template, key, value)
-    with pytest.raises(exceptions.InvalidArgument):
-        clients.run_services.create_service(
-            request={
-                "parent": PARENT,
-                "service": service,
-                "service_id": f"bad-{uuid.uuid4().hex[:6]}",
-                "validate_only": True,
-            }
-        ).result(timeout=30)
-
-
-def test_reusing_a_revision_name_is_not_internal(image, deploy, clients):
-    service = deploy(image)
-    taken = service.latest_ready_revision.rsplit("/", 1)[-1]
-    service.template.revision = taken
-    service.template.containers[0].env.append({"name": "GREETING", "value": "other"})
-    with pytest.raises(exceptions.GoogleAPICallError) as failure:
-        clients.run_services.update_service(service=service).result(timeout=60)
-    assert not isinstance(failure.value, (exceptions.InternalServerError, exceptions.Unknown))
-
-
-def test_delete_revision_rules(image, deploy, clients):
-    service = deploy(image, public=True, env={"GREETING": "one"})
-    first = service.latest_ready_revision
-    service.template.containers[0].env[0].value = "two"
-    updated = clients.run_services.update_service(service=service).result(timeout=120)
-    with pytest.raises(exceptions.FailedPrecondition):
-        clients.run_revisions.delete_revision(name=updated.latest_ready_revision)
-    clients.run_revisions.delete_revision(request={"name": first, "validate_only": True}).result(
-        timeout=30
-    )
-    assert clients.run_revisions.get_revision(name=first).name == first
-    deleted = clients.run_revisions.delete_revision(name=first).result(timeout=30)
-    assert deleted.name == first
-    with pytest.raises(exceptions.NotFound):
-        clients.run_revisions.get_revision(name=first)
-    assert json.loads(call(updated.uri)[1])["greeting"] == "two"
-
-
-# -- concurrency -------------------------------------------------------------------------
-
-
-def test_update_during_a_reconcile_is_not_lost(image, deploy, clients):
-    service = deploy(image, env={"GREETING": "one"})
-    service.template.containers[0].env[0].value = "two"
-    slow = clients.run_services.update_service(service=service)  # new revision: ~1 s
-
-    def under_way():
-        # The reconcile made its new revision (and is starting its instance, or done).
-        found = clients.run_services.get_service(name=service.name)
-        return found if found.latest_created_revision != service.latest_created_revision else None
-
-    current = wait_for(under_way, 30, "the reconcile to create its revision", every=0.02)
-    current.labels["second"] = "update"
-    quick = clients.run_services.update_service(service=current)
-    slow.result(timeout=120)
-    quick.result(timeout=120)
-    final = clients.run_services.get_service(name=service.name)
-    assert final.generation == service.generation + 2
-    assert final.labels.get("second") == "update"
-    assert final.observed_generation == final.generation
-
-
-def test_delete_during_a_reconcile_finishes_the_operation_and_leaks_nothing(
-    localcloud, image, clients
-):
-    service_id = f"svc-{uuid.uuid4().hex[:8]}"
-    name = f"{PARENT}/services/{service_id}"
-    creating = clients.run_services.create_service(
-        parent=PARENT, service=_service(image), service_id=service_id
-    )
-    wait_for(lambda: localcloud.service_pids(service_id), 30, "an instance to start", every=0.02)
-    clients.run_services.delete_service(name=name).result(timeout=30)
-    assert clients.operations.get_operation(creating.operation.name).done
-    wait_for(lambda: not localcloud.service_pids(service_id), 30, "the instance processes to go")
+# -- during an update -------------------------------------------------------------------
 
 
 def test_requests_during_a_revision_switch_all_succeed(image, deploy, clients):
@@ -634,7 +254,7 @@ def test_requests_during_a_revision_switch_all_succeed(image, deploy, clients):
     assert (200, "two") in seen
 
 
-# -- restart -----------------------------------------------------------------------------
+# -- restart ----------------------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -644,15 +264,15 @@ def test_restart_keeps_services_and_serves_lazily_on_the_same_port(tmp_path):
         clients = Clients(Environment.from_env(instance.env))
         bucket = clients.storage.create_bucket(f"restart-{uuid.uuid4().hex[:8]}")
         repo = "us-central1-docker.pkg.dev/local-project/functions/restart"
-        image = build_inline(clients, bucket, repo, source_zip())
+        image = build_function(clients, bucket, BEHAVIOURS, "handle", repo)
         service = clients.run_services.create_service(
-            parent=PARENT, service=_service(image), service_id="keeper"
+            parent=PARENT, service=run_service(image), service_id="keeper"
         ).result(timeout=120)
         make_public(clients, service.name)
         assert call(service.uri)[0] == 200
         # The same image by tag: every first request after the restart resolves the tag.
         tagged = clients.run_services.create_service(
-            parent=PARENT, service=_service(f"{repo}:latest"), service_id="tagged"
+            parent=PARENT, service=run_service(f"{repo}:latest"), service_id="tagged"
         ).result(timeout=120)
         make_public(clients, tagged.name)
         revisions = [r.name for r in clients.run_revisions.list_revisions(parent=service.name)]
@@ -677,27 +297,3 @@ def test_restart_keeps_services_and_serves_lazily_on_the_same_port(tmp_path):
         assert len(instances) == 1, f"{len(instances)} pools/instances for one revision"
     finally:
         instance.stop()
-
-
-@pytest.mark.parametrize(
-    ("limits", "named"),
-    [
-        ({"memory": "64Mi"}, "limits.memory: 64Mi is outside what Cloud Run allows"),
-        ({"memory": "lots"}, "limits.memory: 'lots' is not a quantity"),
-        ({"cpu": "3"}, "limits.cpu: 3 is not allowed"),
-        ({"memory": "5Gi", "cpu": "1"}, "5Gi of memory needs at least 2 CPUs"),
-    ],
-)
-def test_resource_limits_google_refuses_are_refused_by_the_api(image, clients, limits, named):
-    service = _service(image)
-    service.template.containers[0].resources.limits.update(limits)
-    with pytest.raises(exceptions.InvalidArgument) as refused:
-        clients.run_services.create_service(
-            request={
-                "parent": PARENT,
-                "service": service,
-                "service_id": f"bad-{uuid.uuid4().hex[:6]}",
-                "validate_only": True,
-            }
-        ).result(timeout=30)
-    assert named in str(refused.value)
