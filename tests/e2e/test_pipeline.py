@@ -6,7 +6,6 @@ import base64
 import contextlib
 import os
 import signal
-import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -14,9 +13,10 @@ from pathlib import Path
 import pytest
 from google.cloud import eventarc_v1
 
-from localcloud.testing import Recorder, zip_dir, zip_entries
+from localcloud.testing import Recorder, wait_for, zip_dir, zip_entries
 from orchestrator import manifest
 from orchestrator.config import pipeline as pipeline_names
+from orchestrator.status import StatusEvent
 from tests.e2e.conftest import done, hello_source, steps, wait_until_serving
 
 FUNCTIONS = Path(__file__).parent.parent / "functions"
@@ -164,13 +164,12 @@ def test_a_deploy_request_is_served(pipeline):
 def test_a_bad_deploy_request_fails_at_intake(pipeline):
     name = unique("badreq")
     pipeline.request({"source": "gs://no-such-bucket-here/x.zip#1", "service": name, "colour": 1})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def reported() -> list[StatusEvent]:
         with pipeline.lock:
-            found = [e for evs in pipeline.events.values() for e in evs if e.service == name]
-        if found:
-            break
-        time.sleep(0.1)
+            return [e for evs in pipeline.events.values() for e in evs if e.service == name]
+
+    found = wait_for(reported, 30, "intake to report the request")
     assert [(e.step, e.state, e.error_code) for e in found] == [
         ("accepted", "failed", "INVALID_REQUEST")
     ]
@@ -291,10 +290,12 @@ def test_a_step_function_crashing_mid_deploy_is_retried_and_the_deployment_compl
     files = hello_source(name, "survived")
     files["requirements.txt"] = "localgreeting==0.1.0\n"  # from the test wheelhouse: slower
     dep_id, _ = pipeline.upload(files, f"{name}.zip")
-    deadline = time.monotonic() + 60
-    while not any(e.message.startswith("building") for e in pipeline.seen(dep_id)):
-        assert time.monotonic() < deadline, "the build never started"
-        time.sleep(0.02)
+    wait_for(
+        lambda: any(e.message.startswith("building") for e in pipeline.seen(dep_id)),
+        60,
+        "the build to start",
+        every=0.02,
+    )
     pids = localcloud.service_pids(build_service)
     assert pids, f"no instance of {build_service} found"
     for pid in pids:

@@ -6,6 +6,7 @@ marked slow; each still takes only a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -43,13 +44,15 @@ def children_of(data_dir: Path) -> list[int]:
     return pids
 
 
-def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if Path(f"/proc/{p}").exists() and not _zombie(p)]
-        time.sleep(0.1)
-    return alive
+def wait_gone(pids: list[int], timeout: float = 30.0) -> list[int]:
+    """Those of ``pids`` still running once all are gone or ``timeout`` has passed."""
+
+    def alive() -> list[int]:
+        return [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+
+    with contextlib.suppress(AssertionError):
+        testing.wait_for(lambda: not alive(), timeout, "the processes to go", every=0.1)
+    return alive()
 
 
 def _zombie(pid: int) -> bool:
