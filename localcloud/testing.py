@@ -19,15 +19,19 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from localcloud.core.config import Config, free_port
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,11 +74,47 @@ class Instance:
             self.config.data_dir, config=self.config, extra_env=self.extra_env, timeout=timeout
         )
 
+    def service_pids(self, service_id: str) -> list[int]:
+        """Host pids of the processes this localcloud runs for a Cloud Run service's
+        instances (by their ``K_SERVICE``, and the API address instances are given, which
+        tells this localcloud's from another's on the same machine)."""
+        wanted = {
+            f"K_SERVICE={service_id}".encode(),
+            f"LOCALCLOUD_GRPC_HOST={self.config.grpc_address}".encode(),
+        }
+        found = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError), open(f"/proc/{entry.name}/environ", "rb") as f:
+                if wanted <= set(f.read().split(b"\0")):
+                    found.append(int(entry.name))
+        return found
+
     @contextlib.contextmanager
     def client_env(self) -> Iterator[None]:
         """Temporarily point this process's clients at the instance."""
         with patched_environ(self.env):
             yield
+
+
+# The variables that move each of localcloud's listening ports, and the Config fields.
+PORTS = {
+    "LOCALCLOUD_GRPC_PORT": "grpc_port",
+    "LOCALCLOUD_STORAGE_PORT": "storage_port",
+    "LOCALCLOUD_REGISTRY_PORT": "registry_port",
+    "LOCALCLOUD_HTTP_PORT": "http_port",
+    "LOCALCLOUD_INGRESS_PORT": "ingress_port",
+    "LOCALCLOUD_RUN_FIRST_PORT": "run_first_port",
+}
+
+
+def port_env(config: Config | None = None) -> dict[str, str]:
+    """The variables that put a localcloud on ``config``'s ports, or else on free ones: one
+    started by a test never falls back to its fixed default ports (8085, 4443, 8080, ...)."""
+    if config is None:
+        return {name: str(free_port()) for name in PORTS}
+    return {name: str(getattr(config, attr)) for name, attr in PORTS.items()}
 
 
 @contextlib.contextmanager
@@ -100,25 +140,13 @@ def start(
 ) -> Instance:
     """Start ``python -m localcloud serve`` on free ports; return once it is healthy."""
     if config is None:
-        config = Config(
-            data_dir=Path(data_dir).resolve(),
-            grpc_port=free_port(),
-            storage_port=free_port(),
-            registry_port=free_port(),
-            http_port=free_port(),
-            ingress_port=free_port(),
-            run_first_port=free_port(),
-        )
+        ports: dict[str, Any] = {attr: free_port() for attr in PORTS.values()}
+        config = Config(data_dir=Path(data_dir).resolve(), **ports)
     env = {
         **os.environ,
         **(extra_env or {}),
         "LOCALCLOUD_DATA": str(config.data_dir),
-        "LOCALCLOUD_GRPC_PORT": str(config.grpc_port),
-        "LOCALCLOUD_STORAGE_PORT": str(config.storage_port),
-        "LOCALCLOUD_REGISTRY_PORT": str(config.registry_port),
-        "LOCALCLOUD_HTTP_PORT": str(config.http_port),
-        "LOCALCLOUD_INGRESS_PORT": str(config.ingress_port),
-        "LOCALCLOUD_RUN_FIRST_PORT": str(config.run_first_port),
+        **port_env(config),
     }
     for key in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "LOCALCLOUD_GRPC_HOST"):
         env.pop(key, None)
@@ -153,6 +181,22 @@ def start(
     raise RuntimeError(
         f"localcloud did not become healthy in {timeout:g}s; see {instance.log_path}"
     )
+
+
+def wait_for(
+    predicate: Callable[[], T | None], timeout: float, what: str, every: float = 0.05
+) -> T:
+    """Poll ``predicate`` until it returns something true; that value. AssertionError naming
+    ``what`` once ``timeout`` seconds pass: a deadline for state to come about, never a
+    measure of how fast it did (tests wait on state, not on the clock)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(every)
 
 
 @dataclass
@@ -307,6 +351,104 @@ def pack_build(source: tuple[str, str, int], image: str, env: dict[str, str], **
         images=fields.pop("images", [image]),
         **fields,
     )
+
+
+def image_name(name: str, project: str = "local-project") -> str:
+    """A new image name in the project's ``functions`` repository, starting with ``name``."""
+    return f"us-central1-docker.pkg.dev/{project}/functions/{name}-{uuid.uuid4().hex[:6]}"
+
+
+def run_build(
+    clients: Any, build: Any, timeout: float = 180, project: str = "local-project"
+) -> Any:
+    """Create ``build`` with ``clients.cloud_build`` and wait until it ends; the Build, which
+    says how (a failed build fails its operation too: that error is not raised)."""
+    from google.api_core import exceptions
+
+    operation = clients.cloud_build.create_build(project_id=project, build=build)
+    with contextlib.suppress(exceptions.GoogleAPICallError):
+        operation.result(timeout=timeout)
+    return clients.cloud_build.get_build(project_id=project, id=operation.metadata.build.id)
+
+
+def build_function(clients: Any, bucket: Any, directory: Path, target: str, image: str) -> str:
+    """Build a function's directory into ``image`` with Cloud Build (its source uploaded to
+    ``bucket``); the image by digest."""
+    blob = bucket.blob(f"{directory.name}-{uuid.uuid4().hex[:8]}.zip")
+    blob.upload_from_string(zip_dir(directory))
+    source = (bucket.name, blob.name, blob.generation)
+    build = run_build(clients, pack_build(source, image, {"GOOGLE_FUNCTION_TARGET": target}))
+    if not build.results.images:
+        raise RuntimeError(f"building {directory} failed: {build.status_detail}")
+    return f"{image}@{build.results.images[0].digest}"
+
+
+def pull_image(
+    registry_address: str, image: str, digest: str, dest: Path
+) -> tuple[dict, dict, list[tuple[dict, Path]]]:
+    """Pull ``image`` by digest as a runtime does: (manifest, config, [(layer descriptor,
+    the layer's blob downloaded into ``dest``)])."""
+    import asyncio
+
+    from localcloud.registry.client import RegistryClient
+    from localcloud.registry.names import parse_image
+
+    path = parse_image(image).path
+
+    async def fetch() -> tuple[dict, dict, list[tuple[dict, Path]]]:
+        async with RegistryClient(registry_address) as registry:
+            body, _media, got = await registry.get_manifest(path, digest)
+            if got != digest:
+                raise AssertionError(f"asked for {digest}, got {got}")
+            manifest = json.loads(body)
+            config = json.loads(await registry.get_blob_bytes(path, manifest["config"]["digest"]))
+            layers = []
+            for i, layer in enumerate(manifest["layers"]):
+                blob = await registry.get_blob(path, layer["digest"], dest / f"layer{i}.tar.gz")
+                layers.append((layer, blob))
+            return manifest, config, layers
+
+    return asyncio.run(fetch())
+
+
+def run_service(
+    image: str,
+    env: dict[str, str] | None = None,
+    limits: dict[str, str] | None = None,
+    **template: Any,
+) -> Any:
+    """A Cloud Run Service of one container of ``image``; ``template`` sets more fields of
+    its RevisionTemplate (scaling, timeout, max_instance_request_concurrency, ...)."""
+    from google.cloud import run_v2
+
+    container = run_v2.Container(
+        image=image,
+        env=[{"name": k, "value": v} for k, v in (env or {}).items()],
+        resources={"limits": limits or {}},
+    )
+    return run_v2.Service(template=run_v2.RevisionTemplate(containers=[container], **template))
+
+
+def call(
+    url: str,
+    *,
+    token: str | None = None,
+    host: str | None = None,
+    timeout: float = 60,
+    method: str | None = None,
+    data: bytes | None = None,
+) -> tuple[int, str]:
+    """One HTTP request, as a deployed service's client makes it; (status, body)."""
+    request = urllib.request.Request(url, data=data, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if host:
+        request.add_header("Host", host)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 class Recorder:

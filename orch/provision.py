@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from orchestrator.deploy import set_invoker
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "pipeline"  # the orchestrator's functions, deployed as is
 SOURCE_HASH = "orchestrator.dev/source-hash"
+# Starts of a function's instance before provisioning gives up (see deploy_service).
+START_ATTEMPTS = 3
 
 
 @dataclass
@@ -172,27 +175,53 @@ class Provisioner:
             if old is not None and current.get(key) == digest and _same_template(old, template):
                 self._note("function", service_id, "unchanged")
                 service = old
-            elif old is None:
-                service = services.create_service(
-                    parent=self.s.location_path,
-                    service_id=service_id,
-                    service=run_v2.Service(
-                        template=template,
-                        annotations={SOURCE_HASH: digest},
-                        labels={"managed-by": "orchestrator"},
-                    ),
-                ).result(polling=self.polling)
-                self._note("function", service_id, "created")
             else:
-                old.template = template
-                old.annotations[SOURCE_HASH] = digest
-                service = services.update_service(service=old).result(polling=self.polling)
-                self._note("function", service_id, "updated")
+                service = self.deploy_service(service_id, template, digest, old)
+                self._note("function", service_id, "created" if old is None else "updated")
             caller = "trigger" if spec["signature_type"] == "cloudevent" else "workflow"
             member = f"serviceAccount:{self._role_account(caller)}"
             set_invoker(self.c.run_services, service.name, {member}, None)
             urls[key] = service.uri
         return urls
+
+    def deploy_service(self, service_id: str, template: Any, digest: str, old: Any) -> Any:
+        """Create (``old`` None) or update a function's service; once it serves, the service.
+
+        An instance killed before it listened (by a signal: exit 137 is the OOM killer's
+        SIGKILL, seen on a loaded machine) is a transient failure: the same revision is
+        tried again, up to START_ATTEMPTS starts in all, saying so. Any other failure (a
+        bad image, code that exits by itself) is raised at once."""
+        from google.cloud import run_v2
+
+        services = self.c.run_services
+        attempt = 1
+        while True:
+            try:
+                if old is None:
+                    return services.create_service(
+                        parent=self.s.location_path,
+                        service_id=service_id,
+                        service=run_v2.Service(
+                            template=template,
+                            annotations={SOURCE_HASH: digest},
+                            labels={"managed-by": "orchestrator"},
+                        ),
+                    ).result(polling=self.polling)
+                old.template = template
+                old.annotations[SOURCE_HASH] = digest
+                return services.update_service(service=old).result(polling=self.polling)
+            except exceptions.FailedPrecondition as exc:
+                code = killed_before_listening(str(exc.message))
+                if code is None or attempt == START_ATTEMPTS:
+                    raise
+                attempt += 1
+                self.log(
+                    f"{service_id}: instance start failed (exit {code}); "
+                    f"retrying ({attempt}/{START_ATTEMPTS})"
+                )
+                # The service exists now, its revision not ready: updating it with the same
+                # template starts that revision again.
+                old = services.get_service(name=self.s.service_path(service_id))
 
     def _role_account(self, role: str) -> str:
         return self._service_account(self.p["service_accounts"][role])
@@ -309,6 +338,19 @@ class Provisioner:
         self.workflow(urls)
         self.triggers()
         return self.changes
+
+
+def killed_before_listening(message: str) -> int | None:
+    """The exit code when a Cloud Run failure says an instance was killed by a signal before
+    it listened (localcloud: "the instance exited with code 137 before listening on port
+    ..."); None for any other failure."""
+    found = re.search(r"exited with code (-?\d+) before listening", message)
+    if found is None:
+        return None
+    code = int(found.group(1))
+    # Killed by signal N: -N from the process itself, 128+N from a parent that reports it
+    # (bwrap, a shell). Other codes are the program's own exit.
+    return code if code < 0 or code > 128 else None
 
 
 def _same_trigger(found: Any, wanted: Any) -> bool:

@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,9 +32,17 @@ GREETING_MODULE = 'def greet(name):\n    return f"hello, {name}, from a wheel"\n
 
 
 @pytest.fixture(scope="session")
-def localcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testing.Instance]:
-    wheelhouse = tmp_path_factory.mktemp("wheelhouse")
-    write_wheel(wheelhouse, "localgreeting", "0.1.0", GREETING_MODULE)
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where builds' pip finds packages (LOCALCLOUD_WHEELHOUSE): the ``localgreeting`` wheel."""
+    path = tmp_path_factory.mktemp("wheelhouse")
+    write_wheel(path, "localgreeting", "0.1.0", GREETING_MODULE)
+    return path
+
+
+@pytest.fixture(scope="session")
+def localcloud(
+    tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path
+) -> Iterator[testing.Instance]:
     instance = testing.start(
         tmp_path_factory.mktemp("localcloud"),
         extra_env={

@@ -99,6 +99,24 @@ class Pipeline:
         with self.lock:
             return list(self.events[deployment_id])
 
+    def executions(self, deployment_id: str) -> list[str]:
+        """The deploy workflow's executions labelled with ``deployment_id`` (docs/pipeline.md)."""
+        return [
+            e.name
+            for e in self.clients.executions.list_executions(parent=self.settings.workflow_path)
+            if e.labels.get("deployment-id") == deployment_id
+        ]
+
+    def refused_request(self, service: str) -> tuple[str, list[StatusEvent]]:
+        """Request a deployment of an object that does not exist; once intake has refused
+        it, its source URI and events. Sent after other requests, a sentinel for them."""
+        name = f"nowhere/{service}.zip"
+        source = f"gs://{self.settings.sources_bucket}/{name}"
+        self.request({"source": source, "service": service})
+        fields = {"service": service}
+        dep_id = manifest.deployment_id(self.settings.sources_bucket, name, 0, fields)
+        return source, self.wait(dep_id, timeout=30)
+
     # ------------------------------------------------------------------ services
 
     def get(self, url: str, timeout: float = 30.0) -> str:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
-import time
 import uuid
 import zipfile
 from pathlib import Path
 
 import pytest
+from google.cloud import eventarc_v1
 
-from localcloud.testing import Recorder, zip_dir, zip_entries
+from localcloud.testing import Recorder, wait_for, zip_dir, zip_entries
 from orchestrator import manifest
 from orchestrator.config import pipeline as pipeline_names
+from orchestrator.status import StatusEvent
 from tests.e2e.conftest import done, hello_source, steps, wait_until_serving
 
 FUNCTIONS = Path(__file__).parent.parent / "functions"
@@ -136,7 +138,8 @@ def test_bad_input_reports_one_failure_naming_the_problem_and_keeps_serving(pipe
     assert phrase in events[0].message
     assert events[0].error_code in ("INVALID_ARCHIVE", "INVALID_MANIFEST")
     assert pipeline.get(url) == "steady"
-    time.sleep(0.3)
+    # Intake refuses before it starts anything: no execution carries this deployment's id.
+    assert pipeline.executions(dep_id) == [], "a workflow runs for a refused source"
     assert len(pipeline.seen(dep_id)) == 1, "nothing else runs for a refused source"
 
 
@@ -161,13 +164,12 @@ def test_a_deploy_request_is_served(pipeline):
 def test_a_bad_deploy_request_fails_at_intake(pipeline):
     name = unique("badreq")
     pipeline.request({"source": "gs://no-such-bucket-here/x.zip#1", "service": name, "colour": 1})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def reported() -> list[StatusEvent]:
         with pipeline.lock:
-            found = [e for evs in pipeline.events.values() for e in evs if e.service == name]
-        if found:
-            break
-        time.sleep(0.1)
+            return [e for evs in pipeline.events.values() for e in evs if e.service == name]
+
+    found = wait_for(reported, 30, "intake to report the request")
     assert [(e.step, e.state, e.error_code) for e in found] == [
         ("accepted", "failed", "INVALID_REQUEST")
     ]
@@ -175,13 +177,7 @@ def test_a_bad_deploy_request_fails_at_intake(pipeline):
 
 
 def test_a_deploy_request_for_a_missing_object_fails_at_intake(pipeline):
-    name = unique("missing")
-    source = f"gs://{pipeline.settings.sources_bucket}/nowhere/{name}.zip"
-    pipeline.request({"source": source, "service": name})
-    dep_id = manifest.deployment_id(
-        pipeline.settings.sources_bucket, f"nowhere/{name}.zip", 0, {"service": name}
-    )
-    events = pipeline.wait(dep_id, timeout=30)
+    source, events = pipeline.refused_request(unique("missing"))
     assert [(e.step, e.state, e.error_code) for e in events] == [
         ("accepted", "failed", "SOURCE_NOT_FOUND")
     ]
@@ -193,9 +189,10 @@ def test_a_duplicate_event_is_one_deployment(pipeline):
     dep_id, generation = pipeline.upload(hello_source(name, "once"), f"{name}.zip")
     # The same upload again, as a request naming that generation: the same deployment id.
     pipeline.request({"source": f"gs://{pipeline.settings.sources_bucket}/{name}.zip#{generation}"})
-    events = pipeline.wait(dep_id)
-    time.sleep(1.0)
+    pipeline.wait(dep_id)
+    pipeline.refused_request(unique("sentinel"))  # the duplicate went in before it
     events = pipeline.seen(dep_id)
+    assert len(pipeline.executions(dep_id)) == 1
     assert [s for s in steps(events) if s[0] == "accepted"] == [("accepted", "succeeded")]
     assert [s for s in steps(events) if s[0] == "done"] == [("done", "succeeded")]
     builds = [
@@ -248,6 +245,8 @@ def test_triggers_are_bound_and_removed_as_the_manifest_changes(pipeline, localc
     final = done(pipeline.wait(dep_id))
     assert final.state == "succeeded", final.message
     (trigger_id,) = final.details["triggers"]
+    eventarc = pipeline.clients.eventarc
+    removed = eventarc.get_trigger(name=f"{pipeline.settings.location_path}/triggers/{trigger_id}")
     publisher = pipeline.clients.publisher
     publisher.publish(pipeline.settings.topic_path(topic), b"order 1").result(timeout=30)
     assert len(recorder.wait(1)) == 1, "a message on the trigger's topic reaches the function"
@@ -263,37 +262,41 @@ def test_triggers_are_bound_and_removed_as_the_manifest_changes(pipeline, localc
     ]
     assert not any(n.endswith("/" + trigger_id) for n in names)
     publisher.publish(pipeline.settings.topic_path(topic), b"order 2").result(timeout=30)
-    time.sleep(1.5)
-    assert len(recorder.events) == 1, "the removed trigger delivers nothing more"
-    recorder.close()
+    # The sentinel: a trigger like the removed one brings a message published after order 2,
+    # which the removed trigger would have had first.
+    sentinel = eventarc_v1.Trigger(
+        event_filters=removed.event_filters,
+        destination=removed.destination,
+        service_account=removed.service_account,
+        transport={"pubsub": {"topic": removed.transport.pubsub.topic}},
+    )
+    made = eventarc.create_trigger(
+        parent=pipeline.settings.location_path, trigger_id=unique("sentinel"), trigger=sentinel
+    ).result(timeout=60)
+    try:
+        publisher.publish(pipeline.settings.topic_path(topic), b"order 3").result(timeout=30)
+        orders = [base64.b64decode(e["data"]["message"]["data"]) for e in recorder.wait(2)]
+        assert orders == [b"order 1", b"order 3"], "the removed trigger delivers nothing more"
+    finally:
+        eventarc.delete_trigger(name=made.name).result(timeout=60)
+        recorder.close()
 
 
-def _instance_pids(service: str) -> list[int]:
-    """Processes of one Cloud Run service's instances (by the K_SERVICE they run with)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"K_SERVICE={service}".encode() in environ and b"PORT" in b"".join(environ):
-            pids.append(int(entry.name))
-    return pids
-
-
-def test_a_step_function_crashing_mid_deploy_is_retried_and_the_deployment_completes(pipeline):
+def test_a_step_function_crashing_mid_deploy_is_retried_and_the_deployment_completes(
+    pipeline, localcloud
+):
     name = unique("crash")
     build_service = pipeline.settings.function_service("build")
     files = hello_source(name, "survived")
     files["requirements.txt"] = "localgreeting==0.1.0\n"  # from the test wheelhouse: slower
     dep_id, _ = pipeline.upload(files, f"{name}.zip")
-    deadline = time.monotonic() + 60
-    while not any(e.message.startswith("building") for e in pipeline.seen(dep_id)):
-        assert time.monotonic() < deadline, "the build never started"
-        time.sleep(0.02)
-    pids = _instance_pids(build_service)
+    wait_for(
+        lambda: any(e.message.startswith("building") for e in pipeline.seen(dep_id)),
+        60,
+        "the build to start",
+        every=0.02,
+    )
+    pids = localcloud.service_pids(build_service)
     assert pids, f"no instance of {build_service} found"
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):  # gone with its sandbox's parent

@@ -1,18 +1,21 @@
-"""Fixtures shared by the Cloud Run suites: clients, images built with Cloud Build from
-``tests/functions``, and services deployed (and deleted after the test)."""
+"""Fixtures shared by the Cloud Run and Cloud Build suites: clients, images built with Cloud
+Build from ``tests/functions``, services deployed (and deleted when the module ends), build
+sources, and a second localcloud."""
 
 from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from google.api_core import exceptions
 from google.cloud import run_v2
-from google.cloud.devtools import cloudbuild_v1
 
-from localcloud.testing import make_public, zip_dir
+from localcloud import testing
+from localcloud.testing import build_function, make_public, run_service
 from orchestrator.clients import Clients, Environment
 
 FUNCTIONS = Path(__file__).parent.parent / "functions"
@@ -24,38 +27,46 @@ def clients(localcloud) -> Clients:
     return Clients(Environment.from_env(localcloud.env))
 
 
-@pytest.fixture(scope="module")
-def build_image(clients):
-    """Build a tests/functions directory with Cloud Build; returns the image by digest."""
+@pytest.fixture(scope="session")
+def build_image(localcloud) -> Callable[[str, str], str]:
+    """Build a tests/functions directory with Cloud Build, once a session; the image by
+    digest."""
+    clients = Clients(Environment.from_env(localcloud.env))
     bucket = clients.storage.create_bucket(f"run-src-{uuid.uuid4().hex[:8]}")
     cache: dict[tuple[str, str], str] = {}
 
     def build(function: str, target: str) -> str:
-        if (function, target) in cache:
-            return cache[(function, target)]
-        blob = bucket.blob(f"{function}.zip")
-        blob.upload_from_string(zip_dir(FUNCTIONS / function))
-        image = f"us-central1-docker.pkg.dev/local-project/functions/{function.replace('_', '-')}"
-        args = ["build", image, "--env", f"GOOGLE_FUNCTION_TARGET={target}"]
-        operation = clients.cloud_build.create_build(
-            project_id="local-project",
-            build=cloudbuild_v1.Build(
-                source={"storage_source": {"bucket": bucket.name, "object_": blob.name}},
-                steps=[{"name": "gcr.io/k8s-skaffold/pack", "entrypoint": "pack", "args": args}],
-                images=[image],
-            ),
-        )
-        result = operation.result(timeout=180)
-        cache[(function, target)] = f"{image}@{result.results.images[0].digest}"
+        if (function, target) not in cache:
+            image = (
+                f"us-central1-docker.pkg.dev/local-project/functions/{function.replace('_', '-')}"
+            )
+            cache[(function, target)] = build_function(
+                clients, bucket, FUNCTIONS / function, target, image
+            )
         return cache[(function, target)]
 
     return build
 
 
+@pytest.fixture(scope="module")
+def graveyard(clients) -> Iterator[list[str]]:
+    """Services to delete at the end of the module, all at once: a delete waits for the
+    service's instances to stop (~2 s each), so one by one they would dominate the runtime."""
+    names: list[str] = []
+    yield names
+
+    def delete(name: str) -> None:
+        with contextlib.suppress(exceptions.NotFound):
+            clients.run_services.delete_service(name=name).result(timeout=60)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(delete, names))
+
+
 @pytest.fixture
-def deploy(clients):
-    """Create services; delete them after the test."""
-    created: list[str] = []
+def deploy(clients, graveyard):
+    """Create services (deleted at the end of the module); ``deploy.created`` lists them,
+    and a test that creates one itself adds it there."""
 
     def make(
         image: str,
@@ -65,28 +76,73 @@ def deploy(clients):
         limits: dict | None = None,
         **template,
     ) -> run_v2.Service:
-        service_id = f"svc-{uuid.uuid4().hex[:8]}"
-        service = run_v2.Service(
-            template=run_v2.RevisionTemplate(
-                containers=[
-                    run_v2.Container(
-                        image=image,
-                        env=[{"name": k, "value": v} for k, v in (env or {}).items()],
-                        resources={"limits": limits or {}},
-                    )
-                ],
-                **template,
-            )
-        )
         result = clients.run_services.create_service(
-            parent=PARENT, service=service, service_id=service_id
+            parent=PARENT,
+            service=run_service(image, env, limits, **template),
+            service_id=f"svc-{uuid.uuid4().hex[:8]}",
         ).result(timeout=120)
-        created.append(result.name)
+        graveyard.append(result.name)
         if public:
             make_public(clients, result.name)
         return result
 
-    yield make
-    for name in created:
-        with contextlib.suppress(exceptions.NotFound):
-            clients.run_services.delete_service(name=name).result(timeout=60)
+    make.created = graveyard  # type: ignore[attr-defined]
+    return make
+
+
+@pytest.fixture(scope="module")
+def sources(clients) -> Callable[..., tuple[str, str, int]]:
+    """Upload a build's source to the module's bucket; ``(bucket, object, generation)``."""
+    bucket = clients.storage.create_bucket(f"build-src-{uuid.uuid4().hex[:8]}")
+
+    def upload(data: bytes, name: str | None = None) -> tuple[str, str, int]:
+        blob = bucket.blob(name or f"{uuid.uuid4().hex[:8]}.zip")
+        blob.upload_from_string(data)
+        return bucket.name, blob.name, blob.generation
+
+    return upload
+
+
+@pytest.fixture
+def build_notifications(local_target) -> Iterator[str]:
+    """A subscription to ``cloud-builds``, where Cloud Build publishes each status change."""
+    topic = "projects/local-project/topics/cloud-builds"
+    with contextlib.suppress(exceptions.AlreadyExists):
+        local_target.publisher.create_topic(name=topic)
+    sub = local_target.subscription_path("builds")
+    local_target.subscriber.create_subscription(name=sub, topic=topic)
+    yield sub
+    local_target.subscriber.delete_subscription(subscription=sub)
+
+
+class OtherLocalcloud:
+    """A second localcloud on its own data dir: ``instance`` (a test that restarts it puts
+    the new one here), official clients pointed at it, and uploads to its storage."""
+
+    def __init__(self, instance: testing.Instance) -> None:
+        self.instance = instance
+
+    def clients(self) -> Clients:
+        return Clients(Environment.from_env(self.instance.env))
+
+    def upload(self, data: bytes) -> tuple[str, str, int]:
+        """A build's source in its storage; ``(bucket, object, generation)``."""
+        with self.instance.client_env():  # the storage client reads os.environ
+            storage = self.clients().storage
+            bucket = storage.lookup_bucket("other-sources") or storage.create_bucket(
+                "other-sources"
+            )
+            blob = bucket.blob(f"{uuid.uuid4().hex[:8]}.zip")
+            blob.upload_from_string(data)
+            return bucket.name, blob.name, blob.generation
+
+
+@pytest.fixture(scope="session")
+def other_localcloud(tmp_path_factory, wheelhouse) -> Iterator[OtherLocalcloud]:
+    """For what the session's localcloud must not go through: a restart, a crash."""
+    data = tmp_path_factory.mktemp("other-localcloud") / "data"
+    other = OtherLocalcloud(
+        testing.start(data, extra_env={"LOCALCLOUD_WHEELHOUSE": str(wheelhouse)})
+    )
+    yield other
+    other.instance.stop()

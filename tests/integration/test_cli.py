@@ -24,16 +24,9 @@ def orch(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.Co
 
 
 def test_local_up_status_env_logs_down(tmp_path):
-    ports = {
-        "LOCALCLOUD_GRPC_PORT": testing.free_port(),
-        "LOCALCLOUD_STORAGE_PORT": testing.free_port(),
-        "LOCALCLOUD_REGISTRY_PORT": testing.free_port(),
-        "LOCALCLOUD_HTTP_PORT": testing.free_port(),
-        # Every port moved, so a localcloud left running by `make demo` does not matter.
-        "LOCALCLOUD_INGRESS_PORT": testing.free_port(),
-        "LOCALCLOUD_RUN_FIRST_PORT": testing.free_port(),
-    }
-    env = {**os.environ, "LOCALCLOUD_DATA": str(tmp_path), **{k: str(v) for k, v in ports.items()}}
+    # Every port moved, so a localcloud left running by `make demo` does not matter.
+    ports = testing.port_env()
+    env = {**os.environ, "LOCALCLOUD_DATA": str(tmp_path), **ports}
     for key in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "LOCALCLOUD_GRPC_HOST"):
         env.pop(key, None)
     up = orch("local", "up", "--no-pipeline", env=env)

@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import threading
-import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from google.api_core import exceptions
 from google.cloud import pubsub_v1, run_v2
 from google.iam.v1 import policy_pb2
 
-from localcloud.testing import pack_build, zip_dir
+from localcloud.testing import pack_build, wait_for, zip_dir
 from orch.cli import main
 from orchestrator import clients as clients_module
 from orchestrator import manifest
@@ -125,16 +124,9 @@ def play(
 
     def run() -> None:
         try:
-            deadline = time.monotonic() + 20
-            deployment_id = None
-            while deployment_id is None and time.monotonic() < deadline:
-                deployment_id = find_id()
-                if deployment_id is None:
-                    time.sleep(0.05)
-            assert deployment_id, "the command never started a deployment"
+            deployment_id = wait_for(find_id, 20, "the command to start a deployment")
             for event in events(deployment_id):
-                status.publish(event)
-                time.sleep(0.02)
+                status.publish(event)  # returns once Pub/Sub has it, in order
         except BaseException as exc:  # reported by the test
             errors.append(exc)
 

@@ -8,7 +8,6 @@ and https://cloud.google.com/build/docs/subscribe-build-notifications.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import uuid
@@ -20,40 +19,10 @@ from google.cloud.devtools import cloudbuild_v1
 
 from localcloud.registry.client import RegistryClient
 from localcloud.registry.names import parse_image
-from localcloud.testing import pack_build, zip_dir, zip_tree
-from orchestrator.clients import Clients, Environment
+from localcloud.testing import image_name, pack_build, run_build, zip_dir, zip_tree
 
 FUNCTIONS = Path(__file__).parent.parent / "functions"
 S = cloudbuild_v1.Build.Status
-
-
-@pytest.fixture(scope="module")
-def clients(localcloud) -> Clients:
-    return Clients(Environment.from_env(localcloud.env))
-
-
-@pytest.fixture(scope="module")
-def sources(clients):
-    bucket = clients.storage.create_bucket(f"build-src-{uuid.uuid4().hex[:8]}")
-
-    def upload(data: bytes, name: str | None = None) -> tuple[str, str, int]:
-        blob = bucket.blob(name or f"{uuid.uuid4().hex[:8]}.zip")
-        blob.upload_from_string(data)
-        return bucket.name, blob.name, blob.generation
-
-    return upload
-
-
-def image_name(name: str) -> str:
-    return f"us-central1-docker.pkg.dev/local-project/functions/{name}-{uuid.uuid4().hex[:6]}"
-
-
-def run_build(clients, build, timeout: float = 180):
-    operation = clients.cloud_build.create_build(project_id="local-project", build=build)
-    # A failed build fails its operation; the build says why.
-    with contextlib.suppress(exceptions.GoogleAPICallError):
-        operation.result(timeout=timeout)
-    return clients.cloud_build.get_build(project_id="local-project", id=operation.metadata.build.id)
 
 
 def registry_config(localcloud, image: str, digest: str) -> dict:
@@ -224,34 +193,28 @@ def test_list_with_status_filter_and_retry(clients, sources):
     assert retried.results.images[0].digest == build.results.images[0].digest
 
 
-def test_status_changes_are_published_to_cloud_builds(localcloud, local_target, clients, sources):
-    topic = "projects/local-project/topics/cloud-builds"
-    with contextlib.suppress(exceptions.AlreadyExists):
-        local_target.publisher.create_topic(name=topic)
-    sub = local_target.subscription_path("builds")
-    local_target.subscriber.create_subscription(name=sub, topic=topic)
-    try:
-        build = run_build(
-            clients,
-            pack_build(
-                sources(zip_dir(FUNCTIONS / "hello_http")),
-                image_name("notify"),
-                {"GOOGLE_FUNCTION_TARGET": "hello"},
-            ),
+def test_status_changes_are_published_to_cloud_builds(
+    local_target, clients, sources, build_notifications
+):
+    build = run_build(
+        clients,
+        pack_build(
+            sources(zip_dir(FUNCTIONS / "hello_http")),
+            image_name("notify"),
+            {"GOOGLE_FUNCTION_TARGET": "hello"},
+        ),
+    )
+    seen = []
+    for _ in range(10):
+        response = local_target.subscriber.pull(
+            request={"subscription": build_notifications, "max_messages": 50}, timeout=5
         )
-        seen = []
-        for _ in range(10):
-            response = local_target.subscriber.pull(
-                request={"subscription": sub, "max_messages": 50}, timeout=5
-            )
-            for m in response.received_messages:
-                if m.message.attributes["buildId"] == build.id:
-                    seen.append(m.message.attributes["status"])
-                    assert json.loads(m.message.data)["id"] == build.id
-            if "SUCCESS" in seen:
-                break
-        assert seen[0] == "QUEUED"
-        assert "WORKING" in seen
-        assert seen[-1] == "SUCCESS"
-    finally:
-        local_target.subscriber.delete_subscription(subscription=sub)
+        for m in response.received_messages:
+            if m.message.attributes["buildId"] == build.id:
+                seen.append(m.message.attributes["status"])
+                assert json.loads(m.message.data)["id"] == build.id
+        if "SUCCESS" in seen:
+            break
+    assert seen[0] == "QUEUED"
+    assert "WORKING" in seen
+    assert seen[-1] == "SUCCESS"

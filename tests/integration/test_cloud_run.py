@@ -24,26 +24,12 @@ from google.api_core import exceptions
 from google.cloud import run_v2
 from google.iam.v1 import policy_pb2
 
+from localcloud import testing
 from localcloud.core.oidc import Issuer
-from localcloud.testing import make_public
+from localcloud.testing import call, make_public
 
 FUNCTIONS = Path(__file__).parent.parent / "functions"
 PARENT = "projects/local-project/locations/us-central1"
-
-
-def call(
-    url: str, *, token: str | None = None, host: str | None = None, timeout: float = 60
-) -> tuple[int, str]:
-    request = urllib.request.Request(url)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    if host:
-        request.add_header("Host", host)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def issuer(localcloud) -> Issuer:
@@ -68,7 +54,11 @@ def test_deploy_serves_http_with_cloud_run_variables(localcloud, build_image, de
     assert seen["forwarded_for"]
     logs = subprocess.run(
         [sys.executable, "-m", "orch.cli", "local", "logs", "--service", service_id],
-        env={**os.environ, "LOCALCLOUD_DATA": str(localcloud.config.data_dir)},
+        env={
+            **os.environ,
+            "LOCALCLOUD_DATA": str(localcloud.config.data_dir),
+            **testing.port_env(localcloud.config),
+        },
         capture_output=True,
         text=True,
         timeout=30,
@@ -176,7 +166,8 @@ def test_scale_from_zero_concurrency_and_back_to_zero(localcloud, build_image, d
     instances = {json.loads(body)["instance"] for _, body in results}
     assert len(instances) == 2
     assert elapsed >= 1.9, "concurrency 1 on 2 instances cannot run 4 one-second requests at once"
-    time.sleep(5)
+    service_id = service.name.rsplit("/", 1)[-1]
+    testing.wait_for(lambda: not localcloud.service_pids(service_id), 30, "idle instances to stop")
     status, body = call(service.uri)
     assert status == 200
     assert json.loads(body)["instance"] not in instances, (

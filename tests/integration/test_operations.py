@@ -56,11 +56,15 @@ class OperationsServer:
 
     def wait(self, name: str, seconds: float, rpc_timeout: float) -> operations_pb2.Operation:
         """WaitOperation through the client's stub (``OperationsClient`` has no wrapper)."""
+        return self.wait_async(name, seconds, rpc_timeout).result()
+
+    def wait_async(self, name: str, seconds: float, rpc_timeout: float) -> Any:
+        """WaitOperation started in the background: a ``grpc.Future``."""
         request = operations_pb2.WaitOperationRequest(
             name=name, timeout=duration_pb2.Duration(nanos=int(seconds * 1e9) % 10**9)
         )
         request.timeout.seconds = int(seconds)
-        return self.client.operations_stub.WaitOperation(request, timeout=rpc_timeout)
+        return self.client.operations_stub.WaitOperation.future(request, timeout=rpc_timeout)
 
 
 @pytest.fixture
@@ -194,20 +198,28 @@ def test_cancel_without_hook_is_failed_precondition(ops: OperationsServer) -> No
     assert not ops.client.get_operation(created.name, timeout=5).done
 
 
+# How long a test lets a WaitOperation take that should return long before its own timeout
+# and RPC deadline (both WAIT_SECONDS): a guard against hanging, not a measure of speed.
+GUARD_SECONDS = 60
+WAIT_SECONDS = 600
+
+
 def test_wait_returns_once_finished_elsewhere(ops: OperationsServer) -> None:
-    """WaitOperation returns as soon as another task finishes the operation."""
+    """WaitOperation returns as soon as another task finishes the operation (not when its
+    own timeout, ten minutes, passes)."""
     created = ops.create()
 
     async def finish_later() -> None:
+        # A pause that is part of the scenario: the finish must come while the Wait is
+        # under way (the lower bound below checks that it did).
         await asyncio.sleep(0.3)
         await ops.store.finish(created.name, response=_struct(answer=42))
 
     ops.loop.call_soon_threadsafe(ops.loop.create_task, finish_later())
     started = time.monotonic()
-    waited = ops.wait(created.name, 10, rpc_timeout=10)
-    elapsed = time.monotonic() - started
+    waited = ops.wait_async(created.name, WAIT_SECONDS, WAIT_SECONDS).result(GUARD_SECONDS)
     assert waited.done
-    assert 0.2 <= elapsed < 5
+    assert time.monotonic() - started >= 0.2, "the Wait returned before the finish"
     result = struct_pb2.Struct()
     assert waited.response.Unpack(result)
     assert result["answer"] == 42
@@ -217,19 +229,19 @@ def test_wait_returns_not_done_after_its_timeout(ops: OperationsServer) -> None:
     """WaitOperation "returns the latest state" once its timeout passes, done or not."""
     created = ops.create()
     started = time.monotonic()
-    waited = ops.wait(created.name, 0.3, rpc_timeout=10)
-    elapsed = time.monotonic() - started
+    waited = ops.wait_async(created.name, 0.3, WAIT_SECONDS).result(GUARD_SECONDS)
     assert not waited.done
-    assert 0.25 <= elapsed < 3
+    assert time.monotonic() - started >= 0.25
 
 
 def test_wait_uses_the_shorter_rpc_deadline(ops: OperationsServer) -> None:
-    """WaitOperation: "If RPC timeout is also specified, the shorter one will be used."""
+    """WaitOperation: "If RPC timeout is also specified, the shorter one will be used."
+
+    Had the server waited its 30 s, the client's 1 s deadline would end the call with
+    DEADLINE_EXCEEDED instead of this answer."""
     created = ops.create()
-    started = time.monotonic()
     waited = ops.wait(created.name, 30, rpc_timeout=1.0)
     assert not waited.done
-    assert time.monotonic() - started < 1.0
 
 
 def test_operation_future_polls_to_the_result(ops: OperationsServer) -> None:
@@ -240,12 +252,9 @@ def test_operation_future_polls_to_the_result(ops: OperationsServer) -> None:
         created, ops.client, struct_pb2.Struct, metadata_type=duration_pb2.Duration
     )
 
-    async def finish_later() -> None:
-        await asyncio.sleep(0.3)
-        await ops.store.finish(created.name, response=_struct(state="ready"))
-
-    ops.loop.call_soon_threadsafe(ops.loop.create_task, finish_later())
-    result = future.result(timeout=5)
+    assert not future.done()  # one GetOperation: still running
+    ops.run(ops.store.finish(created.name, response=_struct(state="ready")))
+    result = future.result(timeout=GUARD_SECONDS)
     assert result["state"] == "ready"
     assert future.metadata.seconds == 5
 

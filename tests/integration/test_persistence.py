@@ -7,6 +7,7 @@ every kind (a build, a Cloud Run service, ...) before its crash.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -52,13 +53,15 @@ def children_of(data_dir: Path) -> list[int]:
     return pids
 
 
-def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if Path(f"/proc/{p}").exists() and not _zombie(p)]
-        time.sleep(0.1)
-    return alive
+def wait_gone(pids: list[int], timeout: float = 30.0) -> list[int]:
+    """Those of ``pids`` still running once all are gone or ``timeout`` has passed."""
+
+    def alive() -> list[int]:
+        return [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+
+    with contextlib.suppress(AssertionError):
+        testing.wait_for(lambda: not alive(), timeout, "the processes to go", every=0.1)
+    return alive()
 
 
 def _zombie(pid: int) -> bool:
@@ -320,7 +323,11 @@ def test_sigterm_stops_cleanly_and_sigkill_leaves_no_orphans(tmp_path):
 def test_second_supervisor_on_same_data_dir_refuses(tmp_path):
     instance = testing.start(tmp_path / "data")
     try:
-        env = {**os.environ, "LOCALCLOUD_DATA": str(instance.config.data_dir)}
+        env = {
+            **os.environ,
+            "LOCALCLOUD_DATA": str(instance.config.data_dir),
+            **testing.port_env(instance.config),
+        }
         result = subprocess.run(
             [sys.executable, "-m", "localcloud", "serve"],
             env=env,
@@ -343,10 +350,8 @@ def test_taken_port_is_named_with_its_variable(tmp_path):
         env = {
             **os.environ,
             "LOCALCLOUD_DATA": str(tmp_path / "data"),
+            **testing.port_env(),
             "LOCALCLOUD_GRPC_PORT": str(port),
-            "LOCALCLOUD_STORAGE_PORT": str(testing.free_port()),
-            "LOCALCLOUD_REGISTRY_PORT": str(testing.free_port()),
-            "LOCALCLOUD_HTTP_PORT": str(testing.free_port()),
         }
         result = subprocess.run(
             [sys.executable, "-m", "localcloud", "serve"],
@@ -361,7 +366,12 @@ def test_taken_port_is_named_with_its_variable(tmp_path):
 
 
 def test_bad_config_value_is_named(tmp_path):
-    env = {**os.environ, "LOCALCLOUD_DATA": str(tmp_path), "LOCALCLOUD_GRPC_PORT": "eighty"}
+    env = {
+        **os.environ,
+        "LOCALCLOUD_DATA": str(tmp_path),
+        **testing.port_env(),
+        "LOCALCLOUD_GRPC_PORT": "eighty",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "localcloud", "serve"], env=env, capture_output=True, text=True
     )

@@ -16,6 +16,8 @@ import pytest
 from google.api_core import exceptions
 from google.cloud import pubsub_v1
 
+from localcloud import testing
+
 
 def pull_all(subscriber, sub: str, want: int, timeout: float = 15.0) -> list:
     """Pull until ``want`` messages arrived (or the time is up); does not ack."""
@@ -109,8 +111,7 @@ def test_unacked_message_is_redelivered_after_deadline(
     pubsub_target.subscriber.modify_ack_deadline(
         subscription=sub, ack_ids=[first[0].ack_id], ack_deadline_seconds=1
     )
-    time.sleep(1.5)
-    second = pull_all(pubsub_target.subscriber, sub, 1)
+    second = pull_all(pubsub_target.subscriber, sub, 1)  # pulls until the lease lapses
     assert [m.message.message_id for m in second] == [first[0].message.message_id]
 
 
@@ -201,12 +202,14 @@ def test_subscription_filter(local_target, local_topic, local_subscription, flt,
         local_target.publisher.publish(topic, f"other-{i}".encode(), **attrs).result(timeout=30)
     for i, attrs in enumerate(matching):
         local_target.publisher.publish(topic, f"match-{i}".encode(), **attrs).result(timeout=30)
-    got = pull_all(local_target.subscriber, sub, len(matching))
+    # A matching sentinel, published last: once it is pulled, so is all that came before.
+    local_target.publisher.publish(topic, b"sentinel", **matching[0]).result(timeout=30)
+    got = pull_all(local_target.subscriber, sub, len(matching) + 1)
     local_target.subscriber.acknowledge(subscription=sub, ack_ids=[m.ack_id for m in got])
     assert sorted(m.message.data.decode() for m in got) == [
-        f"match-{i}" for i in range(len(matching))
+        *(f"match-{i}" for i in range(len(matching))),
+        "sentinel",
     ]
-    time.sleep(0.2)
     rest = local_target.subscriber.pull(
         request={"subscription": sub, "max_messages": 10, "return_immediately": True}, timeout=5
     )
@@ -281,17 +284,27 @@ def test_streaming_pull_flow_control_limits_outstanding(
         lambda m: (lock.acquire(), held.append(m), lock.release()),
         flow_control=pubsub_v1.types.FlowControl(max_messages=5),
     )
-    time.sleep(1.0)
-    with lock:
-        outstanding = len(held)
-    assert outstanding == 5
-    for m in list(held):
-        m.ack()
-    deadline = time.monotonic() + 10
-    while len(held) < 10 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    future.cancel()
-    assert len(held) >= 10
+    try:
+        testing.wait_for(lambda: len(held) >= 5, 10, "the first 5 messages")
+        # The server leased the stream no more than 5: the other 15 are still there for a
+        # Pull. (The client holds back what it got beyond its limit, so the callbacks alone
+        # would not tell.) Nacked again at once, for the stream.
+        rest = local_target.subscriber.pull(
+            request={"subscription": sub, "max_messages": 20, "return_immediately": True},
+            timeout=5,
+        ).received_messages
+        assert len(rest) == 15
+        local_target.subscriber.modify_ack_deadline(
+            subscription=sub, ack_ids=[m.ack_id for m in rest], ack_deadline_seconds=0
+        )
+        with lock:
+            outstanding = len(held)
+        assert outstanding == 5
+        for m in list(held):
+            m.ack()
+        testing.wait_for(lambda: len(held) >= 10, 10, "5 more once the first 5 were acked")
+    finally:
+        future.cancel()
 
 
 def test_large_messages_arrive_in_responses_under_the_grpc_limit(

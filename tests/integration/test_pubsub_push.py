@@ -150,6 +150,22 @@ def _for_message(message_id: str) -> Callable[[PushRequest], bool]:
     return lambda r: r.envelope()["message"]["messageId"] == message_id
 
 
+# The ordering key of the messages a test follows with a sentinel (see _until_sentinel).
+KEY = "followed"
+
+
+def _until_sentinel(publisher: Any, topic: str, receiver: Receiver) -> list[PushRequest]:
+    """The requests before a sentinel published now on ordering key ``KEY``: everything
+    the key's earlier messages will ever bring.
+
+    The subscription orders messages, so a key's next message is pushed only once the one
+    before it is acknowledged (or dead-lettered): a nacked or unanswered message comes
+    again before the sentinel can. ``publisher`` must be an ordered publisher."""
+    sentinel = publisher.publish(topic, b"sentinel", ordering_key=KEY).result(10)
+    receiver.wait_for(1, timeout=30, where=_for_message(sentinel))
+    return [r for r in receiver.requests if not _for_message(sentinel)(r)]
+
+
 def _pull(subscriber: Any, subscription: str, timeout: float = 10.0) -> list[Any]:
     """Pull until something arrives or ``timeout`` passes (each Pull waits at most 2 s)."""
     deadline = time.monotonic() + timeout
@@ -163,7 +179,7 @@ def _pull(subscriber: Any, subscription: str, timeout: float = 10.0) -> list[Any
 
 
 def test_push_delivers_google_envelope_and_200_acknowledges(
-    publisher: Any,
+    local_target: Any,
     local_topic: Callable[..., str],
     local_subscription: Callable[..., str],
     push_receiver: Callable[..., Receiver],
@@ -171,9 +187,16 @@ def test_push_delivers_google_envelope_and_200_acknowledges(
     """The body is Google's JSON envelope; a 200 acknowledges (https://cloud.google.com/pubsub/docs/push)."""
     receiver = push_receiver()
     topic = local_topic()
-    sub = local_subscription(topic, push_config={"push_endpoint": receiver.endpoint("/events")})
+    sub = local_subscription(
+        topic,
+        push_config={"push_endpoint": receiver.endpoint("/events")},
+        enable_message_ordering=True,  # for the sentinel at the end
+    )
+    publisher = local_target.ordered_publisher()
     before = time.time()
-    message_id = publisher.publish(topic, b"hello push", color="blue", size="3").result(10)
+    message_id = publisher.publish(
+        topic, b"hello push", ordering_key=KEY, color="blue", size="3"
+    ).result(10)
 
     (request,) = receiver.wait_for(1)
     assert request.method == "POST"
@@ -185,17 +208,19 @@ def test_push_delivers_google_envelope_and_200_acknowledges(
     assert base64.b64decode(message["data"]) == b"hello push"
     assert message["attributes"] == {"color": "blue", "size": "3"}
     assert message["messageId"] == message_id
+    assert message["orderingKey"] == KEY
     published = _timestamp(message["publishTime"]).ToNanoseconds() / 1e9
     assert before - 5 <= published <= time.time() + 5
     # deliveryAttempt is only sent when the subscription has a dead-letter policy.
     assert "deliveryAttempt" not in envelope
 
-    time.sleep(1.5)
-    assert len(receiver.requests) == 1, "an acknowledged message was pushed again"
+    assert _until_sentinel(publisher, topic, receiver) == [request], (
+        "an acknowledged message was pushed again"
+    )
 
 
 def test_push_redelivers_after_error_with_backoff(
-    publisher: Any,
+    local_target: Any,
     local_topic: Callable[..., str],
     local_subscription: Callable[..., str],
     push_receiver: Callable[..., Receiver],
@@ -207,8 +232,11 @@ def test_push_redelivers_after_error_with_backoff(
     """
     receiver = push_receiver(statuses=[500], default=204)
     topic = local_topic()
-    local_subscription(topic, push_config={"push_endpoint": receiver.endpoint()})
-    message_id = publisher.publish(topic, b"retry me").result(10)
+    local_subscription(
+        topic, push_config={"push_endpoint": receiver.endpoint()}, enable_message_ordering=True
+    )
+    publisher = local_target.ordered_publisher()
+    message_id = publisher.publish(topic, b"retry me", ordering_key=KEY).result(10)
 
     first, second = receiver.wait_for(2)
     assert first.envelope()["message"]["messageId"] == message_id
@@ -216,8 +244,9 @@ def test_push_redelivers_after_error_with_backoff(
     assert base64.b64decode(second.envelope()["message"]["data"]) == b"retry me"
     assert second.at - first.at > 0.05, "redelivered without any backoff"
 
-    time.sleep(1.5)
-    assert len(receiver.requests) == 2, "the 204 did not acknowledge the message"
+    assert _until_sentinel(publisher, topic, receiver) == [first, second], (
+        "the 204 did not acknowledge the message"
+    )
 
 
 def test_push_oidc_token_verifies_with_google_auth(
@@ -346,7 +375,7 @@ def test_push_no_wrapper_without_metadata_sends_only_the_data(
 
 
 def test_push_dead_letters_after_max_delivery_attempts(
-    publisher: Any,
+    local_target: Any,
     subscriber: Any,
     local_topic: Callable[..., str],
     local_subscription: Callable[..., str],
@@ -369,8 +398,10 @@ def test_push_dead_letters_after_max_delivery_attempts(
             "minimum_backoff": duration_pb2.Duration(nanos=100_000_000),
             "maximum_backoff": duration_pb2.Duration(nanos=200_000_000),
         },
+        enable_message_ordering=True,  # for the sentinel at the end
     )
-    message_id = publisher.publish(topic, b"poison", origin="test").result(10)
+    publisher = local_target.ordered_publisher()
+    message_id = publisher.publish(topic, b"poison", ordering_key=KEY, origin="test").result(10)
 
     received = _pull(subscriber, dead_sub)
     assert len(received) == 1
@@ -391,8 +422,9 @@ def test_push_dead_letters_after_max_delivery_attempts(
         source_publish.ToNanoseconds() // 1_000_000 == original_publish.ToNanoseconds() // 1_000_000
     )
 
-    time.sleep(0.5)
-    assert len(receiver.requests) == 5, "the message was pushed again after dead-lettering"
+    assert len(_until_sentinel(publisher, topic, receiver)) == 5, (
+        "the message was pushed again after dead-lettering"
+    )
 
 
 def test_modify_push_config_to_pull_stops_pushes(
@@ -421,7 +453,8 @@ def test_modify_push_config_to_pull_stops_pushes(
     received = _pull(subscriber, sub)
     assert [m.message.data for m in received] == [b"pulled"]
     subscriber.acknowledge(request={"subscription": sub, "ack_ids": [received[0].ack_id]})
-    time.sleep(0.5)
+    # The pulled message is the sentinel: a push still running would have leased it first,
+    # and held it until the receiver answered, so its request would be recorded by now.
     assert len(receiver.requests) == 1, "pushes continued after switching to pull"
 
 

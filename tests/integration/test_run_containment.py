@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from pathlib import Path
 
 import pytest
 
 from localcloud.core.oidc import owner_email
 from localcloud.run import sandbox
-from tests.integration.test_cloud_run import call, issuer
+from localcloud.testing import call, wait_for
+from tests.integration.test_cloud_run import issuer
 
 pytestmark = pytest.mark.skipif(
     sandbox.bwrap_available() is None, reason="bubblewrap (bwrap) is not installed"
@@ -56,16 +56,6 @@ def host_address() -> str | None:
         except OSError:
             return None
     return None if address.startswith("127.") else address
-
-
-def eventually(check, timeout: float = 30) -> bool:
-    """Polls a condition that a running localcloud makes true soon (no fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def refused(host: str, port: int) -> bool:
@@ -157,8 +147,10 @@ def test_memory_over_the_limit_kills_the_instance_and_the_next_request_gets_a_ne
     status, body = ask(service, do="alloc", mb="400")
     assert status >= 500, body  # the instance died mid-request
     # The request ends as the instance dies; the log line follows once its exit is seen.
-    assert eventually(
-        lambda: "Memory limit of 128 MiB exceeded" in revision_log(localcloud, service)
+    wait_for(
+        lambda: "Memory limit of 128 MiB exceeded" in revision_log(localcloud, service),
+        30,
+        "the memory limit's line in the revision's log",
     )
     status, body = ask(service, do="identity")
     assert status == 200, body  # served by a fresh instance

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import tarfile
-import time
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
@@ -185,11 +184,10 @@ def test_ensure_unpacks_once_per_digest(localcloud, built, tmp_path):
             pulled, mtime = len(requests), first.rootfs.stat().st_mtime_ns
             assert pulled >= 3  # manifest, config, layers
 
-            started = time.monotonic()
             assert await cache.ensure(by_digest) == first
-            # A restarted localcloud (a new cache on the same directory) finds it on disk.
+            # A restarted localcloud (a new cache on the same directory) finds it on disk:
+            # no request (it has no registry to ask), nothing unpacked again.
             assert await ImageCache(root, "127.0.0.1:1", session).ensure(by_digest) == first
-            assert time.monotonic() - started < 0.5
             assert len(requests) == pulled, requests[pulled:]
             assert first.rootfs.stat().st_mtime_ns == mtime
 

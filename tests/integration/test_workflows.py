@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -20,6 +19,7 @@ from google.cloud.workflows import executions_v1
 from google.cloud.workflows_v1 import types as wf
 
 from localcloud.core.oidc import Issuer
+from localcloud.testing import wait_for
 from orchestrator.clients import Clients, Environment
 
 PARENT = "projects/local-project/locations/us-central1"
@@ -58,13 +58,17 @@ def run(clients, workflow: wf.Workflow, argument=None, timeout: float = 30):
         ),
     )
     assert execution.state == State.ACTIVE
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        execution = clients.executions.get_execution(name=execution.name)
-        if execution.state != State.ACTIVE:
-            return execution
-        time.sleep(0.05)
-    raise AssertionError(f"execution still active after {timeout}s")
+
+    def ended():
+        current = clients.executions.get_execution(name=execution.name)
+        return current if current.state != State.ACTIVE else None
+
+    return wait_for(ended, timeout, "the execution to end")
+
+
+def current_steps(clients, name: str) -> list[tuple[str, str]]:
+    execution = clients.executions.get_execution(name=name)
+    return [(s.routine, s.step) for s in execution.status.current_steps]
 
 
 CONFORMANCE = [
@@ -481,40 +485,36 @@ main:
 
 
 def test_many_sleeping_executions_run_concurrently_and_cancel(clients, deploy):
-    """200 executions sleeping 2 s each finish in about 2 s: tasks, not threads."""
+    """199 executions asleep for an hour leave room for a 200th to sleep a second and end:
+    executions are tasks, not threads or the slots of a pool. Cancelling ends each."""
     workflow = deploy("""
 main:
+  params: [args]
   steps:
     - nap:
         call: sys.sleep
         args:
-          seconds: 2
+          seconds: ${args.seconds}
     - done:
         return: "rested"
 """)
-    start = time.monotonic()
-    names = [
+    sleepers = [
         clients.executions.create_execution(
-            parent=workflow.name, execution=executions_v1.Execution()
+            parent=workflow.name, execution=executions_v1.Execution(argument='{"seconds": 3600}')
         ).name
-        for _ in range(200)
+        for _ in range(199)
     ]
-    first = clients.executions.get_execution(name=names[0])
-    assert [(s.routine, s.step) for s in first.status.current_steps] == [("main", "nap")]
-    victim = names[-1]
-    cancelled = clients.executions.cancel_execution(name=victim)
-    assert cancelled.state == State.CANCELLED
-    deadline = time.monotonic() + 30
-    pending = set(names[:-1])
-    while pending and time.monotonic() < deadline:
-        for name in list(pending):
-            if clients.executions.get_execution(name=name).state != State.ACTIVE:
-                pending.discard(name)
-        time.sleep(0.1)
-    elapsed = time.monotonic() - start
-    assert not pending
-    assert elapsed < 15, f"200 sleeping executions took {elapsed:.1f}s"
-    assert clients.executions.get_execution(name=names[0]).state == State.SUCCEEDED
+    try:
+        wait_for(
+            lambda: all(current_steps(clients, name) == [("main", "nap")] for name in sleepers),
+            30,
+            "all 199 executions to be asleep",
+        )
+        last = run(clients, workflow, {"seconds": 1})
+        assert last.state == State.SUCCEEDED and json.loads(last.result) == "rested"
+    finally:
+        cancelled = [clients.executions.cancel_execution(name=name) for name in sleepers]
+    assert {c.state for c in cancelled} == {State.CANCELLED}
 
 
 @pytest.mark.slow
@@ -550,7 +550,11 @@ main:
         sleeping = clients.executions.create_execution(
             parent=workflow.name, execution=executions_v1.Execution(argument='{"seconds": 60}')
         )
-        time.sleep(0.5)
+        wait_for(
+            lambda: current_steps(clients, sleeping.name) == [("main", "nap")],
+            30,
+            "the execution to fall asleep",
+        )
         instance = instance.restart()
         clients = Clients(Environment.from_env(instance.env))
         interrupted = clients.executions.get_execution(name=sleeping.name)
