@@ -9,12 +9,14 @@ KB, and leave the service serving (issue 14).
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
 
 from localcloud.testing import zip_entries, zip_tree
 from orchestrator import intake, manifest
+from orchestrator.config import pipeline as pipeline_names
 from orchestrator.status import to_message
 from orchestrator.step import Context
 from tests.e2e.conftest import done, hello_source, steps
@@ -139,3 +141,42 @@ def test_an_error_the_intake_did_not_foresee_is_reported_and_acknowledged(pipeli
     assert intake.source_uploaded(data, ctx) is None
     dep_id = manifest.deployment_id(bucket.name, blob.name, blob.generation)
     one_small_failure(pipeline, dep_id, "INTERNAL", "KeyError")
+
+
+SLOW_START = (
+    "import time\n\nimport functions_framework\n\n"
+    "time.sleep(4)  # a slow start: the deploy step waits for it\n\n\n"
+    "@functions_framework.http\n"
+    "def hello(request):\n"
+    "    return 'slow'\n"
+)
+
+
+def test_a_deployment_whose_execution_was_cancelled_is_ended_by_the_next_one(pipeline):
+    """Cancelled mid-deploy, a deployment's workflow publishes nothing more and its lock
+    stays: the service's next deployment reports it ``done`` ``failed`` (naming the
+    cancellation), takes the lock over and deploys."""
+    from google.cloud.workflows import executions_v1
+
+    name = f"abandoned-{uuid.uuid4().hex[:6]}"
+    files = hello_source(name, "slow")
+    files["main.py"] = SLOW_START
+    first, _ = pipeline.upload(files, f"{name}.zip")
+    deadline = time.monotonic() + 60
+    while ("deploy", "running") not in steps(pipeline.seen(first)):
+        assert time.monotonic() < deadline, pipeline.seen(first)
+        time.sleep(0.05)
+    record = json.loads(
+        pipeline.clients.storage.bucket(pipeline.settings.sources_bucket)
+        .blob(f"{pipeline_names()['reserved_prefix']}deployments/{first}/claim.json")
+        .download_as_bytes()
+    )
+    cancelled = pipeline.clients.executions.cancel_execution(name=record["execution"])
+    assert cancelled.state == executions_v1.Execution.State.CANCELLED
+    second, _ = pipeline.upload(hello_source(name, "second"), f"{name}.zip")
+    ended = pipeline.wait(first, timeout=60)
+    assert done(ended).state == "failed"
+    assert done(ended).error_code == "WORKFLOW_CANCELLED"
+    assert "CANCELLED" in done(ended).message
+    assert done(pipeline.wait(second)).state == "succeeded"
+    assert pipeline.get(done(pipeline.wait(second)).details["url"]) == "second"
