@@ -92,7 +92,7 @@ class LocalCloud:
         self.ingress = Ingress(self.controller, self.issuer, cfg.host, cfg.ingress_port)
         self.controller.ingress = self.ingress
         isolation = sandbox.isolation()
-        await self.parts.start("sandbox", Calls(lambda: None, isolation.close))
+        await self.parts.start("sandbox", Calls(isolation.open, isolation.close))
         await self.parts.start("cloud run ingress", self.ingress)
         await self.parts.start("cloud run instances", self.autoscaler)
         await self.parts.start("cloud run", self.controller)

@@ -23,9 +23,13 @@ import contextlib
 import ctypes
 import functools
 import os
+import pwd
 import shutil
+import signal
 import socket
+import tempfile
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from socket import socket as Socket
 from typing import Any
 
@@ -116,9 +120,11 @@ def _spec(ports: Iterable[int]) -> str:
     return ",".join(parts) or "none"
 
 
-def pasta_argv(pasta: str, pid: int, forward: Iterable[int]) -> list[str]:
+def pasta_argv(pasta: str, pid: int, forward: Iterable[int], pidfile: str) -> list[str]:
     return [
         pasta,
+        "--pid",
+        pidfile,  # where the daemon says its process id, to be stopped with the instance
         "--config-net",
         "--quiet",
         "--no-map-gw",  # the gateway address is not a way to the host's loopback
@@ -134,22 +140,86 @@ def pasta_argv(pasta: str, pid: int, forward: Iterable[int]) -> list[str]:
     ]
 
 
-async def attach(pid: int, forward: Iterable[int]) -> None:
-    """Start pasta for the namespace of ``pid``; returns once the network is configured.
+async def attach(pid: int, forward: Iterable[int]) -> int:
+    """Start pasta for the namespace of ``pid``; its process id, once the network is up.
 
-    pasta forks to the background once the namespace is configured, and leaves when the
-    namespace's last process does.
+    pasta forks to the background once the namespace is configured. It does not leave when
+    a namespace given by PID empties (it keeps the namespace itself alive), so whoever
+    attaches detaches (:func:`detach`) when the instance is gone: ``--pid`` tells which
+    process that is. Cancelled while pasta starts, the pasta that comes up is stopped.
     """
     pasta = pasta_available()
     if pasta is None:
         raise NetworkError("pasta is not installed: install the Debian package passt (make deps)")
-    process = await asyncio.create_subprocess_exec(
-        *pasta_argv(pasta, pid, forward),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await process.communicate()
-    if process.returncode != 0:
-        text = err.decode(errors="replace").strip()
-        raise NetworkError(f"pasta could not set up the instance's network: {text}")
+    fd, pidfile = tempfile.mkstemp(prefix="localcloud-pasta-", suffix=".pid")
+    os.close(fd)
+    if os.geteuid() == 0:  # pasta drops root for nobody before it writes the file
+        nobody = pwd.getpwnam("nobody")
+        os.chown(pidfile, nobody.pw_uid, nobody.pw_gid)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *pasta_argv(pasta, pid, forward, pidfile),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, err = await asyncio.shield(process.communicate())
+        except asyncio.CancelledError:
+            await process.wait()
+            detach(_read_pid(pidfile))
+            raise
+        if process.returncode != 0:
+            text = err.decode(errors="replace").strip()
+            raise NetworkError(f"pasta could not set up the instance's network: {text}")
+        daemon = _read_pid(pidfile)
+        if daemon is None:
+            raise NetworkError("pasta started but did not say its process id")
+        return daemon
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(pidfile)
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _is_ours(pid: int) -> list[str] | None:
+    """The argv of process ``pid`` if it is a pasta as localcloud starts them, else None."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    argv = [a for a in argv if a]
+    marks = ("--no-map-gw", "--config-net")
+    if not argv or "pasta" not in os.path.basename(argv[0]) or not all(m in argv for m in marks):
+        return None
+    return argv
+
+
+def detach(pasta_pid: int | None) -> None:
+    """Stop the pasta ``attach`` started (it has done its work once the instance is gone)."""
+    if pasta_pid is not None and _is_ours(pasta_pid) is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pasta_pid, signal.SIGTERM)
+
+
+def reap_orphans() -> int:
+    """Stop pastas of localcloud's kind whose instance is gone: what a localcloud killed
+    with SIGKILL leaves behind (30 MB each). Their target, the last argument, no longer
+    exists. The number stopped."""
+    stopped = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        argv = _is_ours(int(entry))
+        if argv is None or not argv[-1].isdigit() or os.path.exists(f"/proc/{argv[-1]}"):
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(int(entry), signal.SIGTERM)
+            stopped += 1
+    return stopped

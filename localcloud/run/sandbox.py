@@ -183,6 +183,13 @@ class Isolation:
             "not_enforced": missing,
         }
 
+    def open(self) -> None:
+        """At start: stop the pastas a localcloud killed with SIGKILL left behind."""
+        if self.network:
+            stopped = network.reap_orphans()
+            if stopped:
+                LOG.warning("stopped %d pasta processes left by an earlier localcloud", stopped)
+
     def close(self) -> None:
         self.cgroups.close()
 
@@ -468,7 +475,7 @@ class Instance:
         self.child_pid = child_pid  # the sandbox's init, as the host sees it
         self.oom_killed = False
         # The instance's way out (pasta), set up while the program starts; see wait_ready.
-        self.network_ready: asyncio.Future[None] | None = None
+        self.network_ready: asyncio.Future[int] | None = None
         self._log_offset = log_offset
         self._rotations = self.log.rotations
         self._session: aiohttp.ClientSession | None = None
@@ -524,11 +531,12 @@ class Instance:
                 )
                 LOG.warning("instance on port %d killed: over its %d MiB", self.port, limit)
             await asyncio.to_thread(group.remove)
-        if self.network_ready is not None:
-            if self.network_ready.done():
-                self.network_ready.exception()  # seen: a failure is reported by wait_ready
-            else:
-                self.network_ready.cancel()
+        ready = self.network_ready
+        if ready is not None:
+            if not ready.done():
+                ready.cancel()  # attach stops the pasta it was starting
+            elif not ready.cancelled() and ready.exception() is None:
+                network.detach(ready.result())  # pasta outlives the namespace otherwise
         if self.netns is not None:
             self.netns.close()
         if self._session is not None:
@@ -800,7 +808,7 @@ async def _start_sandboxed(
     group: cgroups.InstanceCgroup | None = None
     process: asyncio.subprocess.Process | None = None
     netns: network.Namespace | None = None
-    attaching: asyncio.Future[None] | None = None
+    attaching: asyncio.Future[int] | None = None
     try:
         network_ns = contained and iso.network
         cmd = bwrap_argv(bwrap, spec, python, fds, own_network=network_ns)
@@ -861,7 +869,10 @@ async def _start_sandboxed(
         if netns is not None:
             netns.close()
         if attaching is not None:
-            attaching.cancel()
+            if not attaching.done():
+                attaching.cancel()  # attach stops the pasta it was starting
+            elif not attaching.cancelled() and attaching.exception() is None:
+                network.detach(attaching.result())
         if isinstance(exc, (OSError, network.NetworkError)):
             raise SandboxError(f"the instance's sandbox could not be set up: {exc}") from exc
         raise

@@ -13,6 +13,7 @@ from typing import Any
 
 from google.api_core import exceptions
 
+from orchestrator import abandoned
 from orchestrator.step import Context, Deployment, StepFailed, reraise
 
 BUILDER = "gcr.io/buildpacks/builder:latest"
@@ -111,6 +112,7 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
             ctx.execution_active,
             waiting,
             LOCK_TIMEOUT,
+            on_stale=lambda holder: abandoned.finish(ctx, holder, deployment.service),
         )
     except TimeoutError as exc:
         raise StepFailed("TIMEOUT", str(exc)) from None

@@ -12,16 +12,20 @@ left that way for :data:`STALE_CLAIM_SECONDS` is taken over.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from google.api_core import exceptions
 
 from orchestrator import archive
+from orchestrator.bounds import clip, loads_json
 from orchestrator.config import pipeline
 from orchestrator.manifest import (
+    MAX_REQUEST_BYTES,
     ManifestError,
     Source,
     deployment_id,
@@ -33,13 +37,14 @@ from orchestrator.manifest import (
 )
 from orchestrator.records import claim_name, now
 from orchestrator.status import StatusEvent
-from orchestrator.step import Context, context
+from orchestrator.step import TRANSIENT, Context, context
 
 LOG = logging.getLogger(__name__)
 # Longer than the intake functions' own timeout (pipeline.json), so a slow first attempt is
 # never taken for a dead one.
 STALE_CLAIM_SECONDS = 150.0
 EXECUTION_LABEL = "deployment-id"
+MAX_ARGUMENT_BYTES = 32 * 1024  # Workflows' limit on an execution's argument
 
 
 class ClaimBusy(RuntimeError):
@@ -106,6 +111,12 @@ def _read_source(ctx: Context, source: Source) -> bytes:
             "SOURCE_UNREADABLE",
             f"{source.uri()} cannot be read by the pipeline's service account: {exc.message}",
         ) from None
+    except exceptions.ClientError as exc:
+        if isinstance(exc, (exceptions.TooManyRequests, exceptions.Conflict)):
+            raise  # transient: Eventarc retries
+        raise Rejected(
+            "SOURCE_UNREADABLE", f"{source.uri()} cannot be read: {clip(str(exc.message), 500)}"
+        ) from None
     if blob is None:
         raise Rejected("SOURCE_NOT_FOUND", f"{source.uri()} does not exist")
     if blob.size is not None and blob.size > archive.MAX_ARCHIVE_BYTES:
@@ -134,6 +145,8 @@ def accept(
         try:
             archive.inspect(data)
             found = read_manifest_from_zip(data) or {}
+        except ManifestError as exc:  # function.yaml too large, bad YAML, too deep...
+            raise Rejected("INVALID_MANIFEST", f"{source.uri()}: {exc}") from None
         except archive.ArchiveProblem as exc:
             raise Rejected("INVALID_ARCHIVE", f"{source.uri()}: {exc}") from None
         except archive.DAMAGED as exc:  # inspect passed, reading function.yaml did not
@@ -157,6 +170,19 @@ def accept(
         "generation": source.generation,
         "manifest": manifest.to_dict(),
     }
+    encoded = json.dumps(argument, separators=(",", ":"))
+    if len(encoded.encode()) > MAX_ARGUMENT_BYTES:
+        _fail(
+            ctx,
+            dep_id,
+            manifest.service,
+            source,
+            "INVALID_MANIFEST",
+            f"the deployment's settings are {len(encoded.encode()):,} bytes as JSON; a "
+            f"Workflows execution argument holds at most {MAX_ARGUMENT_BYTES:,} "
+            f"(https://cloud.google.com/workflows/quotas): make env smaller",
+        )
+        return None
     execution = _started_execution(ctx, dep_id) if claimed == "taken over" else None
     if execution is None:
         _publish(
@@ -172,7 +198,7 @@ def accept(
             execution = ctx.clients.executions.create_execution(
                 parent=ctx.settings.workflow_path,
                 execution={
-                    "argument": json.dumps(argument, separators=(",", ":")),
+                    "argument": encoded,
                     "labels": {EXECUTION_LABEL: dep_id},
                 },
             ).name
@@ -228,7 +254,7 @@ def _record(
             "source": source.uri(),
             "execution": execution,
             "state": state,
-            "error": error,
+            "error": None if error is None else {**error, "message": clip(error["message"])},
             "created": now(),
         },
     )
@@ -272,6 +298,46 @@ def is_intake_object(name: str, reserved_prefix: str) -> bool:
 def source_uploaded(data: dict[str, Any], ctx: Context | None = None) -> str | None:
     """A Cloud Storage ``object.finalized`` event's data -> the deployment it starts."""
     ctx = ctx or context()
+    bucket, name = str(data.get("bucket", "")), str(data.get("name", ""))
+    try:
+        generation = int(data.get("generation") or 0)
+    except (TypeError, ValueError):
+        generation = 0
+    source = Source(bucket, name, generation or None)
+    with _whatever_happens(ctx, deployment_id(bucket, name, generation), source):
+        return _source_uploaded(data, ctx)
+
+
+def deploy_requested(message: dict[str, Any], ctx: Context | None = None) -> str | None:
+    """A Pub/Sub ``messagePublished`` event's message -> the deployment it starts."""
+    ctx = ctx or context()
+    msg_id = str(message.get("messageId") or message.get("message_id") or "")
+    bad = Source("invalid-request", msg_id or "message", None)
+    with _whatever_happens(ctx, deployment_id("deploy-requests", msg_id, 0), bad):
+        return _deploy_requested(message, msg_id, bad, ctx)
+
+
+@contextlib.contextmanager
+def _whatever_happens(ctx: Context, dep_id: str, source: Source) -> Iterator[None]:
+    """Every delivery ends in a status event: an error the intake did not foresee still
+    reports ``failed`` at ``accepted`` (code INTERNAL, a short reason) and the delivery is
+    acknowledged, since redelivering it would fail the same way. Transient errors (an API
+    answering 5xx, a connection lost) and a claim held by another attempt are raised, so
+    Eventarc delivers again."""
+    try:
+        yield
+    except (ClaimBusy, *TRANSIENT):
+        raise
+    except Exception as exc:
+        LOG.exception("intake of %s failed unexpectedly", source.uri())
+        reason = clip(f"the intake failed unexpectedly: {type(exc).__name__}: {exc}", 500)
+        found = ctx.records.read(claim_name(dep_id))
+        if found is not None and found[0].get("state") != "claimed":
+            return  # already reported (accepted or failed): nothing more to say
+        _fail(ctx, dep_id, "", source, "INTERNAL", reason)
+
+
+def _source_uploaded(data: dict[str, Any], ctx: Context) -> str | None:
     bucket, name = data.get("bucket", ""), data.get("name", "")
     prefix = pipeline()["reserved_prefix"]
     if not is_intake_object(name, prefix):
@@ -289,21 +355,16 @@ def source_uploaded(data: dict[str, Any], ctx: Context | None = None) -> str | N
     return accept(source, dep_id, overrides, "object metadata", ctx)
 
 
-def deploy_requested(message: dict[str, Any], ctx: Context | None = None) -> str | None:
-    """A Pub/Sub ``messagePublished`` event's message -> the deployment it starts."""
-    ctx = ctx or context()
+def _deploy_requested(
+    message: dict[str, Any], msg_id: str, bad: Source, ctx: Context
+) -> str | None:
     raw = base64.b64decode(message.get("data") or b"")
     try:
         source, fields = parse_request(raw)
     except ManifestError as exc:
         # No trustworthy source: the deployment is named after the message itself.
-        msg_id = str(message.get("messageId") or message.get("message_id") or "")
         dep_id = deployment_id("deploy-requests", msg_id, 0)
-        try:
-            service = str(json.loads(raw).get("service") or "")
-        except (ValueError, AttributeError):
-            service = ""
-        bad = Source("invalid-request", msg_id or "message", None)
+        service = _service_in(raw)
         if _claim(ctx, dep_id, bad, service):
             _fail(ctx, dep_id, service, bad, "INVALID_REQUEST", str(exc))
         return None
@@ -328,3 +389,15 @@ def deploy_requested(message: dict[str, Any], ctx: Context | None = None) -> str
         source = Source(source.bucket, source.object, int(blob.generation))
     dep_id = deployment_id(source.bucket, source.object, source.generation or 0, fields)
     return accept(source, dep_id, fields, "deploy request", ctx)
+
+
+def _service_in(raw: bytes) -> str:
+    """The ``service`` a request that failed to parse asked for, if it can be read cheaply."""
+    if len(raw) > MAX_REQUEST_BYTES:
+        return ""
+    try:
+        found = loads_json(raw, "deploy request", MAX_REQUEST_BYTES)
+    except ValueError:
+        return ""
+    service = found.get("service") if isinstance(found, dict) else None
+    return service if isinstance(service, str) and len(service) <= 63 else ""

@@ -36,8 +36,14 @@ from typing import IO, Any
 
 import yaml
 
+from orchestrator.bounds import InputTooComplex, check_yaml, clip, loads_json
+
 MANIFEST_NAME = "function.yaml"
 MAX_MANIFEST_BYTES = 64 * 1024
+# A deploy request names an archive and settings that must fit Workflows' 32 KiB execution
+# argument (https://cloud.google.com/workflows/quotas); twice that is room for the JSON.
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_GENERATION = 2**63 - 1  # Cloud Storage generations are int64
 
 DEFAULTS: dict[str, Any] = {
     "signature_type": "http",
@@ -158,6 +164,16 @@ def _describe(error: Any) -> list[tuple[str | None, str, str]]:
         keys = ", ".join(f"'{k}'" for k in error.instance) or "none"
         message = f"a trigger has exactly one of 'pubsub' or 'storage' (got {keys})"
         return [(where, where, message)]
+    if validator == "maxProperties":
+        count = len(error.instance)
+        limit = error.validator_value
+        message = f"{count:,} entries; at most {limit:,} are allowed"
+        if where == "env":
+            message += " (Cloud Run's limit on environment variables)"
+        return [(where, where, message)]
+    if validator == "maxLength" and isinstance(error.instance, str):
+        size = len(error.instance)
+        return [(where, where, f"{size:,} characters; at most {error.validator_value:,}")]
     if validator == "uniqueItems":
         return [(where, where, "the same trigger is listed twice")]
     if validator == "pattern":
@@ -166,8 +182,9 @@ def _describe(error: Any) -> list[tuple[str | None, str, str]]:
     if validator == "type":
         wanted = error.validator_value
         article = "an" if str(wanted)[0] in "aeiou" else "a"
-        return [(where or None, where, f"expected {article} {wanted}, got {error.instance!r}")]
-    return [(where or None, where, error.message)]
+        shown = clip(repr(error.instance), 100)
+        return [(where or None, where, f"expected {article} {wanted}, got {shown}")]
+    return [(where or None, where, clip(error.message, 300))]
 
 
 def _check(kind: str, document: Any, origin: str) -> None:
@@ -327,6 +344,12 @@ class Source:
                     f"source: generation {generation} in {text!r} is not a positive number",
                     "source",
                 )
+            if generation > MAX_GENERATION:
+                raise ManifestError(
+                    f"source: generation {generation} is larger than any Cloud Storage "
+                    f"generation (at most {MAX_GENERATION}, a signed 64-bit number)",
+                    "source",
+                )
         if not slash or not name:
             raise ManifestError(
                 f"source: {text!r} names no object: expected gs://BUCKET/OBJECT", "source"
@@ -377,7 +400,10 @@ def load_manifest_yaml(text: str | bytes) -> dict[str, Any]:
             f"{MANIFEST_NAME}: {len(raw)} bytes is more than the limit of {MAX_MANIFEST_BYTES}"
         )
     try:
+        check_yaml(raw, MANIFEST_NAME)
         data = yaml.load(raw, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except InputTooComplex as exc:
+        raise ManifestError(str(exc)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -511,7 +537,9 @@ def parse_request(document: Any) -> tuple[Source, dict[str, Any]]:
     """A deploy request (JSON text, bytes or a dict) -> its source and its override fields."""
     if isinstance(document, (str, bytes)):
         try:
-            document = json.loads(document)
+            document = loads_json(document, "deploy request", MAX_REQUEST_BYTES)
+        except InputTooComplex as exc:
+            raise ManifestError(str(exc)) from None
         except ValueError as exc:
             raise ManifestError(f"deploy request: not valid JSON: {exc}") from None
     validate_request(document)
@@ -544,6 +572,7 @@ _STRING_FIELDS = ("service", "entry_point", "signature_type", "runtime")
 _INT_FIELDS = ("min_instances", "max_instances", "concurrency", "timeout_seconds")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
+METADATA_BYTES = 8 * 1024  # all of an object's custom metadata (Cloud Storage's limit)
 _KNOWN_METADATA = (*_STRING_FIELDS, *_INT_FIELDS, "allow_unauthenticated", "env", "triggers")
 
 
@@ -551,7 +580,9 @@ def _parse_env(value: str, where: str) -> dict[str, Any]:
     text = value.strip()
     if text.startswith("{"):
         try:
-            env = json.loads(text)
+            env = loads_json(text, f"{where}: env", METADATA_BYTES)
+        except InputTooComplex as exc:
+            raise ManifestError(str(exc), "env") from None
         except ValueError as exc:
             raise ManifestError(f"{where}: env: not a valid JSON object: {exc}", "env") from None
         if not isinstance(env, dict):
@@ -575,7 +606,9 @@ def _parse_triggers(value: str, where: str) -> list[Any]:
     text = value.strip()
     if text.startswith("["):
         try:
-            triggers = json.loads(text)
+            triggers = loads_json(text, f"{where}: triggers", METADATA_BYTES)
+        except InputTooComplex as exc:
+            raise ManifestError(str(exc), "triggers") from None
         except ValueError as exc:
             raise ManifestError(
                 f"{where}: triggers: not a valid JSON list: {exc}", "triggers"

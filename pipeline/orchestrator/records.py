@@ -123,6 +123,7 @@ class Records:
         on_wait: Any,
         timeout: float,
         poll: float = 0.25,
+        on_stale: Any = None,
     ) -> bool:
         """Hold ``service``'s lock for ``deployment_id``, waiting for the current holder.
 
@@ -130,7 +131,8 @@ class Records:
         retries, or was cancelled) is stale and taken over, so a crash never wedges a
         service. ``on_wait(holder)`` is called once when this deployment has to wait.
         True when this call took the lock; False when the deployment already held it (a
-        retried call, whose first attempt may have started work).
+        retried call, whose first attempt may have started work). ``on_stale(holder)`` is
+        called before a stale lock is taken over, to report the deployment that held it.
         """
         name = lock_name(service)
         mine = {"deployment_id": deployment_id, "execution": execution, "since": now()}
@@ -149,6 +151,8 @@ class Records:
                 LOG.warning(
                     "taking over the stale lock of %s from %s", service, holder["deployment_id"]
                 )
+                if on_stale is not None:
+                    on_stale(holder)
                 if self.replace(name, mine, generation) is not None:
                     return True
                 continue

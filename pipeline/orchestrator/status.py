@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from orchestrator.bounds import clip, clip_details
+
 STEPS = ("accepted", "build", "push", "deploy", "bind_triggers", "done")
 STATES = ("running", "succeeded", "failed")
 EVENT_TYPE = "dev.orchestrator.deploy.status.v1"
@@ -90,19 +92,24 @@ def _now() -> str:
 
 
 def to_message(event: StatusEvent) -> tuple[bytes, dict[str, str], str]:
-    """(data, attributes, ordering key) for publishing ``event``."""
+    """(data, attributes, ordering key) for publishing ``event``.
+
+    The message and details are bounded (``bounds.clip``, ``bounds.clip_details``), so an
+    event stays a few KB whatever a step had to say: every subscriber receives it.
+    """
     event.validate()
+    message = clip(event.message)
     data: dict[str, Any] = {
         "deployment_id": event.deployment_id,
         "service": event.service,
         "step": event.step,
         "state": event.state,
-        "message": event.message,
-        "source_uri": event.source_uri,
-        "details": event.details,
+        "message": message,
+        "source_uri": clip(event.source_uri, 1200),
+        "details": clip_details(event.details),
     }
     if event.state == "failed":
-        data["error"] = {"code": event.error_code, "message": event.message}
+        data["error"] = {"code": event.error_code, "message": message}
     envelope = {
         "specversion": "1.0",
         "id": event.event_id or str(uuid.uuid4()),

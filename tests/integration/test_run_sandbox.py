@@ -27,7 +27,7 @@ from google.cloud.devtools import cloudbuild_v1
 
 from localcloud.registry.client import OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST
 from localcloud.registry.names import parse_image
-from localcloud.run import sandbox
+from localcloud.run import network, sandbox
 from localcloud.run.images import ImageCache, ImageError, UnpackedImage, unpack_layers
 from localcloud.run.sandbox import InstanceSpec, SandboxError
 from localcloud.testing import free_port, pack_build, zip_dir, zip_tree
@@ -429,9 +429,15 @@ def test_instance_serves_requests_and_stops_without_leftovers(
             assert await get(instance) == (200, "hello from a localcloud build")
             pids = instance.pids()
             assert len(pids) >= 3  # bwrap, the sandbox's init, the function's server
+            if instance.network_ready is not None:  # its pasta, outside the sandbox
+                pids.append(instance.network_ready.result())
+                assert alive(pids[-1])
         finally:
             await instance.stop(grace=5)
         assert not instance.running
+        deadline = time.monotonic() + 10  # pasta leaves on SIGTERM, in its own time
+        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         assert [pid for pid in pids if alive(pid)] == []
         with pytest.raises(OSError):
             await instance.connect()
@@ -440,6 +446,37 @@ def test_instance_serves_requests_and_stops_without_leftovers(
 
     run(scenario())
     assert "[localcloud] starting (sandboxed" in (tmp_path / "hello.log").read_text()
+
+
+@pytest.mark.skipif(not sandbox.isolation().network, reason="needs root, pasta and /dev/net/tun")
+def test_pastas_left_by_a_killed_localcloud_are_stopped_at_start():
+    """pasta keeps a namespace given by PID alive and so never leaves by itself: one whose
+    instance is gone (what a SIGKILLed localcloud leaves) is stopped at the next start."""
+
+    async def scenario() -> None:
+        # A namespace like an instance's: nobody's user namespace, its own network.
+        target = await asyncio.create_subprocess_exec(
+            *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
+            *("unshare", "--user", "--map-root-user", "--net", "sleep", "60"),
+        )
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{target.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+            assert time.monotonic() < deadline, "unshare did not enter its namespaces"
+            await asyncio.sleep(0.01)
+        try:
+            pasta = await network.attach(target.pid, [])
+            assert alive(pasta)
+        finally:
+            target.kill()
+            await target.wait()
+        assert alive(pasta)  # the leak
+        assert network.reap_orphans() >= 1
+        deadline = time.monotonic() + 10
+        while alive(pasta) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert not alive(pasta)
+
+    run(scenario())
 
 
 @needs_bwrap
