@@ -188,11 +188,9 @@ class WorkflowsEngine:
         parent = workflow.name.rsplit("/workflows/", 1)[0]
         metadata = OperationMetadata.pb()(target=workflow.name, verb=verb, api_version="v1")
         metadata.create_time.CopyFrom(now())
-        op = await self.operations.create(parent, metadata)
-        metadata.end_time.CopyFrom(now())
-        return await self.operations.finish(
-            op.name, response=workflow if response is None else response, metadata=metadata
-        )
+        metadata.end_time.CopyFrom(metadata.create_time)
+        done = workflow if response is None else response
+        return await self.operations.create(parent, metadata, response=done)
 
     # -- executions ----------------------------------------------------------------------
     def get_execution(self, name: str) -> Any:

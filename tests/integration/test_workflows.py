@@ -50,6 +50,17 @@ def deploy(clients):
             clients.workflows.delete_workflow(name=name).result(timeout=30)
 
 
+def reply_json(handler: BaseHTTPRequestHandler, value) -> None:
+    """Answer 200 with ``value`` as JSON (to nobody, if the caller is gone)."""
+    body = json.dumps(value).encode()
+    with contextlib.suppress(OSError):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+
 def run(clients, workflow: wf.Workflow, argument=None, timeout: float = 30):
     execution = clients.executions.create_execution(
         parent=workflow.name,
@@ -374,12 +385,7 @@ def test_http_post_with_oidc_reaches_a_server_that_checks_the_token(localcloud, 
             claims = issuer.verify(token, audience=url)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append({"claims": claims, "body": body})
-            reply = json.dumps({"echo": body["n"] * 2}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
+            reply_json(self, {"echo": body["n"] * 2})
 
         def log_message(self, *args) -> None:
             pass
@@ -576,13 +582,7 @@ class Counting(ThreadingHTTPServer):
                 if self.path == "/second" and n == 1:
                     server.hanging.set()
                     server.release.wait(120)
-                reply = json.dumps({"path": self.path, "call": n}).encode()
-                with contextlib.suppress(OSError):  # the caller may be dead by now
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(reply)))
-                    self.end_headers()
-                    self.wfile.write(reply)
+                reply_json(self, {"path": self.path, "call": n})  # the caller may be dead
 
             def log_message(self, *args) -> None:
                 pass

@@ -356,22 +356,25 @@ def test_parallel_branches_resume_where_each_was():
     assert result == ("result", {"found": {"a": "a", "b": "b", "c": "c"}, "marks": 2})
 
 
-def test_a_sleep_resumes_with_what_remained_of_it():
-    source = """
+NAP = """
 main:
+  params: [seconds]
   steps:
     - nap:
         call: sys.sleep
         args:
-          seconds: 30
+          seconds: ${seconds}
     - done:
         return: "awake"
 """
+
+
+def test_a_sleep_resumes_with_what_remained_of_it():
     world = World()
     kept: list[Checkpoint] = []
 
     async def until_checkpoint() -> None:
-        task = asyncio.create_task(interpreter(source, world, None, kept).run(None))
+        task = asyncio.create_task(interpreter(NAP, world, None, kept).run(30))
         while not kept:
             await asyncio.sleep(0.001)
         task.cancel()
@@ -384,9 +387,9 @@ main:
     async def sleep(it: Interpreter, args: dict[str, Any]) -> None:
         seconds.append(args["seconds"])
 
-    it = interpreter(source, world, json.dumps(state), [])
+    it = interpreter(NAP, world, json.dumps(state), [])
     it.blocking["sys.sleep"] = sleep
-    assert asyncio.run(it.run(None)) == "awake"
+    assert asyncio.run(it.run(30)) == "awake"
     assert 0 <= seconds[0] <= 0.1
 
 
@@ -400,23 +403,13 @@ main:
     ],
 )
 def test_state_that_does_not_fit_is_a_restore_error(change, says):
-    source = """
-main:
-  steps:
-    - nap:
-        call: sys.sleep
-        args:
-          seconds: 0.01
-    - done:
-        return: 1
-"""
     kept: list[Checkpoint] = []
-    asyncio.run(interpreter(source, World(), None, kept).run(None))
+    asyncio.run(interpreter(NAP, World(), None, kept).run(0.01))
     state = json.loads(kept[0].state)
     change(state)
     with pytest.raises(RestoreError, match=says):
-        it = interpreter(source, World(), json.dumps(state), [])
-        asyncio.run(it.run(None))
+        it = interpreter(NAP, World(), json.dumps(state), [])
+        asyncio.run(it.run(0.01))
 
 
 def test_values_round_trip_through_the_saved_form():
