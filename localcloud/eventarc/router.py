@@ -314,8 +314,7 @@ class EventRouter:
         parent = trigger.name.rsplit("/triggers/", 1)[0]
         metadata = types.OperationMetadata.pb()(target=trigger.name, verb=verb, api_version="v1")
         metadata.create_time.CopyFrom(now())
-        op = await self.operations.create(parent, metadata)
-        if done:
-            metadata.end_time.CopyFrom(now())
-            op = await self.operations.finish(op.name, response=trigger, metadata=metadata)
-        return op
+        if not done:
+            return await self.operations.create(parent, metadata)
+        metadata.end_time.CopyFrom(metadata.create_time)
+        return await self.operations.create(parent, metadata, response=trigger)

@@ -64,12 +64,18 @@ class OperationStore:
         *,
         on_cancel: CancelHook | None = None,
         operation_id: str | None = None,
+        response: Message | None = None,
     ) -> operations_pb2.Operation:
-        """A new, running operation named ``{parent}/operations/{id}``."""
+        """A new operation named ``{parent}/operations/{id}``: running, or done with
+        ``response`` for work finished before the answer (a delete, a ``validate_only``),
+        in one write, so a crash cannot leave it running."""
         op = operations_pb2.Operation(name=f"{parent}/operations/{operation_id or uuid.uuid4()}")
         packed = _pack(metadata)
         if packed is not None:
             op.metadata.CopyFrom(packed)
+        if response is not None:
+            op.response.CopyFrom(_pack(response))
+            op.done = True
         if on_cancel is not None:
             self._cancel_hooks[op.name] = on_cancel
         await self._ops.put(op)
@@ -108,6 +114,11 @@ class OperationStore:
         self._cancel_hooks.pop(name, None)
         self._event(name).set()
         return self.get(name)
+
+    def unfinished(self) -> list[operations_pb2.Operation]:
+        """Copies of the operations not done: at start, what a stopped localcloud left
+        running, for the engine that owns each to finish."""
+        return [self.get(name) for name, op in self._ops.items() if not op.done]
 
     def get(self, name: str) -> operations_pb2.Operation:
         """A copy: callers never hold the store's live object."""

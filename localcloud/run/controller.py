@@ -7,6 +7,11 @@ from the latest revision's makes a new immutable revision
 one instance is started as the startup probe; when it listens the revision is Ready and
 traffic that follows "latest" moves to it. A revision that fails leaves traffic on the
 previous ready revision and the service's terminal condition says why, with the log tail.
+
+A reconcile that localcloud's stop or death interrupted is done again at the next start:
+a service whose generation was not yet observed is reconciled, a revision left half-started
+is started again (or failed, when the service no longer wants it), and the operations of
+the interrupted deploys end with that reconcile's outcome.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ C = types.Condition
 LATEST = types.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
 BY_REVISION = types.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 DEFAULT_TIMEOUT = 300
+DELETED = "the service was deleted while it was being deployed"
+INTERRUPTED = "localcloud stopped while this revision was being deployed"
 OUTPUT_ONLY = (
     "uid",
     "generation",
@@ -102,6 +109,7 @@ class Controller:
         self.ingress: Any = None  # set by the server: opens and closes service ports
         self._pool_locks: dict[str, asyncio.Lock] = {}
         self.pending_ops: dict[str, list[str]] = {}  # service -> operations not yet reconciled
+        self.stopping = False
 
     # -- reading -------------------------------------------------------------------------
     def find(self, name: str) -> Any | None:
@@ -274,7 +282,7 @@ class Controller:
             task.cancel()
         for op_name in self.pending_ops.pop(name, []):
             # A reconcile cancelled before it even ran must still finish its operation.
-            await self._abort(op_name, "the service was deleted while it was being deployed")
+            await self._abort(op_name, DELETED)
         for rev in self.store.revisions_of(name):
             await self.autoscaler.drop(rev.name)
         if self.ingress is not None:
@@ -334,14 +342,12 @@ class Controller:
         self, message: Any, *, done: bool = False, parent: str | None = None
     ) -> Any:
         parent = parent or message.name.rsplit("/services/", 1)[0]
-        op = await self.operations.create(parent, message)
-        if done:
-            op = await self.operations.finish(op.name, response=message, metadata=message)
-        return op
+        return await self.operations.create(parent, message, response=message if done else None)
 
-    def _reconcile_soon(self, name: str, op_name: str) -> None:
+    def _reconcile_soon(self, name: str, op_name: str | None) -> None:
         previous = self.tasks.get(name)
-        self.pending_ops.setdefault(name, []).append(op_name)
+        if op_name is not None:
+            self.pending_ops.setdefault(name, []).append(op_name)
 
         async def run() -> None:
             try:
@@ -386,13 +392,15 @@ class Controller:
         rev.conditions.append(_condition("Ready", C.State.CONDITION_RECONCILING))
         return rev
 
-    async def _reconcile(self, name: str, op_name: str) -> None:
+    async def _reconcile(self, name: str, op_name: str | None) -> None:
+        """Bring the service to its spec; finish ``op_name`` (if any) with the outcome."""
         svc = self.store.services.get(name)
         if svc is None:
             return
         try:
-            latest = self.store.revisions.get(svc.latest_created_revision)
             key = _template_key(svc.template)
+            await self._settle_interrupted(svc, key)
+            latest = self.store.revisions.get(svc.latest_created_revision)
             error: str | None = None
             if (
                 latest is None
@@ -417,7 +425,7 @@ class Controller:
                 error = await self._start_revision(svc, latest)
             svc = self._merge_status(name, svc)
             if svc is None:
-                await self._abort(op_name, "the service was deleted while it was being deployed")
+                await self._abort(op_name, DELETED)
                 return
             svc.ClearField("conditions")
             svc.ClearField("terminal_condition")
@@ -434,6 +442,8 @@ class Controller:
                     )
                 )
             await self.store.services.put(svc)
+            if op_name is None:
+                return
             if error is None:
                 await self.operations.finish(op_name, response=svc, metadata=svc)
             else:
@@ -441,9 +451,8 @@ class Controller:
                     op_name, error=FailedPrecondition(error).to_proto(), metadata=svc
                 )
         except asyncio.CancelledError:
-            await asyncio.shield(
-                self._abort(op_name, "the service was deleted while it was being deployed")
-            )
+            if not self.stopping:  # a stop leaves it to the next start to finish
+                await asyncio.shield(self._abort(op_name, DELETED))
             raise
         except Exception as exc:
             if not isinstance(exc, GoogleError):
@@ -456,7 +465,8 @@ class Controller:
                     _condition("Ready", C.State.CONDITION_FAILED, failure.message)
                 )
                 await self.store.services.put(current)
-            await self.operations.finish(op_name, error=failure.to_proto(), metadata=svc)
+            if op_name is not None:
+                await self.operations.finish(op_name, error=failure.to_proto(), metadata=svc)
 
     def _merge_status(self, name: str, reconciled: Any) -> Any | None:
         """The stored service with this reconcile's results: a newer update made meanwhile
@@ -472,7 +482,31 @@ class Controller:
         current.reconciling = current.generation > reconciled.generation
         return current
 
-    async def _abort(self, op_name: str, message: str) -> None:
+    async def _settle_interrupted(self, svc: Any, key: str) -> None:
+        """Revisions still ``reconciling`` were being started when localcloud stopped (one
+        service's reconciles never overlap). The newest, when it is the template the service
+        wants, becomes its latest created revision again, to be started below; any other is
+        marked failed, as nothing will start it. (The stored service may name it already:
+        an update made during its reconcile stored what that reconcile had set.)"""
+        latest = self.store.revisions.get(svc.latest_created_revision)
+        for rev in self.store.revisions_of(svc.name):  # newest first
+            if not rev.reconciling:
+                continue
+            wanted = rev.annotations.get("localcloud.template-key") == key and (
+                not svc.template.revision or rev.name.endswith("/" + svc.template.revision)
+            )
+            if wanted and (latest is None or rev.generation >= latest.generation):
+                svc.latest_created_revision = rev.name
+                latest = rev
+                continue
+            rev.reconciling = False
+            rev.ClearField("conditions")
+            rev.conditions.append(_condition("Ready", C.State.CONDITION_FAILED, INTERRUPTED))
+            await self.store.revisions.put(rev)
+
+    async def _abort(self, op_name: str | None, message: str) -> None:
+        if op_name is None:
+            return
         try:
             if not self.operations.get(op_name).done:
                 await self.operations.finish(op_name, error=Aborted(message).to_proto())
@@ -598,13 +632,34 @@ class Controller:
         return self.store.revisions.get(f"{svc.name}/revisions/{choice.revision}")
 
     async def start(self) -> None:
-        """After a restart services come back lazily: ports open, instances on first request."""
+        """After a restart services come back lazily: ports open, instances on first request.
+
+        What a stop interrupted is finished: each service with a generation not yet
+        observed, or with operations not done, is reconciled again, once per such
+        operation (in turn, as updates are), and each ends with that reconcile's outcome;
+        the operations of a service that is gone fail.
+        """
         if self.ingress is not None:
             for name, port in self.store.ports.items():
                 if name in self.store.services:
                     await self.ingress.open(name, port)
+        interrupted: dict[str, list[str]] = {}
+        for op in self.operations.unfinished():
+            if op.metadata.Is(ServicePb.DESCRIPTOR):
+                svc = ServicePb()
+                op.metadata.Unpack(svc)
+                interrupted.setdefault(svc.name, []).append(op.name)
+        for name, svc in list(self.store.services.items()):
+            ops: list[str | None] = list(interrupted.pop(name, []))
+            if ops or svc.reconciling or svc.generation > svc.observed_generation:
+                for op_name in ops or [None]:
+                    self._reconcile_soon(name, op_name)
+        for ops_of_gone in interrupted.values():
+            for op_name in ops_of_gone:
+                await self._abort(op_name, DELETED)
 
     async def stop(self) -> None:
+        self.stopping = True
         for task in self.tasks.values():
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)

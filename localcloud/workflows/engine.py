@@ -1,9 +1,12 @@
 """Workflows and executions: deploy-time validation, revisions, executions as tasks.
 
 CreateExecution answers ACTIVE at once and the execution runs as an asyncio task; its
-state, result or error are persisted when it ends. An execution that was running when
-localcloud stopped is marked FAILED at the next start (it is not resumed), with an error
-that says so. ``sys.log`` output goes to localcloud's log with the execution's id.
+state, result or error are persisted when it ends, and where it is along the way (the
+interpreter's checkpoints, ``resume.py``). An execution that was running when localcloud
+stopped, killed or not, resumes at the next start from its last checkpoint, in the revision
+it started with; one that cannot (its revision is gone, its state unreadable or of another
+format) is marked FAILED with an error that says why. ``sys.log`` output goes to
+localcloud's log with the execution's id.
 """
 
 from __future__ import annotations
@@ -30,16 +33,14 @@ from localcloud.operations.store import OperationStore
 from localcloud.workflows import definition
 from localcloud.workflows.expr import WorkflowError
 from localcloud.workflows.interpreter import Interpreter
+from localcloud.workflows.resume import RestoreError
 from localcloud.workflows.runtime import Runtime
 from localcloud.workflows.store import ExecutionPb, WorkflowPb, WorkflowStore
 
 LOG = logging.getLogger("localcloud.workflows.executions")
 E = Execution.State
 _WORKFLOW_ID = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
-STOPPED = {
-    "message": "localcloud stopped while this execution ran; it was not resumed",
-    "tags": ["SystemError"],
-}
+NOT_RESUMED = "localcloud stopped while this execution ran and cannot resume it: "
 MAX_ARGUMENT = 32 * 1024
 MAX_RESULT = 512 * 1024
 
@@ -56,12 +57,26 @@ class WorkflowsEngine:
         self.known = set(runtime.functions({})) | set(runtime.blocking(""))
 
     async def start(self) -> None:
+        """Executions that were running go on from their last checkpoint."""
+        saved, self.store.saved = self.store.saved, {}
         for execution in list(self.store.executions.values()):
-            if execution.state in (E.ACTIVE, E.QUEUED):
-                execution.state = E.FAILED
-                execution.end_time.CopyFrom(now())
-                execution.error.payload = json.dumps(STOPPED)
-                await self.store.executions.put(execution)
+            if execution.state not in (E.ACTIVE, E.QUEUED):
+                continue
+            workflow = execution.name.rsplit("/executions/", 1)[0]
+            revision = self.store.revisions.get((workflow, execution.workflow_revision_id))
+            state = saved.get(execution.name)
+            try:
+                if revision is None:
+                    raise RestoreError(
+                        f"revision {execution.workflow_revision_id} of its workflow is gone"
+                    )
+                if state is None:
+                    raise RestoreError("an earlier localcloud, which saved no state, ran it")
+                self._launch(execution, revision, state)
+            except RestoreError as exc:
+                self._fail(execution, NOT_RESUMED + str(exc))
+                self._end(execution)
+                await self.store.end_execution(execution)
 
     async def stop(self) -> None:
         self.stopping = True
@@ -173,11 +188,9 @@ class WorkflowsEngine:
         parent = workflow.name.rsplit("/workflows/", 1)[0]
         metadata = OperationMetadata.pb()(target=workflow.name, verb=verb, api_version="v1")
         metadata.create_time.CopyFrom(now())
-        op = await self.operations.create(parent, metadata)
-        metadata.end_time.CopyFrom(now())
-        return await self.operations.finish(
-            op.name, response=workflow if response is None else response, metadata=metadata
-        )
+        metadata.end_time.CopyFrom(metadata.create_time)
+        done = workflow if response is None else response
+        return await self.operations.create(parent, metadata, response=done)
 
     # -- executions ----------------------------------------------------------------------
     def get_execution(self, name: str) -> Any:
@@ -217,10 +230,9 @@ class WorkflowsEngine:
         execution.workflow_revision_id = workflow.revision_id
         if not execution.call_log_level:
             execution.call_log_level = workflow.call_log_level
-        await self.store.executions.put(execution)
-        self.tasks[execution.name] = asyncio.get_running_loop().create_task(
-            self._run(execution, workflow, argument), name=f"execution {execution.name}"
-        )
+        interpreter = self._interpreter(execution, workflow, None)
+        await self.store.begin_execution(execution, interpreter.snapshot())
+        self._start_task(execution, interpreter, argument)
         return execution
 
     async def cancel_execution(self, name: str) -> Any:
@@ -249,7 +261,19 @@ class WorkflowsEngine:
         env.update(workflow.user_env_vars)
         return env
 
-    async def _run(self, execution: Any, workflow: Any, argument: Any) -> None:
+    def _launch(self, execution: Any, workflow: Any, saved: str) -> None:
+        """Run an execution again from its saved state (RestoreError if it cannot)."""
+        try:
+            interpreter = self._interpreter(execution, workflow, saved)
+        except definition.DefinitionError as exc:  # a later localcloud checks more
+            raise RestoreError(f"its workflow's source is no longer valid: {exc}") from None
+        try:
+            argument = json.loads(execution.argument) if execution.argument else None
+        except ValueError as exc:
+            raise RestoreError(f"its argument is not JSON: {exc}") from None
+        self._start_task(execution, interpreter, argument)
+
+    def _interpreter(self, execution: Any, workflow: Any, saved: str | None) -> Interpreter:
         exec_id = execution.name.rsplit("/", 1)[-1]
         account = (
             workflow.service_account.rsplit("/", 1)[-1]
@@ -265,17 +289,30 @@ class WorkflowsEngine:
                 value if isinstance(value, str) else json.dumps(value),
             )
 
+        def save(state: str) -> Any:
+            return self.store.save_state(execution.name, state)
+
         key = (workflow.name, workflow.revision_id)
         parsed = self._parsed.get(key)
         if parsed is None:
             parsed = self._parsed[key] = definition.parse(workflow.source_contents, self.known)
-        interpreter = Interpreter(
+        return Interpreter(
             parsed,
             self.runtime.functions(self._env(workflow, execution)),
             self.runtime.blocking(account),
             log,
+            saved=saved,
+            save=save,
         )
+
+    def _start_task(self, execution: Any, interpreter: Interpreter, argument: Any) -> None:
         self.running[execution.name] = interpreter
+        self.tasks[execution.name] = asyncio.get_running_loop().create_task(
+            self._run(execution, interpreter, argument), name=f"execution {execution.name}"
+        )
+
+    async def _run(self, execution: Any, interpreter: Interpreter, argument: Any) -> None:
+        exec_id = execution.name.rsplit("/", 1)[-1]
         try:
             result = await interpreter.run(argument)
             text = json.dumps(result)
@@ -285,10 +322,9 @@ class WorkflowsEngine:
             execution.state = E.SUCCEEDED
         except asyncio.CancelledError:
             if self.stopping:  # not cancelled by anyone: the server is going away
-                execution.state = E.FAILED
-                execution.error.payload = json.dumps(STOPPED)
-            else:
-                execution.state = E.CANCELLED
+                await interpreter.close()  # it stays ACTIVE, to resume at the next start
+                return
+            execution.state = E.CANCELLED
         except WorkflowError as exc:
             execution.state = E.FAILED
             value = exc.value
@@ -296,19 +332,28 @@ class WorkflowsEngine:
             routine, step = interpreter.failed_at or ("main", "")
             execution.error.context = f'RuntimeError: {exc}\nin step "{step}", routine "{routine}"'
             execution.error.stack_trace.elements.add(step=step, routine=routine)
+        except RestoreError as exc:
+            self._fail(execution, NOT_RESUMED + str(exc))
         except Exception as exc:
             LOG.error("execution %s failed internally:\n%s", exec_id, traceback.format_exc())
-            execution.state = E.FAILED
-            execution.error.payload = json.dumps(
-                {"message": f"internal error: {exc}", "tags": ["SystemError"]}
-            )
+            self._fail(execution, f"internal error: {exc}")
+        await interpreter.close()
+        self._end(execution)
+        self.running.pop(execution.name, None)
+        await asyncio.shield(self.store.end_execution(execution))
+        self.tasks.pop(execution.name, None)
+
+    @staticmethod
+    def _fail(execution: Any, message: str) -> None:
+        execution.state = E.FAILED
+        execution.error.payload = json.dumps({"message": message, "tags": ["SystemError"]})
+
+    @staticmethod
+    def _end(execution: Any) -> None:
         execution.end_time.CopyFrom(now())
         execution.duration.FromNanoseconds(
             execution.end_time.ToNanoseconds() - execution.start_time.ToNanoseconds()
         )
-        self.running.pop(execution.name, None)
-        await asyncio.shield(self.store.executions.put(execution))
-        self.tasks.pop(execution.name, None)
 
 
 def project_number(project: str) -> str:

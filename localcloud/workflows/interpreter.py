@@ -5,18 +5,30 @@ thread. Control flow follows the syntax reference: ``next`` jumps to a step of t
 subworkflow (``end``, ``break``, ``continue``), ``for`` and ``except`` variables are local
 to their block, parallel branches see copies of the variables except the ``shared`` ones,
 ``try`` bodies are retried by a policy and their errors caught by ``except`` as maps.
+
+An execution survives a restart (``resume.py``): each task keeps a ``Cursor`` of where it
+is, and a checkpoint saves them all with the variables just before every call that waits
+(``sys.sleep``, ``http.*``, connectors) and at the first step boundary after it, and before
+a retry's wait. Those are the only writes: a call's result is never lost, and the pure
+steps between two calls are cheap to run again (Workflows' steps are deterministic but for
+``sys.now`` and random values). A resumed execution makes the call in flight again; a sleep
+or a retry's wait sleeps what remained of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 from localcloud.workflows.definition import Definition, Step
 from localcloud.workflows.expr import WorkflowError, evaluate, parse_expression, render
+from localcloud.workflows.resume import FORMAT, Cursor, RestoreError, decode
 
 MAX_STEPS = 100_000
 MAX_VARIABLES = 512 * 1024  # Google: "Maximum memory for variables: 512 KB"
@@ -24,6 +36,11 @@ CHECK_EVERY = 25  # steps between two measurements of the variables (bounded by 
 _EXPR = re.compile(r"^\$\{(.*)\}$", re.S)
 _TARGET = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)|\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)|\s*\[")
 Blocking = Callable[["Interpreter", dict[str, Any]], Awaitable[Any]]
+Save = Callable[[str], Awaitable[None]]
+INSTANT = frozenset({"sys.log"})  # blocking calls that never wait: no checkpoint around them
+# Where a resumed step body continues, by the kind of the next saved level: the parts of
+# the body before it (an assignment before a call, say) already ran.
+_RESUME_AT = {"call": 1, "sub": 1, "case": 2, "for": 3, "parallel": 4, "list": 5}
 
 
 class _Jump(Exception):
@@ -114,12 +131,21 @@ def _as_steps(raw: Any, cache: dict[int, list[Step]]) -> list[Step]:
 
 
 class Interpreter:
+    """One execution's walk of its definition.
+
+    ``saved`` is a checkpoint to resume from (as ``save`` was given it), ``save`` stores a
+    checkpoint and returns once it is committed; without it nothing is saved.
+    """
+
     def __init__(
         self,
         definition: Definition,
         functions: dict[str, Callable[..., Any]],
         blocking: dict[str, Blocking],
         log: Callable[[str, Any], None],
+        *,
+        saved: str | None = None,
+        save: Save | None = None,
     ) -> None:
         self.definition = definition
         self.functions = functions
@@ -127,10 +153,26 @@ class Interpreter:
         self.log = log
         self.steps_run = 0
         self._cache: dict[int, list[Step]] = {}
-        self.stack: list[str] = []
         self.failed_at: tuple[str, str] | None = None
         self.current: tuple[str, str] | None = None
         self.scopes: list[Scope] = []
+        self.root = Cursor()
+        if saved is not None:
+            try:
+                state = json.loads(saved)
+                if state.get("format") != FORMAT:
+                    raise RestoreError(
+                        f"it was saved in format {state.get('format')!r}; this localcloud reads {FORMAT}"
+                    )
+                self.root = Cursor(state["root"])
+                self.steps_run = int(state["steps"])
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise RestoreError(f"its saved state is unreadable ({exc!r})") from None
+        self._save = save
+        self._saving: asyncio.Task | None = None
+        self._asked = 0  # checkpoints asked for, and (below) the last one committed
+        self._saved = 0
+        self._dirty = False  # a call ended since the last checkpoint
 
     # -- entry ---------------------------------------------------------------------------
     async def run(self, argument: Any) -> Any:
@@ -138,10 +180,26 @@ class Interpreter:
         args = {}
         if main.params:
             args[main.params[0][0]] = argument
-        return await self.call_subworkflow("main", args)
+        return await self.call_subworkflow("main", args, self.root)
 
-    async def call_subworkflow(self, name: str, args: dict[str, Any]) -> Any:
+    async def call_subworkflow(self, name: str, args: dict[str, Any], cursor: Cursor) -> Any:
         sub = self.definition.subworkflows[name]
+        saved = cursor.take("sub", name=name)
+        scope = Scope(decode(saved["vars"])) if saved is not None else self._bind(sub, name, args)
+        self.scopes.append(scope)
+        try:
+            with cursor.inside({"kind": "sub", "name": name, "scope": scope}):
+                await self._run_list(sub.steps, scope, cursor)
+        except _Return as ret:
+            return ret.value
+        except _Jump as jump:
+            raise WorkflowError(f"next target {jump.target!r} not found", "SystemError") from None
+        finally:
+            self.scopes.remove(scope)
+        return None
+
+    @staticmethod
+    def _bind(sub: Any, name: str, args: dict[str, Any]) -> Scope:
         scope = Scope()
         for pname, default, has_default in sub.params:
             if pname in args:
@@ -157,18 +215,7 @@ class Interpreter:
             raise WorkflowError(
                 f"subworkflow {name}: unexpected arguments {sorted(unknown)}", "TypeError"
             )
-        self.stack.append(name)
-        self.scopes.append(scope)
-        try:
-            await self._run_list(sub.steps, scope)
-        except _Return as ret:
-            return ret.value
-        except _Jump as jump:
-            raise WorkflowError(f"next target {jump.target!r} not found", "SystemError") from None
-        finally:
-            self.stack.pop()
-            self.scopes.remove(scope)
-        return None
+        return scope
 
     def check_memory(self) -> None:
         """Variables of every live scope together stay under 512 KB, as in Google's limit."""
@@ -181,6 +228,43 @@ class Interpreter:
                     "ResourceLimitError",
                 )
 
+    # -- checkpoints ---------------------------------------------------------------------
+    def snapshot(self) -> str:
+        """Every task's position and variables, as the JSON a resume starts from."""
+        return json.dumps({"format": FORMAT, "steps": self.steps_run, "root": self.root.dump()})
+
+    async def checkpoint(self, cursor: Cursor) -> None:
+        """Save where the execution is, as seen by ``cursor``'s task; return once committed.
+
+        Tasks asking at once share one write: each waits for a snapshot taken after it
+        asked. Nothing is saved while ``cursor`` is still resuming (its saved state is
+        the one on disk) or inside a retry predicate.
+        """
+        if self._save is None or cursor.pending or not cursor.saving:
+            return
+        self._asked += 1
+        wanted = self._asked
+        while self._saved < wanted:
+            if self._saving is None or self._saving.done():
+                self._saving = asyncio.get_running_loop().create_task(self._write())
+            await asyncio.shield(self._saving)
+
+    async def _write(self) -> None:
+        covers = self._asked
+        state = self.snapshot()  # taken now, in one go: no task moves meanwhile
+        self._dirty = False
+        if self._save is not None:
+            await self._save(state)
+        self._saved = covers
+
+    async def close(self) -> None:
+        """No more checkpoints; wait for the one being written (so none lands after the
+        execution's final state)."""
+        self._save = None
+        if self._saving is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._saving)
+
     # -- evaluation ----------------------------------------------------------------------
     def value(self, raw: Any, scope: Scope) -> Any:
         return render(raw, scope, self.functions)
@@ -189,85 +273,124 @@ class Interpreter:
         return evaluate(parse_expression(text), scope, self.functions)
 
     # -- steps ---------------------------------------------------------------------------
-    async def _run_list(self, steps: list[Step], scope: Scope) -> None:
+    async def _run_list(self, steps: list[Step], scope: Scope, cursor: Cursor) -> None:
         positions = {s.name: i for i, s in enumerate(steps)}
         index = 0
-        while index < len(steps):
-            step = steps[index]
-            try:
-                target = await self._run_step(step, scope)
-            except _Jump as jump:
-                if jump.target in positions:
-                    index = positions[jump.target]
-                    continue
-                raise
-            if target is None:
-                index += 1
-            elif target == "end":
-                raise _Return(None)
-            elif target == "break":
-                raise _Break()
-            elif target == "continue":
-                raise _Continue()
-            elif target in positions:
-                index = positions[target]
-            else:
-                raise _Jump(target)
+        saved = cursor.take("list")
+        if saved is not None:
+            index = saved.get("i", -1)
+            if not 0 <= index < len(steps) or steps[index].name != saved.get("step"):
+                raise RestoreError(f"it was saved at step {saved.get('step')!r}, not found there")
+        level: dict[str, Any] = {"kind": "list", "i": index, "step": ""}
+        with cursor.inside(level):
+            while index < len(steps):
+                step = steps[index]
+                level["i"], level["step"] = index, step.name
+                try:
+                    target = await self._run_step(step, scope, cursor)
+                except _Jump as jump:
+                    if jump.target in positions:
+                        index = positions[jump.target]
+                        continue
+                    raise
+                if target is None:
+                    index += 1
+                elif target == "end":
+                    raise _Return(None)
+                elif target == "break":
+                    raise _Break()
+                elif target == "continue":
+                    raise _Continue()
+                elif target in positions:
+                    index = positions[target]
+                else:
+                    raise _Jump(target)
 
-    def _count(self, step: Step) -> None:
+    def _count(self, step: Step, cursor: Cursor) -> None:
         self.steps_run += 1
         if self.steps_run > MAX_STEPS:
             raise WorkflowError(f"execution exceeded {MAX_STEPS} steps", "ResourceLimitError")
         if self.steps_run % CHECK_EVERY == 0:
             self.check_memory()
-        self.current = (self.stack[-1] if self.stack else "main", step.name)
+        self.current = (cursor.routine, step.name)
 
-    async def _run_step(self, step: Step, scope: Scope) -> str | None:
-        self._count(step)
-        body = step.body
+    async def _run_step(self, step: Step, scope: Scope, cursor: Cursor) -> str | None:
+        resuming = bool(cursor.pending)
+        if resuming:  # counted before the checkpoint it resumes from
+            self.current = (cursor.routine, step.name)
+        else:
+            self._count(step, cursor)
+            if self._dirty and not self._waits(step.body):
+                await self.checkpoint(cursor)  # what the last call returned is kept
         try:
-            return await self._body(step, body, scope)
+            target = await self._body(step, step.body, scope, cursor)
         except WorkflowError:
             if self.failed_at is None:
-                self.failed_at = (self.stack[-1] if self.stack else "main", step.name)
+                self.failed_at = (cursor.routine, step.name)
             raise
+        if resuming and cursor.pending:
+            raise RestoreError(f"its saved position inside step {step.name!r} is not there")
+        return target
 
-    async def _body(self, step: Step, body: dict[str, Any], scope: Scope) -> str | None:
+    def _waits(self, body: dict[str, Any]) -> bool:
+        """Whether the step is a call that waits (which takes its own checkpoint)."""
+        inner = body["try"] if isinstance(body.get("try"), dict) else body
+        name = inner.get("call")
+        return isinstance(name, str) and name in self.blocking and name not in INSTANT
+
+    async def _body(
+        self, step: Step, body: dict[str, Any], scope: Scope, cursor: Cursor
+    ) -> str | None:
         if "try" in body:
-            return await self._try(step, body, scope)
-        if "assign" in body:
+            return await self._try(step, body, scope, cursor)
+        start = _RESUME_AT.get(cursor.resuming or "", 0)
+        if start <= 0 and "assign" in body:
             for item in body["assign"]:
                 ((target, raw),) = item.items()
                 self._assign(target, self.value(raw, scope), scope)
-        if "call" in body:
-            result = await self._call(body["call"], body.get("args") or {}, scope)
+        if start <= 1 and "call" in body:
+            result = await self._call(body["call"], body.get("args") or {}, scope, cursor)
             if "result" in body:
                 scope[body["result"]] = result
-        if "switch" in body:
-            for case in body["switch"]:
-                if self._truthy(self.value(case["condition"], scope), step):
-                    target = await self._case(step, case, scope)
-                    if target is not None or "next" in case:
-                        return target
-                    break
-        if "for" in body:
-            return await self._for(step, body["for"], scope)
-        if "parallel" in body:
-            await self._parallel(step, body["parallel"], scope)
+        if start <= 2 and "switch" in body:
+            saved = cursor.take("case")
+            chosen = saved["i"] if saved is not None else self._choose(step, body["switch"], scope)
+            if chosen is not None:
+                if not 0 <= chosen < len(body["switch"]):
+                    raise RestoreError(f"it was saved in a case step {step.name!r} does not have")
+                case = body["switch"][chosen]
+                with cursor.inside({"kind": "case", "i": chosen}):
+                    target = await self._case(step, case, scope, cursor)
+                if target is not None or "next" in case:
+                    return target
+        if start <= 3 and "for" in body:
+            return await self._for(step, body["for"], scope, cursor)
+        if start <= 4 and "parallel" in body:
+            await self._parallel(step, body["parallel"], scope, cursor)
         if "steps" in body:
-            await self._run_list(step.children, scope)
+            await self._run_list(step.children, scope, cursor)
         if "raise" in body:
             raise RaisedError(self.value(body["raise"], scope))
         if "return" in body:
             raise _Return(self.value(body["return"], scope))
         return body.get("next")
 
-    async def _case(self, step: Step, case: dict[str, Any], scope: Scope) -> str | None:
+    def _choose(self, step: Step, cases: list[dict[str, Any]], scope: Scope) -> int | None:
+        """The index of the first case whose condition holds."""
+        for i, case in enumerate(cases):
+            if self._truthy(self.value(case["condition"], scope), step):
+                return i
+        return None
+
+    async def _case(
+        self, step: Step, case: dict[str, Any], scope: Scope, cursor: Cursor
+    ) -> str | None:
         inner = {k: v for k, v in case.items() if k != "condition"}
-        if "steps" in inner:
-            await self._run_list(_as_steps(inner.pop("steps"), self._cache), scope)
+        steps = inner.pop("steps", None)
+        if steps is not None and cursor.resuming in (None, "list"):
+            await self._run_list(_as_steps(steps, self._cache), scope, cursor)
         if inner:
-            return await self._body(step, inner, scope)
+            return await self._body(step, inner, scope, cursor)
         return None
 
     @staticmethod
@@ -331,25 +454,49 @@ class Interpreter:
             return container[key]
         raise WorkflowError(f"cannot index {type(container).__name__} in {target!r}", "TypeError")
 
-    async def _call(self, name: str, raw_args: dict[str, Any], scope: Scope) -> Any:
+    async def _call(self, name: str, raw_args: dict[str, Any], scope: Scope, cursor: Cursor) -> Any:
         args = self.value(raw_args, scope) if raw_args else {}
         if name in self.definition.subworkflows:
-            return await self.call_subworkflow(name, args)
+            return await self.call_subworkflow(name, args, cursor)
         if name in self.blocking:
-            return await self.blocking[name](self, args)
+            if name in INSTANT:
+                return await self.blocking[name](self, args)
+            return await self._wait_for(name, args, cursor)
         function = self.functions.get(name)
         if function is not None:
             return function(**args) if isinstance(args, dict) else function(*args)
         raise WorkflowError(f"unknown function or subworkflow {name!r}", "SystemError")
 
-    async def _for(self, step: Step, spec: dict[str, Any], scope: Scope) -> str | None:
-        if "range" in spec:
-            lo, hi = self.value(spec["range"], scope)
-            items: Any = (
-                range(int(lo), int(hi) + 1)
-                if isinstance(lo, int) and isinstance(hi, int)
-                else _frange(lo, hi)
-            )
+    async def _wait_for(self, name: str, args: Any, cursor: Cursor) -> Any:
+        """A call that waits, made once a checkpoint names it: after a restart it is made
+        again, and a sleep sleeps what remained of it (its end is kept, in wall time)."""
+        saved = cursor.take("call", name=name)
+        level: dict[str, Any] = {"kind": "call", "name": name}
+        seconds = args.get("seconds") if isinstance(args, dict) else None
+        if name == "sys.sleep" and isinstance(seconds, int | float) and seconds >= 0:
+            level["until"] = saved["until"] if saved is not None else time.time() + seconds
+            args = {**args, "seconds": max(0.0, level["until"] - time.time())}
+        with cursor.inside(level):
+            if saved is None:
+                await self.checkpoint(cursor)
+            try:
+                return await self.blocking[name](self, args)
+            finally:
+                self._dirty = True
+
+    async def _for(
+        self, step: Step, spec: dict[str, Any], scope: Scope, cursor: Cursor
+    ) -> str | None:
+        saved = cursor.take("for")
+        level: dict[str, Any] = {"kind": "for", "i": 0}
+        if saved is not None:
+            level.update(i=saved["i"], before=saved["before"])
+            if "range" in saved:
+                level["range"] = saved["range"]
+            else:
+                level["items"] = decode(saved["items"])
+        elif "range" in spec:
+            level["range"] = self.value(spec["range"], scope)
         else:
             items = self.value(spec["in"], scope)
             if isinstance(items, dict):
@@ -359,25 +506,42 @@ class Interpreter:
                     f"step {step.name}: for ... in needs a list, got {type(items).__name__}",
                     "TypeError",
                 )
+            level["items"] = items
+        if "range" in level:
+            lo, hi = level["range"]
+            values: Any = (
+                range(int(lo), int(hi) + 1)
+                if isinstance(lo, int) and isinstance(hi, int)
+                else _frange(lo, hi)
+            )
+        else:
+            values = level["items"]
+        first = level["i"]
+        before = set(level.setdefault("before", sorted(scope.local)))
         body = _as_steps(spec["steps"], self._cache)
-        before = set(scope.local)
         try:
-            for i, item in enumerate(items):
-                scope[spec["value"]] = item
-                if "index" in spec:
-                    scope[spec["index"]] = i
-                try:
-                    await self._run_list(body, scope)
-                except _Continue:
-                    continue
-                except _Break:
-                    break
+            with cursor.inside(level):
+                for i, item in itertools.islice(enumerate(values), first, None):
+                    level["i"] = i
+                    if saved is None or i != first:  # a resumed iteration has its variables
+                        scope[spec["value"]] = item
+                        if "index" in spec:
+                            scope[spec["index"]] = i
+                    try:
+                        await self._run_list(body, scope, cursor)
+                    except _Continue:
+                        continue
+                    except _Break:
+                        break
         finally:
             for key in set(scope.local) - before:  # loop variables are local to the loop
                 del scope.local[key]
         return step.body.get("next")
 
-    async def _parallel(self, step: Step, spec: dict[str, Any], scope: Scope) -> None:
+    async def _parallel(
+        self, step: Step, spec: dict[str, Any], scope: Scope, cursor: Cursor
+    ) -> None:
+        saved = cursor.take("parallel")
         shared = set(spec.get("shared") or [])
         for name in shared:
             if name not in scope:
@@ -388,102 +552,140 @@ class Interpreter:
         limit = spec.get("concurrency_limit")
         gate = asyncio.Semaphore(int(limit)) if limit else contextlib.nullcontext()
         continue_all = spec.get("exception_policy") == "continueAll"
-        jobs: list[Callable[[Scope], Awaitable[None]]] = []
+        jobs: list[Callable[[Scope, Cursor], Awaitable[None]]] = []
         if "branches" in spec:
             for branch in spec["branches"]:
                 ((_bname, bbody),) = branch.items()
                 steps = _as_steps(bbody["steps"], self._cache)
 
-                async def run_branch(s: Scope, steps: list[Step] = steps) -> None:
-                    await self._run_list(steps, s)
+                async def run_branch(s: Scope, c: Cursor, steps: list[Step] = steps) -> None:
+                    await self._run_list(steps, s, c)
 
                 jobs.append(run_branch)
             items: list[Any] = [None] * len(jobs)
         else:
             loop = spec["for"]
-            if "in" in loop:
-                values = self.value(loop["in"], scope)
+            if saved is not None:
+                items = decode(saved["items"])
+            elif "in" in loop:
+                items = list(self.value(loop["in"], scope))
             else:
                 bounds = self.value(loop["range"], scope)
-                values = range(bounds[0], bounds[1] + 1)
+                items = list(range(bounds[0], bounds[1] + 1))
             body = _as_steps(loop["steps"], self._cache)
-            items = list(values)
 
-            async def iteration(s: Scope, body: list[Step] = body) -> None:
+            async def iteration(s: Scope, c: Cursor, body: list[Step] = body) -> None:
                 with contextlib.suppress(_Continue):
-                    await self._run_list(body, s)
+                    await self._run_list(body, s, c)
 
             jobs = [iteration] * len(items)
 
-        errors: list[dict[str, Any]] = []
+        # A branch that finished stays finished after a restart; one that ran resumes
+        # where it was; one that had not started starts.
+        done: set[int] = set(saved["done"]) if saved is not None else set()
+        errors: list[Any] = decode(saved["errors"]) if saved is not None else []
+        resumed = saved["branches"] if saved is not None else {}
+        cursors = {
+            i: Cursor(resumed.get(str(i)), routine=cursor.routine, saving=cursor.saving)
+            for i in range(len(jobs))
+            if i not in done
+        }
+        level: dict[str, Any] = {
+            "kind": "parallel",
+            "done": done,
+            "errors": errors,
+            "branches": cursors,
+        }
+        if "for" in spec:
+            level["items"] = items
 
         async def run(i: int) -> None:
-            branch_scope = Scope(
-                {k: _copy(v) for k, v in scope.items() if k not in shared},
-                parent=scope,
-                shared=shared,
-            )
-            if "for" in spec:
-                branch_scope.local[spec["for"]["value"]] = items[i]
-                if "index" in spec["for"]:
-                    branch_scope.local[spec["for"]["index"]] = i
+            branch = cursors[i]
+            restored = branch.take("branch")
+            if restored is not None:
+                own = decode(restored["vars"])
+            else:
+                own = {k: _copy(v) for k, v in scope.items() if k not in shared}
+                if "for" in spec:
+                    own[spec["for"]["value"]] = items[i]
+                    if "index" in spec["for"]:
+                        own[spec["for"]["index"]] = i
+            branch_scope = Scope(own, parent=scope, shared=shared)
             async with gate:
                 try:
-                    await jobs[i](branch_scope)
+                    with branch.inside({"kind": "branch", "scope": branch_scope}):
+                        await jobs[i](branch_scope, branch)
                 except WorkflowError as exc:
                     if not continue_all:
                         raise
                     errors.append(exc.value)
+                done.add(i)
 
-        tasks = [asyncio.create_task(run(i)) for i in range(len(jobs))]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        with cursor.inside(level):
+            tasks = [asyncio.create_task(run(i)) for i in cursors]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
         if errors:
             raise WorkflowError(
                 f"{len(errors)} parallel branch(es) failed", "UnhandledBranchError", branches=errors
             )
 
-    async def _try(self, step: Step, body: dict[str, Any], scope: Scope) -> str | None:
+    async def _try(
+        self, step: Step, body: dict[str, Any], scope: Scope, cursor: Cursor
+    ) -> str | None:
         inner = body["try"]
-        policy = self._retry_policy(body.get("retry"), scope)
-        attempt = 0
-        delay = policy["initial_delay"] if policy else 0.0
-        while True:
-            try:
-                if "steps" in inner:
-                    await self._run_list(_as_steps(inner["steps"], self._cache), scope)
-                    result = None
-                else:
-                    result = await self._body(step, inner, scope)
-                return result if result is not None else body.get("next")
-            except WorkflowError as exc:
-                error = exc.value
-                self.failed_at = None
-                if (
-                    policy
-                    and attempt < policy["max_retries"]
-                    and await self._should_retry(policy, error)
-                ):
-                    attempt += 1
-                    await asyncio.sleep(delay)
-                    delay = min(delay * policy["multiplier"], policy["max_delay"])
-                    continue
-                if "except" not in body:
-                    raise
-                handler = body["except"]
-                before = set(scope.local)
-                scope[handler.get("as", "e")] = error
+        saved = cursor.take("try")
+        if saved is not None:
+            level = dict(saved)
+        else:
+            policy = self._retry_policy(body.get("retry"), scope)
+            delay = policy["initial_delay"] if policy else 0.0
+            level = {"kind": "try", "phase": "body", "attempt": 0, "delay": delay, "policy": policy}
+        policy = level["policy"]
+        with cursor.inside(level):
+            while level["phase"] != "except":
+                if level["phase"] == "wait":  # before a retry, until the saved time
+                    await asyncio.sleep(max(0.0, level.pop("until") - time.time()))
+                    level["phase"] = "body"
                 try:
-                    await self._run_list(_as_steps(handler["steps"], self._cache), scope)
-                finally:
-                    for key in set(scope.local) - before:
-                        del scope.local[key]
-                return body.get("next")
+                    if "steps" in inner:
+                        await self._run_list(_as_steps(inner["steps"], self._cache), scope, cursor)
+                        result = None
+                    else:
+                        result = await self._body(step, inner, scope, cursor)
+                    return result if result is not None else body.get("next")
+                except WorkflowError as exc:
+                    error = exc.value
+                    self.failed_at = None
+                    if (
+                        policy
+                        and level["attempt"] < policy["max_retries"]
+                        and await self._should_retry(policy, error)
+                    ):
+                        level.update(
+                            phase="wait",
+                            attempt=level["attempt"] + 1,
+                            until=time.time() + level["delay"],
+                            delay=min(level["delay"] * policy["multiplier"], policy["max_delay"]),
+                        )
+                        await self.checkpoint(cursor)
+                        continue
+                    if "except" not in body:
+                        raise
+                    level.update(phase="except", before=sorted(scope.local))
+                    scope[body["except"].get("as", "e")] = error
+            before = set(level["before"])  # the handler's variable is local to it
+            try:
+                await self._run_list(_as_steps(body["except"]["steps"], self._cache), scope, cursor)
+            finally:
+                for key in set(scope.local) - before:
+                    del scope.local[key]
+            return body.get("next")
 
     def _retry_policy(self, raw: Any, scope: Scope) -> dict[str, Any] | None:
         if raw is None:
@@ -510,9 +712,9 @@ class Interpreter:
         name = policy["predicate"]
         if name in self.definition.subworkflows:
             sub = self.definition.subworkflows[name]
-            answer = await self.call_subworkflow(
-                name, {sub.params[0][0]: error} if sub.params else {}
-            )
+            args = {sub.params[0][0]: error} if sub.params else {}
+            # Run outside the saved tree: a restart during it repeats the judged attempt.
+            answer = await self.call_subworkflow(name, args, Cursor(routine=name, saving=False))
         elif name in self.functions:
             answer = self.functions[name](error)
         else:

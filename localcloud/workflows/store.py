@@ -1,4 +1,12 @@
-"""Workflows (with their revisions' sources) and executions, as serialized protos."""
+"""Workflows (with their revisions' sources) and executions, as serialized protos; and
+where each running execution is, to resume it after a restart.
+
+A running execution's saved state (``resume.py``: its position and variables, JSON) is a
+plain row beside its proto, not a field of it: it is written at each checkpoint, read
+only at start, and removed in the same transaction as the execution's final state. It is
+written with the execution when it is created, so an ACTIVE execution without one comes
+from a localcloud that saved no state.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,10 @@ from localcloud.core.table import Column, ProtoTable
 
 WorkflowPb = Workflow.pb()
 ExecutionPb = Execution.pb()
+STATES = (
+    "CREATE TABLE IF NOT EXISTS workflow_execution_states "
+    "(execution TEXT PRIMARY KEY, state TEXT NOT NULL);"
+)
 
 
 def _workflow_of(execution: Any) -> str:
@@ -43,6 +55,11 @@ class WorkflowStore:
             parent="workflow",
             order_by="started",
         )
+        db.execute_script(STATES)
+        # Read once, for the engine's start; running executions' states are never read.
+        self.saved: dict[str, str] = dict(
+            db.query("SELECT execution, state FROM workflow_execution_states")
+        )
 
     async def put_workflow(self, workflow: Any) -> None:
         """The workflow and its current revision, in one transaction."""
@@ -54,4 +71,35 @@ class WorkflowStore:
         """The workflow and every revision, in one transaction; its executions are kept."""
         await self.db.write(
             together(self.workflows.stage_delete(name), self.revisions.stage_delete_children(name))
+        )
+
+    async def begin_execution(self, execution: Any, state: str) -> None:
+        """A new execution and its first saved state, in one transaction."""
+        name = execution.name
+        await self.db.write(
+            together(
+                self.executions.stage_put(execution),
+                lambda c: c.execute(
+                    "INSERT OR REPLACE INTO workflow_execution_states VALUES (?, ?)", (name, state)
+                ),
+            )
+        )
+
+    async def save_state(self, name: str, state: str) -> None:
+        await self.db.write(
+            lambda c: c.execute(
+                "UPDATE workflow_execution_states SET state=? WHERE execution=?", (state, name)
+            )
+        )
+
+    async def end_execution(self, execution: Any) -> None:
+        """An execution's final state, and its saved state gone, in one transaction."""
+        name = execution.name
+        await self.db.write(
+            together(
+                self.executions.stage_put(execution),
+                lambda c: c.execute(
+                    "DELETE FROM workflow_execution_states WHERE execution=?", (name,)
+                ),
+            )
         )

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import tarfile
+import time
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path

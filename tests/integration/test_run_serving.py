@@ -257,37 +257,100 @@ def test_requests_during_a_revision_switch_all_succeed(image, deploy, clients):
 # -- restart ----------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_restart_keeps_services_and_serves_lazily_on_the_same_port(tmp_path):
-    instance = testing.start(tmp_path / "lc", extra_env={"LOCALCLOUD_RUN_IDLE_MS": "3000"})
+@pytest.fixture(scope="module")
+def own(tmp_path_factory):
+    """A localcloud of these tests' own, to restart and kill (never the session's), with
+    the function built in it once: ``instance``, ``repo`` and ``image`` (by digest)."""
+    instance = testing.start(
+        tmp_path_factory.mktemp("own") / "lc", extra_env={"LOCALCLOUD_RUN_IDLE_MS": "3000"}
+    )
+    holder = {
+        "instance": instance,
+        "repo": "us-central1-docker.pkg.dev/local-project/functions/restart",
+    }
     try:
         clients = Clients(Environment.from_env(instance.env))
         bucket = clients.storage.create_bucket(f"restart-{uuid.uuid4().hex[:8]}")
-        repo = "us-central1-docker.pkg.dev/local-project/functions/restart"
-        image = build_function(clients, bucket, BEHAVIOURS, "handle", repo)
-        service = clients.run_services.create_service(
-            parent=PARENT, service=run_service(image), service_id="keeper"
-        ).result(timeout=120)
-        make_public(clients, service.name)
-        assert call(service.uri)[0] == 200
-        # The same image by tag: every first request after the restart resolves the tag.
-        tagged = clients.run_services.create_service(
-            parent=PARENT, service=run_service(f"{repo}:latest"), service_id="tagged"
-        ).result(timeout=120)
-        make_public(clients, tagged.name)
-
-        instance = instance.restart()  # (that services and revisions come back: test_persistence)
-        clients = Clients(Environment.from_env(instance.env))
-        assert clients.run_services.get_service(name=service.name).uri == service.uri
-        assert not instance.service_pids("keeper"), "instances start lazily, on the first request"
-        status, body = call(service.uri, timeout=60)
-        assert status == 200, body
-        assert json.loads(body)["version"] == "one"
-
-        with ThreadPoolExecutor(3) as pool:
-            results = list(pool.map(lambda _: call(tagged.uri + "?sleep=0.5"), range(3)))
-        assert [s for s, _ in results] == [200, 200, 200], results
-        instances = {json.loads(b)["instance"] for _, b in results}
-        assert len(instances) == 1, f"{len(instances)} pools/instances for one revision"
+        holder["image"] = build_function(clients, bucket, BEHAVIOURS, "handle", holder["repo"])
+        yield holder
     finally:
-        instance.stop()
+        holder["instance"].stop()
+
+
+@pytest.mark.slow
+def test_restart_keeps_services_and_serves_lazily_on_the_same_port(own):
+    instance = own["instance"]
+    clients = Clients(Environment.from_env(instance.env))
+    service = clients.run_services.create_service(
+        parent=PARENT, service=run_service(own["image"]), service_id="keeper"
+    ).result(timeout=120)
+    make_public(clients, service.name)
+    assert call(service.uri)[0] == 200
+    # The same image by tag: every first request after the restart resolves the tag.
+    tagged = clients.run_services.create_service(
+        parent=PARENT, service=run_service(f"{own['repo']}:latest"), service_id="tagged"
+    ).result(timeout=120)
+    make_public(clients, tagged.name)
+
+    instance = own["instance"] = instance.restart()  # (services come back: test_persistence)
+    clients = Clients(Environment.from_env(instance.env))
+    assert clients.run_services.get_service(name=service.name).uri == service.uri
+    assert not instance.service_pids("keeper"), "instances start lazily, on the first request"
+    status, body = call(service.uri, timeout=60)
+    assert status == 200, body
+    assert json.loads(body)["version"] == "one"
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: call(tagged.uri + "?sleep=0.5"), range(3)))
+    assert [s for s, _ in results] == [200, 200, 200], results
+    instances = {json.loads(b)["instance"] for _, b in results}
+    assert len(instances) == 1, f"{len(instances)} pools/instances for one revision"
+
+
+@pytest.mark.slow
+def test_an_update_killed_mid_reconcile_is_reconciled_at_the_next_start(own):
+    """SIGKILL while an update's new revision starts (the service at generation 2, observed
+    1, reconciling; its operation not done): at the next start the reconcile is done again.
+    The revision it had made is started, no other is made; the service is Ready and
+    observed; the operation is done with the service."""
+    instance = own["instance"]
+    clients = Clients(Environment.from_env(instance.env))
+    service = clients.run_services.create_service(
+        parent=PARENT,
+        service=run_service(own["image"], env={"GREETING": "one"}),
+        service_id="updated",
+    ).result(timeout=120)
+    make_public(clients, service.name)
+    # The new revision's instance takes 3 s to listen: time to kill localcloud under it.
+    service.template.containers[0].env[0].value = "two"
+    service.template.containers[0].env.append(run_v2.EnvVar(name="START_DELAY", value="3"))
+    updating = clients.run_services.update_service(service=service)
+
+    def revisions() -> list:
+        return list(clients.run_revisions.list_revisions(parent=service.name))
+
+    made = testing.wait_for(
+        lambda: len(found := revisions()) == 2 and found, 60, "the update's revision", 0.02
+    )
+    assert made[0].reconciling
+    instance.kill()
+    instance = own["instance"] = testing.start(
+        instance.config.data_dir, config=instance.config, extra_env=instance.extra_env
+    )
+    clients = Clients(Environment.from_env(instance.env))
+    final = testing.wait_for(
+        lambda: (
+            (s := clients.run_services.get_service(name=service.name)).reconciling is False and s
+        ),
+        120,
+        "the service to be reconciled",
+    )
+    assert (final.generation, final.observed_generation) == (2, 2)
+    assert final.terminal_condition.state == run_v2.Condition.State.CONDITION_SUCCEEDED
+    assert final.latest_ready_revision == made[0].name
+    assert [r.name for r in revisions()] == [r.name for r in made]
+    assert not any(r.reconciling for r in revisions())
+    op = clients.operations.get_operation(updating.operation.name)
+    assert op.done and op.error.code == 0, op.error
+    status, body = call(final.uri, timeout=60)
+    assert (status, json.loads(body)["greeting"]) == (200, "two")

@@ -50,6 +50,17 @@ def deploy(clients):
             clients.workflows.delete_workflow(name=name).result(timeout=30)
 
 
+def reply_json(handler: BaseHTTPRequestHandler, value) -> None:
+    """Answer 200 with ``value`` as JSON (to nobody, if the caller is gone)."""
+    body = json.dumps(value).encode()
+    with contextlib.suppress(OSError):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+
 def run(clients, workflow: wf.Workflow, argument=None, timeout: float = 30):
     execution = clients.executions.create_execution(
         parent=workflow.name,
@@ -378,12 +389,7 @@ def test_http_post_with_oidc_reaches_a_server_that_checks_the_token(localcloud, 
             claims = issuer.verify(token, audience=url)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append({"claims": claims, "body": body})
-            reply = json.dumps({"echo": body["n"] * 2}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
+            reply_json(self, {"echo": body["n"] * 2})
 
         def log_message(self, *args) -> None:
             pass
@@ -517,23 +523,13 @@ main:
     assert {c.state for c in cancelled} == {State.CANCELLED}
 
 
-@pytest.mark.slow
-def test_an_execution_running_at_a_restart_ends_failed(tmp_path):
-    """One that was running is marked FAILED (localcloud does not resume executions);
-    sys.log reaches the log. (That finished ones come back: test_persistence.)"""
-    from localcloud import testing
-
-    instance = testing.start(tmp_path / "data")
-    try:
-        clients = Clients(Environment.from_env(instance.env))
-        workflow = clients.workflows.create_workflow(
-            parent=PARENT,
-            workflow_id="restartable",
-            workflow=wf.Workflow(
-                source_contents="""
+SLEEPER = """
 main:
   params: [args]
   steps:
+    - before:
+        assign:
+          - started: ${sys.now()}
     - say:
         call: sys.log
         args:
@@ -542,27 +538,168 @@ main:
         call: sys.sleep
         args:
           seconds: ${args.seconds}
+    - after:
+        assign:
+          - slept: ${sys.now() - started}
     - done:
-        return: "awake"
+        return:
+          started: ${started}
+          slept: ${slept}
 """
-            ),
-        ).result(timeout=30)
-        sleeping = clients.executions.create_execution(
-            parent=workflow.name, execution=executions_v1.Execution(argument='{"seconds": 60}')
-        )
-        wait_for(
-            lambda: current_steps(clients, sleeping.name) == [("main", "nap")],
-            30,
-            "the execution to fall asleep",
-        )
-        instance = instance.restart()
+CALLER = """
+main:
+  params: [args]
+  steps:
+    - first:
+        call: http.post
+        args:
+          url: ${args.url + "/first"}
+        result: one
+    - second:
+        call: http.post
+        args:
+          url: ${args.url + "/second"}
+        result: two
+    - done:
+        return: ${[one.body, two.body]}
+"""
+
+
+class Counting(ThreadingHTTPServer):
+    """Counts the calls to each path; the first call to /second hangs until ``release``
+    (it is in flight when localcloud is killed)."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.hanging = threading.Event()
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                n = server.calls[self.path] = server.calls.get(self.path, 0) + 1
+                if self.path == "/second" and n == 1:
+                    server.hanging.set()
+                    server.release.wait(120)
+                reply_json(self, {"path": self.path, "call": n})  # the caller may be dead
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def poll(read, done, timeout: float = 60, what: str = "the condition"):
+    """``read()`` until ``done(value)``; the last value."""
+    box: list = []
+
+    def check():
+        box[:] = [read()]
+        return done(box[0])
+
+    wait_for(check, timeout, what)
+    return box[0]
+
+
+@pytest.mark.slow
+def test_executions_running_when_localcloud_dies_resume_after_the_restart(tmp_path):
+    """SIGKILL during a sleep and during an HTTP call: after the restart each execution goes
+    on from where it was and succeeds. The call that had completed is not made again, the
+    one in flight is; the sleep keeps its variables (``started``, from before the kill). One
+    whose saved state is of another format fails, saying so. A graceful restart resumes
+    too, and ``sys.log`` reaches the log."""
+    import sqlite3
+
+    from localcloud import testing
+
+    server = Counting()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    instance = testing.start(tmp_path / "data")
+    try:
         clients = Clients(Environment.from_env(instance.env))
-        interrupted = clients.executions.get_execution(name=sleeping.name)
-        assert interrupted.state == State.FAILED
-        assert "not resumed" in interrupted.error.payload
-        assert "sleeping 60" in instance.log_path.read_text()
+
+        def deploy_own(workflow_id: str, source: str) -> str:
+            return (
+                clients.workflows.create_workflow(
+                    parent=PARENT,
+                    workflow_id=workflow_id,
+                    workflow=wf.Workflow(source_contents=source),
+                )
+                .result(timeout=30)
+                .name
+            )
+
+        def start(workflow: str, argument: dict) -> str:
+            return clients.executions.create_execution(
+                parent=workflow, execution=executions_v1.Execution(argument=json.dumps(argument))
+            ).name
+
+        def at_step(name: str, step: str) -> None:
+            poll(
+                lambda: [s.step for s in get(name).status.current_steps],
+                lambda steps: steps == [step],
+                what=f"step {step}",
+            )
+
+        def get(name: str):
+            return clients.executions.get_execution(name=name)
+
+        sleeper, caller = deploy_own("sleeper", SLEEPER), deploy_own("caller", CALLER)
+        sleeping = start(sleeper, {"seconds": 4})
+        calling = start(caller, {"url": server.url})
+        unreadable = start(sleeper, {"seconds": 60})
+        at_step(sleeping, "nap")
+        at_step(unreadable, "nap")
+        assert server.hanging.wait(30), "the second call was never made"
+        killed_at = time.time()
+        instance.kill()
+        server.release.set()
+        # A state this localcloud cannot read (what an older or newer format would be).
+        with contextlib.closing(sqlite3.connect(instance.config.data_dir / "localcloud.db")) as db:
+            db.execute(
+                "UPDATE workflow_execution_states SET state=? WHERE execution=?",
+                ('{"format": 0}', unreadable),
+            )
+            db.commit()
+
+        instance = testing.start(instance.config.data_dir, config=instance.config)
+        clients = Clients(Environment.from_env(instance.env))
+        ended = {
+            name: poll(lambda n=name: get(n), lambda e: e.state != State.ACTIVE, what="the end")
+            for name in (sleeping, calling, unreadable)
+        }
+        assert ended[sleeping].state == State.SUCCEEDED, ended[sleeping].error.payload
+        slept = json.loads(ended[sleeping].result)
+        assert slept["started"] < killed_at, "the execution started over"
+        assert slept["slept"] >= 4
+        assert ended[calling].state == State.SUCCEEDED, ended[calling].error.payload
+        assert json.loads(ended[calling].result) == [
+            {"path": "/first", "call": 1},
+            {"path": "/second", "call": 2},
+        ]
+        assert server.calls == {"/first": 1, "/second": 2}
+        assert ended[unreadable].state == State.FAILED
+        error = json.loads(ended[unreadable].error.payload)
+        assert "cannot resume it" in error["message"]
+        assert "format 0" in error["message"]
+
+        napping = start(sleeper, {"seconds": 2})
+        at_step(napping, "nap")
+        stopped_at = time.time()
+        instance = instance.restart()  # SIGTERM, then start again
+        clients = Clients(Environment.from_env(instance.env))
+        resumed = poll(lambda: get(napping), lambda e: e.state != State.ACTIVE, what="the end")
+        assert resumed.state == State.SUCCEEDED, resumed.error.payload
+        assert json.loads(resumed.result)["started"] < stopped_at
+        assert "sleeping 4" in instance.log_path.read_text()
     finally:
         instance.stop()
+        server.shutdown()
 
 
 def test_variables_over_512_kb_fail_with_resource_limit_error(clients, deploy):

@@ -11,6 +11,7 @@ import uuid
 import flask
 
 INSTANCE = uuid.uuid4().hex  # one per process: tells instances apart
+time.sleep(float(os.environ.get("START_DELAY", "0")))  # a slow start, when a test asks
 VERSION = "one"
 
 
