@@ -132,12 +132,13 @@ class Supervisor:
         for child in self.children:
             await child.start()
         await self.cloud.start()
-        await self.storage.start()
         self.cloud.health["api"] = "ok"
         assert self.cloud.session is not None  # made by start()
         for child in self.children:
             await child.wait_healthy(self.cloud.session)
             self.cloud.health[child.spec.name] = "ok"
+        # Its port opens once the backend answers and a crash's unannounced writes are out.
+        await self.storage.start(self.cloud.notifier)
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Report a child that died; its log says why."""
