@@ -34,8 +34,6 @@ from localcloud.storage.front import StorageFront
 
 LOG = logging.getLogger(__name__)
 LOCK = "localcloud.lock"
-PF_EXITING = 0x4  # /proc/PID/stat flags: the process is in exit()
-SIGKILL_BIT = 1 << (signal.SIGKILL - 1)  # in /proc/PID/status SigPnd/ShdPnd masks
 # After a supervisor died without cleaning up (SIGKILL), its children get SIGTERM from
 # the kernel (PR_SET_PDEATHSIG) and may hold their ports a little longer than it held the
 # lock: a port taken then is waited for this long before it is reported.
@@ -96,24 +94,6 @@ def lock_holder(config: Config) -> int | None:
         if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode:
             return int(fields[4]) if fields[4].isdigit() else UNSEEN
     return None
-
-
-def going(pid: int) -> bool:
-    """Whether ``pid`` is gone or on its way: a zombie, in exit(), or with a SIGKILL
-    pending (it still holds its files, and so its lock, until exit() closes them)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True
-    fields = stat.rsplit(")", 1)[-1].split()  # after "pid (comm)": state, ppid, ... flags
-    if fields[0] in ("Z", "X", "x") or int(fields[6]) & PF_EXITING:
-        return True
-    for line in status.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("SigPnd", "ShdPnd") and int(value.strip(), 16) & SIGKILL_BIT:
-            return True
-    return False
 
 
 def _alive(pid: int) -> bool:

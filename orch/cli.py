@@ -119,7 +119,8 @@ def _running(config: Config) -> dict | None:
     the kernel lets go of its lock; one starting, until it is healthy; one that stays
     unhealthy is reported, with what to do, rather than provisioned against.
     """
-    from localcloud.supervisor import LOCK, UNSEEN, going, lock_holder
+    from localcloud.core.procs import going
+    from localcloud.supervisor import LOCK, UNSEEN, lock_holder
 
     lock = config.data_dir / LOCK
     deadline = time.monotonic() + UP_TIMEOUT

@@ -198,12 +198,16 @@ class Ingress:
         return web.Response(status=503, text=f"The revision's image is not available: {exc}\n")
 
     @staticmethod
-    def _lost(request: web.Request, instance: sandbox.Instance, exc: Exception) -> web.Response:
+    async def _lost(
+        request: web.Request, instance: sandbox.Instance, exc: Exception
+    ) -> web.Response:
         """The request reached the instance (or may have), which failed before answering:
         it crashed, exited, closed the connection or answered no valid HTTP. Cloud Run
         answers that with a 503 ("HTTP 503: Malformed response or container instance
         connection issue", https://cloud.google.com/run/docs/troubleshooting); the request
-        is not sent again, since it may have run."""
+        is not sent again, since it may have run. A dying instance is first seen gone, so
+        the client's next request does not reach it."""
+        await instance.settle()
         instance.log.write(
             f"[localcloud] {request.method} {request.path[:200]}: the connection to the "
             f"instance failed before it answered ({exc}); answered 503, not sent again "
@@ -263,6 +267,6 @@ class Ingress:
                 return response
             if isinstance(exc, TimeoutError):
                 return web.Response(status=504, text="upstream request timed out\n")
-            return self._lost(request, instance, exc)
+            return await self._lost(request, instance, exc)
         except asyncio.CancelledError:
             raise

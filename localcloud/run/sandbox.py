@@ -52,6 +52,7 @@ from pathlib import Path
 
 import aiohttp
 
+from localcloud.core import procs
 from localcloud.run import cgroups, logs, network, seccomp, stage
 from localcloud.run.images import UnpackedImage
 
@@ -438,13 +439,12 @@ def _processes() -> dict[int, tuple[int, int]]:
 
 def _stat(pid: int) -> tuple[int, int] | None:
     """(ppid, start time) of a live process, None if it is gone or a zombie."""
+    fields = procs.stat_fields(pid)
+    if fields is None or fields[0] == b"Z":
+        return None
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()  # the command name may hold spaces
-        if fields[0] == b"Z":
-            return None
         return int(fields[1]), int(fields[19])  # the 4th and 22nd fields of stat
-    except (OSError, IndexError, ValueError):
+    except (IndexError, ValueError):
         return None
 
 
@@ -609,6 +609,26 @@ class Instance:
         except OSError:
             return ""
         return "\n".join(data.decode(errors="replace").splitlines()[-n:])
+
+    def _program(self) -> int | None:
+        """The image's program: the process itself, or the child of the sandbox's init."""
+        if not self.sandboxed:
+            return self.pid
+        found = procs.children(self.child_pid) if self.child_pid else []
+        return found[0] if found else None
+
+    async def settle(self, timeout: float = STOP_SETTLE) -> None:
+        """After a request's connection to this instance failed: when the instance is on
+        its way out (its program gone, exiting or with a SIGKILL pending: a crash, or its
+        memory), wait until its exit is seen (``timeout`` at most), so the pool gives the
+        next request to another instance, not to one whose listening socket is about to
+        close. An instance whose program is well (a worker died; its server forks a new
+        one) is left serving."""
+        program = self._program()
+        if self.running and program is not None and not procs.going(program):
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._exited), timeout)
 
     async def wait_ready(self, timeout: float) -> None:
         """Returns once a TCP connect to 127.0.0.1:port succeeds (Cloud Run's default probe).
