@@ -23,9 +23,10 @@ timed from its return: the notification is only sent once the object is finalize
 The raw figures include the function's own POST to the recorder (nothing is subtracted).
 To say where the time goes, the same run also measures the legs on their own: upload
 returned → the Cloud Storage notification pushed (a push subscription on the notifications
-topic, no Eventarc; the notification is committed before the upload is answered); a CloudEvent POSTed straight to the instance's port
-(no Pub/Sub, no ingress) → the function's POST arrived; and the ID token each Eventarc
-push mints (and the ingress verifies), timed in this process with localcloud's issuer.
+topic, no Eventarc; the notification is committed before the upload is answered); a
+CloudEvent POSTed straight to the instance's port (no Pub/Sub, no ingress) → the
+function's POST arrived; and the ID token each Eventarc push mints (and the ingress
+verifies), timed in this process with localcloud's issuer.
 The scenarios run interleaved in rounds, so a drift of the machine meets them all alike.
 
 Every wait is bounded; the localcloud started here is stopped at the end.

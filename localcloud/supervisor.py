@@ -4,9 +4,10 @@ One supervisor per data directory (an exclusive ``flock`` on ``localcloud.lock``
 not ``state.json``, says whether one runs: the kernel lets go of it only when the holder
 is gone, while ``state.json`` outlives a SIGKILL and its pid may name a dying process or,
 later, another one (``lock_holder``, ``read_state``). Before anything starts, every port is
-checked, and a taken one is reported with the variable that moves it. The supervisor writes ``state.json`` (pid, addresses, the client
-environment) once every part answers its health check, and shuts everything down on
-SIGTERM or SIGINT. Children's logs go to ``logs/<name>.log`` under the data directory.
+checked, and a taken one is reported with the variable that moves it. The supervisor
+writes ``state.json`` (pid, addresses, the client environment) once every part answers its
+health check, and shuts everything down on SIGTERM or SIGINT. Children's logs go to
+``logs/<name>.log`` under the data directory.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ LOCK = "localcloud.lock"
 # the kernel (PR_SET_PDEATHSIG) and may hold their ports a little longer than it held the
 # lock: a port taken then is waited for this long before it is reported.
 CHILDREN_GRACE = 10.0
+UNSEEN = 0  # lock_holder: the lock is held by a process this one cannot see
 
 
 class AlreadyRunning(RuntimeError):
@@ -66,9 +68,6 @@ def read_state(config: Config) -> dict | None:
     if holder is None or holder not in (pid, UNSEEN):
         return None
     return state
-
-
-UNSEEN = 0  # lock_holder: the lock is held by a process this one cannot see
 
 
 def lock_holder(config: Config) -> int | None:

@@ -210,14 +210,14 @@ def _start(config: Config) -> dict:
 
 def _provision(state: dict) -> None:
     """Provision the pipeline through localcloud's APIs (what Terraform does in the cloud)."""
+    from google.api_core import exceptions
+
     from orch.provision import provision
     from orchestrator.clients import Clients, Environment
     from orchestrator.config import Settings
 
     env = {**os.environ, **state["env"]}
     settings = Settings.from_env(env)
-    from google.api_core import exceptions
-
     click.echo(f"provisioning the deploy pipeline in {settings.project}/{settings.region} ...")
     started = time.monotonic()
     try:
