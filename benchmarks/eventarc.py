@@ -22,11 +22,11 @@ timed from its return: the notification is only sent once the object is finalize
 
 The raw figures include the function's own POST to the recorder (nothing is subtracted).
 To say where the time goes, the same run also measures the legs on their own: upload
-returned → fake-gcs-server's raw event pushed (a push subscription on localcloud's internal
-raw topic); upload returned → the Cloud Storage notification pushed (a push subscription on
-the notifications topic, no Eventarc); a CloudEvent POSTed straight to the instance's port
-(no Pub/Sub, no ingress) → the function's POST arrived; and the ID token each Eventarc
-push mints (and the ingress verifies), timed in this process with localcloud's issuer.
+returned → the Cloud Storage notification pushed (a push subscription on the notifications
+topic, no Eventarc; the notification is committed before the upload is answered); a
+CloudEvent POSTed straight to the instance's port (no Pub/Sub, no ingress) → the
+function's POST arrived; and the ID token each Eventarc push mints (and the ingress
+verifies), timed in this process with localcloud's issuer.
 The scenarios run interleaved in rounds, so a drift of the machine meets them all alike.
 
 Every wait is bounded; the localcloud started here is stopped at the end.
@@ -56,8 +56,6 @@ from benchmarks import build
 from benchmarks.pubsub import LATENCY_BATCH, cpu_snapshot, log, other_cores
 from localcloud import testing
 from localcloud.core.oidc import Issuer
-from localcloud.storage import layout
-from localcloud.storage.gcs import INTERNAL_PROJECT, RAW_TOPIC
 from orchestrator.clients import Clients, Environment
 
 PROJECT = "local-project"  # localcloud's own project: its storage notifications topic lives here
@@ -106,7 +104,6 @@ SCENARIOS = {
     "storage": "upload returned → function invoked (Eventarc storage trigger)",
     "pubsub": "publish() called → function invoked (Eventarc Pub/Sub trigger)",
     "push": "publish() called → push received (plain push subscription, the reference)",
-    "raw": "upload returned → fake-gcs-server's raw event pushed (internal topic)",
     "notification": "upload returned → storage notification pushed (no Eventarc)",
     "direct": "CloudEvent POSTed to the instance's port → function's POST received",
 }
@@ -117,7 +114,7 @@ PUBLISHES = ("pubsub", "push")
 
 @dataclass(frozen=True)
 class EventSettings:
-    uploads: int = 50  # per upload scenario (storage, raw, notification)
+    uploads: int = 50  # per upload scenario (storage, notification)
     publishes: int = 100  # per publish scenario (pubsub, push); direct: half as many
     rounds: int = 5  # the scenarios interleave in this many rounds
     pause: float = 0.02  # s between one event's arrival and the next event
@@ -224,8 +221,6 @@ class Recorder:
                 message = data["message"]
                 attributes = message.get("attributes") or {}
                 key = attributes.get("objectId") or base64.b64decode(message["data"]).decode()
-                with contextlib.suppress(ValueError):  # the raw topic has encoded names
-                    key = layout.decode(key)
                 entered = None
         except (ValueError, KeyError, TypeError) as exc:
             with self.cond:
@@ -338,7 +333,7 @@ class Bench:
         storage, subscriber = clients.storage, clients.subscriber
         buckets = {
             key: storage.create_bucket(f"ev-bench-{key}-{self.suffix}", timeout=30)
-            for key in ("storage", "raw", "notification")
+            for key in ("storage", "notification")
         }
         topics = {}
         for key in ("pubsub", "push"):
@@ -361,10 +356,6 @@ class Bench:
         # Plain push subscriptions to the recorder: the reference, and the storage legs.
         pushes = {
             "push": (topics["push"], ""),
-            "raw": (
-                f"projects/{INTERNAL_PROJECT}/topics/{RAW_TOPIC}",
-                f'attributes.bucketId = "{buckets["raw"].name}"',
-            ),
             "notification": (
                 f"projects/{PROJECT}/topics/localcloud-storage-events",
                 f'attributes.bucketId = "{buckets["notification"].name}" AND '
@@ -404,7 +395,6 @@ class Bench:
             "storage": upload(buckets["storage"]),
             "pubsub": publish(topics["pubsub"]),
             "push": publish(topics["push"]),
-            "raw": upload(buckets["raw"]),
             "notification": upload(buckets["notification"]),
             "direct": self.direct_sender(revision),
         }
@@ -657,9 +647,8 @@ def notes(s: EventSettings, r: EventResult) -> list[str]:
     legs = {k: v.p(0.5) for k, v in r.series.items() if v.received}
     if set(SCENARIOS) <= legs.keys():
         out.append(
-            "eventarc where the time goes (p50, ms): upload returned → fake-gcs-server's raw "
-            f"event pushed {legs['raw']:.1f} (a whole publish() → push alone: "
-            f"{legs['push']:.1f}); the notifier's hop {legs['notification'] - legs['raw']:+.1f}; "
+            "eventarc where the time goes (p50, ms): upload returned → notification pushed "
+            f"{legs['notification']:.1f} (a whole publish() → push alone: {legs['push']:.1f}); "
             f"Eventarc (CloudEvent, ID token) + ingress + function "
             f"{legs['storage'] - legs['notification']:+.1f} on storage, "
             f"{legs['pubsub'] - legs['push']:+.1f} on Pub/Sub, of which the function alone "

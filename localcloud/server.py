@@ -71,6 +71,7 @@ class LocalCloud:
         self.run_store = RunStore(self.db)
         self.triggers = TriggerStore(self.db)
         self.workflow_store = WorkflowStore(self.db)
+        self.notifier = Notifier(self.pubsub, self.db, cfg)
         await self.parts.start("database", Calls(self.db.start, self.db.close))
         self.issuer = Issuer(cfg.data_dir / "oidc", cfg.http_url)
         session = self.session = aiohttp.ClientSession()
@@ -78,7 +79,6 @@ class LocalCloud:
         self.pubsub.on_delete.append(self.policies.forget)
         self.resolvers.append(pubsub_resources(self.pubsub))
         await self.parts.start("pubsub", self.pubsub)
-        self.notifier = Notifier(self.pubsub, cfg)
         await self.parts.start("storage notifications", self.notifier)
         self.builder = Builder(
             cfg, self.builds, self.operations, self.pubsub, session, limit=cfg.build_limit

@@ -1,10 +1,13 @@
 """``python -m localcloud serve``: own the data directory, the API server and the children.
 
-One supervisor per data directory (an exclusive ``flock`` on ``localcloud.lock``). Before
-anything starts, every port is checked, and a taken one is reported with the variable
-that moves it. The supervisor writes ``state.json`` (pid, addresses, the client
-environment) once every part answers its health check, and shuts everything down on
-SIGTERM or SIGINT. Children's logs go to ``logs/<name>.log`` under the data directory.
+One supervisor per data directory (an exclusive ``flock`` on ``localcloud.lock``). The lock,
+not ``state.json``, says whether one runs: the kernel lets go of it only when the holder
+is gone, while ``state.json`` outlives a SIGKILL and its pid may name a dying process or,
+later, another one (``lock_holder``, ``read_state``). Before anything starts, every port is
+checked, and a taken one is reported with the variable that moves it. The supervisor
+writes ``state.json`` (pid, addresses, the client environment) once every part answers its
+health check, and shuts everything down on SIGTERM or SIGINT. Children's logs go to
+``logs/<name>.log`` under the data directory.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import IO
 
@@ -30,6 +34,12 @@ from localcloud.server import LocalCloud
 from localcloud.storage.front import StorageFront
 
 LOG = logging.getLogger(__name__)
+LOCK = "localcloud.lock"
+# After a supervisor died without cleaning up (SIGKILL), its children get SIGTERM from
+# the kernel (PR_SET_PDEATHSIG) and may hold their ports a little longer than it held the
+# lock: a port taken then is waited for this long before it is reported.
+CHILDREN_GRACE = 10.0
+UNSEEN = 0  # lock_holder: the lock is held by a process this one cannot see
 
 
 class AlreadyRunning(RuntimeError):
@@ -45,7 +55,8 @@ def state_path(config: Config) -> Path:
 
 
 def read_state(config: Config) -> dict | None:
-    """The running supervisor's state, or None when none runs on this data directory."""
+    """The running supervisor's state, or None when none runs on this data directory: a
+    state whose pid does not hold the data directory's lock is left over from a crash."""
     try:
         state = json.loads(state_path(config).read_text())
     except (OSError, ValueError):
@@ -53,7 +64,35 @@ def read_state(config: Config) -> dict | None:
     pid = state.get("pid")
     if not isinstance(pid, int) or not _alive(pid):
         return None
+    holder = lock_holder(config)
+    if holder is None or holder not in (pid, UNSEEN):
+        return None
     return state
+
+
+def lock_holder(config: Config) -> int | None:
+    """The pid holding the data directory's lock, None when it is free, ``UNSEEN`` when
+    it is held by a process not visible here (or /proc/locks cannot be read).
+
+    Read from /proc/locks, never by trying the lock: a try that succeeds holds it for a
+    moment, and a supervisor starting in that moment would be refused."""
+    try:
+        st = (config.data_dir / LOCK).stat()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return UNSEEN
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return UNSEEN
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; "1: -> FLOCK ..." is a waiter.
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode:
+            return int(fields[4]) if fields[4].isdigit() else UNSEEN
+    return None
 
 
 def _alive(pid: int) -> bool:
@@ -68,20 +107,35 @@ def _alive(pid: int) -> bool:
 
 def acquire_lock(config: Config) -> IO:
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(config.data_dir / "localcloud.lock", "a+")  # noqa: SIM115 - held for life
+    handle = open(config.data_dir / LOCK, "a+")  # noqa: SIM115 - held for life
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         handle.close()
-        state = read_state(config)
-        pid = f" (pid {state['pid']})" if state else ""
+        holder = lock_holder(config)
+        pid = f" (pid {holder})" if holder else ""
         raise AlreadyRunning(
             f"localcloud is already running on data directory {config.data_dir}{pid}"
         ) from exc
     return handle
 
 
-def check_ports(config: Config) -> None:
+def check_ports(config: Config, grace: float = 0.0) -> None:
+    """Every port free, or PortTaken naming the first taken one and its variable; a taken
+    port is tried again for ``grace`` seconds (the children of a predecessor that died
+    may still hold theirs)."""
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            _check_ports(config)
+            return
+        except PortTaken:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.1)
+
+
+def _check_ports(config: Config) -> None:
     for port in config.ports:
         if port.port == 0:
             continue
@@ -132,12 +186,13 @@ class Supervisor:
         for child in self.children:
             await child.start()
         await self.cloud.start()
-        await self.storage.start()
         self.cloud.health["api"] = "ok"
         assert self.cloud.session is not None  # made by start()
         for child in self.children:
             await child.wait_healthy(self.cloud.session)
             self.cloud.health[child.spec.name] = "ok"
+        # Its port opens once the backend answers and a crash's unannounced writes are out.
+        await self.storage.start(self.cloud.notifier)
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Report a child that died; its log says why."""
@@ -186,7 +241,12 @@ def serve(config: Config) -> int:
         print(f"localcloud: {exc}", file=sys.stderr)
         return 1
     try:
-        check_ports(config)
+        # A state file the lock's last holder did not remove: it died without cleaning up.
+        crashed = state_path(config).exists()
+        if crashed:
+            LOG.warning("the previous localcloud on %s did not stop cleanly", config.data_dir)
+            state_path(config).unlink(missing_ok=True)
+        check_ports(config, grace=CHILDREN_GRACE if crashed else 0.0)
         try:
             stage.isolate()  # while this process has one thread (see localcloud/run/stage.py)
         except OSError as exc:

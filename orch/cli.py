@@ -28,6 +28,9 @@ from localcloud.core.config import Config, ConfigError
 from orchestrator.config import ENV_VARS, Settings
 
 UP_TIMEOUT = 90.0
+# How long `local up` waits for a localcloud that is stopping (SIGTERM: it stops its
+# children and flushes the database; SIGKILL: the kernel lets go within milliseconds).
+STOP_TIMEOUT = 30.0
 
 
 def _config(data: str | None) -> Config:
@@ -98,7 +101,7 @@ def up(data: str | None, pipeline: bool) -> None:
     """Start localcloud, wait until every part is healthy, then provision the pipeline."""
     config = _config(data)
     _warn_if_exposed(config.host)
-    state = _state(config)
+    state = _running(config)
     if state is not None:
         click.echo(f"localcloud is already running (pid {state['pid']}) on {config.data_dir}")
         _print_addresses(state)
@@ -106,6 +109,53 @@ def up(data: str | None, pipeline: bool) -> None:
         state = _start(config)
     if pipeline:
         _provision(state)
+
+
+def _running(config: Config) -> dict | None:
+    """The healthy localcloud of this data directory, or None when nothing holds its lock.
+
+    Decided by the lock (``supervisor.lock_holder``): ``state.json`` outlives a SIGKILL,
+    and its pid may be a process still dying. A holder on its way out is waited for until
+    the kernel lets go of its lock; one starting, until it is healthy; one that stays
+    unhealthy is reported, with what to do, rather than provisioned against.
+    """
+    from localcloud.core.procs import going
+    from localcloud.supervisor import LOCK, UNSEEN, lock_holder
+
+    lock = config.data_dir / LOCK
+    deadline = time.monotonic() + UP_TIMEOUT
+    said = None
+    while True:
+        holder = lock_holder(config)
+        if holder is None:
+            return None
+        state = _state(config)
+        health = _health(config, state) if state is not None else None
+        if state is not None and health and health.get("status") == "ok":
+            return state
+        if health:  # it answers, and says which part is not well
+            parts = ", ".join(f"{k} {v}" for k, v in sorted(health.get("parts", {}).items()))
+            raise click.ClickException(
+                f"localcloud (pid {holder}) on {config.data_dir} runs but is not healthy "
+                f"({parts}); see `orch local logs`, or restart it: "
+                "`orch local down && orch local up`"
+            )
+        stopping = holder != UNSEEN and going(holder)
+        if said != stopping:
+            said = stopping
+            what = "is stopping; waiting for it to exit" if stopping else "is starting; waiting"
+            click.echo(f"localcloud (pid {holder or '?'}) on {config.data_dir} {what} ...")
+            deadline = time.monotonic() + (STOP_TIMEOUT if stopping else UP_TIMEOUT)
+        if time.monotonic() > deadline:
+            who = f"pid {holder}" if holder != UNSEEN else "a process not visible here"
+            if stopping:
+                advice = f"wait for it, or end it: kill -9 {holder}"
+            else:
+                advice = f"see `orch local logs`; stop it with `kill {holder or 'PID'}`"
+            raise click.ClickException(
+                f"{lock} is still held by {who}, which is not a healthy localcloud: {advice}"
+            )
+        time.sleep(0.1)
 
 
 def _warn_if_exposed(host: str) -> None:
@@ -160,6 +210,8 @@ def _start(config: Config) -> dict:
 
 def _provision(state: dict) -> None:
     """Provision the pipeline through localcloud's APIs (what Terraform does in the cloud)."""
+    from google.api_core import exceptions
+
     from orch.provision import provision
     from orchestrator.clients import Clients, Environment
     from orchestrator.config import Settings
@@ -168,7 +220,13 @@ def _provision(state: dict) -> None:
     settings = Settings.from_env(env)
     click.echo(f"provisioning the deploy pipeline in {settings.project}/{settings.region} ...")
     started = time.monotonic()
-    changes = provision(settings, Clients(Environment.from_env(env)), log=click.echo)
+    try:
+        changes = provision(settings, Clients(Environment.from_env(env)), log=click.echo)
+    except (exceptions.GoogleAPICallError, exceptions.RetryError, OSError) as exc:
+        raise click.ClickException(
+            f"provisioning the pipeline failed: {_api_error(exc).message}; localcloud's "
+            "health: `orch local status`; run `orch local up` again once it is healthy"
+        ) from None
     changed = sum(c.action != "unchanged" for c in changes)
     click.echo(
         f"pipeline ready in {time.monotonic() - started:.1f}s ({changed} of {len(changes)} "

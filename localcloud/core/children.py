@@ -18,6 +18,8 @@ from pathlib import Path
 
 import aiohttp
 
+from localcloud.core import procs
+
 LOG = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
@@ -40,14 +42,6 @@ class ChildSpec:
     # Run in the child between fork and exec (after the parent-death signal is set): a
     # seccomp filter, say. Prepare everything in the parent; this only makes system calls.
     preexec: Callable[[], None] | None = None
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except (OSError, ValueError):
-        return []
 
 
 class Child:
@@ -110,7 +104,7 @@ class Child:
         assert self.process is not None
         # A child under bubblewrap: bwrap forwards no signal (and its child dies with it),
         # so its program gets the SIGTERM itself, stops cleanly, and bwrap exits with it.
-        inner = _children(self.process.pid)
+        inner = procs.children(self.process.pid)
         for pid in inner:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)

@@ -25,7 +25,7 @@ from typing import Any
 from google.protobuf import field_mask_pb2
 from google.pubsub_v1.types import ReceivedMessage
 
-from localcloud.core.db import Database, together
+from localcloud.core.db import Database, Write, together
 from localcloud.core.errors import AlreadyExists, InvalidArgument, NotFound
 from localcloud.pubsub import names, store
 from localcloud.pubsub.filter import Filter, FilterError, parse_filter
@@ -341,8 +341,14 @@ class PubSub:
         return orphaned
 
     # -- publish ------------------------------------------------------------------------
-    async def publish(self, topic_name: str, messages: list[Any]) -> list[str]:
-        """Store and fan out; returns the message ids in request order."""
+    async def publish(
+        self, topic_name: str, messages: list[Any], *, also: Write | None = None
+    ) -> list[str]:
+        """Store and fan out; returns the message ids in request order.
+
+        ``also``: a write of the caller's committed in the same transaction as the
+        messages, for a record that must exist exactly when they do (what the storage
+        notifier has announced)."""
         self.get_topic(topic_name)
         if not messages:
             raise InvalidArgument("The request contains no messages.")
@@ -375,6 +381,8 @@ class PubSub:
             if wanted:
                 rows.append((seq, pb.SerializeToString()))
         write = store.publish(topic_name, rows, fanout, self.seq)
+        if also is not None:
+            write = together(write, also)
         await _shielded(self._commit_publish(write, deliveries))
         return ids
 

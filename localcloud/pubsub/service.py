@@ -34,12 +34,6 @@ from localcloud.pubsub.queue import Consumer
 LOG = logging.getLogger(__name__)
 Empty = empty_pb2.Empty
 RESPONSE_WINDOW = 0.005  # seconds between two responses on a busy StreamingPull stream
-# localcloud's own plumbing: fake-gcs-server publishes its raw object events here, with
-# object names encoded for its file system (localcloud/storage/layout.py), up to about
-# 2,100 bytes for a 1,024-byte name. The notifier republishes them with the real names,
-# within Google's limits, to the topic clients read.
-INTERNAL_PROJECT_PREFIX = "projects/localcloud-internal/"
-INTERNAL_ATTRIBUTE_BYTES = 4096
 
 
 def check_publish(request: types.PublishRequest) -> None:
@@ -52,8 +46,6 @@ def check_publish(request: types.PublishRequest) -> None:
 def check_messages(request: types.PublishRequest) -> None:
     """Google's publish limits, each violation named."""
     value_limit = 1024
-    if request.topic.startswith(INTERNAL_PROJECT_PREFIX):
-        value_limit = INTERNAL_ATTRIBUTE_BYTES
     size = request.ByteSize()
     if size > MAX_REQUEST_BYTES:
         raise InvalidArgument(

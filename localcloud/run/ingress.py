@@ -5,6 +5,14 @@ private ones need an ID token from localcloud's issuer whose audience is the ser
 URL, from a member the policy allows), routed to a revision by the traffic split or the
 tag in the Host (``TAG---SERVICE.run.localhost``), given an instance by the autoscaler
 (waiting while one starts) and proxied with streaming bodies and ``X-Forwarded-*``.
+
+A request is sent to an instance once. It goes to another instance only when the first
+refused the connection (nothing was sent); once its bytes may have reached an instance, a
+failure before the answer (the instance died, closed the connection, answered garbage) is
+answered 503, as Cloud Run does, and written to the revision's log. aiohttp itself would
+send an idempotent request again on such a failure (``_send_once`` stops it), and it
+reuses a connection only while it has been idle for less than ``sandbox.KEEPALIVE``, so
+a connection the instance is closing as idle is not picked for a request.
 """
 
 from __future__ import annotations
@@ -40,6 +48,27 @@ HOP_BY_HOP = frozenset(
 
 class InstanceUnreachable(Exception):
     """The instance refused the connection: nothing of the request was sent."""
+
+
+class InstanceLost(aiohttp.ClientError):
+    """The connection failed after the request was sent, or may have been: the instance
+    may have run it, so it is not sent again."""
+
+
+async def _send_once(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """A client middleware: aiohttp sends an idempotent request (GET, PUT, DELETE...) a
+    second time when its connection fails before the answer (ClientOSError,
+    ServerDisconnectedError; RFC 9112 section 9.3.1), so a function whose instance died
+    mid-request ran twice. A failure of an established connection becomes InstanceLost,
+    a ClientError aiohttp passes on without retrying."""
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorError:
+        raise  # no connection was made: nothing was sent
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        raise InstanceLost(str(exc) or type(exc).__name__) from exc
 
 
 class Ingress:
@@ -168,6 +197,28 @@ class Ingress:
             )
         return web.Response(status=503, text=f"The revision's image is not available: {exc}\n")
 
+    @staticmethod
+    async def _lost(
+        request: web.Request, instance: sandbox.Instance, exc: Exception
+    ) -> web.Response:
+        """The request reached the instance (or may have), which failed before answering:
+        it crashed, exited, closed the connection or answered no valid HTTP. Cloud Run
+        answers that with a 503 ("HTTP 503: Malformed response or container instance
+        connection issue", https://cloud.google.com/run/docs/troubleshooting); the request
+        is not sent again, since it may have run. A dying instance is first seen gone, so
+        the client's next request does not reach it."""
+        await instance.settle()
+        instance.log.write(
+            f"[localcloud] {request.method} {request.path[:200]}: the connection to the "
+            f"instance failed before it answered ({exc}); answered 503, not sent again "
+            "(it may have run)\n".encode()
+        )
+        return web.Response(
+            status=503,
+            text="The request failed because either the HTTP response was malformed or the "
+            "connection to the instance had an error.\n",
+        )
+
     async def _proxy(
         self, request: web.Request, instance: sandbox.Instance, rev: Any
     ) -> web.StreamResponse:
@@ -193,6 +244,7 @@ class Ingress:
                 timeout=timeout,
                 allow_redirects=False,
                 auto_decompress=False,
+                middlewares=(_send_once,),
                 # Only what the caller sent: no Accept-Encoding etc. of aiohttp's own.
                 skip_auto_headers=("Accept-Encoding", "Accept", "User-Agent"),
             ) as upstream:
@@ -215,6 +267,6 @@ class Ingress:
                 return response
             if isinstance(exc, TimeoutError):
                 return web.Response(status=504, text="upstream request timed out\n")
-            return web.Response(status=502, text=f"upstream error: {exc}\n")
+            return await self._lost(request, instance, exc)
         except asyncio.CancelledError:
             raise

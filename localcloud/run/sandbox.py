@@ -52,6 +52,7 @@ from pathlib import Path
 
 import aiohttp
 
+from localcloud.core import procs
 from localcloud.run import cgroups, logs, network, seccomp, stage
 from localcloud.run.images import UnpackedImage
 
@@ -89,6 +90,11 @@ DEFAULT_LIMITS = cgroups.Limits(memory=512 * 1024 * 1024, cpu=1.0, pids=1024)
 READY_POLL = 0.005  # a refused connect costs microseconds; cold starts wait less
 STOP_SETTLE = 5.0  # how long stop() waits for killed processes to be gone
 LOG_TAIL_BYTES = 64 * 1024
+# The ingress reuses a connection to an instance while it has been idle for less than
+# this: below the 2 s keep-alive of gunicorn (which functions-framework runs) and the 5 s
+# of most other servers, so an instance never closes one as idle as a request goes out on
+# it (such a request would fail, and is never sent again: see run/ingress.py).
+KEEPALIVE = 1.0
 STARTUP_REPORT = 30.0  # how long bwrap may take to create the namespaces
 NO_BWRAP = (
     "bubblewrap (bwrap) is not installed: install the Debian package bubblewrap (make deps) "
@@ -440,13 +446,12 @@ def _processes() -> dict[int, tuple[int, int]]:
 
 def _stat(pid: int) -> tuple[int, int] | None:
     """(ppid, start time) of a live process, None if it is gone or a zombie."""
+    fields = procs.stat_fields(pid)
+    if fields is None or fields[0] == b"Z":
+        return None
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()  # the command name may hold spaces
-        if fields[0] == b"Z":
-            return None
         return int(fields[1]), int(fields[19])  # the 4th and 22nd fields of stat
-    except (OSError, IndexError, ValueError):
+    except (IndexError, ValueError):
         return None
 
 
@@ -474,6 +479,7 @@ class Instance:
         self.cgroup = cgroup
         self.child_pid = child_pid  # the sandbox's init, as the host sees it
         self.oom_killed = False
+        self.stopping = False  # stop() was called: an exit now is no crash
         # The instance's way out (pasta), set up while the program starts; see wait_ready.
         self.network_ready: asyncio.Future[int] | None = None
         self._log_offset = log_offset
@@ -512,7 +518,8 @@ class Instance:
             os.kill(target, signal.SIGKILL)
 
     async def _after_exit(self) -> None:
-        """Once the instance is gone: say why if memory killed it, release what it held."""
+        """Once the instance is gone: say why if memory killed it or it exited by itself (not
+        by stop()), release what it held."""
         await self._exited
         if self._oom_fd is not None:
             asyncio.get_running_loop().remove_reader(self._oom_fd)
@@ -531,6 +538,8 @@ class Instance:
                 )
                 LOG.warning("instance on port %d killed: over its %d MiB", self.port, limit)
             await asyncio.to_thread(group.remove)
+        if not self.stopping and not self.oom_killed:
+            self.log.write(f"[localcloud] {_exit_words(self.returncode)}\n".encode())
         ready = self.network_ready
         if ready is not None:
             if not ready.done():
@@ -547,7 +556,9 @@ class Instance:
         """HTTP to this instance: its connections are opened inside its network."""
         if self._session is None:
             factory = self.netns.socket_factory if self.netns is not None else None
-            connector = aiohttp.TCPConnector(socket_factory=factory, limit=0)
+            connector = aiohttp.TCPConnector(
+                socket_factory=factory, limit=0, keepalive_timeout=KEEPALIVE
+            )
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         return self._session
 
@@ -607,6 +618,26 @@ class Instance:
             return ""
         return "\n".join(data.decode(errors="replace").splitlines()[-n:])
 
+    def _program(self) -> int | None:
+        """The image's program: the process itself, or the child of the sandbox's init."""
+        if not self.sandboxed:
+            return self.pid
+        found = procs.children(self.child_pid) if self.child_pid else []
+        return found[0] if found else None
+
+    async def settle(self, timeout: float = STOP_SETTLE) -> None:
+        """After a request's connection to this instance failed: when the instance is on
+        its way out (its program gone, exiting or with a SIGKILL pending: a crash, or its
+        memory), wait until its exit is seen (``timeout`` at most), so the pool gives the
+        next request to another instance, not to one whose listening socket is about to
+        close. An instance whose program is well (a worker died; its server forks a new
+        one) is left serving."""
+        program = self._program()
+        if self.running and program is not None and not procs.going(program):
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._exited), timeout)
+
     async def wait_ready(self, timeout: float) -> None:
         """Returns once a TCP connect to 127.0.0.1:port succeeds (Cloud Run's default probe).
 
@@ -661,6 +692,7 @@ class Instance:
         still being torn down, so stop() also waits (briefly) until every process it saw
         is gone: they are not its children and cannot be waited for.
         """
+        self.stopping = True
         tree = self._tree()
         if self.running:
             if self.sandboxed:
@@ -690,6 +722,15 @@ class Instance:
                 break
             await asyncio.sleep(0.01)
         LOG.debug("instance pid %d on port %d stopped (%s)", self.pid, self.port, self.returncode)
+
+
+def _exit_words(code: int | None) -> str:
+    """An instance's own exit, in the words of Cloud Run's log ("Container called exit(1).",
+    "Container terminated on signal 9."). A signal is a negative code when the program is
+    the process itself, 128 + the signal when bwrap reports it, as shells do."""
+    if code is not None and (code < 0 or code > 128):
+        return f"Container terminated on signal {-code if code < 0 else code - 128}."
+    return f"Container called exit({code})."
 
 
 def _same(pid: int, started: int) -> bool:

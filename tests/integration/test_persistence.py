@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.cloud import eventarc_v1, pubsub_v1, run_v2, workflows_v1
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import eventarc_v1, pubsub_v1, run_v2, storage, workflows_v1
 from google.cloud.workflows import executions_v1
 
 from localcloud import testing
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.slow
 PROJECT = "local-project"
 LOCATION = f"projects/{PROJECT}/locations/us-central1"
 HELLO = Path(__file__).parent.parent / "functions" / "hello_http"
+EVENTS = f"projects/{PROJECT}/topics/localcloud-storage-events"
 
 
 def clients(instance: testing.Instance):
@@ -129,6 +131,77 @@ def test_published_messages_survive_sigkill(tmp_path):
         publisher, subscriber = clients(instance)
         got = pull(subscriber, sub, 200)
         assert {m.message.message_id for m in got} == ids
+    finally:
+        instance.stop()
+
+
+def test_an_answered_upload_is_announced_once_whatever_a_sigkill_interrupts(tmp_path):
+    """Notifications are as durable as objects (issue 14): localcloud SIGKILLed the moment
+    an upload returned, with more uploads in flight, still announces every object it
+    stores, each generation once: the answered upload's notification was committed before
+    its answer, and one stored but never answered is announced at the restart."""
+    instance = testing.start(tmp_path / "data")
+    try:
+        _, subscriber = clients(instance)
+        with instance.client_env():
+            gcs = storage.Client(project=PROJECT, credentials=AnonymousCredentials())
+            bucket = gcs.create_bucket("killed-after-upload")
+            # Its own client (and connections) for the thread.
+            other = storage.Client(project=PROJECT, credentials=AnonymousCredentials())
+        sub = f"projects/{PROJECT}/subscriptions/storage-events"
+        subscriber.create_subscription(
+            request={
+                "name": sub,
+                "topic": EVENTS,
+                "filter": f'attributes.bucketId = "{bucket.name}"',
+            }
+        )
+        stop = threading.Event()
+
+        def keep_uploading() -> None:  # writes in flight when the kill comes
+            for i in range(10_000):
+                if stop.is_set():
+                    return
+                try:
+                    other.bucket(bucket.name).blob(f"in-flight-{i}").upload_from_string(
+                        b"x", timeout=10
+                    )
+                except Exception:  # localcloud is gone: that is the point
+                    return
+
+        flight = threading.Thread(target=keep_uploading, daemon=True)
+        flight.start()
+        answered = bucket.blob("answered.zip")
+        answered.upload_from_string(b"deploy me")
+        instance.kill()
+        stop.set()
+        flight.join(30)
+        assert wait_gone(children_of(instance.config.data_dir)) == []
+
+        instance = testing.start(instance.config.data_dir, config=instance.config)
+        _, subscriber = clients(instance)
+        with instance.client_env():
+            gcs = storage.Client(project=PROJECT, credentials=AnonymousCredentials())
+            stored = {(b.name, b.generation) for b in gcs.list_blobs(bucket.name)}
+            # Published after anything the restart announced: once it is pulled, so is that.
+            marker = gcs.bucket(bucket.name).blob("marker")
+            marker.upload_from_string(b"last")
+        assert ("answered.zip", answered.generation) in stored
+        finalized = []
+        deadline = time.monotonic() + 30
+        while ("marker", marker.generation) not in finalized and time.monotonic() < deadline:
+            response = subscriber.pull(
+                request={"subscription": sub, "max_messages": 100}, timeout=5
+            )
+            for received in response.received_messages:
+                attrs = received.message.attributes
+                if attrs["eventType"] == "OBJECT_FINALIZE":
+                    finalized.append((attrs["objectId"], int(attrs["objectGeneration"])))
+            if response.received_messages:
+                subscriber.acknowledge(
+                    subscription=sub, ack_ids=[r.ack_id for r in response.received_messages]
+                )
+        assert sorted(finalized) == sorted(stored | {("marker", marker.generation)})
     finally:
         instance.stop()
 

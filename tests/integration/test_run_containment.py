@@ -12,12 +12,13 @@ import json
 import os
 import socket
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from localcloud.core.oidc import owner_email
 from localcloud.run import sandbox
-from localcloud.testing import call, wait_for
+from localcloud.testing import Recorder, call, wait_for
 from tests.integration.test_cloud_run import issuer
 
 pytestmark = pytest.mark.skipif(
@@ -162,6 +163,32 @@ def test_memory_over_the_limit_kills_the_instance_and_the_next_request_gets_a_ne
         assert json.loads(body)["written_mb"] < 128
     else:
         assert status >= 500, body
+
+
+def test_an_instance_that_dies_mid_request_is_a_503_and_the_request_runs_once(
+    localcloud, hostile_image, deploy
+):
+    """Issue 14: the function reports that it was entered, then kills its whole instance
+    before answering. The ingress must not send the request again (aiohttp would: a GET
+    is idempotent): the client gets Cloud Run's 503, the function ran once, and the
+    revision's log says what happened."""
+    recorder = Recorder(localcloud.config.run_host_ports[0])
+    try:
+        service = deploy(hostile_image, public=True)
+        status, body = ask(service, do="die", tag="once", report=quote(recorder.url, safe=""))
+        assert status == 503, body
+        # The function reports before it dies, and any second run would have reported
+        # (and died) before the client was answered: what arrived is all there is.
+        assert recorder.events == [{"entered": "once"}]
+        wait_for(
+            lambda: "Container terminated on signal 9" in revision_log(localcloud, service),
+            30,
+            "the revision's log to say the instance was killed",
+        )
+        assert "answered 503, not sent again" in revision_log(localcloud, service)
+        assert ask(service, do="identity")[0] == 200  # a fresh instance serves
+    finally:
+        recorder.close()
 
 
 def test_a_fork_bomb_is_contained(localcloud, hostile_image, deploy, isolation):

@@ -74,20 +74,22 @@ def test_min_instances_keep_one_instance_warm_across_the_idle_period(image, depl
 
 
 def test_a_crashed_worker_or_instance_is_replaced(image, deploy):
-    """A request whose process dies gets an error and the next request succeeds: after
-    os._exit(1) in the worker (functions-framework's gunicorn master forks a new worker, as
-    it would on Cloud Run), and after the whole instance dies (a new instance starts)."""
+    """A request whose process dies gets Cloud Run's 503 (the connection to the instance
+    failed: https://cloud.google.com/run/docs/troubleshooting) and the next request
+    succeeds: after os._exit(1) in the worker (functions-framework's gunicorn master forks a
+    new worker, as it would on Cloud Run), and after the whole instance dies (a new
+    instance starts)."""
     service = deploy(image, public=True, max_instance_request_concurrency=1)
     status, body = call(service.uri)
     assert status == 200, body
     before = json.loads(body)
     status, body = call(service.uri + "/crash", timeout=30)
-    assert status == 502, (status, body)
+    assert status == 503, (status, body)
     status, body = call(service.uri, timeout=30)
     assert status == 200, body
     assert json.loads(body)["pid"] != before["pid"]
     status, body = call(service.uri + "/crash?all=1", timeout=30)
-    assert status == 502, (status, body)
+    assert status == 503, (status, body)
     status, body = call(service.uri, timeout=30)
     assert status == 200, body
     assert json.loads(body)["instance"] != before["instance"], "a new instance serves"

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import urllib.request
 
 
 def _try(action):
@@ -120,6 +121,14 @@ def hostile(request):
         return json.dumps(_fill_tmp(int(request.args["mb"])))
     if do == "fork":
         return json.dumps(_fork(int(request.args["n"])))
+    if do == "die":  # say it was entered (to the test's recorder), then kill its instance
+        report = urllib.request.Request(
+            request.args["report"],
+            data=json.dumps({"entered": request.args.get("tag", "")}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(report, timeout=10).read()
+        os.killpg(0, signal.SIGKILL)  # every process of the instance, this one included
     if do == "flood":
         line = ("y" * 1023 + "\n").encode()
         for _ in range(int(request.args["mb"]) * 1024):
