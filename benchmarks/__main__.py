@@ -16,6 +16,9 @@ For Cloud Workflows (``--only workflows``), a loop's step rate against the PyPI
 For the deploy pipeline (``--only pipeline``), a zip uploaded to the sources bucket until the
 service answers the new source, p50/p95, each step's time from the status events, against
 the same deploy's build, push and process start done directly.
+For recovery (``--only recovery``), localcloud's process group SIGKILLed mid-deployment and
+``orch local up`` run again: until the service answers and until the deployment's ``done``
+event, against the same deploy not killed.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 from benchmarks import build, pubsub
 from benchmarks import eventarc as events_bench
 from benchmarks import pipeline as pipeline_bench
+from benchmarks import recovery as recovery_bench
 from benchmarks import run as cloud_run
 from benchmarks import workflows as workflows_bench
 from benchmarks.build import BuildResult, BuildSettings
@@ -86,9 +90,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-official", action="store_true", help="skip the official emulator")
     parser.add_argument(
         "--only",
-        choices=("build", "pubsub", "run", "eventarc", "workflows", "pipeline"),
-        help="run only the Cloud Build, Pub/Sub, Cloud Run, Eventarc, Workflows or deploy "
-        "pipeline part",
+        choices=("build", "pubsub", "run", "eventarc", "workflows", "pipeline", "recovery"),
+        help="run only the Cloud Build, Pub/Sub, Cloud Run, Eventarc, Workflows, deploy "
+        "pipeline or recovery part",
     )
     parser.add_argument(
         "--repeats", type=int, help="build: fresh localcloud data dirs, each cold (3; quick 1)"
@@ -213,7 +217,9 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.3f}"
     if unit == "%":
         return f"{value:+.1f}"
-    return f"{value:,.0f}" if unit in ("msg/s", "req/s", "µs", "steps/s") else f"{value:.2f}"
+    if unit in ("msg/s", "req/s", "µs", "steps/s", "n"):
+        return f"{value:,.0f}"
+    return f"{value:.2f}"
 
 
 def verdict(ok: bool | None) -> str:
@@ -799,6 +805,8 @@ def main(argv: list[str] | None = None) -> int:
     flows = workflows_bench.run(ws) if args.only in (None, "workflows") else None
     ps = pipeline_bench.PipelineSettings.for_run(args.quick)
     piped = pipeline_bench.run(ps) if args.only in (None, "pipeline") else None
+    cs = recovery_bench.RecoverySettings.for_run(args.quick)
+    recovered = recovery_bench.run(cs) if args.only in (None, "recovery") else None
     wall = time.monotonic() - began
     rows = build_rows(*results) if results else []
     b_rows = cloud_build_rows(built) if built else []
@@ -806,6 +814,9 @@ def main(argv: list[str] | None = None) -> int:
     e_rows = [Row(*x, group="eventarc") for x in events_bench.rows(events)] if events else []
     w_rows = [Row(*x, group="workflows") for x in workflows_bench.rows(ws, flows)] if flows else []
     p_rows = [Row(*x, group="pipeline") for x in pipeline_bench.rows(piped)] if piped else []
+    c_rows = (
+        [Row(*x, group="recovery") for x in recovery_bench.rows(recovered)] if recovered else []
+    )
     official_ran = results is not None and results[1].skipped is None
     passed = (
         all(r.ok is not False for r in rows + b_rows + r_rows)
@@ -818,6 +829,8 @@ def main(argv: list[str] | None = None) -> int:
     passed = passed and (flows is None or workflows_bench.passed(flows))
     passed = passed and all(r.ok is not False for r in p_rows)
     passed = passed and (piped is None or pipeline_bench.passed(piped))
+    passed = passed and all(r.ok is not False for r in c_rows)
+    passed = passed and (recovered is None or recovery_bench.passed(recovered))
 
     print()
     if results:
@@ -838,6 +851,9 @@ def main(argv: list[str] | None = None) -> int:
     if piped:
         print(table(p_rows, reference="directly"))
         print()
+    if recovered:
+        print(table(c_rows, reference="not killed"))
+        print()
     for note in (
         (notes(s, results) if results else [])
         + (build_notes(bs, built) if built else [])
@@ -849,6 +865,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in workflows_bench.notes(ws, flows) if flows else []:
         print(f"  {note}")
     for note in pipeline_bench.notes(ps, piped) if piped else []:
+        print(f"  {note}")
+    for note in recovery_bench.notes(cs, recovered) if recovered else []:
         print(f"  {note}")
     print(f"  wall time: {wall:.1f} s; result: {'PASS' if passed else 'FAIL'}")
     print("\ndocs/performance.md snippet:\n")
@@ -865,6 +883,8 @@ def main(argv: list[str] | None = None) -> int:
         snippets.append(workflows_bench.markdown(ws, flows))
     if piped:
         snippets.append(pipeline_bench.markdown(ps, piped))
+    if recovered:
+        snippets.append(recovery_bench.markdown(cs, recovered))
     if snippets and not results:  # the Pub/Sub snippet says where and when; say it here
         snippets[-1] += (
             f" Measured by `make bench` on {when} ({os.cpu_count()} CPUs, Python "
@@ -890,9 +910,10 @@ def main(argv: list[str] | None = None) -> int:
         "eventarc": events_bench.to_json(es, events) if events else None,
         "workflows": workflows_bench.to_json(ws, flows) if flows else None,
         "pipeline": pipeline_bench.to_json(ps, piped) if piped else None,
+        "recovery": recovery_bench.to_json(cs, recovered) if recovered else None,
         "rows": [
             dataclasses.asdict(r) | {"ratio": r.ratio}
-            for r in rows + b_rows + r_rows + e_rows + w_rows + p_rows
+            for r in rows + b_rows + r_rows + e_rows + w_rows + p_rows + c_rows
         ],
         "passed": passed,
     }
