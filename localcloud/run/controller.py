@@ -110,6 +110,7 @@ class Controller:
         self._pool_locks: dict[str, asyncio.Lock] = {}
         self.pending_ops: dict[str, list[str]] = {}  # service -> operations not yet reconciled
         self.stopping = False
+        self._warming: set[asyncio.Task] = set()
 
     # -- reading -------------------------------------------------------------------------
     def find(self, name: str) -> Any | None:
@@ -632,7 +633,9 @@ class Controller:
         return self.store.revisions.get(f"{svc.name}/revisions/{choice.revision}")
 
     async def start(self) -> None:
-        """After a restart services come back lazily: ports open, instances on first request.
+        """After a restart services come back: ports open, and a revision serving traffic
+        with ``min_instance_count`` gets its instances at once, as Cloud Run keeps them;
+        others start on their first request.
 
         What a stop interrupted is finished: each service with a generation not yet
         observed, or with operations not done, is reconciled again, once per such
@@ -654,12 +657,31 @@ class Controller:
             if ops or svc.reconciling or svc.generation > svc.observed_generation:
                 for op_name in ops or [None]:
                     self._reconcile_soon(name, op_name)
+                continue  # the reconcile starts what the service should run
+            for status in svc.traffic_statuses:
+                rev = self.store.revisions.get(f"{name}/revisions/{status.revision}")
+                if status.percent > 0 and rev is not None and rev.scaling.min_instance_count:
+                    task = asyncio.get_running_loop().create_task(
+                        self._warm(rev), name=f"warm {rev.name}"
+                    )
+                    self._warming.add(task)
+                    task.add_done_callback(self._warming.discard)
         for ops_of_gone in interrupted.values():
             for op_name in ops_of_gone:
                 await self._abort(op_name, DELETED)
 
+    async def _warm(self, rev: Any) -> None:
+        """Start a revision's minimum instances (the pool's reaper keeps them after)."""
+        try:
+            pool = await self.pool_for(rev)
+            await pool.reap(self.autoscaler.idle)
+        except Exception as exc:  # the first request will try again and say why
+            LOG.warning("starting the minimum instances of %s failed: %s", rev.name, exc)
+
     async def stop(self) -> None:
         self.stopping = True
+        for warming in list(self._warming):
+            warming.cancel()
         for task in self.tasks.values():
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)

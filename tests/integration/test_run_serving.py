@@ -293,10 +293,17 @@ def test_restart_keeps_services_and_serves_lazily_on_the_same_port(own):
         parent=PARENT, service=run_service(f"{own['repo']}:latest"), service_id="tagged"
     ).result(timeout=120)
     make_public(clients, tagged.name)
+    clients.run_services.create_service(
+        parent=PARENT,
+        service=run_service(own["image"], scaling={"min_instance_count": 1}),
+        service_id="warm",
+    ).result(timeout=120)
 
     instance = own["instance"] = instance.restart()  # (services come back: test_persistence)
     clients = Clients(Environment.from_env(instance.env))
     assert clients.run_services.get_service(name=service.name).uri == service.uri
+    # Cloud Run keeps a service's minimum instances: they start with localcloud, unasked.
+    testing.wait_for(lambda: instance.service_pids("warm"), 60, "the minimum instance")
     assert not instance.service_pids("keeper"), "instances start lazily, on the first request"
     status, body = call(service.uri, timeout=60)
     assert status == 200, body
