@@ -576,15 +576,20 @@ METADATA_BYTES = 8 * 1024  # all of an object's custom metadata (Cloud Storage's
 _KNOWN_METADATA = (*_STRING_FIELDS, *_INT_FIELDS, "allow_unauthenticated", "env", "triggers")
 
 
+def _metadata_json(text: str, where: str, key: str, kind: str) -> Any:
+    """A metadata value written as JSON, read within its bounds; errors name the key."""
+    try:
+        return loads_json(text, f"{where}: {key}", METADATA_BYTES)
+    except InputTooComplex as exc:
+        raise ManifestError(str(exc), key) from None
+    except ValueError as exc:
+        raise ManifestError(f"{where}: {key}: not a valid JSON {kind}: {exc}", key) from None
+
+
 def _parse_env(value: str, where: str) -> dict[str, Any]:
     text = value.strip()
     if text.startswith("{"):
-        try:
-            env = loads_json(text, f"{where}: env", METADATA_BYTES)
-        except InputTooComplex as exc:
-            raise ManifestError(str(exc), "env") from None
-        except ValueError as exc:
-            raise ManifestError(f"{where}: env: not a valid JSON object: {exc}", "env") from None
+        env = _metadata_json(text, where, "env", "object")
         if not isinstance(env, dict):
             raise ManifestError(f"{where}: env: expected a JSON object", "env")
         return env
@@ -605,15 +610,7 @@ def _parse_triggers(value: str, where: str) -> list[Any]:
     """JSON (the manifest's list form) or the short form ``pubsub:TOPIC,storage:BUCKET[:EVENT]``."""
     text = value.strip()
     if text.startswith("["):
-        try:
-            triggers = loads_json(text, f"{where}: triggers", METADATA_BYTES)
-        except InputTooComplex as exc:
-            raise ManifestError(str(exc), "triggers") from None
-        except ValueError as exc:
-            raise ManifestError(
-                f"{where}: triggers: not a valid JSON list: {exc}", "triggers"
-            ) from None
-        return triggers
+        return _metadata_json(text, where, "triggers", "list")
     out: list[Any] = []
     for item in filter(None, (p.strip() for p in text.split(","))):
         kind, _, rest = item.partition(":")
