@@ -375,7 +375,12 @@ def _settings(project: str | None, region: str | None, bucket: str | None) -> Se
     for value, var in ((project, "project"), (region, "region"), (bucket, "sources_bucket")):
         if value:
             env[ENV_VARS[var]] = value
-    return Settings.from_env(env)
+    from orchestrator.clients import ProjectNotSet
+
+    try:
+        return Settings.from_env(env)
+    except ProjectNotSet as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def with_settings(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -396,7 +401,10 @@ def with_settings(function: Callable[..., Any]) -> Callable[..., Any]:
 def _clients() -> Any:
     from orchestrator import clients
 
-    return clients.default()
+    try:
+        return clients.default()
+    except clients.ProjectNotSet as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _api_error(exc: Exception) -> click.ClickException:

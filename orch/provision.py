@@ -69,12 +69,15 @@ class Provisioner:
 
     # ---------------------------------------------------------------- storage, Pub/Sub
 
-    def bucket(self) -> None:
-        name = self.s.sources_bucket
-        if self.c.storage.lookup_bucket(name) is not None:
-            return self._note("bucket", name, "unchanged")
-        self.c.storage.create_bucket(name)
-        self._note("bucket", name, "created")
+    def buckets(self) -> None:
+        """The sources bucket, the orchestrator's records bucket and the build logs bucket,
+        in the pipeline's region as Terraform makes them."""
+        for name in (self.s.sources_bucket, self.s.records_bucket, self.s.build_logs_bucket):
+            if self.c.storage.lookup_bucket(name) is not None:
+                self._note("bucket", name, "unchanged")
+                continue
+            self.c.storage.create_bucket(name, location=self.s.region.upper())
+            self._note("bucket", name, "created")
 
     def topics(self) -> None:
         for topic in (self.s.requests_topic, self.s.status_topic, self.s.dead_letter_topic):
@@ -332,7 +335,7 @@ class Provisioner:
     # ---------------------------------------------------------------- all
 
     def run(self) -> list[Change]:
-        self.bucket()
+        self.buckets()
         self.topics()
         urls = self.functions()
         self.workflow(urls)

@@ -5,6 +5,8 @@ locals {
 
   prefix         = coalesce(var.name_prefix, local.pipeline.name_prefix)
   sources_bucket = "${var.project_id}${local.pipeline.sources_bucket_suffix}"
+  records_bucket = "${var.project_id}${local.pipeline.records_bucket_suffix}"
+  logs_bucket    = "${var.project_id}${local.pipeline.build_logs_bucket_suffix}"
   code_bucket    = "${var.project_id}-${local.prefix}-orchestrator-code"
   project_number = data.google_project.this.number
 
@@ -54,6 +56,8 @@ locals {
     region                  = var.region
     prefix                  = local.prefix
     sources_bucket          = local.sources_bucket
+    records_bucket          = google_storage_bucket.records.name
+    build_logs_bucket       = google_storage_bucket.build_logs.name
     requests_topic          = local.topics.requests
     status_topic            = local.topics.status
     dead_letter_topic       = local.topics.dead_letter
@@ -61,6 +65,7 @@ locals {
     workflow                = local.pipeline.workflow
     runtime_service_account = google_service_account.account["runtime"].email
     trigger_service_account = google_service_account.account["trigger"].email
+    build_service_account   = google_service_account.account["build"].email
   }
 
   # Settings field -> environment variable (pipeline/orchestrator/config.py ENV_VARS; a unit test
@@ -70,6 +75,8 @@ locals {
     region                  = "ORCH_REGION"
     prefix                  = "ORCH_PREFIX"
     sources_bucket          = "ORCH_SOURCES_BUCKET"
+    records_bucket          = "ORCH_RECORDS_BUCKET"
+    build_logs_bucket       = "ORCH_BUILD_LOGS_BUCKET"
     requests_topic          = "ORCH_REQUESTS_TOPIC"
     status_topic            = "ORCH_STATUS_TOPIC"
     dead_letter_topic       = "ORCH_DEAD_LETTER_TOPIC"
@@ -77,6 +84,7 @@ locals {
     workflow                = "ORCH_WORKFLOW"
     runtime_service_account = "ORCH_RUNTIME_SERVICE_ACCOUNT"
     trigger_service_account = "ORCH_TRIGGER_SERVICE_ACCOUNT"
+    build_service_account   = "ORCH_BUILD_SERVICE_ACCOUNT"
   }
 
   function_env = { for field, value in local.settings : local.env_vars[field] => value }

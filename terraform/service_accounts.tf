@@ -17,8 +17,8 @@ resource "google_service_account" "function" {
   depends_on = [google_project_service.api]
 }
 
-# The workflow's, the triggers' and the deployed services' accounts (orch-workflow,
-# orch-trigger, orch-runtime).
+# The workflow's, the triggers', the deployed services' and the builds' accounts
+# (orch-workflow, orch-trigger, orch-runtime, orch-builder).
 resource "google_service_account" "account" {
   for_each = local.service_accounts
 
@@ -29,6 +29,7 @@ resource "google_service_account" "account" {
     workflow = "Runs the deploy workflow: calls the step functions, publishes status."
     trigger  = "Identity of every Eventarc trigger: delivers events to the intake functions and to deployed services."
     runtime  = "Runs the services the orchestrator deploys."
+    build    = "Runs the orchestrator's Cloud Builds: reads sources, pushes images, writes build logs."
   }, each.key, "Serverless deploy orchestrator: ${each.key}.")
 
   lifecycle {

@@ -68,3 +68,41 @@ resource "google_storage_bucket_object" "orchestrator" {
   bucket = google_storage_bucket.code.name
   source = data.archive_file.orchestrator.output_path
 }
+
+# The orchestrator's own records: deployment claims, saved step results, service locks and
+# trigger locations. A bucket of their own, so writing them never fires the intake trigger
+# on the sources bucket.
+resource "google_storage_bucket" "records" {
+  name     = local.records_bucket
+  project  = var.project_id
+  location = upper(var.region)
+
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = !var.deletion_protection
+
+  soft_delete_policy {
+    retention_duration_seconds = 0
+  }
+
+  depends_on = [google_project_service.api]
+}
+
+# Where the orchestrator's builds write their logs (Cloud Build refuses a build with a
+# user-specified service account that would log to the default logs bucket), so the build
+# step can read a failed build's log tail with its own account.
+resource "google_storage_bucket" "build_logs" {
+  name     = local.logs_bucket
+  project  = var.project_id
+  location = upper(var.region)
+
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = !var.deletion_protection
+
+  soft_delete_policy {
+    retention_duration_seconds = 0
+  }
+
+  depends_on = [google_project_service.api]
+}

@@ -24,6 +24,44 @@ import grpc
 DEFAULT_PROJECT = "local-project"
 
 
+class ProjectNotSet(RuntimeError):
+    """Outside localcloud no project was named and Application Default Credentials name none."""
+
+
+def default_project(environ: Mapping[str, str] | None = None) -> str:
+    """The project clients work in: ``GOOGLE_CLOUD_PROJECT`` (or ``GCP_PROJECT``); with
+    localcloud, its default project; on Google Cloud, the one Application Default
+    Credentials name (a Cloud Run function's metadata server names its own).
+
+    Never a made-up default outside localcloud: a missing project there would send every
+    call to a project that does not exist, and the error would name that project instead of
+    what is missing.
+    """
+    env = os.environ if environ is None else environ
+    named = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT")
+    if named:
+        return named
+    if env.get("LOCALCLOUD_GRPC_HOST"):
+        return DEFAULT_PROJECT
+    import google.auth
+    import google.auth.exceptions
+
+    try:
+        _, project = google.auth.default()
+    except google.auth.exceptions.DefaultCredentialsError as exc:
+        raise ProjectNotSet(
+            "no Google Cloud project: set GOOGLE_CLOUD_PROJECT (or run `orch config`), or "
+            '`eval "$(orch local env)"` to use localcloud; Application Default '
+            f"Credentials are not set up either ({exc})"
+        ) from None
+    if not project:
+        raise ProjectNotSet(
+            "no Google Cloud project: set GOOGLE_CLOUD_PROJECT (or run `orch config`), or "
+            "`gcloud config set project PROJECT` so Application Default Credentials name one"
+        )
+    return project
+
+
 @dataclass(frozen=True)
 class Environment:
     """What the factory reads from the process environment, once."""
@@ -40,7 +78,7 @@ class Environment:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Environment:
         env = os.environ if environ is None else environ
         return cls(
-            project=env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT") or DEFAULT_PROJECT,
+            project=default_project(env),
             region=env.get("GOOGLE_CLOUD_REGION") or env.get("LOCALCLOUD_REGION") or "us-central1",
             grpc_host=env.get("LOCALCLOUD_GRPC_HOST") or None,
             pubsub_host=env.get("PUBSUB_EMULATOR_HOST") or None,

@@ -16,6 +16,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from orchestrator.clients import default_project
+
 PIPELINE_FILE = Path(__file__).with_name("pipeline.json")
 CONFIG_FILE_ENV = "ORCH_CONFIG"
 DEFAULT_CONFIG_FILE = Path("~/.config/orch/config.json")
@@ -33,6 +35,8 @@ ENV_VARS = {
     "region": "ORCH_REGION",
     "prefix": "ORCH_PREFIX",
     "sources_bucket": "ORCH_SOURCES_BUCKET",
+    "records_bucket": "ORCH_RECORDS_BUCKET",
+    "build_logs_bucket": "ORCH_BUILD_LOGS_BUCKET",
     "requests_topic": "ORCH_REQUESTS_TOPIC",
     "status_topic": "ORCH_STATUS_TOPIC",
     "dead_letter_topic": "ORCH_DEAD_LETTER_TOPIC",
@@ -40,6 +44,7 @@ ENV_VARS = {
     "workflow": "ORCH_WORKFLOW",
     "runtime_service_account": "ORCH_RUNTIME_SERVICE_ACCOUNT",
     "trigger_service_account": "ORCH_TRIGGER_SERVICE_ACCOUNT",
+    "build_service_account": "ORCH_BUILD_SERVICE_ACCOUNT",
 }
 
 
@@ -51,6 +56,8 @@ class Settings:
     region: str
     prefix: str
     sources_bucket: str
+    records_bucket: str
+    build_logs_bucket: str
     requests_topic: str
     status_topic: str
     dead_letter_topic: str
@@ -58,6 +65,7 @@ class Settings:
     workflow: str
     runtime_service_account: str
     trigger_service_account: str
+    build_service_account: str
 
     @classmethod
     def defaults(cls, project: str, region: str = "us-central1", prefix: str = "") -> Settings:
@@ -69,6 +77,8 @@ class Settings:
             region=region,
             prefix=prefix,
             sources_bucket=project + p["sources_bucket_suffix"],
+            records_bucket=project + p["records_bucket_suffix"],
+            build_logs_bucket=project + p["build_logs_bucket_suffix"],
             requests_topic=p["topics"]["requests"],
             status_topic=p["topics"]["status"],
             dead_letter_topic=p["topics"]["dead_letter"],
@@ -80,6 +90,7 @@ class Settings:
             trigger_service_account=service_account_email(
                 f"{prefix}-{accounts['trigger']}", project
             ),
+            build_service_account=service_account_email(f"{prefix}-{accounts['build']}", project),
         )
 
     @classmethod
@@ -95,7 +106,7 @@ class Settings:
         for name, var in ENV_VARS.items():
             if env.get(var):
                 values[name] = env[var]
-        project = values.get("project") or env.get("GCP_PROJECT") or "local-project"
+        project = values.get("project") or default_project(env)
         base = cls.defaults(
             project, values.get("region") or "us-central1", values.get("prefix") or ""
         )

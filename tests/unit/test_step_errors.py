@@ -37,3 +37,29 @@ def test_busy_or_conflicting_platforms_are_retried(error):
 def test_faults_in_the_step_itself_are_not_transient():
     assert not isinstance(KeyError("x"), TRANSIENT)
     assert isinstance(ConnectionResetError(), TRANSIENT)
+
+
+# ------------------------------------------------------------- no local default outside localcloud
+
+
+def test_outside_localcloud_a_missing_project_is_an_error_naming_what_to_set(tmp_path) -> None:
+    """Issue 15 (10): a missing project never silently becomes ``local-project`` on Google
+    Cloud; with no variable and no Application Default Credentials the error says what to set."""
+    import pytest
+
+    from orchestrator.clients import ProjectNotSet, default_project
+    from orchestrator.config import Settings
+
+    bare = {"CLOUDSDK_CONFIG": str(tmp_path), "NO_GCE_CHECK": "True", "HOME": str(tmp_path)}
+    with pytest.raises(ProjectNotSet, match="GOOGLE_CLOUD_PROJECT"):
+        default_project(bare)
+    with pytest.raises(ProjectNotSet, match="GOOGLE_CLOUD_PROJECT"):
+        Settings.from_env({**bare, "ORCH_CONFIG": str(tmp_path / "none.json")})
+    assert default_project({**bare, "GOOGLE_CLOUD_PROJECT": "p1"}) == "p1"
+    assert default_project({**bare, "GCP_PROJECT": "p2"}) == "p2"
+    # With localcloud, its default project.
+    local = {**bare, "LOCALCLOUD_GRPC_HOST": "127.0.0.1:1"}
+    assert default_project(local) == "local-project"
+    assert Settings.from_env({**local, "ORCH_CONFIG": str(tmp_path / "none.json")}).project == (
+        "local-project"
+    )
