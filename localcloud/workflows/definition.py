@@ -67,12 +67,41 @@ class Definition:
         return self.subworkflows["main"]
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML whose map keys are the text written, always a string.
+
+    Workflows maps have string keys only. Google's own ``iterate_map`` sample
+    (GoogleCloudPlatform/workflows-samples src/iterate_map.workflows.yaml, and its JSON twin
+    with ``"1": 10``) writes ``1: 10`` and then reads ``map[key]`` with the strings that
+    ``keys(map)`` returns, summing to 60: an unquoted ``1`` (or ``true``, ``1.5``) as a key is
+    the string "1". PyYAML would make it the integer 1, which no expression can then reach.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)  # "<<" merge keys, as SafeLoader does
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key: Any = key_node.value  # as written (quoted or not), escapes resolved
+            else:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, str):
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        "a map key must be a string, not a list or map",
+                        key_node.start_mark,
+                    )
+            mapping[key] = self.construct_object(value_node, deep=deep)
+        return mapping
+
+
 def load_source(source: str) -> Any:
     text = source.strip()
     try:
         if text.startswith(("{", "[")):
             return json.loads(text)
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: still safe
     except (ValueError, yaml.YAMLError) as exc:
         raise DefinitionError([f"the definition is not valid YAML or JSON: {exc}"]) from None
 

@@ -203,9 +203,9 @@ class Interpreter:
         scope = Scope()
         for pname, default, has_default in sub.params:
             if pname in args:
-                scope[pname] = args[pname]
+                scope[pname] = _copy(args[pname])  # passed by value, like an assignment
             elif has_default:
-                scope[pname] = default
+                scope[pname] = _copy(default)  # the definition's own map is never handed out
             else:
                 raise WorkflowError(
                     f"subworkflow {name}: missing required argument {pname!r}", "TypeError"
@@ -351,7 +351,7 @@ class Interpreter:
         if start <= 1 and "call" in body:
             result = await self._call(body["call"], body.get("args") or {}, scope, cursor)
             if "result" in body:
-                scope[body["result"]] = result
+                scope[body["result"]] = _copy(result)
         if start <= 2 and "switch" in body:
             saved = cursor.take("case")
             chosen = saved["i"] if saved is not None else self._choose(step, body["switch"], scope)
@@ -370,7 +370,7 @@ class Interpreter:
         if "steps" in body:
             await self._run_list(step.children, scope, cursor)
         if "raise" in body:
-            raise RaisedError(self.value(body["raise"], scope))
+            raise RaisedError(_copy(self.value(body["raise"], scope)))
         if "return" in body:
             raise _Return(self.value(body["return"], scope))
         return body.get("next")
@@ -403,7 +403,14 @@ class Interpreter:
         return value
 
     def _assign(self, target: str, value: Any, scope: Scope) -> None:
-        """``a``, ``a.b``, ``a[expr]``, chains of them; missing map keys are created."""
+        """``a``, ``a.b``, ``a[expr]``, chains of them; missing map keys are created.
+
+        The value stored is a copy: https://cloud.google.com/workflows/docs/reference/syntax/variables
+        ("Passing by value"): "When you assign one variable to another, you create a separate,
+        independent copy of the variable's value instead of a reference", so changing a map or
+        list through one name never shows through another.
+        """
+        value = _copy(value)
         pos = 0
         path: list[Any] = []
         text = target.strip()
@@ -464,7 +471,11 @@ class Interpreter:
             return await self._wait_for(name, args, cursor)
         function = self.functions.get(name)
         if function is not None:
-            return function(**args) if isinstance(args, dict) else function(*args)
+            try:
+                return function(**args) if isinstance(args, dict) else function(*args)
+            except TypeError as exc:  # an argument name or count the function does not take
+                detail = re.sub(r"^\w+\(\) ", "", str(exc))  # not the Python function's name
+                raise WorkflowError(f"{name}: {detail}", "TypeError") from None
         raise WorkflowError(f"unknown function or subworkflow {name!r}", "SystemError")
 
     async def _wait_for(self, name: str, args: Any, cursor: Cursor) -> Any:
@@ -506,7 +517,7 @@ class Interpreter:
                     f"step {step.name}: for ... in needs a list, got {type(items).__name__}",
                     "TypeError",
                 )
-            level["items"] = items
+            level["items"] = _copy(items)  # the loop walks the list as it was when it started
         if "range" in level:
             lo, hi = level["range"]
             values: Any = (
@@ -607,7 +618,7 @@ class Interpreter:
             else:
                 own = {k: _copy(v) for k, v in scope.items() if k not in shared}
                 if "for" in spec:
-                    own[spec["for"]["value"]] = items[i]
+                    own[spec["for"]["value"]] = _copy(items[i])
                     if "index" in spec["for"]:
                         own[spec["for"]["index"]] = i
             branch_scope = Scope(own, parent=scope, shared=shared)
@@ -744,6 +755,7 @@ def size_of(value: Any, budget: int) -> int:
 
 
 def _copy(value: Any) -> Any:
+    """A deep copy of a Workflows value (maps and lists; the rest is immutable)."""
     if isinstance(value, dict):
         return {k: _copy(v) for k, v in value.items()}
     if isinstance(value, list):

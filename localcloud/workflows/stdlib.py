@@ -15,6 +15,8 @@ import binascii
 import codecs
 import copy
 import datetime as _dt
+import hashlib
+import hmac as _hmac
 import json as _json
 import math as _math
 import re
@@ -51,9 +53,13 @@ def _arg(fn: str, name: str, value: Any, *types: str) -> Any:
 # ---- expression helpers -------------------------------------------------------------------
 
 
-def default(value: Any, default_value: Any) -> Any:
-    """``default(value, fallback)``: the fallback when the value is null."""
-    return default_value if value is None else value
+# Parameter names are Google's: a ``call`` step passes arguments by name (``args: {map: ...}``),
+# so each function takes the names its page documents, Python builtins and camelCase included.
+
+
+def default(val: Any, defaultVal: Any) -> Any:  # the page's names
+    """``default(val, defaultVal)`` (expression-helpers page): defaultVal when val is null."""
+    return defaultVal if val is None else val
 
 
 def keys(mapping: Any) -> list[str]:
@@ -102,12 +108,12 @@ def get_type(value: Any) -> str:
     return type_name(value)
 
 
-def if_(condition: Any, if_true: Any, if_false: Any) -> Any:
+def if_(condition: Any, ifTrue: Any, ifFalse: Any) -> Any:  # the page's names
     """``if(cond, a, b)``: a function, so both branches have already been evaluated.
 
     The expression-helpers page: "If condition evaluates to false or null, ifFalse is returned."
     """
-    return if_true if _arg("if", "condition", condition, "boolean", "null") else if_false
+    return ifTrue if _arg("if", "condition", condition, "boolean", "null") else ifFalse
 
 
 # ---- text ---------------------------------------------------------------------------------
@@ -117,15 +123,32 @@ def _str(fn: str, name: str, value: Any) -> str:
     return _arg(fn, name, value, "string")
 
 
+# What Python's ``re`` accepts but RE2 (the syntax every text.*_regex page names) refuses:
+# backreferences and lookaround assertions. A pattern using them is "an invalid regular
+# expression" to Google, a ValueError (e.g. .../stdlib/text/match_regex).
+_NOT_RE2 = re.compile(r"\\(?:[1-9]|g<)|\(\?(?:[=!]|<[=!]|P=|\()")
+
+
 def _regex(fn: str, pattern: Any) -> re.Pattern[str]:
+    text = _str(fn, "regexp", pattern)
+    unescaped = re.sub(r"\\\\", "", text)  # an escaped backslash starts nothing
+    if _NOT_RE2.search(unescaped):
+        raise WorkflowError(
+            f"{fn}: invalid regular expression {text!r}: RE2 has no backreferences or lookarounds",
+            "ValueError",
+        )
     try:
-        return re.compile(_str(fn, "regexp", pattern))
+        return re.compile(text)
     except re.error as exc:
         raise WorkflowError(f"{fn}: invalid regular expression: {exc}", "ValueError") from None
 
 
-def find_all(source: Any, substr: Any) -> list[dict[str, Any]]:
-    """``text.find_all``: every non-overlapping occurrence as {"index", "match"}."""
+def find_all(source: Any, substr: Any) -> list[int]:
+    """``text.find_all``: the indexes of every non-overlapping occurrence, leftmost first.
+
+    https://cloud.google.com/workflows/docs/reference/stdlib/text/find_all: "Returns a sorted
+    list of indexes"; ``text.find_all("00000", "00")`` returns ``[0, 2]``.
+    """
     source, substr = (
         _str("text.find_all", "source", source),
         _str("text.find_all", "substr", substr),
@@ -134,7 +157,7 @@ def find_all(source: Any, substr: Any) -> list[dict[str, Any]]:
         raise WorkflowError("text.find_all: substr must not be empty", "ValueError")
     found, start = [], source.find(substr)
     while start >= 0:
-        found.append({"index": start, "match": substr})
+        found.append(start)
         start = source.find(substr, start + len(substr))
     return found
 
@@ -158,32 +181,17 @@ def replace_all(source: Any, substr: Any, repl: Any) -> str:
     return _str(fn, "source", source).replace(_str(fn, "substr", substr), _str(fn, "repl", repl))
 
 
-def _expand(match: re.Match[str], repl: str) -> str:
-    """RE2 replacement syntax: ``\\0``-``\\9`` are groups, ``\\\\`` a backslash."""
-    out, i = [], 0
-    while i < len(repl):
-        if repl[i] == "\\" and i + 1 < len(repl):
-            nxt = repl[i + 1]
-            if nxt.isdigit():
-                group = int(nxt)
-                out.append((match.group(group) or "") if group <= (match.re.groups) else "")
-                i += 2
-                continue
-            if nxt == "\\":
-                out.append("\\")
-                i += 2
-                continue
-        out.append(repl[i])
-        i += 1
-    return "".join(out)
-
-
 def replace_all_regex(source: Any, regexp: Any, repl: Any) -> str:
-    """``text.replace_all_regex``: replace every match; ``\\1`` refers to a group."""
+    """``text.replace_all_regex``: replace every match with ``repl`` taken literally.
+
+    https://cloud.google.com/workflows/docs/reference/stdlib/text/replace_all_regex:
+    "Backreferences are not supported. For example, you can't use the expression \\1 to refer
+    to text previously matched by a capturing group."
+    """
     fn = "text.replace_all_regex"
     pattern = _regex(fn, regexp)
     source, repl = _str(fn, "source", source), _str(fn, "repl", repl)
-    return pattern.sub(lambda m: _expand(m, repl), source)
+    return pattern.sub(lambda _match: repl, source)
 
 
 def split(source: Any, separator: Any) -> list[str]:
@@ -192,8 +200,8 @@ def split(source: Any, separator: Any) -> list[str]:
         _str("text.split", "source", source),
         _str("text.split", "separator", separator),
     )
-    if not separator:
-        return list(source)
+    if not separator:  # .../stdlib/text/split: "ValueError: If separator is an empty string"
+        raise WorkflowError("text.split: separator must not be an empty string", "ValueError")
     return source.split(separator)
 
 
@@ -221,19 +229,39 @@ def to_upper(source: Any) -> str:
 
 
 def url_encode(source: Any) -> str:
-    """``text.url_encode``: percent-encode all but RFC 3986 unreserved characters."""
-    return urllib.parse.quote(_str("text.url_encode", "source", source), safe="")
+    """``text.url_encode``: percent-encode all but letters, digits and ``.-_``.
+
+    .../stdlib/text/url_encode: "Letters, digits, and the characters .-_ are not escaped", so
+    ``~`` is (Python's ``quote`` would leave it).
+    """
+    text = urllib.parse.quote(_str("text.url_encode", "source", source), safe="")
+    return text.replace("~", "%7E")
 
 
 def url_encode_plus(source: Any) -> str:
     """``text.url_encode_plus``: like url_encode, but a space becomes ``+``."""
-    return urllib.parse.quote_plus(_str("text.url_encode_plus", "source", source), safe="")
+    text = urllib.parse.quote_plus(_str("text.url_encode_plus", "source", source), safe="")
+    return text.replace("~", "%7E")
+
+
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def url_decode(source: Any) -> str:
-    """``text.url_decode``: undo percent-encoding."""
+    """``text.url_decode``: ``+`` to space, ``%xx`` to the UTF-8 they encode.
+
+    .../stdlib/text/url_decode: "Plus signs (+) are replaced with spaces"; ValueError "If source
+    contains any % not followed by two hexadecimal characters".
+    """
+    text = _str("text.url_decode", "source", source)
+    bad = _BAD_PERCENT.search(text)
+    if bad:
+        raise WorkflowError(
+            f"text.url_decode: '%' at index {bad.start()} is not followed by two hex digits",
+            "ValueError",
+        )
     try:
-        return urllib.parse.unquote(_str("text.url_decode", "source", source), errors="strict")
+        return urllib.parse.unquote_plus(text, errors="strict")
     except UnicodeDecodeError as exc:
         raise WorkflowError(f"text.url_decode: {exc}", "ValueError") from None
 
@@ -248,10 +276,9 @@ def _charset(fn: str, charset: Any) -> str:
 def decode(data: Any, charset: Any = "UTF-8") -> str:
     """``text.decode``: bytes to a string."""
     data = _arg("text.decode", "data", data, "bytes")
-    try:
-        return bytes(data).decode(_charset("text.decode", charset))
-    except UnicodeDecodeError as exc:
-        raise WorkflowError(f"text.decode: {exc}", "ValueError") from None
+    # .../stdlib/text/decode: "Each byte that cannot be correctly decoded using the specified
+    # charset is represented in the output by the \uFFFD codepoint" -- not an error.
+    return bytes(data).decode(_charset("text.decode", charset), errors="replace")
 
 
 def encode(text: Any, charset: Any = "UTF-8") -> bytes:
@@ -274,9 +301,11 @@ def json_decode(data: Any) -> Any:
         raise ValueError(f"invalid JSON constant {constant}")
 
     try:
-        text = bytes(data).decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        # .../stdlib/json/decode: bytes are "first converted to a string, as if by calling
+        # text.decode(data, 'UTF-8')" (so invalid UTF-8 becomes U+FFFD, not an error)
+        text = decode(data) if isinstance(data, bytes | bytearray) else data
         return _json.loads(text, parse_constant=_reject)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         raise WorkflowError(f"json.decode: {exc}", "ValueError") from None
 
 
@@ -318,7 +347,9 @@ def base64_encode(data: Any, padding: Any = True) -> str:
 
 def base64_decode(data: Any, padding: Any = True) -> bytes:
     """``base64.decode``: Base64 text to bytes; without padding, missing ``=`` are tolerated."""
-    text = _str("base64.decode", "data", data)
+    # .../stdlib/base64/decode: "The carriage return (\r) and newline (\n) characters in the
+    # input are ignored."
+    text = _str("base64.decode", "data", data).replace("\r", "").replace("\n", "")
     if not _arg("base64.decode", "padding", padding, "boolean"):
         text += "=" * (-len(text) % 4)
     try:
@@ -330,10 +361,23 @@ def base64_decode(data: Any, padding: Any = True) -> bytes:
 # ---- map, list ------------------------------------------------------------------------------
 
 
-def map_get(mapping: Any, keys_: Any) -> Any:
-    """``map.get``: a key or a list of keys (a nested path); null when missing."""
-    value = _arg("map.get", "map", mapping, "map")
-    path = [keys_] if isinstance(keys_, str) else _arg("map.get", "keys", keys_, "string", "list")
+def map_get(map: Any, keys: Any) -> Any:  # the page's names
+    """``map.get``: a key or a list of keys (a nested path); null when missing.
+
+    .../stdlib/map/get: "If the input is not a map or if the map does not contain the key,
+    returns null"; TypeError only "If the key is not a string or a list of strings".
+    """
+    if isinstance(keys, str):
+        path = [keys]
+    elif isinstance(keys, list | tuple) and all(isinstance(k, str) for k in keys):
+        path = list(keys)
+    else:
+        raise WorkflowError(
+            f"map.get: argument 'keys' must be a string or a list of strings, got "
+            f"{type_name(keys)}",
+            "TypeError",
+        )
+    value = map
     for key in path:
         if not isinstance(value, Mapping) or key not in value:
             return None
@@ -341,10 +385,10 @@ def map_get(mapping: Any, keys_: Any) -> Any:
     return value
 
 
-def map_delete(mapping: Any, key: Any) -> dict[str, Any]:
+def map_delete(map: Any, key: Any) -> dict[str, Any]:  # the page's names
     """``map.delete``: a copy of the map without the key (no error when it is absent)."""
-    mapping, key = _arg("map.delete", "map", mapping, "map"), _str("map.delete", "key", key)
-    return {k: v for k, v in mapping.items() if k != key}
+    map, key = _arg("map.delete", "map", map, "map"), _str("map.delete", "key", key)
+    return {k: v for k, v in map.items() if k != key}
 
 
 def map_merge(first: Any, second: Any) -> dict[str, Any]:
@@ -424,18 +468,62 @@ def time_format(seconds: Any, timezone: Any = "") -> str:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
+# RFC 3339 section 5.6 date-time, the only form .../stdlib/time/parse accepts ("ValueError
+# If time is not compatible with RFC 3339 section 5.6"): Python's fromisoformat also takes
+# dates alone, basic ISO forms (20240712T125033Z) and a space instead of "T".
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
 def time_parse(value: Any) -> float:
     """``time.parse``: an RFC 3339 timestamp to seconds since the epoch (a double)."""
     text = _str("time.parse", "value", value)
+    if not _RFC3339.fullmatch(text):
+        raise WorkflowError(f"time.parse: not an RFC 3339 timestamp: {text!r}", "ValueError")
+    head, _, fraction = text.partition(".")
+    if fraction:  # "up to a microsecond precision": digits past six are dropped
+        digits = re.match(r"\d+", fraction)
+        assert digits is not None
+        text = f"{head}.{digits.group()[:6].ljust(6, '0')}{fraction[digits.end() :]}"
     try:
-        moment = _dt.datetime.fromisoformat(text)
+        moment = _dt.datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
     except ValueError:
         raise WorkflowError(
-            f"time.parse: not an RFC 3339 timestamp: {text!r}", "ValueError"
+            f"time.parse: not an RFC 3339 timestamp: {value!r}", "ValueError"
         ) from None
-    if moment.tzinfo is None:
-        raise WorkflowError(f"time.parse: timestamp has no time zone: {text!r}", "ValueError")
     return moment.timestamp()
+
+
+# ---- hash -----------------------------------------------------------------------------------
+
+# .../stdlib/hash/compute_checksum: "Supported algorithms: MD5, SHA1, SHA224, SHA256, SHA384,
+# SHA512."
+_HASHES = {name: name.lower() for name in ("MD5", "SHA1", "SHA224", "SHA256", "SHA384", "SHA512")}
+
+
+def _algorithm(fn: str, algorithm: Any) -> str:
+    name = _str(fn, "algorithm", algorithm)
+    if name not in _HASHES:
+        raise WorkflowError(
+            f"{fn}: unsupported hashing algorithm {name!r} (supported: {', '.join(_HASHES)})",
+            "ValueError",
+        )
+    return _HASHES[name]
+
+
+def compute_checksum(data: Any, algorithm: Any) -> bytes:
+    """``hash.compute_checksum``: the digest of bytes, as bytes."""
+    fn = "hash.compute_checksum"
+    data = _arg(fn, "data", data, "bytes")
+    return hashlib.new(_algorithm(fn, algorithm), bytes(data)).digest()
+
+
+def compute_hmac(key: Any, data: Any, algorithm: Any) -> bytes:
+    """``hash.compute_hmac``: the HMAC of bytes under a bytes key, as bytes."""
+    fn = "hash.compute_hmac"
+    key, data = _arg(fn, "key", key, "bytes"), _arg(fn, "data", data, "bytes")
+    return _hmac.new(bytes(key), bytes(data), _algorithm(fn, algorithm)).digest()
 
 
 def uuid_generate() -> str:
@@ -496,6 +584,8 @@ def standard_functions() -> dict[str, Callable[..., Any]]:
         "time.format": time_format,
         "time.parse": time_parse,
         "uuid.generate": uuid_generate,
+        "hash.compute_checksum": compute_checksum,
+        "hash.compute_hmac": compute_hmac,
         "retry.always": retry_always,
         "retry.never": retry_never,
     }

@@ -409,11 +409,10 @@ STDLIB = [
     ('text.to_upper("Hello")', "HELLO"),
     ('text.to_lower("Hello")', "hello"),
     ('text.replace_all("a-b-c", "-", "+")', "a+b+c"),
-    (r'text.replace_all_regex("2024-01-10", "(\\d+)-(\\d+)", "\\2/\\1")', "01/2024-10"),
-    (
-        'text.find_all("Hello World, Hello", "Hello")',
-        [{"index": 0, "match": "Hello"}, {"index": 13, "match": "Hello"}],
-    ),
+    # text/replace_all_regex: "Backreferences are not supported" -- repl is literal text
+    (r'text.replace_all_regex("2024-01-10", "(\\d+)-(\\d+)", "\\2/\\1")', r"\2/\1-10"),
+    # text/find_all: "a sorted list of indexes"
+    ('text.find_all("Hello World, Hello", "Hello")', [0, 13]),
     (
         r'text.find_all_regex("a1 b22", "[0-9]+")',
         [{"index": 1, "match": "1"}, {"index": 4, "match": "22"}],
@@ -493,7 +492,7 @@ STDLIB_ERRORS = [
     ("json.encode(blob)", "ValueError", "json.encode"),  # "bytes" cannot be JSON-encoded
     ('base64.decode("***")', "ValueError", "base64.decode"),
     ('base64.encode("text")', "TypeError", "base64.encode"),
-    ('map.get([], "a")', "TypeError", "map.get"),
+    ("map.get({}, 1)", "TypeError", "map.get"),  # map/get: "If the key is not a string or a list"
     ('list.concat("a", 1)', "TypeError", "list.concat"),
     ('math.abs("1")', "TypeError", "math.abs"),
     ("math.max(true, 1)", "TypeError", "math.max"),
