@@ -262,6 +262,8 @@ def test_order_by_execution_id(clients, made):
         ({"filter": 'hasPrefix(labels.team, "a")'}, "functions are not supported"),
         ({"filter": 'executionId = "abc*"'}, "wildcards are not supported"),
         ({"filter": 'labels.team = "a'}, "unterminated string"),
+        ({"filter": "NOT NOT state = ACTIVE"}, "after a negation"),
+        ({"filter": "(" * 40 + "state = ACTIVE" + ")" * 40}, "nested deeper than 32"),
         ({"order_by": "labels"}, "cannot order by 'labels'"),
         ({"order_by": "stepName"}, "cannot order by 'stepName'"),
         ({"order_by": "startTime sideways"}, "not asc or desc"),
