@@ -197,10 +197,13 @@ class WorkflowsEngine:
         execution = self.store.executions.get(name)
         if execution is None:
             raise NotFound(f"Resource '{name}' was not found")
-        interpreter = self.running.get(name)
+        return self._with_status(execution)
+
+    def _with_status(self, execution: Any) -> Any:
+        """``execution`` with its current step, if it runs: the step is kept as plain values
+        while running (cheap per step) and put into the proto only when someone asks."""
+        interpreter = self.running.get(execution.name)
         if interpreter is not None and interpreter.current is not None:
-            # The current step is kept as plain values while running (cheap per step) and
-            # put into the proto only when someone asks.
             copy = type(execution)()
             copy.CopyFrom(execution)
             copy.status.current_steps.add(
@@ -210,9 +213,12 @@ class WorkflowsEngine:
         return execution
 
     def list_executions(self, parent: str) -> builtins.list[Any]:
+        """Newest first, each as GetExecution shows it (a ``stepName`` filter reads the
+        current step, and the FULL view shows it)."""
         self.get(parent)
         found = self.store.executions.children(parent)
-        return sorted(found, key=lambda e: e.start_time.ToNanoseconds(), reverse=True)
+        found.sort(key=lambda e: e.start_time.ToNanoseconds(), reverse=True)
+        return [self._with_status(e) for e in found]
 
     async def create_execution(self, parent: str, request: Any) -> Any:
         workflow = self.get(parent)

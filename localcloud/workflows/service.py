@@ -7,6 +7,18 @@ from google.cloud.workflows.executions_v1 import types as ex
 from google.cloud.workflows_v1 import types as wf
 from google.longrunning import operations_pb2
 
+from localcloud.core.errors import InvalidArgument
+from localcloud.core.listing import (
+    DURATION,
+    ENUM,
+    MAP,
+    STRING,
+    TIMESTAMP,
+    Field,
+    compile_filter,
+    enum_values,
+    sort,
+)
 from localcloud.core.paging import page
 from localcloud.core.wire import handler_for, rpc
 from localcloud.workflows.engine import WorkflowsEngine
@@ -53,15 +65,75 @@ class WorkflowsService:
         return handler_for(self.SERVICE, self)
 
 
+# What each view returns (https://cloud.google.com/workflows/docs/reference/executions/rest/v1/ExecutionView):
+# BASIC "includes only basic metadata about the execution. The following fields are
+# returned: name, start_time, end_time, duration, state, and workflow_revision_id";
+# FULL "includes all data". No labels, argument, result, error or status in BASIC.
+BASIC_FIELDS = ("name", "start_time", "end_time", "duration", "state", "workflow_revision_id")
+VIEWS = frozenset(
+    int(v)
+    for v in (
+        ex.ExecutionView.EXECUTION_VIEW_UNSPECIFIED,
+        ex.ExecutionView.BASIC,
+        ex.ExecutionView.FULL,
+    )
+)
+# ListExecutions: "Max supported value depends on the selected Execution view: it's 1000
+# for BASIC and 100 for FULL. The default value used if the field is not specified is 100,
+# regardless of the selected view. Values greater than the max value will be coerced down."
+# https://cloud.google.com/workflows/docs/reference/executions/rest/v1/projects.locations.workflows.executions/list
+PAGE_DEFAULT = 100
+PAGE_MAX = {ex.ExecutionView.BASIC: 1000, ex.ExecutionView.FULL: 100}
+
+
 def _view(execution, view: int):
-    """The BASIC view leaves out argument and result, as Google's does."""
+    """``execution`` as ``view`` shows it: BASIC keeps only its documented fields."""
+    if view not in VIEWS:
+        raise InvalidArgument(f"Invalid view {view}: use BASIC or FULL")
     if view != ex.ExecutionView.BASIC:
         return execution
-    copy = type(execution)()
-    copy.CopyFrom(execution)
-    copy.ClearField("argument")
-    copy.ClearField("result")
-    return copy
+    basic = type(execution)()
+    for name in BASIC_FIELDS:
+        if name in ("state", "name", "workflow_revision_id"):
+            setattr(basic, name, getattr(execution, name))
+        elif execution.HasField(name):
+            getattr(basic, name).CopyFrom(getattr(execution, name))
+    return basic
+
+
+def _nanos(message_field: str):
+    def get(execution):
+        if not execution.HasField(message_field):
+            return None
+        return getattr(execution, message_field).ToNanoseconds()
+
+    return get
+
+
+_STATES = enum_values(Execution.State, skip=("STATE_UNSPECIFIED",))
+_id = Field(STRING, lambda e: e.name.rsplit("/", 1)[-1])
+_revision = Field(STRING, lambda e: e.workflow_revision_id)
+_started = Field(TIMESTAMP, _nanos("start_time"))
+# ListExecutions "filter": "The following fields are supported for filtering: executionId,
+# state, createTime, startTime, endTime, duration, workflowRevisionId, stepName, and
+# label" (AIP-160); "orderBy": executionId, state, createTime, startTime, endTime,
+# duration and workflowRevisionId; "By default the ordering is based on descending
+# createTime". The client's own proto comments spell executionID and workflowRevisionID.
+# localcloud starts an execution when it creates it (nothing is ever QUEUED), so its
+# createTime is its startTime. Labels are compared as labels.KEY = "VALUE".
+EXECUTION_FIELDS = {
+    "executionId": _id,
+    "executionID": _id,
+    "state": Field(ENUM, lambda e: e.state, enum=_STATES),
+    "createTime": _started,
+    "startTime": _started,
+    "endTime": Field(TIMESTAMP, _nanos("end_time")),
+    "duration": Field(DURATION, _nanos("duration")),
+    "workflowRevisionId": _revision,
+    "workflowRevisionID": _revision,
+    "stepName": Field(STRING, lambda e: [s.step for s in e.status.current_steps], many=True),
+    "labels": Field(MAP, lambda e: e.labels),
+}
 
 
 class ExecutionsService:
@@ -80,12 +152,22 @@ class ExecutionsService:
 
     @rpc("ListExecutions", ex.ListExecutionsRequest, ex.ListExecutionsResponse)
     async def list_executions(self, request, context):
-        found = [
-            _view(e, request.view or ex.ExecutionView.BASIC)
-            for e in self.engine.list_executions(request.parent)
-        ]
-        items, token = page(found, request.page_size, request.page_token)
-        return ex.ListExecutionsResponse.pb()(executions=items, next_page_token=token)
+        view = request.view or ex.ExecutionView.BASIC  # "The API will default to the BASIC view."
+        _view(Execution.pb()(), view)  # a bad view is refused before anything else
+        keep = compile_filter(request.filter, EXECUTION_FIELDS, "ListExecutions")
+        found = [e for e in self.engine.list_executions(request.parent) if keep(e)]
+        found = sort(found, request.order_by, EXECUTION_FIELDS, "ListExecutions")
+        items, token = page(
+            found,
+            request.page_size,
+            request.page_token,
+            default_size=PAGE_DEFAULT,
+            max_size=PAGE_MAX[view],
+            bound_to=f"{request.filter}\0{request.order_by}\0{view}",
+        )
+        return ex.ListExecutionsResponse.pb()(
+            executions=[_view(e, view) for e in items], next_page_token=token
+        )
 
     @rpc("CancelExecution", ex.CancelExecutionRequest, ex.Execution)
     async def cancel_execution(self, request, context):

@@ -220,20 +220,23 @@ def accept(
 def _started_execution(ctx: Context, dep_id: str) -> str | None:
     """An execution already started for ``dep_id`` by an attempt that died before recording it.
 
-    Only consulted when a stale claim was taken over; the newest executions are enough,
-    since the claim is minutes old at most.
+    Only consulted when a stale claim was taken over. The server finds it by the label every
+    execution intake starts carries: ListExecutions returns the BASIC view, which has no
+    labels, so listing and comparing labels here would never match on Google Cloud.
+    https://cloud.google.com/workflows/docs/reference/executions/rest/v1/projects.locations.workflows.executions/list
+    (``filter``: AIP-160, the ``label`` field; deployment ids are ``d-`` and hex digits, so
+    the value needs no escaping.)
     """
     from google.cloud.workflows import executions_v1
 
     request = executions_v1.ListExecutionsRequest(
-        parent=ctx.settings.workflow_path, page_size=100, view=executions_v1.ExecutionView.BASIC
+        parent=ctx.settings.workflow_path,
+        filter=f'labels.{EXECUTION_LABEL}="{dep_id}"',
+        page_size=1,
+        view=executions_v1.ExecutionView.BASIC,
     )
-    for count, found in enumerate(ctx.clients.executions.list_executions(request=request)):
-        if found.labels.get(EXECUTION_LABEL) == dep_id:
-            return found.name
-        if count >= 200:
-            break
-    return None
+    page = next(iter(ctx.clients.executions.list_executions(request=request).pages), None)
+    return page.executions[0].name if page is not None and page.executions else None
 
 
 def _record(

@@ -101,11 +101,12 @@ class Pipeline:
 
     def executions(self, deployment_id: str) -> list[str]:
         """The deploy workflow's executions labelled with ``deployment_id`` (docs/pipeline.md)."""
-        return [
-            e.name
-            for e in self.clients.executions.list_executions(parent=self.settings.workflow_path)
-            if e.labels.get("deployment-id") == deployment_id
-        ]
+        request = {
+            "parent": self.settings.workflow_path,
+            # The default (BASIC) view has no labels: the server filters on them.
+            "filter": f'labels.deployment-id="{deployment_id}"',
+        }
+        return [e.name for e in self.clients.executions.list_executions(request=request)]
 
     def refused_request(self, service: str) -> tuple[str, list[StatusEvent]]:
         """Request a deployment of an object that does not exist; once intake has refused
