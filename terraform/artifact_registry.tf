@@ -1,5 +1,8 @@
 # The Docker repository `functions`: builds push to functions/staging/SERVICE, `push`
-# publishes the image under functions/SERVICE, Cloud Run runs it by digest.
+# publishes the image under functions/SERVICE, Cloud Run runs it by digest. The
+# orchestrator's own functions are built into it too (build_config.docker_repository, in
+# packages Cloud Run functions names after the project, region and function); the newest
+# versions of each package, which they run, are always kept.
 resource "google_artifact_registry_repository" "functions" {
   project       = var.project_id
   location      = var.region
@@ -41,9 +44,11 @@ resource "google_artifact_registry_repository" "functions" {
   cleanup_policies {
     id     = "delete-staging"
     action = "DELETE"
+    # The package of a staging image is `staging/SERVICE`: the slash keeps this rule off
+    # the published images of services whose names merely start with "staging".
     condition {
       tag_state             = "ANY"
-      package_name_prefixes = [local.pipeline.staging_image_prefix]
+      package_name_prefixes = ["${trimsuffix(local.pipeline.staging_image_prefix, "/")}/"]
       older_than            = "86400s"
     }
   }

@@ -3,4 +3,5 @@ project_id = "my-project"
 region     = "us-central1"
 # name_prefix = "orch"            # 1-11 characters; default from pipeline/orchestrator/pipeline.json
 # runtime_roles = ["roles/pubsub.publisher"]   # what deployed services may do
-# cloud_build_service_account = "123456789012-compute@developer.gserviceaccount.com"
+# record_retention_days = 30       # deployment records (claims, step results); at least 7
+# build_log_retention_days = 30

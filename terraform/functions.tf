@@ -9,9 +9,13 @@ resource "google_cloudfunctions2_function" "function" {
   description = "Serverless deploy orchestrator: ${each.key} (${each.value.signature_type} function ${each.value.entry_point})."
 
   build_config {
-    runtime         = var.function_runtime
-    entry_point     = each.value.entry_point
-    service_account = var.cloud_build_service_account == null ? null : "projects/${var.project_id}/serviceAccounts/${var.cloud_build_service_account}"
+    runtime     = var.function_runtime
+    entry_point = each.value.entry_point
+    # Built by the builder account into the functions repository, not by the project's
+    # default build account into gcf-artifacts: the default account differs between
+    # projects created before and after 2024, and may lack these permissions.
+    service_account   = google_service_account.account["build"].id # projects/P/serviceAccounts/EMAIL
+    docker_repository = google_artifact_registry_repository.functions.id
 
     source {
       storage_source {
@@ -40,8 +44,9 @@ resource "google_cloudfunctions2_function" "function" {
 
   depends_on = [
     google_project_service.api,
-    google_storage_bucket_iam_member.cloud_build_code,
-    google_artifact_registry_repository_iam_member.cloud_build_writer,
-    google_project_iam_member.cloud_build_logs,
+    google_storage_bucket_iam_member.builder_reads_code,
+    google_project_iam_member.builder_reads_function_sources,
+    google_artifact_registry_repository_iam_member.builder_writer,
+    google_project_iam_member.builder_logs,
   ]
 }

@@ -2,10 +2,10 @@
 # and why; keep the two in step.
 
 locals {
-  # Roles every orchestrator function needs: read archives and read/write its records
-  # under `_orchestrator/` in the sources bucket, publish status, and look up workflow
+  # Roles every orchestrator function needs: read and write its records (claims, locks,
+  # saved step results) in the records bucket, publish status, and look up workflow
   # executions (a claim or lock whose execution has ended is stale).
-  common_bucket_role  = "roles/storage.objectUser"
+  common_records_role = "roles/storage.objectUser"
   common_status_role  = "roles/pubsub.publisher"
   common_project_role = "roles/workflows.viewer"
 
@@ -24,7 +24,7 @@ locals {
   function_act_as = {
     "on-source-uploaded" = []
     "on-deploy-request"  = []
-    "build"              = []
+    "build"              = ["build"]
     "push"               = []
     "deploy"             = ["runtime"]
     "bind-triggers"      = ["trigger"]
@@ -56,11 +56,21 @@ resource "google_project_iam_member" "function" {
   member  = google_service_account.function[each.value.function].member
 }
 
-resource "google_storage_bucket_iam_member" "function_sources" {
+resource "google_storage_bucket_iam_member" "function_records" {
   for_each = local.functions
 
+  bucket = google_storage_bucket.records.name
+  role   = local.common_records_role
+  member = google_service_account.function[each.key].member
+}
+
+# The intake functions read the uploaded archive (and, for a deploy request, its current
+# generation); no function writes to the sources bucket.
+resource "google_storage_bucket_iam_member" "intake_reads_sources" {
+  for_each = local.intake_functions
+
   bucket = google_storage_bucket.sources.name
-  role   = local.common_bucket_role
+  role   = "roles/storage.objectViewer"
   member = google_service_account.function[each.key].member
 }
 
@@ -82,8 +92,8 @@ resource "google_artifact_registry_repository_iam_member" "push_writer" {
   member     = google_service_account.function["push"].member
 }
 
-# deploy runs services as the runtime account; bind-triggers makes triggers that run as the
-# trigger account.
+# build submits builds that run as the builder account; deploy runs services as the runtime
+# account; bind-triggers makes triggers that run as the trigger account.
 resource "google_service_account_iam_member" "function_act_as" {
   for_each = local.function_act_as_grants
 
@@ -92,13 +102,92 @@ resource "google_service_account_iam_member" "function_act_as" {
   member             = google_service_account.function[each.value.function].member
 }
 
-# build submits builds that run as the configured Cloud Build account.
-resource "google_service_account_iam_member" "build_act_as" {
-  count = var.cloud_build_service_account == null ? 0 : 1
+# build reads a failed build's log (its tail goes into the failure event).
+resource "google_storage_bucket_iam_member" "build_reads_logs" {
+  bucket = google_storage_bucket.build_logs.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.function["build"].member
+}
 
-  service_account_id = "projects/${var.project_id}/serviceAccounts/${var.cloud_build_service_account}"
-  role               = "roles/iam.serviceAccountUser"
-  member             = google_service_account.function["build"].member
+# bind-triggers reads the location of the bucket a storage trigger watches (Eventarc makes
+# the trigger in that location). storage.buckets.get alone: the predefined roles that carry
+# it at project level also read or list objects, or view the whole project (roles/viewer),
+# and the legacy bucket roles cannot be granted on a project.
+resource "google_project_iam_custom_role" "bucket_location_reader" {
+  project     = var.project_id
+  role_id     = "${replace(local.prefix, "-", "_")}_bucketLocationReader"
+  title       = "Orchestrator bucket location reader"
+  description = "storage.buckets.get only: the orchestrator's bind-triggers function reads a bucket's location to create a storage trigger there."
+  permissions = ["storage.buckets.get"]
+}
+
+resource "google_project_iam_member" "bind_triggers_reads_bucket_location" {
+  project = var.project_id
+  role    = google_project_iam_custom_role.bucket_location_reader.name
+  member  = google_service_account.function["bind-triggers"].member
+}
+
+# ------------------------------------------------------------------ the builder account
+
+# Every build runs as PREFIX-builder: the orchestrator's builds of users' sources (the build
+# function submits them with it) and Cloud Run functions' builds of the orchestrator's own
+# functions (build_config.service_account). Nothing depends on the project's default build
+# account, which differs between projects created before and after 2024.
+# https://cloud.google.com/build/docs/securing-builds/configure-user-specified-service-accounts
+
+# Builds read the uploaded archive (by generation).
+resource "google_storage_bucket_iam_member" "builder_reads_sources" {
+  bucket = google_storage_bucket.sources.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.account["build"].member
+}
+
+# The functions' own builds: the orchestrator's zip, and the copy of it that Cloud Run
+# functions builds from, in its gcf-v2-sources-NUMBER-REGION bucket. That bucket is created
+# by Cloud Run functions with the first function, so the grant is on the project, limited by
+# a condition to that bucket and its objects (names projects/_/buckets/B/objects/O).
+resource "google_storage_bucket_iam_member" "builder_reads_code" {
+  bucket = google_storage_bucket.code.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.account["build"].member
+}
+
+resource "google_project_iam_member" "builder_reads_function_sources" {
+  project = var.project_id
+  role    = "roles/storage.objectViewer"
+  member  = google_service_account.account["build"].member
+
+  condition {
+    title       = "gcf-v2-sources bucket only"
+    description = "The bucket Cloud Run functions copies function sources to before building them."
+    expression  = "resource.name == \"projects/_/buckets/${local.function_sources_bucket}\" || resource.name.startsWith(\"projects/_/buckets/${local.function_sources_bucket}/\")"
+  }
+}
+
+# Builds push images: users' services to staging/SERVICE, the functions' own images beside.
+resource "google_artifact_registry_repository_iam_member" "builder_writer" {
+  project    = var.project_id
+  location   = google_artifact_registry_repository.functions.location
+  repository = google_artifact_registry_repository.functions.name
+  role       = "roles/artifactregistry.writer"
+  member     = google_service_account.account["build"].member
+}
+
+# The orchestrator's builds write their logs to the build logs bucket: for a user-created
+# logs bucket Cloud Build documents Storage Admin for the build's account, granted here on
+# that one bucket only
+# (https://cloud.google.com/build/docs/securing-builds/store-manage-build-logs).
+resource "google_storage_bucket_iam_member" "builder_writes_logs" {
+  bucket = google_storage_bucket.build_logs.name
+  role   = "roles/storage.admin"
+  member = google_service_account.account["build"].member
+}
+
+# Cloud Run functions' builds of the orchestrator's functions log to Cloud Logging.
+resource "google_project_iam_member" "builder_logs" {
+  project = var.project_id
+  role    = "roles/logging.logWriter"
+  member  = google_service_account.account["build"].member
 }
 
 # ------------------------------------------------------------------ the workflow's account
@@ -166,33 +255,6 @@ resource "google_project_iam_member" "runtime" {
 }
 
 # ------------------------------------------------------------------ Google's agents
-
-# Cloud Build reads the uploaded sources and pushes images to the repository.
-resource "google_storage_bucket_iam_member" "cloud_build_sources" {
-  bucket = google_storage_bucket.sources.name
-  role   = "roles/storage.objectViewer"
-  member = local.cloud_build_member
-}
-
-resource "google_storage_bucket_iam_member" "cloud_build_code" {
-  bucket = google_storage_bucket.code.name
-  role   = "roles/storage.objectViewer"
-  member = local.cloud_build_member
-}
-
-resource "google_artifact_registry_repository_iam_member" "cloud_build_writer" {
-  project    = var.project_id
-  location   = google_artifact_registry_repository.functions.location
-  repository = google_artifact_registry_repository.functions.name
-  role       = "roles/artifactregistry.writer"
-  member     = local.cloud_build_member
-}
-
-resource "google_project_iam_member" "cloud_build_logs" {
-  project = var.project_id
-  role    = "roles/logging.logWriter"
-  member  = local.cloud_build_member
-}
 
 # Storage-finalized triggers (ours and those bind-triggers makes on users' buckets) need
 # the Cloud Storage service agent to publish to Pub/Sub.

@@ -89,10 +89,26 @@ locals {
 
   function_env = { for field, value in local.settings : local.env_vars[field] => value }
 
-  # Google-managed service agents of this project.
+  # Where a deployment's records (claim, step results) live in the records bucket: the
+  # lifecycle rule deletes these and nothing else. Both spellings, with and without the
+  # reserved prefix that named the records when they shared the sources bucket.
+  deployment_record_prefixes = distinct(["deployments/", "${local.pipeline.reserved_prefix}deployments/"])
+
+  # Google-managed service agents this configuration grants roles to, or whose existence
+  # Eventarc checks when a trigger is created. Enabling an API does not always create its
+  # agent: google_project_service_identity does, and every grant names the agent through it,
+  # so it exists before it is granted. (Cloud Storage's agent is created by the data source
+  # below, which reads it with the API call that creates it.)
+  service_agents = {
+    pubsub   = "pubsub.googleapis.com"
+    eventarc = "eventarc.googleapis.com"
+  }
   gcs_service_agent    = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
-  pubsub_service_agent = "serviceAccount:service-${local.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
-  cloud_build_member   = "serviceAccount:${coalesce(var.cloud_build_service_account, "${local.project_number}@cloudbuild.gserviceaccount.com")}"
+  pubsub_service_agent = google_project_service_identity.agent["pubsub"].member
+
+  # Cloud Run functions copies each function's source archive here and builds from the copy,
+  # so the build account reads it (https://cloud.google.com/run/docs/configuring/services/build-service-account).
+  function_sources_bucket = "gcf-v2-sources-${local.project_number}-${var.region}"
 }
 
 data "google_project" "this" {

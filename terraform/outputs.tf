@@ -10,6 +10,16 @@ output "sources_bucket" {
   value       = google_storage_bucket.sources.name
 }
 
+output "records_bucket" {
+  description = "Bucket of the orchestrator's own records (deployment claims, step results, service locks)."
+  value       = google_storage_bucket.records.name
+}
+
+output "build_logs_bucket" {
+  description = "Bucket the orchestrator's builds write their logs to."
+  value       = google_storage_bucket.build_logs.name
+}
+
 output "requests_topic" {
   description = "Full name of the topic that takes deploy-request messages."
   value       = google_pubsub_topic.topic["requests"].id
@@ -46,7 +56,7 @@ output "intake_triggers" {
 }
 
 output "service_accounts" {
-  description = "Email of each service account the orchestrator created (functions by key, plus workflow, trigger and runtime)."
+  description = "Email of each service account the orchestrator created (functions by key, plus workflow, trigger, runtime and build)."
   value = merge(
     { for key, account in google_service_account.function : key => account.email },
     { for role, account in google_service_account.account : role => account.email },

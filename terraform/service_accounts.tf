@@ -45,3 +45,16 @@ resource "google_service_account" "account" {
 
   depends_on = [google_project_service.api]
 }
+
+# The service agents granted roles in iam.tf (and Eventarc's, which must exist before a
+# trigger is created), created here so that no grant names an account that does not exist
+# yet. Beta-only resource; its `member` is `serviceAccount:EMAIL`.
+resource "google_project_service_identity" "agent" {
+  provider = google-beta
+  for_each = local.service_agents
+
+  project = var.project_id
+  service = each.value
+
+  depends_on = [google_project_service.api]
+}

@@ -1,5 +1,6 @@
-# Users drop source archives here (any .zip outside the reserved `_orchestrator/` prefix,
-# where the orchestrator keeps its deployment claims and records).
+# Users drop source archives here (any .zip; the reserved `_orchestrator/` prefix, where
+# earlier versions kept their records, stays ignored). The orchestrator only reads it: its
+# records live in the records bucket.
 resource "google_storage_bucket" "sources" {
   name     = local.sources_bucket
   project  = var.project_id
@@ -81,6 +82,19 @@ resource "google_storage_bucket" "records" {
   public_access_prevention    = "enforced"
   force_destroy               = !var.deletion_protection
 
+  # A finished deployment's records (claim, step results) go after record_retention_days.
+  # Only deployments/ matches: a service's lock (locks/) and where its triggers live
+  # (services/) are read by its next deployment, however late that comes.
+  lifecycle_rule {
+    condition {
+      age            = var.record_retention_days
+      matches_prefix = local.deployment_record_prefixes
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
   soft_delete_policy {
     retention_duration_seconds = 0
   }
@@ -91,6 +105,9 @@ resource "google_storage_bucket" "records" {
 # Where the orchestrator's builds write their logs (Cloud Build refuses a build with a
 # user-specified service account that would log to the default logs bucket), so the build
 # step can read a failed build's log tail with its own account.
+# No retention policy (a locked minimum age): Cloud Build may then fail to write logs
+# (https://cloud.google.com/build/docs/securing-builds/configure-user-specified-service-accounts);
+# a lifecycle rule deletes them instead.
 resource "google_storage_bucket" "build_logs" {
   name     = local.logs_bucket
   project  = var.project_id
@@ -99,6 +116,15 @@ resource "google_storage_bucket" "build_logs" {
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
   force_destroy               = !var.deletion_protection
+
+  lifecycle_rule {
+    condition {
+      age = var.build_log_retention_days
+    }
+    action {
+      type = "Delete"
+    }
+  }
 
   soft_delete_policy {
     retention_duration_seconds = 0

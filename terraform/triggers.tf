@@ -40,7 +40,8 @@ resource "google_eventarc_trigger" "intake" {
   }
 
   depends_on = [
-    google_storage_bucket.sources, # matched by name, so not an implicit dependency
+    google_storage_bucket.sources,         # matched by name, so not an implicit dependency
+    google_project_service_identity.agent, # Eventarc's agent checks the bucket, Pub/Sub's delivers
     google_project_iam_member.trigger_receiver,
     google_project_iam_member.gcs_publisher,
     google_cloud_run_v2_service_iam_member.trigger_invokes_intake,

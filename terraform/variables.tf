@@ -96,14 +96,25 @@ variable "keep_image_versions" {
   }
 }
 
-variable "cloud_build_service_account" {
-  description = "Email of the service account Cloud Build runs builds as. Null means the project's legacy Cloud Build account (PROJECT_NUMBER@cloudbuild.gserviceaccount.com); projects whose Cloud Build default is the Compute Engine default account set PROJECT_NUMBER-compute@developer.gserviceaccount.com. It is granted read access to the sources bucket and write access to the repository."
-  type        = string
-  default     = null
+variable "record_retention_days" {
+  description = "Days the orchestrator's records of a deployment (its claim and saved step results, under deployments/ in the records bucket) are kept before the lifecycle rule deletes them. Service locks and trigger locations are never deleted. At least 7: Pub/Sub redelivers an intake event for up to 7 days, and a redelivered event must still find its deployment's claim."
+  type        = number
+  default     = 30
 
   validation {
-    condition     = var.cloud_build_service_account == null || can(regex("^[^@\\s]+@[a-z0-9.-]+\\.(gserviceaccount\\.com|iam\\.gserviceaccount\\.com)$", var.cloud_build_service_account))
-    error_message = "cloud_build_service_account must be a service account email (...@....gserviceaccount.com)."
+    condition     = var.record_retention_days >= 7 && floor(var.record_retention_days) == var.record_retention_days
+    error_message = "record_retention_days must be a whole number of days, at least 7 (Pub/Sub's longest redelivery window)."
+  }
+}
+
+variable "build_log_retention_days" {
+  description = "Days a build's log is kept in the build logs bucket before the lifecycle rule deletes it."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.build_log_retention_days >= 1 && floor(var.build_log_retention_days) == var.build_log_retention_days
+    error_message = "build_log_retention_days must be a whole number of days, at least 1."
   }
 }
 
@@ -125,7 +136,7 @@ variable "configure_dead_letter" {
 }
 
 variable "deletion_protection" {
-  description = "Refuse to destroy the workflow, and keep the two buckets from being destroyed while they still hold objects. False lets `terraform destroy` remove everything."
+  description = "Refuse to destroy the workflow, and keep the buckets from being destroyed while they still hold objects. False lets `terraform destroy` remove everything."
   type        = bool
   default     = false
 }

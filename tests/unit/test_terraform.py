@@ -6,8 +6,11 @@ reference declared; the names come from ``pipeline/orchestrator/pipeline.json``,
 ``orch local up`` provisions from too; the functions' entry points exist in
 ``pipeline/orchestrator/functions.py``; the workflow passes localcloud's Workflows validation and gets
 every environment variable it reads; the settings handed to the functions and to ``orch``
-are ``pipeline/orchestrator/config.py``'s. Where the PyPI package ``cdktn-provider-google`` is
-installed, every argument and block is also checked against the google provider's schema.
+are ``pipeline/orchestrator/config.py``'s; least privilege (the builder account and its
+grants, who may write where, lifecycle rules that never delete locks, the staging cleanup
+prefix, service agents created before they are granted, README's table). Where the PyPI
+package ``cdktn-provider-google`` (and ``-google-beta``) is installed, every argument and
+block is also checked against the provider's schema.
 """
 
 from __future__ import annotations
@@ -366,6 +369,261 @@ def test_iam_covers_every_function() -> None:
         assert all(role.startswith('"roles/') for role in roles), key
 
 
+# ------------------------------------------------------------------------ least privilege
+
+BUILDER = 'google_service_account.account["build"]'
+
+
+def grants() -> dict[tuple[str, str], dict[str, Any]]:
+    """Every IAM grant (``*_iam_member``) by (type, name)."""
+    return {key: body for key, body in module().resources.items() if key[0].endswith("_iam_member")}
+
+
+def grants_to(member: str) -> dict[tuple[str, str], dict[str, Any]]:
+    return {key: body for key, body in grants().items() if member in body["member"]}
+
+
+def literal(value: str) -> str:
+    """A quoted literal or a ``${local.X}`` whose value is a quoted literal."""
+    if value.startswith("${local."):
+        return literal(module().locals[expression(value).removeprefix("local.")])
+    assert value.startswith('"'), f"not a literal: {value!r}"
+    return unquote(value)
+
+
+def render(template: str) -> str:
+    """The value of a string template that reads only pipeline.json (``local.pipeline.K``,
+    optionally through ``trimsuffix(..., "/")``): enough to evaluate the names built from it."""
+    p = pipeline()
+
+    def one(match: re.Match[str]) -> str:
+        inner = match.group(1).strip()
+        trim = re.fullmatch(r'trimsuffix\(local\.pipeline\.(\w+),\s*"([^"]*)"\)', inner)
+        if trim:
+            return str(p[trim.group(1)]).removesuffix(trim.group(2))
+        plain = re.fullmatch(r"local\.pipeline\.(\w+)", inner)
+        assert plain, f"cannot evaluate ${{{inner}}} offline"
+        return str(p[plain.group(1)])
+
+    return re.sub(r"\$\{([^{}]*)\}", one, unquote(template))
+
+
+def test_builds_run_as_the_builder_account_not_a_project_default() -> None:
+    """Defect 9 and 1: every build (users' and the functions' own) runs as PREFIX-builder,
+    which gets exactly what a build needs; nothing names the legacy
+    NUMBER@cloudbuild.gserviceaccount.com or the Compute Engine default account, which
+    only some projects have (or grant build roles to)."""
+    mod = module()
+    assert "build" in pipeline()["service_accounts"]
+    assert "cloud_build_service_account" not in mod.variables
+    for doc in mod.files.values():
+        for text in strings(doc):
+            for legacy in ("cloudbuild.gserviceaccount.com", "developer.gserviceaccount.com"):
+                assert legacy not in text, f"{legacy} in {text!r}"
+
+    fn = mod.resources[("google_cloudfunctions2_function", "function")]
+    build = blocks(fn["build_config"])[0]
+    # Both take the full resource names: projects/P/serviceAccounts/EMAIL and
+    # projects/P/locations/L/repositories/R.
+    assert expression(build["service_account"]) == f"{BUILDER}.id"
+    assert (
+        expression(build["docker_repository"]) == "google_artifact_registry_repository.functions.id"
+    )
+    needed = {
+        "google_storage_bucket_iam_member.builder_reads_code",
+        "google_project_iam_member.builder_reads_function_sources",
+        "google_artifact_registry_repository_iam_member.builder_writer",
+        "google_project_iam_member.builder_logs",
+    }
+    assert needed <= {expression(d) for d in fn["depends_on"]}, "functions built before grants"
+
+    found = {}
+    for (rtype, rname), body in grants_to(BUILDER).items():
+        target = next((body[k] for k in ("bucket", "repository", "project") if k in body), "?")
+        found[(rtype, target, literal(body["role"]))] = (rname, body)
+    sources = "${google_storage_bucket.sources.name}"
+    code = "${google_storage_bucket.code.name}"
+    logs = "${google_storage_bucket.build_logs.name}"
+    repo = "${google_artifact_registry_repository.functions.name}"
+    project = "${var.project_id}"
+    assert set(found) == {
+        ("google_storage_bucket_iam_member", sources, "roles/storage.objectViewer"),
+        ("google_storage_bucket_iam_member", code, "roles/storage.objectViewer"),
+        ("google_project_iam_member", project, "roles/storage.objectViewer"),
+        ("google_artifact_registry_repository_iam_member", repo, "roles/artifactregistry.writer"),
+        # Cloud Build's documented role for a user-created logs bucket, on that bucket only.
+        ("google_storage_bucket_iam_member", logs, "roles/storage.admin"),
+        ("google_project_iam_member", project, "roles/logging.logWriter"),
+    }
+    # The project-level storage grant is limited to Cloud Run functions' sources bucket:
+    # unconditioned, it would read the records and every other bucket of the project.
+    _, body = found[("google_project_iam_member", project, "roles/storage.objectViewer")]
+    condition = blocks(body.get("condition"))
+    assert condition, "the builder's project-level objectViewer has no condition"
+    assert "projects/_/buckets/${local.function_sources_bucket}" in condition[0]["expression"]
+    assert (
+        "gcf-v2-sources-${local.project_number}-${var.region}"
+        in mod.locals["function_sources_bucket"]
+    )
+
+    # The build function submits builds as the builder and reads their logs.
+    assert '"build"' in mod.locals["function_act_as"]['"build"']
+    logs_grant = mod.resources[("google_storage_bucket_iam_member", "build_reads_logs")]
+    assert (logs_grant["bucket"], literal(logs_grant["role"])) == (
+        logs,
+        "roles/storage.objectViewer",
+    )
+    assert 'google_service_account.function["build"]' in logs_grant["member"]
+
+
+def test_records_live_in_their_own_bucket_and_functions_only_read_sources() -> None:
+    """Every function reads and writes records in the records bucket; the sources bucket is
+    read only, by the intake functions (the archive) and the builder."""
+    mod = module()
+    records = mod.resources[("google_storage_bucket_iam_member", "function_records")]
+    assert expression(records["for_each"]) == "local.functions"
+    assert records["bucket"] == "${google_storage_bucket.records.name}"
+    assert literal(records["role"]) == "roles/storage.objectUser"
+    assert "google_service_account.function[each.key]" in records["member"]
+
+    on_sources = {
+        key: body
+        for key, body in grants().items()
+        if body.get("bucket") == "${google_storage_bucket.sources.name}"
+    }
+    assert {literal(body["role"]) for body in on_sources.values()} == {
+        "roles/storage.objectViewer"
+    }, "something may write to the sources bucket"
+    intake = on_sources[("google_storage_bucket_iam_member", "intake_reads_sources")]
+    assert expression(intake["for_each"]) == "local.intake_functions"
+    assert {t["function"] for t in pipeline()["triggers"].values()} == {
+        key for key, fn in pipeline()["functions"].items() if fn["signature_type"] == "cloudevent"
+    }
+
+
+def test_records_and_build_logs_expire_but_never_locks() -> None:
+    """Old deployments' records and build logs are deleted by lifecycle rules; a service's
+    lock and trigger locations (read by its next deployment, however late) never are."""
+    from orchestrator import records
+
+    mod = module()
+    bucket = mod.resources[("google_storage_bucket", "records")]
+    rules = blocks(bucket["lifecycle_rule"])
+    assert len(rules) == 1
+    assert blocks(rules[0]["action"])[0]["type"] == '"Delete"'
+    condition = blocks(rules[0]["condition"])[0]
+    assert expression(condition["age"]) == "var.record_retention_days"
+    assert expression(condition["matches_prefix"]) == "local.deployment_record_prefixes"
+    listed = re.fullmatch(r"\$\{distinct\(\[(.*)\]\)\}", mod.locals["deployment_record_prefixes"])
+    assert listed, mod.locals["deployment_record_prefixes"]
+    prefixes = [render(item.strip()) for item in listed.group(1).split(",")]
+    assert prefixes and all(prefix.endswith("deployments/") for prefix in prefixes)
+
+    def deleted(name: str) -> bool:
+        return any(name.startswith(prefix) for prefix in prefixes)
+
+    assert deleted(records.claim_name("d1")) and deleted(records.step_name("d1", "build"))
+    assert not deleted(records.lock_name("hello"))
+    assert not deleted(records.locations_name("hello"))
+    validation = blocks(mod.variables["record_retention_days"]["validation"])[0]
+    assert ">= 7" in validation["condition"], "records must outlive Pub/Sub's 7-day redelivery"
+
+    logs = mod.resources[("google_storage_bucket", "build_logs")]
+    rule = blocks(logs["lifecycle_rule"])[0]
+    assert expression(blocks(rule["condition"])[0]["age"]) == "var.build_log_retention_days"
+    assert blocks(rule["action"])[0]["type"] == '"Delete"'
+    # A retention policy can keep Cloud Build from writing its logs.
+    assert "retention_policy" not in logs
+
+
+def test_staging_cleanup_deletes_only_staging_images() -> None:
+    """Defect 9: the prefix is ``staging/``; ``staging`` also matched the published images
+    of any service named staging-*."""
+    from orchestrator.config import Settings
+
+    repo = module().resources[("google_artifact_registry_repository", "functions")]
+    deleting = [
+        blocks(policy["condition"])[0]
+        for policy in blocks(repo["cleanup_policies"])
+        if policy["action"] == '"DELETE"'
+        and "package_name_prefixes" in blocks(policy["condition"])[0]
+    ]
+    assert len(deleting) == 1
+    prefixes = [render(text) for text in deleting[0]["package_name_prefixes"]]
+    settings = Settings.defaults("my-project")
+    staging = settings.staging_image("hello")
+    package = staging.split(f"/{settings.repository}/", 1)[1]  # staging/hello
+    assert any(package.startswith(prefix) for prefix in prefixes), (package, prefixes)
+    for service in ("staging-site", "staging", "stagingarea"):
+        published = settings.image(service).split(f"/{settings.repository}/", 1)[1]
+        assert not any(published.startswith(prefix) for prefix in prefixes), published
+
+
+def test_service_agents_exist_before_they_are_granted() -> None:
+    """Defect 9: enabling an API does not always create its service agent, so every agent
+    this configuration grants (or Eventarc needs) is created by
+    google_project_service_identity (google-beta), and grants name it through that."""
+    mod = module()
+    identity = mod.resources[("google_project_service_identity", "agent")]
+    assert identity["provider"] == "google-beta"
+    assert expression(identity["for_each"]) == "local.service_agents"
+    assert "${google_project_service.api}" in identity["depends_on"]
+    agents = {key: unquote(value) for key, value in mod.locals["service_agents"].items()}
+    assert agents == {"pubsub": "pubsub.googleapis.com", "eventarc": "eventarc.googleapis.com"}
+    assert expression(mod.locals["pubsub_service_agent"]) == (
+        'google_project_service_identity.agent["pubsub"].member'
+    )
+    # Cloud Storage's agent: the data source's API call is the one that creates it.
+    assert "data.google_storage_project_service_account.gcs" in mod.locals["gcs_service_agent"]
+    trigger = mod.resources[("google_eventarc_trigger", "intake")]
+    assert "${google_project_service_identity.agent}" in trigger["depends_on"]
+
+    # No grant spells out an email: each names an account Terraform created or an agent
+    # created above (a typo'd or not-yet-existing member fails the apply).
+    for (rtype, rname), body in grants().items():
+        assert "@" not in body["member"], f"{rtype}.{rname} hard-codes {body['member']}"
+        assert re.search(
+            r"google_service_account\.|local\.(gcs|pubsub)_service_agent", body["member"]
+        ), f"{rtype}.{rname}: member {body['member']}"
+
+    providers = {
+        unquote(label)
+        for doc in mod.files.values()
+        for block in doc.get("provider", [])
+        for label in block
+        if label != "__is_block__"
+    }
+    assert {"google", "google-beta"} <= providers
+    required = [
+        block
+        for doc in mod.files.values()
+        for terraform in doc.get("terraform", [])
+        for block in terraform.get("required_providers", [])
+    ]
+    assert any("google-beta" in block for block in required), "google-beta is not required"
+
+
+def test_bind_triggers_may_read_only_a_buckets_metadata() -> None:
+    """Defect 5: bind-triggers reads a bucket's location (storage.buckets.get), through a
+    custom role holding that one permission."""
+    mod = module()
+    role = mod.resources[("google_project_iam_custom_role", "bucket_location_reader")]
+    assert [unquote(p) for p in role["permissions"]] == ["storage.buckets.get"]
+    grant = mod.resources[("google_project_iam_member", "bind_triggers_reads_bucket_location")]
+    assert expression(grant["role"]) == "google_project_iam_custom_role.bucket_location_reader.name"
+    assert 'google_service_account.function["bind-triggers"]' in grant["member"]
+
+
+def test_readme_names_every_role_granted() -> None:
+    """terraform/README.md's table of who gets what stays in step with the grants."""
+    readme = (TERRAFORM / "README.md").read_text()
+    iam = module().files["iam.tf"]
+    roles = {m for text in strings(iam) for m in re.findall(r"roles/[A-Za-z0-9_.]*\w", text)}
+    assert len(roles) > 10
+    missing = sorted(role for role in roles if f"`{role}`" not in readme)
+    assert not missing, f"terraform/README.md does not mention {missing}"
+
+
 # ------------------------------------------------------------------------ the settings
 
 
@@ -545,6 +803,14 @@ def test_arguments_match_the_google_provider_schema() -> None:
             "argument names unchecked here; `terraform validate` after `terraform init` checks them"
         )
     package_dir = next(iter(spec.submodule_search_locations))
+    # Resources with `provider = google-beta` are checked against the beta provider's schema
+    # (cdktn-provider-google-beta, whose modules keep the google_ prefix), when installed.
+    beta_spec = importlib.util.find_spec("cdktn_provider_google_beta")
+    beta_dir = (
+        next(iter(beta_spec.submodule_search_locations))
+        if beta_spec is not None and beta_spec.submodule_search_locations
+        else None
+    )
     mod = module()
     problems: list[str] = []
     checked = 0
@@ -552,12 +818,19 @@ def test_arguments_match_the_google_provider_schema() -> None:
         for (rtype, rname), body in table.items():
             if not rtype.startswith("google_"):
                 continue  # archive_file, terraform_data: not the google provider's
-            module_name = rtype.removeprefix("google_")
-            if kind == "data":
-                module_name = "data_google_" + module_name
-            classes = _schema_classes(package_dir, module_name)
+            if body.get("provider") == "google-beta":
+                if beta_dir is None:
+                    continue  # unchecked without the beta schema; terraform validate checks it
+                module_name = rtype if kind == "resource" else "data_" + rtype
+                where_dir, provider_name = beta_dir, "google-beta"
+            else:
+                module_name = rtype.removeprefix("google_")
+                if kind == "data":
+                    module_name = "data_google_" + module_name
+                where_dir, provider_name = package_dir, "google"
+            classes = _schema_classes(where_dir, module_name)
             if classes is None:
-                problems.append(f"{kind} {rtype}: not in the google provider")
+                problems.append(f"{kind} {rtype}: not in the {provider_name} provider")
                 continue
             base = _pascal(module_name)
             _check_body(body, classes, base + "Config", f"{rtype}.{rname}", problems, base)
@@ -565,9 +838,16 @@ def test_arguments_match_the_google_provider_schema() -> None:
     for doc in mod.files.values():
         for block in doc.get("provider", []):
             for label, body in block.items():
-                if unquote(label) == "google":
+                if label == "__is_block__":
+                    continue
+                name = unquote(label)
+                if name == "google":
                     classes = _schema_classes(package_dir, "provider")
                     assert classes is not None
                     _check_body(body, classes, "GoogleProvider", "provider.google", problems)
+                elif name == "google-beta" and beta_dir is not None:
+                    classes = _schema_classes(beta_dir, "provider")
+                    assert classes is not None
+                    _check_body(body, classes, "GoogleBetaProvider", f"provider.{name}", problems)
     assert checked
     assert not problems, "\n".join(problems)
