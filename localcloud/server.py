@@ -65,7 +65,7 @@ class LocalCloud:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(cfg.data_dir / "localcloud.db", fsync=cfg.fsync)
         self.operations = OperationStore(self.db)
-        self.policies = PolicyStore(self.db)
+        self.policies = PolicyStore(self.db, domain_restricted=cfg.org_policy_domain_restricted)
         self.pubsub = PubSub(self.db, push_backoff=(cfg.push_min_backoff, cfg.push_max_backoff))
         self.builds = BuildStore(self.db)
         self.run_store = RunStore(self.db)

@@ -78,7 +78,22 @@ def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
 
 @dataclass(frozen=True)
 class Config:
-    """Where localcloud keeps its state and where each part listens."""
+    """Where localcloud keeps its state and where each part listens.
+
+    Two organization policies a real project may be under can be switched on, so that a
+    test or a user sees here what such a project refuses (both are off by default, as in a
+    project with no organization):
+
+    - ``LOCALCLOUD_ORG_POLICY_DOMAIN_RESTRICTED=true``: domain restricted sharing
+      (``constraints/iam.allowedPolicyMemberDomains``), which refuses any SetIamPolicy
+      naming ``allUsers`` or ``allAuthenticatedUsers`` with FAILED_PRECONDITION
+      (https://cloud.google.com/resource-manager/docs/organization-policy/restricting-domains).
+      localcloud has no customer directory, so other members are not checked.
+    - ``LOCALCLOUD_ORG_POLICY_REQUIRE_INVOKER_IAM=true``: the managed constraint
+      ``constraints/run.managed.requireInvokerIam``, which refuses a Cloud Run service
+      with ``invoker_iam_disabled``
+      (https://cloud.google.com/run/docs/authenticating/public#invoker_check).
+    """
 
     data_dir: Path = field(default_factory=lambda: Path(".localcloud").resolve())
     host: str = "127.0.0.1"
@@ -114,6 +129,9 @@ class Config:
     # Eventarc delivery retries (Google: 10 s..600 s).
     eventarc_min_backoff: float = 10.0
     eventarc_max_backoff: float = 600.0
+    # Organization policies (see the class docstring).
+    org_policy_domain_restricted: bool = False
+    org_policy_require_invoker_iam: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -147,6 +165,12 @@ class Config:
                 env, "LOCALCLOUD_EVENTARC_MAX_BACKOFF_MS", 600_000, 0, 600_000
             )
             / 1000,
+            org_policy_domain_restricted=_bool(
+                env, "LOCALCLOUD_ORG_POLICY_DOMAIN_RESTRICTED", False
+            ),
+            org_policy_require_invoker_iam=_bool(
+                env, "LOCALCLOUD_ORG_POLICY_REQUIRE_INVOKER_IAM", False
+            ),
         )
         if cfg.push_max_backoff < cfg.push_min_backoff:
             raise ConfigError(

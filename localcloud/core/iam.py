@@ -5,6 +5,12 @@ does, so read-modify-write races fail with ABORTED instead of losing a binding. 
 resources exist is asked of the owning services (``resolvers``): a policy on a missing
 topic is NOT_FOUND, not silently kept. Permissions are not enforced on API calls
 locally; TestIamPermissions reports the ones that are valid for the resource's service.
+
+Under domain restricted sharing (``LOCALCLOUD_ORG_POLICY_DOMAIN_RESTRICTED``), a policy
+naming ``allUsers`` or ``allAuthenticatedUsers`` is refused as Google refuses it: every
+member of the policy being set is checked, not only the new ones, so a policy still
+holding ``allUsers`` from before the constraint cannot be written back until it is removed
+(https://cloud.google.com/knowledge/kb/organization-policy-violation-when-setting-iam-policy-000004666).
 """
 
 from __future__ import annotations
@@ -17,11 +23,19 @@ import grpc
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 
 from localcloud.core.db import Database
-from localcloud.core.errors import Aborted, InvalidArgument, NotFound
+from localcloud.core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from localcloud.core.table import ProtoTable
 from localcloud.core.wire import handler_for, rpc
 
 LOG = logging.getLogger(__name__)
+# Principals outside any customer: what domain restricted sharing refuses outright.
+PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
+# Google's answer (HTTP 400, FAILED_PRECONDITION, a PreconditionFailure naming the
+# constraint): https://cloud.google.com/knowledge/kb/organization-policy-violation-when-setting-iam-policy-000004666
+NOT_PERMITTED = (
+    "One or more users named in the policy do not belong to a permitted customer, "
+    "perhaps due to an organization policy."
+)
 
 # resource name -> (exists?, permissions valid for it) ; None when not this service's
 Resolver = Callable[[str], tuple[bool, set[str]] | None]
@@ -35,7 +49,8 @@ def _etag(policy: policy_pb2.Policy) -> bytes:
 
 
 class PolicyStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, domain_restricted: bool = False) -> None:
+        self.domain_restricted = domain_restricted
         # A policy does not name its resource, so the key is given with each put.
         self._policies: ProtoTable[str, policy_pb2.Policy] = ProtoTable(
             db, "iam_policies", policy_pb2.Policy, key="resource", key_of=None
@@ -58,6 +73,15 @@ class PolicyStore:
         for binding in policy.bindings:
             if not binding.role.startswith("roles/"):
                 raise InvalidArgument(f"Role {binding.role} is not a valid role name.")
+        if self.domain_restricted:
+            refused = sorted({m for b in policy.bindings for m in b.members} & PUBLIC_MEMBERS)
+            if refused:
+                # Google carries the constraint in the error's details; localcloud's errors
+                # have a message only, so it names the constraint and the members there.
+                raise FailedPrecondition(
+                    f"{NOT_PERMITTED} (constraints/iam.allowedPolicyMemberDomains refuses "
+                    f"{', '.join(refused)})"
+                )
         stored = policy_pb2.Policy()
         stored.CopyFrom(policy)
         stored.version = stored.version or 1

@@ -51,6 +51,14 @@ BY_REVISION = types.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_R
 DEFAULT_TIMEOUT = 300
 DELETED = "the service was deleted while it was being deployed"
 INTERRUPTED = "localcloud stopped while this revision was being deployed"
+# The managed constraint constraints/run.managed.requireInvokerIam
+# (LOCALCLOUD_ORG_POLICY_REQUIRE_INVOKER_IAM). Google's exact wording is not published; the
+# code is that of an organization policy violation, and the message names the constraint.
+REQUIRE_INVOKER_IAM = (
+    "service.invoker_iam_disabled: the organization policy constraint "
+    "constraints/run.managed.requireInvokerIam requires the invoker IAM check on Cloud Run "
+    "services, so it cannot be disabled; grant roles/run.invoker to the callers instead"
+)
 OUTPUT_ONLY = (
     "uid",
     "generation",
@@ -189,6 +197,12 @@ class Controller:
             total += target.percent
         if svc.traffic and total != 100:
             raise InvalidArgument(f"service.traffic percentages must add up to 100, not {total}")
+        if svc.invoker_iam_disabled and self.config.org_policy_require_invoker_iam:
+            # Refused before anything is stored: the service and its serving revision stay.
+            # Google also requires run.services.setIamPolicy to set the field
+            # (https://cloud.google.com/run/docs/authenticating/public#invoker_check); API
+            # permissions are not enforced locally yet.
+            raise FailedPrecondition(REQUIRE_INVOKER_IAM)
 
     async def create(
         self, parent: str, request_svc: Any, service_id: str, validate_only: bool

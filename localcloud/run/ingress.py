@@ -1,8 +1,9 @@
 """Cloud Run ingress: each service's stable port, and one shared port routing by Host.
 
-A request is authorized (public services grant ``roles/run.invoker`` to ``allUsers``;
-private ones need an ID token from localcloud's issuer whose audience is the service's
-URL, from a member the policy allows), routed to a revision by the traffic split or the
+A request is authorized (a public service has ``invoker_iam_disabled``, Google's
+recommended way, or grants ``roles/run.invoker`` to ``allUsers``; private ones need an ID
+token from localcloud's issuer whose audience is the service's URL, from a member the
+policy allows), routed to a revision by the traffic split or the
 tag in the Host (``TAG---SERVICE.run.localhost``), given an instance by the autoscaler
 (waiting while one starts) and proxied with streaming bodies and ``X-Forwarded-*``.
 
@@ -126,6 +127,10 @@ class Ingress:
         return await self._serve(request, (preferred or matches)[0], tag or None)
 
     def _authorized(self, request: web.Request, svc: Any) -> web.Response | None:
+        if svc.invoker_iam_disabled:
+            # No run.routes.invoke check at all, for anyone, token or not:
+            # https://cloud.google.com/run/docs/authenticating/public#invoker_check
+            return None
         members = self.controller.policies.members_with(svc.name, INVOKER)
         if "allUsers" in members:
             return None

@@ -4,12 +4,21 @@ The service gets the manifest's env, scaling, concurrency and timeout, runs as t
 pipeline's runtime service account, carries the deployment id as a label and the source as
 an annotation, and sends all traffic to its latest ready revision. When the new revision
 fails to start, Cloud Run keeps the previous one serving; the failure event names both.
-The invoker policy follows ``allow_unauthenticated``: ``allUsers`` is granted or removed.
+
+``allow_unauthenticated`` is the service's ``invoker_iam_disabled``, Google's recommended
+way to make a service public: it works where domain restricted sharing (an organization
+policy) forbids granting ``allUsers`` anything, and it goes with the revision in one
+request (https://cloud.google.com/run/docs/authenticating/public). ``allUsers`` is never
+granted; a deploy with ``allow_unauthenticated: false`` turns the check back on and
+removes an ``allUsers`` invoker binding left by earlier versions, before the new revision
+is asked for. Whatever refuses either change (IAM, an organization policy) fails the step
+with DEPLOY_FAILED naming the reason, and no new revision is made: the previous one keeps
+serving (an ``allUsers`` binding removed before the refusal stays removed, as asked).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from google.api_core import exceptions
 
@@ -63,6 +72,18 @@ def set_invoker(services: Any, service: str, members: set[str], public: bool | N
     services.set_iam_policy(request={"resource": service, "policy": policy})
 
 
+def _refused(what: str, exc: exceptions.GoogleAPICallError, previous: str) -> NoReturn:
+    """A refusal before the service changed: DEPLOY_FAILED naming the reason and the
+    revision that keeps serving; a transient error is raised for the workflow to retry."""
+    try:
+        reraise("DEPLOY_FAILED", what, exc)
+    except StepFailed as failed:
+        keeps = f"; revision {previous} keeps serving" if previous else ""
+        raise StepFailed(
+            failed.code, failed.message + keeps, {"serving_revision": previous}
+        ) from None
+
+
 def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
     from google.cloud import run_v2
 
@@ -76,6 +97,14 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
     except exceptions.NotFound:
         existing = None
     previous = _short(existing.latest_ready_revision) if existing else ""
+    public = deployment.manifest.allow_unauthenticated
+    if existing is not None and not public:
+        # Private before the new revision is asked for, so no revision of a service meant
+        # to be private is ever public; a refusal here leaves the service untouched.
+        try:
+            set_invoker(services, name, set(), False)
+        except exceptions.GoogleAPICallError as exc:
+            _refused(f"could not remove allUsers from the invoker policy of {name}", exc, previous)
     try:
         if existing is None:
             service = run_v2.Service(
@@ -83,6 +112,7 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
                 labels=labels,
                 annotations={SOURCE_ANNOTATION: deployment.source},
                 traffic=[{"type_": latest, "percent": 100}],
+                invoker_iam_disabled=public,
             )
             operation = services.create_service(
                 parent=ctx.settings.location_path, service=service, service_id=deployment.service
@@ -93,9 +123,10 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
             existing.annotations[SOURCE_ANNOTATION] = deployment.source
             del existing.traffic[:]
             existing.traffic.append(run_v2.TrafficTarget(type_=latest, percent=100))
+            existing.invoker_iam_disabled = public
             operation = services.update_service(service=existing)
     except exceptions.GoogleAPICallError as exc:
-        reraise("DEPLOY_FAILED", "Cloud Run refused the service", exc)
+        _refused("Cloud Run refused the service", exc, previous)
     try:
         service = operation.result(polling=ctx.clients.env.polling(900))
     except exceptions.GoogleAPICallError as exc:
@@ -113,11 +144,10 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
             f"{exc.message or exc}{keeps}",
             {"failed_revision": failed, "serving_revision": serving, "url": after.uri},
         ) from None
-    set_invoker(services, name, set(), deployment.manifest.allow_unauthenticated)
     return {
         "url": service.uri,
         "revision": _short(service.latest_ready_revision),
         "previous_revision": previous,
         "image": image,
-        "public": deployment.manifest.allow_unauthenticated,
+        "public": public,
     }

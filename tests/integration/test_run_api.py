@@ -117,6 +117,28 @@ def test_validate_only_creates_and_changes_nothing(image, deploy, clients):
     assert clients.run_services.get_service(name=service.name).name == service.name
 
 
+def test_invoker_iam_disabled_is_kept_and_returned(image, deploy, clients):
+    """A service-level setting (``Service.invoker_iam_disabled``, field 21 of
+    google.cloud.run.v2.Service): stored, returned by Get and List, changed by an update
+    without a new revision."""
+    service_id = f"svc-{uuid.uuid4().hex[:8]}"
+    public = run_service(image)
+    public.invoker_iam_disabled = True
+    created = clients.run_services.create_service(
+        parent=PARENT, service=public, service_id=service_id
+    ).result(timeout=120)
+    deploy.created.append(created.name)
+    assert created.invoker_iam_disabled
+    assert clients.run_services.get_service(name=created.name).invoker_iam_disabled
+    listed = {s.name: s for s in clients.run_services.list_services(parent=PARENT)}
+    assert listed[created.name].invoker_iam_disabled
+    created.invoker_iam_disabled = False
+    updated = clients.run_services.update_service(service=created).result(timeout=60)
+    assert not updated.invoker_iam_disabled
+    assert not clients.run_services.get_service(name=created.name).invoker_iam_disabled
+    assert updated.latest_ready_revision == created.latest_ready_revision
+
+
 def test_stale_etag_is_aborted(image, deploy, clients):
     service = deploy(image)
     service.etag = "not-the-etag"

@@ -231,6 +231,27 @@ def test_private_service_auth_rules(localcloud, image, deploy, clients):
     assert call(service.uri)[0] == 401
 
 
+def test_a_service_without_the_invoker_iam_check_is_public(localcloud, image, deploy, clients):
+    """``invoker_iam_disabled`` makes a service public with no IAM binding at all (Google's
+    recommended way: https://cloud.google.com/run/docs/authenticating/public#invoker_check);
+    turned off again, the service is private at once, with no new revision."""
+    service = deploy(image)
+    assert call(service.uri)[0] == 401
+    service.invoker_iam_disabled = True
+    service = clients.run_services.update_service(service=service).result(timeout=60)
+    assert service.invoker_iam_disabled
+    policy = clients.run_services.get_iam_policy(request={"resource": service.name})
+    assert not [m for b in policy.bindings for m in b.members], "no binding is needed"
+    assert call(service.uri)[0] == 200
+    assert call(service.uri, token="not-a-jwt")[0] == 200, "no token is even looked at"
+    shared_port = localcloud.config.ingress_port
+    assert call(f"http://127.0.0.1:{shared_port}/", host=service.urls[1].split("//")[1])[0] == 200
+    service.invoker_iam_disabled = False
+    after = clients.run_services.update_service(service=service).result(timeout=60)
+    assert after.latest_ready_revision == service.latest_ready_revision
+    assert call(service.uri)[0] == 401
+
+
 # -- during an update -------------------------------------------------------------------
 
 
