@@ -122,6 +122,7 @@ class Provisioner:
             image,
             {"GOOGLE_FUNCTION_TARGET": "build"},  # each service names its own function
             [self.s.prefix, "orchestrator"],
+            self.s,  # runs as the build account, logs to the logs bucket, as the build step
         )
         self.log(f"building the orchestrator's functions from {len(source)} bytes of source ...")
         started = time.monotonic()

@@ -5,7 +5,9 @@ CPUs) and the rest wait QUEUED. Blocking work (unzip, tar) runs in worker thread
 in subprocesses, so a slow build never delays the API. Every status change updates the
 build's long-running operation and is published to the ``cloud-builds`` topic, as Cloud
 Build does; the log is written live under ``logs/builds/`` and, at the end, to the logs
-bucket as ``log-<build id>.txt``.
+bucket as ``log-<build id>.txt`` (none with CLOUD_LOGGING_ONLY or NONE logging). Each
+build runs as a service account, its own or the default one, recorded on the Build and
+named wherever the builder acts for it (``identity.py`` has Cloud Build's rules for both).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from google.cloud.devtools.cloudbuild_v1 import types
 from google.protobuf import json_format
 from google.pubsub_v1.types import PubsubMessage, Topic
 
-from localcloud.cloudbuild import archive, buildpack
+from localcloud.cloudbuild import archive, buildpack, identity
 from localcloud.cloudbuild.config import PackPlan, plan
 from localcloud.cloudbuild.store import BuildStore
 from localcloud.core.config import Config
@@ -134,7 +136,7 @@ class Builder:
     async def start(self) -> None:
         """Builds a stopped localcloud left running end INTERNAL_ERROR, operations included."""
         for build in list(self.store.builds.values()):
-            location = build.name.split("/")[3] if build.name.count("/") >= 5 else "global"
+            location = self._location(build)
             op = f"projects/{build.project_id}/locations/{location}/operations/{build.id}"
             self.op_names[build.id] = op
             if build.status in DONE:
@@ -171,17 +173,29 @@ class Builder:
             build.timeout.FromSeconds(int(DEFAULT_TIMEOUT))
         elif not 0 < build.timeout.ToTimedelta().total_seconds() <= 24 * 3600:
             raise InvalidArgument("build.timeout must be between 1 second and 24 hours")
+        # Checked as Cloud Build checks them, before anything is stored (identity.py).
+        identity.service_account(build, project)
+        identity.check_logging(build)
         values = self._substitutions(build, location)
-        pack = plan(build, values)  # INVALID_ARGUMENT before anything is stored
+        pack = plan(build, values)
+        place = identity.log_place(build, project, location)
+        external = identity.writes_storage_log(build) and not place.managed
+        if external and not await self._bucket_exists(place.bucket):
+            raise identity.missing_bucket(place.bucket)
         if not build.images:
             build.images.append(pack.image)
-        if not build.logs_bucket:
-            build.logs_bucket = f"gs://{project}_cloudbuild-logs"
-        bucket = build.logs_bucket.removeprefix("gs://").split("/", 1)[0]
-        build.log_url = (
-            f"http://{self.config.storage_address}/download/storage/v1/b/{bucket}/o/"
-            f"{quote(self._log_object(build), safe='')}?alt=media"
-        )
+        if not build.service_account:  # the build runs as the default account: say which
+            account = identity.default_account(project)
+            build.service_account = f"projects/{project}/serviceAccounts/{account}"
+        if identity.writes_storage_log(build):
+            if not build.logs_bucket:
+                build.logs_bucket = f"gs://{place.bucket}"
+            build.log_url = (
+                f"http://{self.config.storage_address}/download/storage/v1/b/{place.bucket}/o/"
+                f"{quote(self._log_object(build), safe='')}?alt=media"
+            )
+        else:  # Cloud Logging only, or no log: the live log on this machine is all there is
+            build.log_url = (self.log_dir / f"{build.id}.log").resolve().as_uri()
         await self.store.builds.put(build)
         op = await self.operations.create(
             f"projects/{project}/locations/{location}",
@@ -238,6 +252,22 @@ class Builder:
         values.update(PROJECT_ID=build.project_id, BUILD_ID=build.id, LOCATION=location)
         return values
 
+    async def _bucket_exists(self, bucket: str) -> bool:
+        url = f"http://{self.config.storage_address}/storage/v1/b/{quote(bucket, safe='')}"
+        async with self.session.get(url) as response:
+            if response.status >= 500:
+                raise Internal(f"could not look up logs bucket {bucket}: HTTP {response.status}")
+            return response.status < 400
+
+    @staticmethod
+    def _location(build: Any) -> str:
+        return build.name.split("/")[3] if build.name.count("/") >= 5 else "global"
+
+    @staticmethod
+    def _account(build: Any) -> str:
+        """The email of the account the build runs as (create() always records one)."""
+        return build.service_account.rsplit("/", 1)[-1]
+
     @staticmethod
     def _log_object(build: Any) -> str:
         prefix = build.logs_bucket.removeprefix("gs://").partition("/")[2].strip("/")
@@ -280,6 +310,7 @@ class Builder:
                 build.start_time.GetCurrentTime()
                 await self._update(build)
                 log(f"starting build {build.id}")
+                log(f"running as service account {self._account(build)}")
                 try:
                     async with asyncio.timeout(timeout) as budget:
                         await self._execute(build, pack, workdir, log)
@@ -363,7 +394,8 @@ class Builder:
         generation = f"#{src.generation}" if src.generation else ""
         log(f"Fetching storage object: gs://{src.bucket}/{src.object_}{generation}")
         archive_path = workdir / "source"
-        await self._download(src.bucket, src.object_, src.generation, archive_path)
+        account = self._account(build)
+        await self._download(src.bucket, src.object_, src.generation, archive_path, account)
         tree = workdir / "tree"
         try:
             members = await asyncio.to_thread(archive.extract, archive_path, tree)
@@ -398,7 +430,7 @@ class Builder:
         if pack.builder:
             log(f"builder {pack.builder} (localcloud runs its own Python functions buildpack)")
         try:
-            image = await buildpack.build(source, pack.env, self.cache, workdir, log)
+            image = await buildpack.build(source, pack.env, self.cache, workdir, log, pack.builder)
         except buildpack.BuildError as exc:
             step.status = S.FAILURE
             step.exit_code = 1
@@ -434,7 +466,11 @@ class Builder:
         built.push_timing.CopyFrom(push)
         log(f"{pack.image}: digest: {digest} size: {sum(layer.size for layer in image.layers)}")
 
-    async def _download(self, bucket: str, name: str, generation: int, dest: Path) -> None:
+    async def _download(
+        self, bucket: str, name: str, generation: int, dest: Path, account: str
+    ) -> None:
+        """Read the source as the build's account (``account``: the identity Cloud Build uses
+        for it; permissions are not enforced locally yet, so it names who failed)."""
         url = f"http://{self.config.storage_address}/download/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}"
         params = {"alt": "media"}
         if generation:
@@ -447,7 +483,7 @@ class Builder:
                 )
             if response.status >= 400:
                 raise BuildStepFailed(
-                    f"fetching gs://{bucket}/{name} failed: HTTP {response.status}",
+                    f"{account} could not fetch gs://{bucket}/{name}: HTTP {response.status}",
                     types.Build.FailureInfo.FailureType.FETCH_SOURCE_FAILED,
                 )
             with open(dest, "wb") as out:
@@ -455,9 +491,17 @@ class Builder:
                     await asyncio.to_thread(out.write, chunk)
 
     async def _upload_log(self, build: Any, log: BuildLog) -> None:
-        bucket = build.logs_bucket.removeprefix("gs://").split("/", 1)[0]
+        """Write ``log-ID.txt`` to the logs bucket as the build's account. Only a bucket Cloud
+        Build owns (the default or the regional one) is made on first use; a user's bucket
+        that has gone since the build was created is an error, as for Cloud Build."""
+        if not identity.writes_storage_log(build):
+            return
+        place = identity.log_place(build, build.project_id, self._location(build))
+        bucket = place.bucket
         base = f"http://{self.config.storage_address}/storage/v1/b"
         async with self.session.get(f"{base}/{bucket}") as response:
+            if response.status == 404 and not place.managed:
+                raise RuntimeError(f"{self._account(build)} cannot write to gs://{bucket}: gone")
             if response.status == 404:
                 async with self.session.post(
                     base, params={"project": build.project_id}, json={"name": bucket}

@@ -11,9 +11,12 @@ It does what Google's Python functions buildpacks do, without a container engine
 - a config whose entrypoint runs functions-framework with ``GOOGLE_FUNCTION_TARGET`` and
   ``GOOGLE_FUNCTION_SIGNATURE_TYPE``, the runtime as a label, and the build's env.
 
-Dependencies are installed with the host's Python of the image's runtime version (the
-runtime later runs the image with that same interpreter). Layers are cached under the
-data directory; concurrent builds of the same key wait for one another.
+The Python version comes from the variables Google's buildpack reads (``select_python``):
+dependencies are installed with the host's interpreter of that version, and the Cloud Run
+runtime later runs the image with that same interpreter (the ``localcloud.runtime`` label).
+A version this machine has no interpreter for fails the build, naming it: building on the
+host's Python instead would test another Python than the one Google Cloud runs. Layers are
+cached under the data directory; concurrent builds of the same key wait for one another.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -64,24 +69,118 @@ class Image:
         return "sha256:" + hashlib.sha256(self.config).hexdigest()
 
 
-def runtime_of(env: dict[str, str]) -> str:
-    runtime = env.get("GOOGLE_RUNTIME") or f"python{sys.version_info[0]}{sys.version_info[1]}"
-    if not runtime.startswith("python3") or not runtime[6:].isdigit():
-        raise BuildError(f"GOOGLE_RUNTIME={runtime!r} is not a Python runtime (e.g. python311)")
-    return runtime
+# Google's Python buildpack takes the version from GOOGLE_PYTHON_VERSION, then
+# GOOGLE_RUNTIME_VERSION, then a .python-version file, else the newest it has; GOOGLE_RUNTIME
+# only picks the language (https://cloud.google.com/docs/buildpacks/python,
+# https://cloud.google.com/docs/buildpacks/service-specific-configs).
+VERSION_VARS = ("GOOGLE_PYTHON_VERSION", "GOOGLE_RUNTIME_VERSION")
+VERSION_FILE = ".python-version"
+_VERSION = re.compile(r"3\.(\d{1,2})(?:\.(\d{1,3}|x|\*))?")
+_RUNTIME = re.compile(r"python(?:3(\d{1,2})?)?")
+# The Python versions each of Google's builder images ships
+# (https://cloud.google.com/docs/buildpacks/builders); a builder not listed here (``latest``
+# moves) is not checked.
+BUILDER_PYTHONS = {
+    "gcr.io/buildpacks/builder:google-22": ("3.10", "3.11", "3.12", "3.13"),
+    "gcr.io/buildpacks/builder:google-24": ("3.13", "3.14"),
+    "gcr.io/buildpacks/builder:v1": ("3.7", "3.8", "3.9", "3.10", "3.11"),
+}
 
 
-def interpreter(runtime: str) -> str:
-    """The host's Python for ``python3XY``; the build fails if this machine has none."""
-    version = f"3.{runtime[7:]}"
-    if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
-        return sys.executable
-    found = shutil.which(f"python{version}")
-    if found is None:
+@dataclass(frozen=True)
+class Python:
+    """The interpreter an image is built for and later run with."""
+
+    runtime: str  # the runtime id, python3XY: the image's localcloud.runtime label
+    executable: str
+    origin: str  # what asked for this version, for the build log
+
+
+def runtime_of(env: dict[str, str]) -> str | None:
+    """The version ``GOOGLE_RUNTIME`` implies (python3XY), None for the bare language."""
+    runtime = env.get("GOOGLE_RUNTIME", "")
+    if not runtime:
+        return None
+    match = _RUNTIME.fullmatch(runtime)
+    if match is None:
         raise BuildError(
-            f"runtime {runtime} needs python{version}, which this machine does not have"
+            f"GOOGLE_RUNTIME={runtime!r}: localcloud builds Python functions only "
+            "(python, python3 or python3XY such as python311)"
         )
-    return found
+    return f"python3{match.group(1)}" if match.group(1) else None
+
+
+def requested_version(source: Path, env: dict[str, str]) -> tuple[str, str | None, str] | None:
+    """``(minor, patch or None, origin)`` the build asks for, in Google's order of precedence;
+    localcloud then falls back on the version in ``GOOGLE_RUNTIME`` (python311 -> 3.11)."""
+    text, origin = "", ""
+    for var in VERSION_VARS:
+        if env.get(var, "").strip():
+            text, origin = env[var].strip(), var
+            break
+    else:
+        file = source / VERSION_FILE
+        if file.is_file():
+            text, origin = file.read_text(errors="replace").strip(), VERSION_FILE
+            if not text:
+                raise BuildError(f"{VERSION_FILE} exists but does not specify a version")
+    if not text:
+        runtime = runtime_of(env)
+        return (f"3.{runtime[7:]}", None, f"GOOGLE_RUNTIME={runtime}") if runtime else None
+    match = _VERSION.fullmatch(text)
+    if match is None:
+        raise BuildError(
+            f"{origin}={text!r} is not a Python version localcloud can pick: use 3.X, 3.X.x "
+            "or 3.X.Y (e.g. 3.11.x)"
+        )
+    patch = match.group(2) if match.group(2) and match.group(2).isdigit() else None
+    return f"3.{match.group(1)}", patch, f"{origin}={text}"
+
+
+def _version_of(executable: str) -> str:
+    """The full version ``executable`` reports, "" when it does not run: a ``python3.X`` on
+    PATH can be a version manager's shim for a version that is not selected."""
+    if executable == sys.executable:
+        return ".".join(map(str, sys.version_info[:3]))
+    try:
+        done = subprocess.run(
+            [executable, "-c", "import sys; print('.'.join(map(str, sys.version_info[:3])))"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def select_python(source: Path, env: dict[str, str], builder: str | None = None) -> Python:
+    """The host's interpreter for the version the build asks for (the host's own Python when
+    it asks for none); BuildError naming the runtime when this machine has none, because a
+    silent fallback would build and run the function on another Python than on Google Cloud.
+    """
+    runtime_of(env)  # refuses a non-Python GOOGLE_RUNTIME even when a version is given
+    asked = requested_version(source, env)
+    host = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    minor, patch, origin = asked or (host, None, "the builder's default")
+    runtime = f"python{minor.replace('.', '')}"
+    offered = BUILDER_PYTHONS.get(builder or "")
+    if asked and offered is not None and minor not in offered:
+        raise BuildError(
+            f"{runtime}: builder {builder} has no Python {minor} (it has "
+            f"{', '.join(offered)}; from {origin})"
+        )
+    executable = sys.executable if minor == host else shutil.which(f"python{minor}")
+    found = _version_of(executable) if executable else ""
+    if executable is None or not found.startswith(f"{minor}."):
+        raise BuildError(f"{runtime}: no python{minor} on this machine (from {origin})")
+    if patch is not None and found != f"{minor}.{patch}":
+        raise BuildError(
+            f"{runtime}: no Python {minor}.{patch} on this machine, its python{minor} is "
+            f"{found} (from {origin}; ask for {minor}.x instead)"
+        )
+    return Python(runtime, executable, origin)
 
 
 def detect(source: Path, env: dict[str, str]) -> None:
@@ -231,16 +330,23 @@ async def pip_install(
 
 
 async def build(
-    source: Path, env: dict[str, str], cache: LayerCache, workdir: Path, log: Log
+    source: Path,
+    env: dict[str, str],
+    cache: LayerCache,
+    workdir: Path,
+    log: Log,
+    builder: str | None = None,
 ) -> Image:
-    """Build the image for ``source`` with the build's ``env`` (the pack ``--env`` values)."""
-    runtime = runtime_of(env)
+    """Build the image for ``source`` with the build's ``env`` (the pack ``--env`` values),
+    on the Python ``builder`` (the pack step's ``--builder``) would use."""
     await asyncio.to_thread(detect, source, env)  # compiling big files must not stall the loop
-    python = interpreter(runtime)
+    chosen = await asyncio.to_thread(select_python, source, env, builder)
+    runtime, python = chosen.runtime, chosen.executable
     target = env.get("GOOGLE_FUNCTION_TARGET", "")
     signature = env.get("GOOGLE_FUNCTION_SIGNATURE_TYPE", "http")
     log(
-        f"runtime {runtime} ({python}), function target {target or '(none)'}, signature {signature}"
+        f"runtime {runtime} ({python}, from {chosen.origin}), "
+        f"function target {target or '(none)'}, signature {signature}"
     )
 
     async def make_framework(tmp: Path) -> Layer:
@@ -295,9 +401,11 @@ async def build(
         "PYTHONPATH": ":".join([WORKSPACE, f"{DEPS_DIR}/lib", f"{FRAMEWORK_DIR}/lib"]),
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
-        "GOOGLE_RUNTIME": runtime,
         "GOOGLE_FUNCTION_SIGNATURE_TYPE": signature,
         **env,
+        # The runtime the image was built for, whatever form the build asked it in: Cloud
+        # Run's runtime reads it (or the label below) to pick the same interpreter.
+        "GOOGLE_RUNTIME": runtime,
     }
     if target:
         image_env.update(GOOGLE_FUNCTION_TARGET=target, FUNCTION_TARGET=target)

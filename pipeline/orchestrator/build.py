@@ -12,36 +12,68 @@ import time
 from typing import Any
 
 from google.api_core import exceptions
+from google.auth.exceptions import GoogleAuthError
 
 from orchestrator import abandoned
+from orchestrator.config import Settings
 from orchestrator.step import Context, Deployment, StepFailed, reraise
 
-BUILDER = "gcr.io/buildpacks/builder:latest"
+# A versioned builder, not the moving ``latest``: google-22 (Ubuntu 22) ships Python 3.10 to
+# 3.13 for functions (https://cloud.google.com/docs/buildpacks/builders). The manifest
+# schema's runtimes are exactly ``BUILDER_PYTHONS`` (a unit test holds them together).
+BUILDER = "gcr.io/buildpacks/builder:google-22"
+BUILDER_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 PACK = "gcr.io/k8s-skaffold/pack"
 BUILD_TIMEOUT = 1200  # seconds
+# How long a build may wait in Cloud Build's queue before the step stops waiting for it.
+QUEUE_MARGIN = 600  # seconds
 LOCK_TIMEOUT = 1500.0
 LOG_TAIL_LINES = 20
 RETRY_GRACE = 5.0  # seconds a retried call waits for its first attempt's build to appear
 
 
 def pack_build(
-    source: tuple[str, str, int | None], image: str, env: dict[str, str], tags: list[str]
+    source: tuple[str, str, int | None],
+    image: str,
+    env: dict[str, str],
+    tags: list[str],
+    settings: Settings,
 ) -> Any:
     """The Build ``gcloud builds submit --pack`` sends for a ``(bucket, object, generation)``
-    source: the buildpacks step with ``env`` as its ``--env`` values."""
+    source: the buildpacks step with ``env`` as its ``--env`` values.
+
+    It runs as the pipeline's build account (``settings.build_service_account``), never the
+    project's default build account, which Terraform grants nothing and which projects
+    made since mid-2024 do not even have. A build with its own account may not log to the
+    default bucket (Cloud Build refuses it), and ours could not read that one anyway: the
+    log goes to the pipeline's logs bucket, Cloud Storage only, as ``log-BUILD_ID.txt``
+    (https://cloud.google.com/build/docs/securing-builds/configure-user-specified-service-accounts).
+    """
     from google.cloud.devtools import cloudbuild_v1
 
     bucket, name, generation = source
     args = ["build", image, "--network", "cloudbuild", "--builder", BUILDER]
     for key, value in env.items():
         args += ["--env", f"{key}={value}"]
+    account = settings.build_service_account
     return cloudbuild_v1.Build(
         source={"storage_source": {"bucket": bucket, "object_": name, "generation": generation}},
         steps=[{"name": PACK, "entrypoint": "pack", "args": args}],
         images=[image],
         tags=tags,
         timeout={"seconds": BUILD_TIMEOUT},
+        service_account=f"projects/{settings.project}/serviceAccounts/{account}",
+        logs_bucket=f"gs://{settings.build_logs_bucket}",
+        options={"logging": cloudbuild_v1.BuildOptions.LoggingMode.GCS_ONLY},
     )
+
+
+def python_version(runtime: str) -> str:
+    """The ``GOOGLE_PYTHON_VERSION`` of a manifest runtime: ``python311`` -> ``3.11.x``.
+
+    ``GOOGLE_RUNTIME`` only picks the language; without a version the builder takes its
+    newest Python (https://cloud.google.com/docs/buildpacks/python)."""
+    return f"3.{runtime.removeprefix('python3')}.x"
 
 
 def function_env(deployment: Deployment) -> dict[str, str]:
@@ -53,22 +85,67 @@ def function_env(deployment: Deployment) -> dict[str, str]:
     }
     if m.runtime:
         env["GOOGLE_RUNTIME"] = m.runtime
+        env["GOOGLE_PYTHON_VERSION"] = python_version(m.runtime)
     return env
 
 
-def _log_tail(ctx: Context, build: Any) -> list[str]:
-    """The last lines of the build's log object, for the failure event (none when the build
-    logs only to Cloud Logging)."""
+def log_tail(ctx: Context, build: Any) -> tuple[list[str], str | None]:
+    """The last lines of the build's log object and, when they cannot be read, why: the
+    failure event says so instead of showing an empty tail as if the log were empty."""
     bucket = build.logs_bucket.removeprefix("gs://")
     bucket, _, prefix = bucket.partition("/")
     if not bucket:
-        return []
+        return [], f"build {build.id} wrote no log to Cloud Storage (logs_bucket is not set)"
     name = f"{prefix.strip('/')}/log-{build.id}.txt".lstrip("/")
+    where = f"gs://{bucket}/{name}"
     try:
         text = ctx.clients.storage.bucket(bucket).blob(name).download_as_text()
-    except exceptions.GoogleAPICallError:
-        return []
-    return text.splitlines()[-LOG_TAIL_LINES:]
+    except exceptions.NotFound:
+        return [], f"the build log {where} does not exist"
+    except exceptions.Forbidden as exc:
+        return [], f"no permission to read the build log {where}: {exc.message}"
+    except exceptions.GoogleAPICallError as exc:
+        return [], f"could not read the build log {where}: {exc}"
+    except (GoogleAuthError, OSError) as exc:
+        return [], f"could not read the build log {where}: {type(exc).__name__}: {exc}"
+    return text.splitlines()[-LOG_TAIL_LINES:], None
+
+
+class _Pending(Exception):
+    """The build has not finished yet (the poll policy retries on this alone)."""
+
+
+def wait(ctx: Context, build_id: str, deadline: float) -> Any:
+    """The finished build, polled with the environment's policy for long operations
+    (``Environment.polling``); StepFailed TIMEOUT when it has not finished in ``deadline``
+    seconds, so a build stuck in the queue never holds the step (and the service's lock)
+    for ever."""
+    from google.api_core import retry
+    from google.cloud.devtools import cloudbuild_v1
+
+    status = cloudbuild_v1.Build.Status
+    done = {status.SUCCESS, status.FAILURE, status.INTERNAL_ERROR, status.TIMEOUT}
+    done |= {status.CANCELLED, status.EXPIRED}
+    seen: list[Any] = []
+
+    def poll() -> Any:
+        build = ctx.clients.cloud_build.get_build(project_id=ctx.settings.project, id=build_id)
+        seen[:] = [build]
+        if build.status not in done:
+            raise _Pending()
+        return build
+
+    policy = ctx.clients.env.polling(deadline).with_predicate(retry.if_exception_type(_Pending))
+    try:
+        return policy(poll)()
+    except exceptions.RetryError:
+        state = status(seen[0].status).name if seen else "unknown"
+        raise StepFailed(
+            "TIMEOUT",
+            f"build {build_id} did not finish within {deadline:g}s (still {state}); "
+            "see it with `gcloud builds describe " + build_id + "`",
+            {"build_id": build_id, "build_status": state},
+        ) from None
 
 
 def _earlier_build(ctx: Context, deployment: Deployment) -> str | None:
@@ -129,6 +206,7 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
                     image,
                     function_env(deployment),
                     [deployment.deployment_id, deployment.service],
+                    settings,
                 ),
             )
         except exceptions.GoogleAPICallError as exc:
@@ -136,22 +214,12 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
         build_id = operation.metadata.build.id
 
     status = cloudbuild_v1.Build.Status
-    done = {status.SUCCESS, status.FAILURE, status.INTERNAL_ERROR, status.TIMEOUT}
-    done |= {status.CANCELLED, status.EXPIRED}
-    delay = 0.02
-    while True:
-        build = ctx.clients.cloud_build.get_build(project_id=settings.project, id=build_id)
-        if build.status in done:
-            break
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
-
+    build = wait(ctx, build_id, BUILD_TIMEOUT + QUEUE_MARGIN)
     if build.status != status.SUCCESS:
-        details = {
-            "build_id": build_id,
-            "log_url": build.log_url,
-            "log_tail": _log_tail(ctx, build),
-        }
+        tail, unreadable = log_tail(ctx, build)
+        details: dict[str, Any] = {"build_id": build_id, "log_url": build.log_url, "log_tail": tail}
+        if unreadable:
+            details["log_error"] = unreadable
         reason = build.status_detail or status(build.status).name
         raise StepFailed(
             "BUILD_FAILED", f"build {build_id} {status(build.status).name}: {reason}", details

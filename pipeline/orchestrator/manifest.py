@@ -13,7 +13,9 @@ Choices made here (the design leaves them open):
 - ``env`` from a stronger source is merged key by key into a weaker one (like
   ``gcloud run deploy --update-env-vars``); every other field is replaced, ``triggers``
   included.
-- ``runtime`` defaults to ``None``, meaning "the builder's Python", as the design says.
+- ``runtime`` defaults to ``None``, meaning "the builder's Python", as the design says;
+  given, it is one the pinned builder has (``build.BUILDER``), and it pins the Python
+  version on Google Cloud too (``GOOGLE_PYTHON_VERSION``).
 - ``Source.parse`` follows gsutil: a trailing ``#DIGITS`` is the generation; any other ``#``
   is part of the object name.
 """
@@ -179,6 +181,9 @@ def _describe(error: Any) -> list[tuple[str | None, str, str]]:
     if validator == "pattern":
         rule = error.schema.get("description", f"matching {error.validator_value}")
         return [(where, where, f"{error.instance!r} is not {rule}")]
+    if validator == "enum" and "description" in error.schema:
+        shown = clip(repr(error.instance), 100)
+        return [(where, where, f"{shown} is not {error.schema['description']}")]
     if validator == "type":
         wanted = error.validator_value
         article = "an" if str(wanted)[0] in "aeiou" else "a"

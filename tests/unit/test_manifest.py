@@ -118,6 +118,10 @@ BAD = [
     ({"entry_point": "1x"}, "entry_point", ["'1x'"]),
     ({"signature_type": "grpc"}, "signature_type", ["'grpc'", "http"]),
     ({"runtime": "python"}, "runtime", ["'python'", "python311"]),
+    # Issue 15 (3): only runtimes the pinned builder (google-22) has, named in the message.
+    ({"runtime": "python39"}, "runtime", ["'python39'", "google-22", "python310", "python313"]),
+    ({"runtime": "python314"}, "runtime", ["'python314'", "google-22"]),
+    ({"runtime": "python3"}, "runtime", ["'python3'"]),
     ({"runtime": "nodejs20"}, "runtime", ["'nodejs20'"]),
     ({"runtime": 311}, "runtime", ["expected a string"]),
     ({"env": ["A=1"]}, "env", ["expected an object"]),
@@ -662,3 +666,49 @@ triggers:                   # besides HTTP, which every service has
     assert got.service == "hello"
     assert got.env == {"GREETING": "hi"}
     assert len(got.triggers) == 2
+
+
+# ------------------------------------------------------------- the runtime pins the Python version
+
+
+def test_the_schema_accepts_exactly_the_pythons_of_the_pinned_builder():
+    """Issue 15 (3): the manifest's runtimes and the builder image they are built with
+    agree (https://cloud.google.com/docs/buildpacks/builders: google-22 has 3.10 to 3.13)."""
+    from orchestrator import build
+
+    allowed = m.schema()["$defs"]["manifestFields"]["properties"]["runtime"]["enum"]
+    assert build.BUILDER == "gcr.io/buildpacks/builder:google-22"
+    assert allowed == [f"python{v.replace('.', '')}" for v in build.BUILDER_PYTHONS]
+    for runtime in allowed:
+        m.validate_manifest({"runtime": runtime})
+
+
+@pytest.mark.parametrize(
+    ("runtime", "version"),
+    [("python310", "3.10.x"), ("python311", "3.11.x"), ("python313", "3.13.x")],
+)
+def test_a_manifest_runtime_pins_the_python_version_not_only_the_language(runtime, version):
+    """Issue 15 (3): ``GOOGLE_RUNTIME=python311`` picks the language; the version comes from
+    ``GOOGLE_PYTHON_VERSION`` (https://cloud.google.com/docs/buildpacks/python)."""
+    from orchestrator.build import function_env, pack_build
+    from orchestrator.config import Settings
+    from orchestrator.step import Deployment
+
+    resolved = m.resolve({"runtime": runtime}, {}, "hello.zip")
+    deployment = Deployment("d-1", resolved.service, "gs://b/o", "b", "o", 1, resolved)
+    env = function_env(deployment)
+    assert env["GOOGLE_RUNTIME"] == runtime
+    assert env["GOOGLE_PYTHON_VERSION"] == version
+    build = pack_build(("b", "o", 1), "img", env, [], Settings.defaults("p"))
+    args = list(build.steps[0].args)
+    assert f"GOOGLE_PYTHON_VERSION={version}" in args
+    assert args[args.index("--builder") + 1] == "gcr.io/buildpacks/builder:google-22"
+
+
+def test_without_a_runtime_no_version_is_forced():
+    from orchestrator.build import function_env
+    from orchestrator.step import Deployment
+
+    resolved = m.resolve({}, {}, "hello.zip")
+    deployment = Deployment("d-1", resolved.service, "gs://b/o", "b", "o", 1, resolved)
+    assert "GOOGLE_PYTHON_VERSION" not in function_env(deployment)
