@@ -676,28 +676,24 @@ def deployment_status(
     """
     from google.api_core import exceptions
 
-    from orch import follow
+    from orchestrator.records import DEPLOYMENTS_PREFIX, claim_name
 
     clients = _clients()
     if follow_events:
         _follow_status(clients, settings, deployment_id)
         return
-    bucket = clients.storage.bucket(settings.sources_bucket)
+    records = settings.records_bucket
     try:
         if deployment_id:
-            blob = bucket.get_blob(follow.claim_path(deployment_id))
+            blob = clients.storage.bucket(records).get_blob(claim_name(deployment_id))
             if blob is None:
-                raise click.ClickException(
-                    f"no deployment {deployment_id} in gs://{settings.sources_bucket}"
-                )
+                raise click.ClickException(f"no deployment {deployment_id} in gs://{records}")
             claim = json.loads(blob.download_as_bytes())
             _print_claim(clients, claim)
             return
         blobs = [
             b
-            for b in clients.storage.list_blobs(
-                settings.sources_bucket, prefix=follow.RESERVED_PREFIX
-            )
+            for b in clients.storage.list_blobs(records, prefix=DEPLOYMENTS_PREFIX)
             if b.name.endswith("/claim.json")
         ]
     except exceptions.GoogleAPICallError as exc:
@@ -728,7 +724,7 @@ def deployment_status(
             ]
         )
     if len(rows) == 1:
-        click.echo(f"no deployments in gs://{settings.sources_bucket}")
+        click.echo(f"no deployments in gs://{records}")
         return
     _table(rows)
 

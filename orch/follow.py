@@ -8,8 +8,8 @@ de-duplicated by CloudEvent id (Pub/Sub delivers at least once).
 
 :func:`follow_deployment` waits for one deployment's end: its ``done`` event, or a
 ``failed`` event at step ``accepted`` (bad input: nothing follows). While no event comes it
-also looks at the deployment's claim and its workflow execution, so a deployment whose
-final event was lost still ends.
+also looks at the deployment's claim (in the records bucket) and its workflow execution,
+so a deployment whose final event was lost still ends.
 """
 
 from __future__ import annotations
@@ -27,14 +27,10 @@ from typing import Any
 
 from orchestrator import status
 from orchestrator.config import Settings
+from orchestrator.records import claim_name
 
-RESERVED_PREFIX = "_orchestrator/deployments/"
 POLL_SECONDS = 3.0  # after this long without an event, look at the claim and execution
 GRACE_POLLS = 2  # execution ended but no `done` event: wait this many polls, then use it
-
-
-def claim_path(deployment_id: str) -> str:
-    return f"{RESERVED_PREFIX}{deployment_id}/claim.json"
 
 
 def quote(value: str) -> str:
@@ -163,7 +159,7 @@ def is_final(event: status.StatusEvent) -> bool:
 
 
 def _claim(clients: Any, settings: Settings, deployment_id: str) -> dict[str, Any] | None:
-    blob = clients.storage.bucket(settings.sources_bucket).get_blob(claim_path(deployment_id))
+    blob = clients.storage.bucket(settings.records_bucket).get_blob(claim_name(deployment_id))
     if blob is None:
         return None
     return json.loads(blob.download_as_bytes())

@@ -271,15 +271,28 @@ class Provisioner:
 
     # ---------------------------------------------------------------- triggers
 
+    def _sources_location(self) -> str:
+        """The Eventarc location of a trigger on the sources bucket: the bucket's own.
+
+        Eventarc refuses a storage trigger anywhere else. ``buckets()`` makes the bucket in
+        the pipeline's region, as Terraform does, but a data directory made under another
+        region keeps its bucket there: the trigger follows the bucket, not the setting.
+        """
+        from orchestrator.triggers import trigger_location
+
+        bucket = self.c.storage.get_bucket(self.s.sources_bucket)
+        return trigger_location(bucket.location or self.s.region)
+
     def triggers(self) -> None:
         from google.cloud import eventarc_v1
 
         for key, spec in self.p["triggers"].items():
             trigger_id = f"{self.s.prefix}-{key}"
-            name = f"{self.s.location_path}/triggers/{trigger_id}"
+            location = self.s.region
             filters = [{"attribute": "type", "value": spec["event_type"]}]
             fields: dict[str, Any] = {}
             if spec["on"] == "sources_bucket":
+                location = self._sources_location()
                 filters.append({"attribute": "bucket", "value": self.s.sources_bucket})
             else:
                 fields["transport"] = {
@@ -296,6 +309,10 @@ class Provisioner:
                 service_account=self._role_account("trigger"),
                 **fields,
             )
+            parent = f"projects/{self.s.project}/locations/{location}"
+            name = f"{parent}/triggers/{trigger_id}"
+            if location != self.s.region:  # one made in the region before: not Eventarc's
+                self._delete_trigger(f"{self.s.location_path}/triggers/{trigger_id}")
             try:
                 made = self.c.eventarc.get_trigger(name=name)
             except exceptions.NotFound:
@@ -307,10 +324,15 @@ class Provisioner:
                 if made is not None:  # filters and transport cannot be updated: replace it
                     self.c.eventarc.delete_trigger(name=name).result(polling=self.polling)
                 made = self.c.eventarc.create_trigger(
-                    parent=self.s.location_path, trigger_id=trigger_id, trigger=wanted
+                    parent=parent, trigger_id=trigger_id, trigger=wanted
                 ).result(polling=self.polling)
                 self._note("trigger", trigger_id, action)
             self._dead_letter(made.transport.pubsub.subscription)
+
+    def _delete_trigger(self, name: str) -> None:
+        with contextlib.suppress(exceptions.NotFound):
+            self.c.eventarc.delete_trigger(name=name).result(polling=self.polling)
+            self._note("trigger", name.rsplit("/", 1)[-1], "deleted")
 
     def _dead_letter(self, subscription: str) -> None:
         """Eventarc's subscription sends what it cannot deliver to the dead-letter topic."""

@@ -7,6 +7,10 @@ worker asks this module to turn each message into a CloudEvent (binary mode); me
 trigger's path pattern does not match are acknowledged without delivery. Retries use the
 subscription's retry policy (Eventarc's 10 s..600 s unless ``LOCALCLOUD_EVENTARC_*`` say
 otherwise); a dead-letter policy set on the trigger's subscription is honoured.
+
+A Cloud Storage trigger is checked against its bucket, read from localcloud's Cloud
+Storage as Eventarc reads it from Google's: the bucket must exist, and the trigger must
+live in the bucket's location (``US-CENTRAL1`` -> ``us-central1``, ``US`` -> ``us``).
 """
 
 from __future__ import annotations
@@ -16,14 +20,23 @@ import logging
 import re
 import uuid
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 from google.cloud.eventarc_v1 import types
 from google.protobuf import field_mask_pb2
 from google.pubsub_v1.types import Subscription, Topic
 
 from localcloud.core.clock import now
 from localcloud.core.config import Config
-from localcloud.core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
+from localcloud.core.errors import (
+    Aborted,
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from localcloud.core.names import parse_parent
 from localcloud.eventarc import events
 from localcloud.eventarc.store import TriggerPb, TriggerStore
@@ -60,6 +73,7 @@ class EventRouter:
         self.operations = operations
         self.pubsub = pubsub
         self.run = run  # the Cloud Run controller: destinations must exist
+        self._session: aiohttp.ClientSession | None = None  # reads buckets from storage
 
     async def start(self) -> None:
         for trigger in self.store.triggers.values():
@@ -67,6 +81,9 @@ class EventRouter:
 
     async def stop(self) -> None:
         """Deliveries are Pub/Sub's push workers; they stop with Pub/Sub."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     # -- API ----------------------------------------------------------------------------
     def get(self, name: str) -> Any:
@@ -94,6 +111,7 @@ class EventRouter:
         trigger.CopyFrom(request)
         trigger.name = name
         self._validate(trigger, project, location)
+        await self._check_bucket(trigger, location)
         if validate_only:
             return await self._operation(trigger, "create", done=True)
         trigger.uid = str(uuid.uuid4())
@@ -138,6 +156,7 @@ class EventRouter:
             else:
                 getattr(updated, top).CopyFrom(getattr(request, top))
         self._validate(updated, project, location)
+        await self._check_bucket(updated, location)
         if validate_only:
             return await self._operation(updated, "update", done=True)
         await self._unbind(current)
@@ -219,6 +238,62 @@ class EventRouter:
             )
         if run.path and not run.path.startswith("/"):
             raise InvalidArgument("destination.cloud_run.path must start with '/'")
+
+    async def _check_bucket(self, trigger: Any, location: str) -> None:
+        """A storage trigger's bucket exists and is where the trigger is, as Eventarc checks.
+
+        Google's answers: an unreadable or missing bucket is PERMISSION_DENIED ("Bucket ...
+        could not be validated. Please verify that the bucket exists and that the Eventarc
+        service account has permission", as reported in
+        https://github.com/google-github-actions/deploy-cloud-functions/issues/461); a
+        trigger elsewhere than its bucket is INVALID_ARGUMENT ("Bucket "B" location "eu"
+        does not match trigger location "europe-west1"",
+        https://cloud.google.com/eventarc/docs/understand-locations).
+        """
+        filters = {f.attribute: f.value for f in trigger.event_filters if not f.operator}
+        if filters.get("type") not in events.STORAGE_TYPES:
+            return
+        bucket = filters.get("bucket", "")
+        found = await self._bucket(bucket)
+        if found is None:
+            raise PermissionDenied(
+                f'Permission "storage.buckets.get" denied on "Bucket \\"{bucket}\\" could '
+                "not be validated. Please verify that the bucket exists and that the "
+                'Eventarc service account has permission."'
+            )
+        where = str(found.get("location") or "").lower()
+        if where != location:
+            raise InvalidArgument(
+                f'The request was invalid: Bucket "{bucket}" location "{where}" does not '
+                f'match trigger location "{location}". Try again by creating the trigger '
+                f'in "{where}".'
+            )
+
+    async def _bucket(self, bucket: str) -> dict[str, Any] | None:
+        """The bucket's resource from localcloud's Cloud Storage, or None if it has none."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        url = f"http://{self.config.storage_address}/storage/v1/b/{quote(bucket, safe='')}"
+        try:
+            async with self._session.get(url) as resp:
+                if resp.status == 404:
+                    return None
+                if resp.status == 400:  # storage refused the name itself
+                    raise InvalidArgument(
+                        f"event_filters: bucket {bucket!r} is not a valid bucket name: "
+                        f"{(await resp.text())[:300]}"
+                    )
+                if resp.status >= 400:
+                    raise Unavailable(
+                        f"Cloud Storage answered {resp.status} when Eventarc read bucket "
+                        f"{bucket!r}: {(await resp.text())[:300]}"
+                    )
+                document = await resp.json(content_type=None)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise Unavailable(
+                f"Cloud Storage did not answer when Eventarc read bucket {bucket!r}: {exc}"
+            ) from None
+        return document if isinstance(document, dict) else None
 
     # -- binding ------------------------------------------------------------------------
     def _service(self, trigger: Any, project: str, location: str) -> Any:

@@ -203,8 +203,14 @@ def run(
     itself (the build step first waits for the service's lock). A final failure is saved
     like a result, so a retried call (its answer was lost) gives the same failure instead
     of carrying on after the service's lock was released. The last step releases the
-    service's lock on success (``release_on_success``) only after its ``succeeded`` event
-    is out, so the next deployment of the service never starts before this one ends.
+    service's lock on success (``release_on_success``) only after its result is saved and
+    its ``succeeded`` event is out, so the next deployment of the service never starts
+    before this one ends, and a retried call finds the result instead of working again.
+
+    The last step also works only while its deployment holds the lock: a call that finds
+    another deployment holding it (a retry of a call that has meanwhile finished, saved and
+    released) returns the result saved by then, and never applies this deployment's
+    manifest over the next one's.
     """
     ctx = context()
     try:
@@ -212,6 +218,8 @@ def run(
     except StepFailed as failure:
         return {"ok": False, "error": {"code": failure.code, "message": failure.message}}, 200
     saved = ctx.records.step_result(deployment.deployment_id, step)
+    if saved is None and release_on_success:
+        saved = _unless_lock_lost(ctx, deployment, step)
     if saved is not None and "error" in saved:
         error, details = saved["error"], saved.get("details", {})
         ctx.publish(
@@ -258,6 +266,25 @@ def run(
     if release_on_success:
         ctx.records.release(deployment.service, deployment.deployment_id)
     return {"ok": True, "result": result}, 200
+
+
+def _unless_lock_lost(ctx: Context, deployment: Deployment, step: str) -> dict[str, Any] | None:
+    """None when ``deployment`` holds its service's lock, so ``step`` may work; otherwise
+    what the call answers instead: the result another call of the step saved before it
+    released the lock, or a LOCK_LOST failure (not saved: it describes this call)."""
+    holder = ctx.records.holder(deployment.service)
+    if holder == deployment.deployment_id:
+        return None
+    saved = ctx.records.step_result(deployment.deployment_id, step)
+    if saved is not None:
+        return saved
+    who = f"deployment {holder} holds it" if holder else "nobody holds it"
+    message = (
+        f"deployment {deployment.deployment_id} no longer holds the lock of service "
+        f"{deployment.service} ({who}), so its {step} step did not run: it would undo what "
+        "a newer deployment set up; deploy the source again if it should be the one serving"
+    )
+    return {"error": {"code": "LOCK_LOST", "message": message}, "details": {}}
 
 
 def reraise(code: str, what: str, exc: exceptions.GoogleAPICallError) -> NoReturn:

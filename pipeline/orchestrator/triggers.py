@@ -8,8 +8,9 @@ missing (as ``gcloud functions deploy --trigger-topic`` does); buckets are not. 
 trigger lives in its bucket's location, as Eventarc requires; the locations a service's
 triggers live in are recorded so stale ones are found there later. The trigger service
 account gets ``run.invoker`` on the service, since Eventarc calls it with that identity.
-This is the last step: once its ``succeeded`` event is out, ``step.run`` releases the
-service's lock.
+This is the last step: ``step.run`` runs it only while its deployment holds the
+service's lock, and releases the lock once its result is saved and its ``succeeded``
+event is out.
 """
 
 from __future__ import annotations
@@ -34,30 +35,79 @@ def event_filters(trigger: Trigger) -> list[dict[str, str]]:
     return filters
 
 
-def _location(ctx: Context, trigger: Trigger) -> str:
+# What bind_triggers' service account needs to read a user's bucket (its location decides
+# the trigger's): storage.buckets.get, in roles/storage.bucketViewer on the project.
+BUCKET_ROLE = "roles/storage.bucketViewer"
+
+
+def trigger_location(bucket_location: str) -> str:
+    """The Eventarc location of a storage trigger on a bucket in ``bucket_location``.
+
+    "The trigger location must match the bucket's location": ``US-CENTRAL1`` ->
+    ``us-central1``, the multi-region ``US`` -> ``us``, the dual-region ``NAM4`` -> ``nam4``
+    (https://cloud.google.com/eventarc/docs/understand-locations).
+    """
+    return bucket_location.lower()
+
+
+def _location(ctx: Context, trigger: Trigger, project_number: dict[str, str | None]) -> str:
     """Where the trigger must live, making sure its source exists.
 
     A Pub/Sub trigger lives in the pipeline's region, its topic created when missing (as
     ``gcloud functions deploy --trigger-topic`` does). A Cloud Storage trigger must live in
-    its bucket's location (``us`` for a multi-region bucket), and the bucket must exist: the
-    pipeline does not create buckets.
+    its bucket's location, and the bucket must exist (the pipeline does not create
+    buckets), be readable (its location is read, never guessed: Eventarc refuses a trigger
+    elsewhere) and belong to the pipeline's project (Eventarc triggers only on buckets of
+    the trigger's project: https://cloud.google.com/functions/docs/calling/storage).
+    ``project_number`` caches the pipeline's project number across a step's triggers.
     """
     if trigger.kind == "pubsub":
         topic = ctx.settings.topic_path(trigger.topic or "")
         with contextlib.suppress(exceptions.AlreadyExists):
             ctx.clients.publisher.create_topic(name=topic)
         return ctx.settings.region
+    name = trigger.bucket or ""
     try:
-        bucket = ctx.clients.storage.lookup_bucket(trigger.bucket)
-    except exceptions.Forbidden:
-        return ctx.settings.region  # not ours to read; Eventarc will say if it cannot watch it
+        bucket = ctx.clients.storage.lookup_bucket(name)
+    except exceptions.Forbidden as exc:
+        raise StepFailed(
+            "TRIGGER_FAILED",
+            f"bucket {name!r} of the storage trigger cannot be read by the bind_triggers "
+            f"function's service account ({exc.message}); its location decides the "
+            f"trigger's: grant that account {BUCKET_ROLE} (storage.buckets.get) on the "
+            f"project {ctx.settings.project}, or use a bucket of that project",
+        ) from None
     if bucket is None:
         raise StepFailed(
             "TRIGGER_FAILED",
-            f"bucket {trigger.bucket!r} of the storage trigger does not exist; create it "
+            f"bucket {name!r} of the storage trigger does not exist; create it "
             "first (the pipeline does not create buckets)",
         )
-    return (bucket.location or ctx.settings.region).lower()
+    ours = _project_number(ctx, project_number)
+    theirs = bucket.project_number
+    if ours is not None and theirs is not None and str(theirs) != ours:
+        raise StepFailed(
+            "TRIGGER_FAILED",
+            f"bucket {name!r} of the storage trigger belongs to another project (number "
+            f"{theirs}); Eventarc watches only buckets of the trigger's project, "
+            f"{ctx.settings.project}: use a bucket of that project",
+        )
+    if not bucket.location:
+        raise StepFailed("TRIGGER_FAILED", f"bucket {name!r} has no location to put its trigger")
+    return trigger_location(bucket.location)
+
+
+def _project_number(ctx: Context, cache: dict[str, str | None]) -> str | None:
+    """The pipeline's project number, read from its records bucket (made in that project);
+    None when it cannot be read, and then buckets are not compared."""
+    if "number" not in cache:
+        try:
+            records = ctx.clients.storage.lookup_bucket(ctx.settings.records_bucket)
+        except exceptions.Forbidden:
+            records = None
+        number = None if records is None else records.project_number
+        cache["number"] = None if number is None else str(number)
+    return cache["number"]
 
 
 def _create(
@@ -91,7 +141,8 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
     eventarc = ctx.clients.eventarc
     project = ctx.settings.project
     wanted = {t.trigger_id(deployment.service): t for t in deployment.manifest.triggers}
-    where = {trigger_id: _location(ctx, t) for trigger_id, t in wanted.items()}
+    numbers: dict[str, str | None] = {}
+    where = {trigger_id: _location(ctx, t, numbers) for trigger_id, t in wanted.items()}
     # Triggers of earlier deployments may live in other locations (their buckets'): the
     # service's record remembers which, so stale ones are found wherever they are.
     record = locations_name(deployment.service)

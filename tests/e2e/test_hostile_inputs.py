@@ -16,7 +16,6 @@ import pytest
 
 from localcloud.testing import zip_entries, zip_tree
 from orchestrator import intake, manifest
-from orchestrator.config import pipeline as pipeline_names
 from orchestrator.status import to_message
 from orchestrator.step import Context
 from tests.e2e.conftest import done, hello_source, steps
@@ -167,8 +166,8 @@ def test_a_deployment_whose_execution_was_cancelled_is_ended_by_the_next_one(pip
         assert time.monotonic() < deadline, pipeline.seen(first)
         time.sleep(0.05)
     record = json.loads(
-        pipeline.clients.storage.bucket(pipeline.settings.sources_bucket)
-        .blob(f"{pipeline_names()['reserved_prefix']}deployments/{first}/claim.json")
+        pipeline.clients.storage.bucket(pipeline.settings.records_bucket)
+        .blob(f"deployments/{first}/claim.json")
         .download_as_bytes()
     )
     cancelled = pipeline.clients.executions.cancel_execution(name=record["execution"])

@@ -282,6 +282,37 @@ def test_triggers_are_bound_and_removed_as_the_manifest_changes(pipeline, localc
         recorder.close()
 
 
+def test_the_storage_triggered_example_receives_uploads_to_its_bucket(pipeline):
+    """examples/on_upload through the pipeline: bind_triggers creates its storage trigger in
+    the location of the bucket it watches (Eventarc refuses any other), and an object
+    written to that bucket reaches the function, which logs it."""
+    storage = pipeline.clients.storage
+    uploads = storage.lookup_bucket("uploads") or storage.create_bucket("uploads")
+    dep_id, _ = pipeline.upload(zip_dir(EXAMPLES / "on_upload"), "on_upload.zip")
+    final = done(pipeline.wait(dep_id, timeout=180))
+    assert final.state == "succeeded", final.message
+    (trigger_id,) = final.details["triggers"]
+    location = uploads.location.lower()
+    parent = f"projects/{pipeline.settings.project}/locations/{location}"
+    bound = pipeline.clients.eventarc.get_trigger(name=f"{parent}/triggers/{trigger_id}")
+    assert {(f.attribute, f.value) for f in bound.event_filters} == {
+        ("type", "google.cloud.storage.object.v1.finalized"),
+        ("bucket", "uploads"),
+    }
+    name = f"{unique('upload')}.txt"
+    uploads.blob(name).upload_from_string(b"hello")
+    service = pipeline.service("on-upload")
+    revision = pipeline.clients.run_revisions.get_revision(name=service.latest_ready_revision)
+    log = pipeline.clients.env.log_file(revision.log_uri)
+    assert log is not None
+    line = f"new object gs://uploads/{name} (5 bytes)"
+    wait_for(
+        lambda: log.is_file() and line in log.read_text(errors="replace"),
+        60,
+        f"the function to log {line!r}",
+    )
+
+
 def test_a_step_function_crashing_mid_deploy_is_retried_and_the_deployment_completes(
     pipeline, localcloud
 ):

@@ -53,15 +53,18 @@ class Pipeline:
         run = uuid.uuid4().hex[:8]
         self.clients = clients
         self.bucket = f"cli-src-{run}"
+        self.records = f"cli-rec-{run}"
         self.requests_topic = f"deploy-requests-{run}"
         self.status_topic = f"deploy-status-{run}"
         clients.storage.create_bucket(self.bucket)
+        clients.storage.create_bucket(self.records)
         for topic in (self.requests_topic, self.status_topic):
             clients.publisher.create_topic(name=self.topic_path(topic))
         self.env = {
             **localcloud.env,
             "ORCH_CONFIG": "/nonexistent/orch-config.json",
             "ORCH_SOURCES_BUCKET": self.bucket,
+            "ORCH_RECORDS_BUCKET": self.records,
             "ORCH_REQUESTS_TOPIC": self.requests_topic,
             "ORCH_STATUS_TOPIC": self.status_topic,
         }
@@ -84,8 +87,9 @@ class Pipeline:
         for topic in (self.requests_topic, self.status_topic):
             with contextlib.suppress(Exception):
                 self.clients.publisher.delete_topic(topic=self.topic_path(topic))
-        with contextlib.suppress(Exception):
-            self.clients.storage.bucket(self.bucket).delete(force=True)
+        for bucket in (self.bucket, self.records):
+            with contextlib.suppress(Exception):
+                self.clients.storage.bucket(bucket).delete(force=True)
 
 
 @pytest.fixture
@@ -347,7 +351,9 @@ def test_request_follow_stops_at_a_failed_accepted(pipeline, clients):
 
 
 def test_status_shows_a_claim_and_lists_deployments(pipeline, clients):
-    bucket = clients.storage.bucket(pipeline.bucket)
+    """Claims are read from the records bucket (where intake writes them), not the sources
+    bucket."""
+    bucket = clients.storage.bucket(pipeline.records)
     claim = {
         "deployment_id": "d-1111111111111111",
         "service": "hello",
@@ -357,9 +363,7 @@ def test_status_shows_a_claim_and_lists_deployments(pipeline, clients):
         "state": "failed",
         "error": {"code": "INVALID_MANIFEST", "message": "function.yaml: bad key"},
     }
-    bucket.blob("_orchestrator/deployments/d-1111111111111111/claim.json").upload_from_string(
-        json.dumps(claim)
-    )
+    bucket.blob("deployments/d-1111111111111111/claim.json").upload_from_string(json.dumps(claim))
     one = pipeline.invoke("status", "d-1111111111111111")
     assert one.exit_code == 0, one.output
     assert "INVALID_MANIFEST: function.yaml: bad key" in one.stdout

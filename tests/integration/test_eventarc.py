@@ -298,3 +298,101 @@ def test_validation_names_the_field(clients, function):
         p.name.rsplit("/", 1)[-1] for p in clients.eventarc.list_providers(parent=LOCATION)
     }
     assert providers == {"storage.googleapis.com", "pubsub.googleapis.com"}
+
+
+# ------------------------------------------------------------------ a storage trigger's bucket
+
+
+def create_storage_trigger(clients, service: run_v2.Service, bucket: str, location: str):
+    return clients.eventarc.create_trigger(
+        parent=f"projects/local-project/locations/{location}",
+        trigger_id=f"loc-{uuid.uuid4().hex[:8]}",
+        trigger=eventarc_v1.Trigger(
+            event_filters=storage_filters(bucket),
+            destination={
+                "cloud_run": {"service": service.name.rsplit("/", 1)[-1], "region": "us-central1"}
+            },
+            service_account=TRIGGER_SA,
+        ),
+    ).result(timeout=60)
+
+
+def test_a_storage_trigger_lives_in_its_buckets_location(clients, function):
+    """Eventarc refuses a storage trigger anywhere but its bucket's location, naming both
+    (https://cloud.google.com/eventarc/docs/understand-locations); localcloud's buckets are
+    in its region, ``US-CENTRAL1``."""
+    bucket = clients.storage.create_bucket(f"ev-loc-{uuid.uuid4().hex[:8]}")
+    assert clients.storage.get_bucket(bucket.name).location == "US-CENTRAL1"
+    service = function()
+    for elsewhere in ("us", "europe-west1"):
+        with pytest.raises(exceptions.InvalidArgument) as refused:
+            create_storage_trigger(clients, service, bucket.name, elsewhere)
+        message = refused.value.message
+        assert f'Bucket "{bucket.name}" location "us-central1"' in message
+        assert f'does not match trigger location "{elsewhere}"' in message
+        assert not list(
+            clients.eventarc.list_triggers(parent=f"projects/local-project/locations/{elsewhere}")
+        )
+    made = create_storage_trigger(clients, service, bucket.name, "us-central1")
+    try:
+        assert made.name.startswith(LOCATION + "/triggers/")
+        # An update may not move the trigger onto a bucket elsewhere either.
+        made.event_filters[1].value = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
+        with pytest.raises(exceptions.PermissionDenied, match="could not be validated"):
+            clients.eventarc.update_trigger(
+                trigger=made, update_mask={"paths": ["event_filters"]}
+            ).result(timeout=60)
+    finally:
+        clients.eventarc.delete_trigger(name=made.name).result(timeout=60)
+
+
+def test_a_storage_trigger_on_a_missing_bucket_is_refused(clients, function):
+    """As Google: PERMISSION_DENIED, the bucket "could not be validated" (it is missing, or
+    Eventarc's service agent cannot read it), naming the bucket; nothing is created."""
+    missing = f"ev-missing-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(exceptions.PermissionDenied) as refused:
+        create_storage_trigger(clients, function(), missing, "us-central1")
+    assert f'Bucket \\"{missing}\\" could not be validated' in refused.value.message
+    assert "storage.buckets.get" in refused.value.message
+    assert not [
+        t
+        for t in clients.eventarc.list_triggers(parent=LOCATION)
+        if any(f.value == missing for f in t.event_filters)
+    ]
+
+
+def test_the_orchestrators_records_fire_no_trigger_on_the_sources_bucket(
+    clients, function, trigger, recorder
+):
+    """Claims, step results, locks and trigger locations go to the records bucket: a trigger
+    on the sources bucket (the intake's) sees none of them, only the sentinel archive
+    written after them."""
+    from dataclasses import replace
+
+    from orchestrator import records as rec
+    from orchestrator.config import Settings
+
+    run = uuid.uuid4().hex[:8]
+    settings = replace(
+        Settings.defaults("local-project"), sources_bucket=f"src-{run}", records_bucket=f"rec-{run}"
+    )
+    sources = clients.storage.create_bucket(settings.sources_bucket)
+    clients.storage.create_bucket(settings.records_bucket)
+    trigger(function(), storage_filters(sources.name))
+    records = rec.Records(settings, clients.storage)
+    assert records.create(rec.claim_name("d-1"), {"state": "claimed"}) is not None
+    records.write(rec.claim_name("d-1"), {"state": "accepted"})
+    records.save_step("d-1", "build", {"image": "x"})
+    assert records.acquire("svc", "d-1", "", lambda _e: False, lambda _h: None, 5) is True
+    records.write(rec.locations_name("svc"), {"trigger_locations": ["us-central1"]})
+    records.release("svc", "d-1")
+    stored = {b.name for b in clients.storage.list_blobs(settings.records_bucket)}
+    assert stored == {
+        "deployments/d-1/claim.json",
+        "deployments/d-1/build.json",
+        "services/svc/triggers.json",
+    }
+    sources.blob("sentinel.zip").upload_from_string(b"PK")
+    assert names(recorder.wait(1)) == ["sentinel.zip"]
+    time.sleep(1.0)  # anything a record fired would have come before the sentinel's event
+    assert names(recorder.events) == ["sentinel.zip"]
