@@ -109,9 +109,13 @@ class Provisioner:
         return service_account_email(f"{self.s.prefix}-{key}", self.s.project)
 
     def image(self, source: bytes, digest: str) -> str:
-        """Build the functions' image from ``source`` (once per source hash)."""
-        bucket = self.c.storage.bucket(self.s.sources_bucket)
-        name = f"{self.p['reserved_prefix']}source/orchestrator-{digest[:16]}.zip"
+        """Build the functions' image from ``source`` (once per source hash).
+
+        The source goes to the records bucket, not the sources bucket: any write there fires
+        the intake trigger (Terraform keeps it in a code bucket of its own for the same reason).
+        """
+        bucket = self.c.storage.bucket(self.s.records_bucket)
+        name = f"source/orchestrator-{digest[:16]}.zip"
         blob = bucket.get_blob(name)
         if blob is None:
             blob = bucket.blob(name)
