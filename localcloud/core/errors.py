@@ -13,7 +13,8 @@ APIs answer with.
 from __future__ import annotations
 
 import grpc
-from google.rpc import status_pb2
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 
 class GoogleError(Exception):
@@ -125,3 +126,44 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The (code, message) a gRPC client sees for an exception raised by a handler."""
     error = as_google_error(exc)
     return error.code, error.message
+
+
+class FieldViolation:
+    """One field a request got wrong: its path in the request, why, and the sentence to show."""
+
+    __slots__ = ("description", "field", "sentence")
+
+    def __init__(self, field: str, description: str, sentence: str) -> None:
+        self.field = field
+        self.description = description
+        self.sentence = sentence
+
+
+class InvalidFields(InvalidArgument):
+    """INVALID_ARGUMENT naming each bad field in a ``google.rpc.BadRequest`` detail.
+
+    https://google.aip.dev/193: a client reads ``field_violations`` to know which field to
+    fix; the message is the first violation's sentence, so a person reading logs sees it too.
+    """
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        sentences = [v.sentence for v in violations]
+        more = len(sentences) - 1
+        super().__init__(sentences[0] + (f" (and {more} more)" if more else ""))
+        self.violations = violations
+
+    def to_proto(self) -> status_pb2.Status:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in self.violations
+                ]
+            )
+        )
+        status = super().to_proto()
+        status.details.append(detail)
+        return status

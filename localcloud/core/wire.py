@@ -7,8 +7,17 @@ what crosses the wire is exactly what Google's servers speak. Handlers receive a
 plain protobuf messages (proto-plus wrappers cost a copy per field access on hot paths);
 pass ``proto_plus=True`` to receive proto-plus messages instead.
 
+Every request is first held to its API's annotations (``validate.py``): required fields,
+resource names, update masks; output-only fields are cleared. The checks are built once per
+method from the request type, so no handler repeats them and none can forget them. Of a
+request stream only the first message is checked: it is the one that opens the call
+(StreamingPull's first request names the subscription and the stream's ack deadline, both
+REQUIRED; later ones carry acks only).
+
 Errors: a ``GoogleError`` becomes its status code; anything else becomes INTERNAL with the
-exception's message and a logged traceback, never UNKNOWN.
+exception's message and a logged traceback, never UNKNOWN. An error whose status carries
+details (a ``BadRequest`` naming the fields) sends them in ``grpc-status-details-bin``,
+where Google's client libraries read them.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ from typing import Any
 
 import grpc
 
-from localcloud.core.errors import GoogleError, to_status
+from localcloud.core.errors import GoogleError, as_google_error
+from localcloud.core.validate import Validator, validator_for
 
 LOG = logging.getLogger(__name__)
 
@@ -86,18 +96,45 @@ def _codecs(spec: RpcSpec) -> tuple[Callable[[bytes], Any], Callable[[Any], byte
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
-    code, message = to_status(exc)
+    error = as_google_error(exc)
     if not isinstance(exc, GoogleError):
         LOG.error("unexpected error in %s", method, exc_info=exc)
-    await context.abort(code, message)
+    status = error.to_proto()
+    details = (("grpc-status-details-bin", status.SerializeToString()),) if status.details else ()
+    await context.abort(error.code, error.message, trailing_metadata=details)
+
+
+def _checked(validate: Validator, proto_plus: bool) -> Callable[[Any], None]:
+    if not proto_plus:
+        return validate
+
+    def check(request: Any) -> None:
+        validate(type(request).pb(request))
+
+    return check
+
+
+async def _first_checked(requests: Any, check: Callable[[Any], None]) -> AsyncIterator:
+    """The request stream, its first message checked before the handler reads it."""
+    first = True
+    async for request in requests:
+        if first:
+            check(request)
+            first = False
+        yield request
 
 
 def _wrap(fn: Callable[..., Any], spec: RpcSpec, method: str) -> grpc.RpcMethodHandler:
     deserialize, serialize = _codecs(spec)
+    check = _checked(validator_for(method, spec.request), spec.proto_plus)
     if spec.response_streaming:
 
         async def stream_handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
             try:
+                if spec.request_streaming:
+                    request = _first_checked(request, check)
+                else:
+                    check(request)
                 result = fn(request, context)
                 if inspect.isasyncgen(result):
                     async for item in result:
@@ -119,6 +156,10 @@ def _wrap(fn: Callable[..., Any], spec: RpcSpec, method: str) -> grpc.RpcMethodH
 
     async def unary_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if spec.request_streaming:
+                request = _first_checked(request, check)
+            else:
+                check(request)
             return await fn(request, context)
         except grpc.aio.AbortError:
             raise

@@ -282,7 +282,11 @@ def test_validation_names_the_field(clients, function):
             parent=LOCATION,
             trigger_id=f"bad-{uuid.uuid4().hex[:6]}",
             trigger=eventarc_v1.Trigger(
-                event_filters=filters, destination={"cloud_run": {"service": destination_service}}
+                event_filters=filters,
+                # region is REQUIRED in Eventarc's CloudRun destination: Google refuses without it
+                destination={
+                    "cloud_run": {"service": destination_service, "region": "us-central1"}
+                },
             ),
         )
 
