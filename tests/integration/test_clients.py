@@ -39,7 +39,7 @@ def test_factory_without_emulator_variables_is_cloud():
 
 def test_what_differs_besides_addresses_is_asked_of_the_environment(tmp_path):
     local = Environment.from_env({"LOCALCLOUD_GRPC_HOST": "127.0.0.1:1"})
-    cloud = Environment.from_env({})
+    cloud = Environment.from_env({"GOOGLE_CLOUD_PROJECT": "my-proj"})
     assert local.polling(30)._initial < cloud.polling(30)._initial
     assert local.polling(30)._timeout == 30
     log = tmp_path / "rev.log"
