@@ -49,12 +49,24 @@ def build(request):
 
 @functions_framework.http
 def push(request):
-    return step.run("push", request.get_json(silent=True), push_step.work, announce="publishing")
+    return step.run(
+        "push",
+        request.get_json(silent=True),
+        push_step.work,
+        announce="publishing",
+        under_lock=True,
+    )
 
 
 @functions_framework.http
 def deploy(request):
-    return step.run("deploy", request.get_json(silent=True), deploy_step.work, announce="deploying")
+    return step.run(
+        "deploy",
+        request.get_json(silent=True),
+        deploy_step.work,
+        announce="deploying",
+        under_lock=True,
+    )
 
 
 @functions_framework.http

@@ -196,6 +196,7 @@ def run(
     announce: str | None = "",
     release_on_failure: bool = True,
     release_on_success: bool = False,
+    under_lock: bool = False,
 ) -> tuple[dict[str, Any], int]:
     """Run one step for the workflow: events, saved result, and the HTTP answer.
 
@@ -207,10 +208,11 @@ def run(
     its ``succeeded`` event is out, so the next deployment of the service never starts
     before this one ends, and a retried call finds the result instead of working again.
 
-    The last step also works only while its deployment holds the lock: a call that finds
-    another deployment holding it (a retry of a call that has meanwhile finished, saved and
-    released) returns the result saved by then, and never applies this deployment's
-    manifest over the next one's.
+    The steps after the build (``under_lock``) work only while their deployment holds the
+    lock: a call that finds another deployment holding it (a retry of a call that has
+    meanwhile finished, saved and released, or a deployment whose lock was taken over as
+    stale) returns the result saved by then, or fails LOCK_LOST, and never deploys this
+    deployment's revision or applies its manifest over the next one's.
     """
     ctx = context()
     try:
@@ -218,7 +220,7 @@ def run(
     except StepFailed as failure:
         return {"ok": False, "error": {"code": failure.code, "message": failure.message}}, 200
     saved = ctx.records.step_result(deployment.deployment_id, step)
-    if saved is None and release_on_success:
+    if saved is None and (under_lock or release_on_success):
         saved = _unless_lock_lost(ctx, deployment, step)
     if saved is not None and "error" in saved:
         error, details = saved["error"], saved.get("details", {})

@@ -323,3 +323,34 @@ def test_bind_triggers_of_a_deployment_that_lost_its_lock_changes_no_trigger(
         assert env.ctx.records.step_result(ours, "bind_triggers") is None
     finally:
         env.clients.eventarc.delete_trigger(name=bound.name).result(timeout=60)
+
+
+class _Request:
+    """What functions-framework hands an HTTP function: here only its JSON body."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+
+    def get_json(self, silent: bool = False) -> dict[str, Any]:
+        return self.body
+
+
+def test_deploy_of_a_deployment_that_lost_its_lock_deploys_nothing(env, monkeypatch):
+    """Deployment B took the service's lock over (A's was stale); a late call of A's deploy
+    step must not put A's revision in front of B's: it fails LOCK_LOST and the service is
+    untouched (here: never created)."""
+    from orchestrator import functions
+
+    ours, theirs = f"d-a-{uuid.uuid4().hex[:8]}", f"d-b-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(step, "_CONTEXT", env.ctx)
+    name = service()
+    assert env.ctx.records.create(lock_name(name), {"deployment_id": theirs, "execution": ""})
+    body = bind_triggers_request(name, ours)
+    body["outputs"] = {"push": {"image": f"{env.settings.image(name)}@sha256:{'0' * 64}"}}
+    answer, status = functions.deploy(_Request(body))
+    assert status == 200
+    assert answer["ok"] is False, answer
+    assert answer["error"]["code"] == "LOCK_LOST", answer
+    with pytest.raises(exceptions.NotFound):
+        env.clients.run_services.get_service(name=env.settings.service_path(name))
+    assert env.ctx.records.holder(name) == theirs
