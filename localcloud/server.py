@@ -18,6 +18,7 @@ from aiohttp import web
 from localcloud.cloudbuild.builder import Builder
 from localcloud.cloudbuild.service import CloudBuildService
 from localcloud.cloudbuild.store import BuildStore
+from localcloud.core import identity
 from localcloud.core.config import Config
 from localcloud.core.db import Database
 from localcloud.core.iam import IamService, PolicyStore, Resolver
@@ -74,6 +75,7 @@ class LocalCloud:
         self.notifier = Notifier(self.pubsub, self.db, cfg)
         await self.parts.start("database", Calls(self.db.start, self.db.close))
         self.issuer = Issuer(cfg.data_dir / "oidc", cfg.http_url)
+        identity.configure(cfg.principal or identity.default_principal(cfg.project))
         session = self.session = aiohttp.ClientSession()
         self.pubsub.push_factory = lambda engine, st: PushWorker(engine, st, session, self.issuer)
         self.pubsub.on_delete.append(self.policies.forget)

@@ -33,6 +33,18 @@ class Port:
     envvar: str
 
 
+def _principal(env: Mapping[str, str]) -> str:
+    from localcloud.core.identity import MEMBER
+
+    value = (env.get("LOCALCLOUD_PRINCIPAL") or "").strip()
+    if value and not MEMBER.match(value):
+        raise ConfigError(
+            f"LOCALCLOUD_PRINCIPAL must be an IAM member such as user:dev@example.com or "
+            f"serviceAccount:NAME@PROJECT.iam.gserviceaccount.com, not {value!r}"
+        )
+    return value
+
+
 def _int(environ: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
     raw = environ.get(name)
     if raw is None or raw == "":
@@ -132,6 +144,9 @@ class Config:
     # Organization policies (see the class docstring).
     org_policy_domain_restricted: bool = False
     org_policy_require_invoker_iam: bool = False
+    # The local user: who a call with no credentials from this machine is served for
+    # (LOCALCLOUD_PRINCIPAL; empty means the project's owner, core/identity.py).
+    principal: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -171,6 +186,7 @@ class Config:
             org_policy_require_invoker_iam=_bool(
                 env, "LOCALCLOUD_ORG_POLICY_REQUIRE_INVOKER_IAM", False
             ),
+            principal=_principal(env),
         )
         if cfg.push_max_backoff < cfg.push_min_backoff:
             raise ConfigError(

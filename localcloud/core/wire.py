@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from localcloud.core import identity
 from localcloud.core.errors import GoogleError, as_google_error
 from localcloud.core.validate import Validator, validator_for
 
@@ -131,6 +132,7 @@ def _wrap(fn: Callable[..., Any], spec: RpcSpec, method: str) -> grpc.RpcMethodH
 
         async def stream_handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
             try:
+                identity.enter(context)
                 if spec.request_streaming:
                     request = _first_checked(request, check)
                 else:
@@ -156,6 +158,7 @@ def _wrap(fn: Callable[..., Any], spec: RpcSpec, method: str) -> grpc.RpcMethodH
 
     async def unary_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            identity.enter(context)
             if spec.request_streaming:
                 request = _first_checked(request, check)
             else:
