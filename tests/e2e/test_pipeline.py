@@ -406,4 +406,5 @@ def test_provisioning_again_changes_nothing(pipeline):
     from orch.provision import provision
 
     changes = provision(pipeline.settings, pipeline.clients, log=lambda _line: None)
-    assert changes and {c.action for c in changes} == {"unchanged"}, [str(c) for c in changes]
+    assert changes
+    assert [str(c) for c in changes if c.action != "unchanged"] == []

@@ -192,13 +192,23 @@ def test_sandbox_hides_the_host(localcloud, build_image, deploy):
 
 
 def test_bad_requests_are_clear(clients):
+    image = run_v2.Container(image="us-docker.pkg.dev/cloudrun/container/hello")
     with pytest.raises(exceptions.InvalidArgument, match="service_id"):
         clients.run_services.create_service(
-            parent=PARENT, service=run_v2.Service(), service_id="Bad_Name"
+            parent=PARENT,
+            service=run_v2.Service(template=run_v2.RevisionTemplate(containers=[image])),
+            service_id="Bad_Name",
+        )
+    # No template at all: Cloud Run names the REQUIRED field it misses.
+    with pytest.raises(exceptions.InvalidArgument, match=r"service\.template"):
+        clients.run_services.create_service(
+            parent=PARENT, service=run_v2.Service(), service_id="no-template"
         )
     with pytest.raises(exceptions.InvalidArgument, match="container"):
         clients.run_services.create_service(
-            parent=PARENT, service=run_v2.Service(), service_id="no-containers"
+            parent=PARENT,
+            service=run_v2.Service(template=run_v2.RevisionTemplate()),
+            service_id="no-containers",
         )
     with pytest.raises(exceptions.NotFound):
         clients.run_services.get_service(name=f"{PARENT}/services/does-not-exist")

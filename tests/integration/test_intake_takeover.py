@@ -47,6 +47,7 @@ def ctx(localcloud):
         base,
         workflow=f"takeover-{suffix}",
         sources_bucket=f"takeover-{suffix}",
+        records_bucket=f"takeover-rec-{suffix}",
         status_topic=f"takeover-status-{suffix}",
     )
     workflow = clients.workflows.create_workflow(
@@ -55,6 +56,7 @@ def ctx(localcloud):
         workflow=wf.Workflow(source_contents=SLEEPER),
     ).result(timeout=30)
     clients.storage.create_bucket(settings.sources_bucket)
+    clients.storage.create_bucket(settings.records_bucket)
     clients.publisher.create_topic(name=settings.topic_path(settings.status_topic))
     context = Context(settings, factory=clients)
     yield context

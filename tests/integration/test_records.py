@@ -60,11 +60,14 @@ class Env:
         return name
 
     def labelled(self, deployment_id: str) -> list[str]:
-        return [
-            e.name
-            for e in self.clients.executions.list_executions(parent=self.settings.workflow_path)
-            if e.labels.get(intake.EXECUTION_LABEL) == deployment_id
-        ]
+        # The BASIC view a listing returns carries no labels: ask by label, as intake does.
+        found = self.clients.executions.list_executions(
+            request={
+                "parent": self.settings.workflow_path,
+                "filter": f'labels.{intake.EXECUTION_LABEL}="{deployment_id}"',
+            }
+        )
+        return [e.name for e in found]
 
     def upload(self, name: str) -> dict[str, Any]:
         """An archive in the sources bucket; the data of its ``finalized`` event."""

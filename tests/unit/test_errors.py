@@ -33,7 +33,9 @@ def test_every_error_class_is_mapped():
         for c in vars(errors).values()
         if isinstance(c, type) and issubclass(c, errors.GoogleError)
     }
-    assert defined - {errors.GoogleError} == set(EXPECTED)
+    # InvalidFields is INVALID_ARGUMENT built from field violations (its own test below).
+    assert defined - {errors.GoogleError, errors.InvalidFields} == set(EXPECTED)
+    assert issubclass(errors.InvalidFields, errors.InvalidArgument)
 
 
 @pytest.mark.parametrize(
