@@ -332,7 +332,9 @@ class Bench:
         service = self.deploy(clients, image)
         storage, subscriber = clients.storage, clients.subscriber
         buckets = {
-            key: storage.create_bucket(f"ev-bench-{key}-{self.suffix}", timeout=30)
+            # In the region, where the storage trigger lives (a bucket made without a
+            # location is in the US multi-region).
+            key: storage.create_bucket(f"ev-bench-{key}-{self.suffix}", location=REGION, timeout=30)
             for key in ("storage", "notification")
         }
         topics = {}

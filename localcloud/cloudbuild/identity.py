@@ -25,7 +25,7 @@ from typing import Any
 from google.cloud.devtools.cloudbuild_v1 import types
 
 from localcloud.core.errors import InvalidArgument
-from localcloud.workflows.engine import project_number
+from localcloud.core.projects import project_number
 
 _SERVICE_ACCOUNT = re.compile(r"projects/([^/]+)/serviceAccounts/([^/]+)")
 # An account is named by its email (…@….gserviceaccount.com) or its numeric unique id.

@@ -9,8 +9,10 @@ subscription's retry policy (Eventarc's 10 s..600 s unless ``LOCALCLOUD_EVENTARC
 otherwise); a dead-letter policy set on the trigger's subscription is honoured.
 
 A Cloud Storage trigger is checked against its bucket, read from localcloud's Cloud
-Storage as Eventarc reads it from Google's: the bucket must exist, and the trigger must
-live in the bucket's location (``US-CENTRAL1`` -> ``us-central1``, ``US`` -> ``us``).
+Storage as Eventarc reads it from Google's: the bucket must exist, belong to the
+trigger's project, and the trigger must live in the bucket's location (``US-CENTRAL1``
+-> ``us-central1``, the multi-region ``US`` -> ``us``, the dual-region ``NAM4`` ->
+``nam4``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from localcloud.core.errors import (
     Unavailable,
 )
 from localcloud.core.names import parse_parent
+from localcloud.core.projects import project_number
 from localcloud.eventarc import events
 from localcloud.eventarc.store import TriggerPb, TriggerStore
 from localcloud.operations.store import OperationStore
@@ -111,7 +114,7 @@ class EventRouter:
         trigger.CopyFrom(request)
         trigger.name = name
         self._validate(trigger, project, location)
-        await self._check_bucket(trigger, location)
+        await self._check_bucket(trigger, project, location)
         if validate_only:
             return await self._operation(trigger, "create", done=True)
         trigger.uid = str(uuid.uuid4())
@@ -156,7 +159,7 @@ class EventRouter:
             else:
                 getattr(updated, top).CopyFrom(getattr(request, top))
         self._validate(updated, project, location)
-        await self._check_bucket(updated, location)
+        await self._check_bucket(updated, project, location)
         if validate_only:
             return await self._operation(updated, "update", done=True)
         await self._unbind(current)
@@ -239,8 +242,9 @@ class EventRouter:
         if run.path and not run.path.startswith("/"):
             raise InvalidArgument("destination.cloud_run.path must start with '/'")
 
-    async def _check_bucket(self, trigger: Any, location: str) -> None:
-        """A storage trigger's bucket exists and is where the trigger is, as Eventarc checks.
+    async def _check_bucket(self, trigger: Any, project: str, location: str) -> None:
+        """A storage trigger's bucket exists, is the trigger's project's and is where the
+        trigger is, as Eventarc checks.
 
         Google's answers: an unreadable or missing bucket is PERMISSION_DENIED ("Bucket ...
         could not be validated. Please verify that the bucket exists and that the Eventarc
@@ -248,7 +252,11 @@ class EventRouter:
         https://github.com/google-github-actions/deploy-cloud-functions/issues/461); a
         trigger elsewhere than its bucket is INVALID_ARGUMENT ("Bucket "B" location "eu"
         does not match trigger location "europe-west1"",
-        https://cloud.google.com/eventarc/docs/understand-locations).
+        https://cloud.google.com/eventarc/docs/understand-locations). "The service and the
+        bucket must be in the same Google Cloud project"
+        (https://cloud.google.com/run/docs/triggering/storage-triggers): a bucket of
+        another project is INVALID_ARGUMENT too, naming both projects (Google documents
+        the rule, not its words; the bucket's project is its ``projectNumber``).
         """
         filters = {f.attribute: f.value for f in trigger.event_filters if not f.operator}
         if filters.get("type") not in events.STORAGE_TYPES:
@@ -260,6 +268,15 @@ class EventRouter:
                 f'Permission "storage.buckets.get" denied on "Bucket \\"{bucket}\\" could '
                 "not be validated. Please verify that the bucket exists and that the "
                 'Eventarc service account has permission."'
+            )
+        theirs = str(found.get("projectNumber") or "")
+        ours = project_number(project)
+        if theirs.lstrip("0") != ours.lstrip("0"):
+            raise InvalidArgument(
+                f'The request was invalid: Bucket "{bucket}" belongs to project number '
+                f'{theirs or "(none)"}, not to the trigger\'s project "{project}" (number '
+                f"{ours}). Eventarc delivers Cloud Storage events only from buckets in the "
+                "trigger's project: use a bucket of that project."
             )
         where = str(found.get("location") or "").lower()
         if where != location:

@@ -24,6 +24,9 @@ why this design):
   are checked here for every kind of request; writes to one object are serialized by the
   front, so the check and the write are one step. fake-gcs-server checks them only on
   multipart uploads.
+- **buckets**: location, location type, storage class and project are kept by the front
+  (``buckets.py``): checked on create as Google checks them, answered on every bucket
+  resource, and ``buckets.list`` lists the named project's buckets only.
 - **errors**: Google's JSON error shape; a backend message is never passed on when it
   could show a host path or an encoded name.
 - Only routes the front knows reach the backend: batch requests, XML API uploads and
@@ -35,12 +38,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import gzip
 import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
@@ -52,7 +56,8 @@ from yarl import URL
 
 from localcloud.core.children import ChildSpec
 from localcloud.core.config import Config, free_port
-from localcloud.storage import gcs, layout
+from localcloud.core.projects import project_number
+from localcloud.storage import buckets, gcs, layout
 from localcloud.storage.names import (
     StorageError,
     check_bucket_name,
@@ -148,6 +153,7 @@ class StorageFront:
         self._runner: web.AppRunner | None = None
         self._locks = _Locks()
         self._pending: OrderedDict[str, Pending] = OrderedDict()
+        self.buckets = buckets.BucketStore(self.root, config.region, config.project)
 
     def child_spec(self) -> ChildSpec:
         """fake-gcs-server, on the private port, over a root ``layout.prepare`` made ready."""
@@ -165,7 +171,9 @@ class StorageFront:
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         )
-        await notifier.recover(await self._stored())
+        stored, names = await self._stored()
+        await asyncio.to_thread(self.buckets.adopt, names)
+        await notifier.recover(stored)
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self._runner = web.AppRunner(
@@ -212,15 +220,14 @@ class StorageFront:
     async def _dispatch(self, request: web.Request, route: Route) -> web.StreamResponse:
         method = request.method
         if route.kind == "buckets":
-            if method != "POST":
-                return await self._forward(request, ["storage", "v1", "b"])
-            raw = await _read_body(request)
-            check_bucket_name(str(_json(raw).get("name") or ""))
-            return await self._forward(request, ["storage", "v1", "b"], body=raw)
+            if method == "POST":
+                return await self._insert_bucket(request)
+            if method in ("GET", "HEAD"):
+                return await self._list_buckets(request)
+            raise StorageError(405, f"{method} is not allowed on buckets")
         if route.kind == "bucket":
             check_bucket_name(route.bucket)
-            body = await _read_body(request) if method in ("POST", "PUT", "PATCH") else None
-            return await self._forward(request, ["storage", "v1", "b", route.bucket], body=body)
+            return await self._bucket(request, route.bucket)
         if route.kind == "list":
             check_bucket_name(route.bucket)
             if method != "GET":
@@ -252,6 +259,95 @@ class StorageFront:
         raise StorageError(
             404, f"Not Found: {request.method} {request.raw_path.split('?')[0][:200]}"
         )
+
+    # ------------------------------------------------------------------ buckets
+
+    async def _insert_bucket(self, request: web.Request) -> web.StreamResponse:
+        """buckets.insert: checked as Google checks it, made by the backend, and what it
+        names kept in the bucket's side file (``buckets.py``) once the backend made it.
+        Held under the bucket's lock, so a second create of the same name (a 409 from the
+        backend) cannot overwrite the first one's fields."""
+        raw = await _read_body(request)
+        body = _json(raw)
+        name = check_bucket_name(str(body.get("name") or ""))
+        project = _required_project(request.query)
+        attrs = buckets.requested(body, project)
+        async with self._locks.hold(name, ""):
+            response = await self._forward(
+                request, ["storage", "v1", "b"], body=raw, bucket_attrs=lambda _name: attrs
+            )
+            if response.status < 300:
+                await asyncio.to_thread(self.buckets.write, name, attrs)
+        return response
+
+    async def _list_buckets(self, request: web.Request) -> web.StreamResponse:
+        """buckets.list: the buckets of the ``project`` named (required, as by Google), by
+        project number, so a project named by id or by number finds the same buckets."""
+        wanted = project_number(_required_project(request.query))
+        found: dict[str, buckets.BucketAttrs] = {}
+
+        def attrs_of(name: str) -> buckets.BucketAttrs:
+            found[name] = self.buckets.get(name)
+            return found[name]
+
+        def only_ours(document: dict[str, Any]) -> dict[str, Any]:
+            items = [
+                item
+                for item in document.get("items") or []
+                if isinstance(item, dict) and found[str(item.get("name"))].project_number == wanted
+            ]
+            if items:
+                document["items"] = items
+            else:
+                document.pop("items", None)
+            return document
+
+        return await self._forward(
+            request, ["storage", "v1", "b"], bucket_attrs=attrs_of, transform=only_ours
+        )
+
+    async def _bucket(self, request: web.Request, bucket: str) -> web.StreamResponse:
+        """Get, patch, update or delete a bucket. A patch or update may change the default
+        storage class (Google allows that), not the location (set at creation: a request
+        naming another is refused, not answered as if it had moved the bucket); a delete
+        removes the bucket's side file once the backend deleted it."""
+        method = request.method
+        override = request.headers.get("X-HTTP-Method-Override", "").upper()
+        path = ["storage", "v1", "b", bucket]
+        if method in ("GET", "HEAD"):
+            return await self._forward(request, path, bucket_attrs=self.buckets.get)
+        if method == "DELETE":
+            async with self._locks.hold(bucket, ""):
+                response = await self._forward(request, path)
+                await asyncio.to_thread(self.buckets.delete, bucket)
+            return response
+        if method not in ("PATCH", "PUT", "POST"):
+            raise StorageError(405, f"{method} is not allowed on a bucket")
+        if method == "POST" and override not in ("PATCH", "PUT"):
+            raise StorageError(405, "POST is not allowed on a bucket")
+        raw = await _read_body(request)
+        update = _json(raw) if raw.strip() else {}
+        async with self._locks.hold(bucket, ""):
+            attrs = self.buckets.get(bucket)
+            if "location" in update and str(update["location"] or "").upper() != attrs.location:
+                raise StorageError(
+                    400,
+                    f"location cannot be changed: bucket {bucket} is in {attrs.location} "
+                    "(a bucket's location is set when it is created)",
+                )
+            storage_class = update.get("storageClass")
+            changed = None
+            if storage_class is not None:
+                checked = buckets.requested(
+                    {"location": attrs.location, "storageClass": storage_class}, attrs.project
+                )
+                changed = dataclasses.replace(attrs, storage_class=checked.storage_class)
+            response = await self._forward(
+                request, path, body=raw, bucket_attrs=lambda _name: changed or attrs
+            )
+            if changed is not None and response.status < 300:
+                await asyncio.to_thread(self.buckets.write, bucket, changed)
+        return response
 
     # ------------------------------------------------------------------ objects
 
@@ -650,10 +746,14 @@ class StorageFront:
         body: bytes | None = None,
         stream: bool = False,
         announce: bool = False,
+        bucket_attrs: Callable[[str], buckets.BucketAttrs] | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> web.Response:
         """Send the request on with its path as ``segments`` (names already encoded by
         ``_object_path``); return the backend's answer with every name decoded. With
-        ``announce``, the object the answer carries is announced as finalized first."""
+        ``announce``, the object the answer carries is announced as finalized first.
+        ``bucket_attrs`` gives the front's fields of each bucket the answer carries;
+        ``transform`` has the last word on the answer's document."""
         assert self.session is not None
         headers = _forward_headers(request.headers)
         data: Any = None
@@ -683,6 +783,10 @@ class StorageFront:
                     document = None
                 if isinstance(document, dict):
                     document = _present(document, _base(request))
+                    if bucket_attrs is not None:
+                        document = _present_buckets(document, bucket_attrs)
+                    if transform is not None:
+                        document = transform(document)
                     raw = json.dumps(document).encode()
                     if announce:
                         await self._announce(document)
@@ -699,14 +803,17 @@ class StorageFront:
             return
         await self.notifier.finalized(document)
 
-    async def _stored(self) -> dict[Key, dict[str, Any]]:
-        """Every object the backend holds, by bucket and real name, as the front shows it."""
+    async def _stored(self) -> tuple[dict[Key, dict[str, Any]], list[str]]:
+        """Every object the backend holds, by bucket and real name, as the front shows it;
+        and the name of every bucket (the backend's listing has every project's)."""
         assert self.session is not None
         base = f"http://{self.config.storage_address}"
         found: dict[Key, dict[str, Any]] = {}
-        buckets = await self._backend_json(["storage", "v1", "b"], {"project": self.config.project})
-        for entry in buckets.get("items") or []:
+        names: list[str] = []
+        listing = await self._backend_json(["storage", "v1", "b"], {"project": self.config.project})
+        for entry in listing.get("items") or []:
             bucket = str(entry.get("name", ""))
+            names.append(bucket)
             listing = await self._backend_json(["storage", "v1", "b", bucket, "o"])
             for item in listing.get("items") or []:
                 try:
@@ -716,7 +823,7 @@ class StorageFront:
                     continue
                 resource = _present_object(item, base)
                 found[(bucket, resource["name"])] = resource
-        return found
+        return found, names
 
     async def _backend_json(self, segments: list[str], query: Any = None) -> dict[str, Any]:
         assert self.session is not None
@@ -786,6 +893,28 @@ def parse_route(method: str, raw_path: str) -> Route:
             return Route("download", seg[0], "/".join(seg[1:]))
         return Route("unsupported", name="The XML API (other than downloads)")
     return Route("none")
+
+
+def _required_project(query: MultiMapping[str]) -> str:
+    """The ``project`` parameter buckets.insert and buckets.list require
+    (https://cloud.google.com/storage/docs/json_api/v1/buckets/insert)."""
+    project = query.get("project", "")
+    if not project:
+        raise StorageError(400, "Required parameter: project", "required")
+    return project
+
+
+def _present_buckets(
+    document: dict[str, Any], attrs: Callable[[str], buckets.BucketAttrs]
+) -> dict[str, Any]:
+    """A bucket resource, or a listing of them, with the fields the front keeps."""
+    if document.get("kind") == "storage#bucket":
+        return attrs(str(document.get("name"))).apply(document)
+    if document.get("kind") == "storage#buckets":
+        for item in document.get("items") or []:
+            if isinstance(item, dict):
+                attrs(str(item.get("name"))).apply(item)
+    return document
 
 
 def _segments_bucket(segments: list[str]) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import hashlib
 import json
 import logging
 import re
@@ -29,6 +28,7 @@ from google.protobuf import empty_pb2
 from localcloud.core.clock import now
 from localcloud.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from localcloud.core.names import parse_parent
+from localcloud.core.projects import project_number
 from localcloud.operations.store import OperationStore
 from localcloud.workflows import definition
 from localcloud.workflows.expr import WorkflowError
@@ -360,8 +360,3 @@ class WorkflowsEngine:
         execution.duration.FromNanoseconds(
             execution.end_time.ToNanoseconds() - execution.start_time.ToNanoseconds()
         )
-
-
-def project_number(project: str) -> str:
-    """A stable 12-digit number per project id (``hash()`` changes with every process)."""
-    return str(int(hashlib.sha256(project.encode()).hexdigest(), 16) % 10**12).zfill(12)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from google.api_core import exceptions
-from google.cloud import eventarc_v1, run_v2
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import eventarc_v1, run_v2, storage
 from google.cloud.devtools import cloudbuild_v1
 from google.iam.v1 import policy_pb2
 
@@ -27,6 +28,7 @@ from orchestrator.clients import Clients, Environment
 FUNCTIONS = Path(__file__).parent.parent / "functions"
 LOCATION = "projects/local-project/locations/us-central1"
 TRIGGER_SA = "eventarc-trigger@local-project.iam.gserviceaccount.com"
+OTHER_PROJECT = "ev-other-project"
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +135,12 @@ def trigger(clients):
             clients.eventarc.delete_trigger(name=name).result(timeout=60)
 
 
+def regional_bucket(clients, prefix: str):
+    """A new bucket in ``us-central1``, where these tests' triggers live (a bucket made
+    without a location is in the ``US`` multi-region, as on Google Cloud)."""
+    return clients.storage.create_bucket(f"{prefix}-{uuid.uuid4().hex[:8]}", location="us-central1")
+
+
 def storage_filters(bucket: str, kind: str = "finalized") -> list[dict]:
     return [
         {"attribute": "type", "value": f"google.cloud.storage.object.v1.{kind}"},
@@ -146,8 +154,8 @@ def names(events: list[dict]) -> list[str]:
 
 
 def test_object_finalized_arrives_as_a_cloudevent(clients, function, trigger, recorder):
-    bucket = clients.storage.create_bucket(f"ev-{uuid.uuid4().hex[:8]}")
-    other = clients.storage.create_bucket(f"ev-other-{uuid.uuid4().hex[:8]}")
+    bucket = regional_bucket(clients, "ev")
+    other = regional_bucket(clients, "ev-other")
     made = trigger(function(), storage_filters(bucket.name))
     assert made.transport.pubsub.subscription
     other.blob("ignored.txt").upload_from_string(b"not for this trigger")
@@ -200,7 +208,7 @@ def test_message_published_arrives_as_a_cloudevent(
 
 
 def test_path_pattern_and_legacy_event_function(clients, function, trigger, recorder):
-    bucket = clients.storage.create_bucket(f"ev-pp-{uuid.uuid4().hex[:8]}")
+    bucket = regional_bucket(clients, "ev-pp")
     filters = [
         *storage_filters(bucket.name),
         {
@@ -224,7 +232,7 @@ def test_path_pattern_and_legacy_event_function(clients, function, trigger, reco
 def test_failing_function_is_retried_then_dead_lettered(
     clients, local_target, local_topic, local_subscription, function, trigger, recorder
 ):
-    bucket = clients.storage.create_bucket(f"ev-dl-{uuid.uuid4().hex[:8]}")
+    bucket = regional_bucket(clients, "ev-dl")
     made = trigger(function(fail=True), storage_filters(bucket.name))
     dead_topic = local_topic("dead")
     dead_sub = local_subscription(dead_topic, prefix="dead")
@@ -251,7 +259,7 @@ def test_failing_function_is_retried_then_dead_lettered(
 
 
 def test_deleted_trigger_delivers_nothing_more(clients, function, trigger, recorder):
-    bucket = clients.storage.create_bucket(f"ev-del-{uuid.uuid4().hex[:8]}")
+    bucket = regional_bucket(clients, "ev-del")
     service = function()
     made = trigger(service, storage_filters(bucket.name))
     bucket.blob("one.txt").upload_from_string(b"1")
@@ -323,9 +331,8 @@ def create_storage_trigger(clients, service: run_v2.Service, bucket: str, locati
 
 def test_a_storage_trigger_lives_in_its_buckets_location(clients, function):
     """Eventarc refuses a storage trigger anywhere but its bucket's location, naming both
-    (https://cloud.google.com/eventarc/docs/understand-locations); localcloud's buckets are
-    in its region, ``US-CENTRAL1``."""
-    bucket = clients.storage.create_bucket(f"ev-loc-{uuid.uuid4().hex[:8]}")
+    (https://cloud.google.com/eventarc/docs/understand-locations)."""
+    bucket = regional_bucket(clients, "ev-loc")
     assert clients.storage.get_bucket(bucket.name).location == "US-CENTRAL1"
     service = function()
     for elsewhere in ("us", "europe-west1"):
@@ -380,7 +387,7 @@ def test_the_orchestrators_records_fire_no_trigger_on_the_sources_bucket(
     settings = replace(
         Settings.defaults("local-project"), sources_bucket=f"src-{run}", records_bucket=f"rec-{run}"
     )
-    sources = clients.storage.create_bucket(settings.sources_bucket)
+    sources = clients.storage.create_bucket(settings.sources_bucket, location="us-central1")
     clients.storage.create_bucket(settings.records_bucket)
     trigger(function(), storage_filters(sources.name))
     records = rec.Records(settings, clients.storage)
@@ -400,3 +407,169 @@ def test_the_orchestrators_records_fire_no_trigger_on_the_sources_bucket(
     assert names(recorder.wait(1)) == ["sentinel.zip"]
     time.sleep(1.0)  # anything a record fired would have come before the sentinel's event
     assert names(recorder.events) == ["sentinel.zip"]
+
+
+def other_project_storage(localcloud, project: str = OTHER_PROJECT) -> storage.Client:
+    """The official client of another project, pointed at the same localcloud."""
+    return storage.Client(
+        project=project,
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": localcloud.env["STORAGE_EMULATOR_HOST"]},
+    )
+
+
+def test_a_storage_trigger_on_a_multi_or_dual_region_bucket_lives_there(clients, function):
+    """A bucket in the ``US`` multi-region (where a bucket made without a location is)
+    takes its triggers in Eventarc location ``us``, a ``NAM4`` dual-region bucket in
+    ``nam4``; the region inside them is refused, naming where the trigger must go
+    (https://cloud.google.com/eventarc/docs/understand-locations)."""
+    service = function()
+    for asked, location in ((None, "us"), ("nam4", "nam4")):
+        name = f"ev-{location}-{uuid.uuid4().hex[:8]}"
+        bucket = clients.storage.create_bucket(name, location=asked)
+        assert bucket.location == location.upper()
+        with pytest.raises(exceptions.InvalidArgument) as refused:
+            create_storage_trigger(clients, service, bucket.name, "us-central1")
+        assert f'Bucket "{bucket.name}" location "{location}"' in refused.value.message
+        assert 'does not match trigger location "us-central1"' in refused.value.message
+        made = create_storage_trigger(clients, service, bucket.name, location)
+        try:
+            assert made.name.startswith(f"projects/local-project/locations/{location}/triggers/")
+        finally:
+            clients.eventarc.delete_trigger(name=made.name).result(timeout=60)
+
+
+def test_a_storage_trigger_on_a_bucket_of_another_project_is_refused(clients, function, localcloud):
+    """ "The service and the bucket must be in the same Google Cloud project"
+    (https://cloud.google.com/run/docs/triggering/storage-triggers): a trigger of
+    local-project on another project's bucket is INVALID_ARGUMENT naming the bucket and
+    the project, even in the bucket's own location; nothing is created."""
+    theirs = other_project_storage(localcloud).create_bucket(
+        f"ev-theirs-{uuid.uuid4().hex[:8]}", location="us-central1"
+    )
+    with pytest.raises(exceptions.InvalidArgument) as refused:
+        create_storage_trigger(clients, function(), theirs.name, "us-central1")
+    message = refused.value.message
+    assert f'Bucket "{theirs.name}" belongs to project number {theirs.project_number}' in message
+    assert 'not to the trigger\'s project "local-project"' in message
+    assert not [
+        t
+        for t in clients.eventarc.list_triggers(parent=LOCATION)
+        if any(f.value == theirs.name for f in t.event_filters)
+    ]
+
+
+# ------------------------------------------------------------------ through bind_triggers
+
+
+class _Request:
+    """What functions-framework hands an HTTP function: here only its JSON body."""
+
+    def __init__(self, body: dict) -> None:
+        self.body = body
+
+    def get_json(self, silent: bool = False) -> dict:
+        return self.body
+
+
+@pytest.fixture(scope="module")
+def pipeline_ctx(clients):
+    """The pipeline's settings and clients, its records bucket made in local-project as
+    ``orch local up`` makes it (its project number is the pipeline's)."""
+    from dataclasses import replace
+
+    from orchestrator import step
+    from orchestrator.config import Settings
+
+    run = uuid.uuid4().hex[:8]
+    settings = replace(
+        Settings.defaults("local-project"),
+        sources_bucket=f"bt-src-{run}",
+        records_bucket=f"bt-rec-{run}",
+        status_topic=f"bt-status-{run}",
+        trigger_service_account=TRIGGER_SA,
+    )
+    clients.storage.create_bucket(settings.records_bucket, location="US-CENTRAL1")
+    clients.publisher.create_topic(name=settings.topic_path(settings.status_topic))
+    return step.Context(settings, clients)
+
+
+def bind_storage_trigger(ctx, monkeypatch, service_id: str, bucket: str) -> dict:
+    """Run the pipeline's bind_triggers function for a manifest with one storage trigger
+    on ``bucket``, its deployment holding the service's lock; its answer."""
+    from orchestrator import functions, step
+    from orchestrator.records import lock_name
+
+    monkeypatch.setattr(step, "_CONTEXT", ctx)
+    deployment_id = f"d-{uuid.uuid4().hex[:8]}"
+    assert ctx.records.create(
+        lock_name(service_id), {"deployment_id": deployment_id, "execution": ""}
+    )
+    body = {
+        "deployment": {
+            "deployment_id": deployment_id,
+            "source": f"gs://b/{service_id}.zip#1",
+            "bucket": "b",
+            "object": f"{service_id}.zip",
+            "generation": 1,
+            "manifest": {
+                "service": service_id,
+                "triggers": [{"storage": {"bucket": bucket, "event": "finalized"}}],
+            },
+            "execution": "",
+        },
+        "outputs": {},
+    }
+    answer, status = functions.bind_triggers(_Request(body))
+    assert status == 200
+    return answer
+
+
+def test_bind_triggers_puts_a_us_buckets_trigger_in_us_and_it_delivers(
+    clients, function, recorder, pipeline_ctx, monkeypatch
+):
+    """A bucket created with ``location="US"``: bind_triggers reads its location and
+    creates the trigger in Eventarc location ``us`` (none in the pipeline's region), and
+    an object written to the bucket reaches the service through it."""
+    bucket = clients.storage.create_bucket(f"bt-us-{uuid.uuid4().hex[:8]}", location="US")
+    service_id = function().name.rsplit("/", 1)[-1]
+    answer = bind_storage_trigger(pipeline_ctx, monkeypatch, service_id, bucket.name)
+    assert answer["ok"] is True, answer
+    (trigger_id,) = answer["result"]["triggers"]
+    name = f"projects/local-project/locations/us/triggers/{trigger_id}"
+    try:
+        bound = clients.eventarc.get_trigger(name=name)
+        assert {(f.attribute, f.value) for f in bound.event_filters} >= {("bucket", bucket.name)}
+        assert not [
+            t
+            for t in clients.eventarc.list_triggers(parent=LOCATION)
+            if t.name.endswith(trigger_id)
+        ]
+        bucket.blob("hello.txt").upload_from_string(b"hello")
+        assert names(recorder.wait(1)) == ["hello.txt"]
+    finally:
+        clients.eventarc.delete_trigger(name=name).result(timeout=60)
+
+
+def test_bind_triggers_refuses_a_bucket_of_another_project(
+    clients, localcloud, pipeline_ctx, monkeypatch
+):
+    """A bucket made in another project: bind_triggers fails TRIGGER_FAILED naming the
+    bucket (Eventarc watches only buckets of the trigger's project), and creates nothing."""
+    theirs = other_project_storage(localcloud).create_bucket(
+        f"bt-theirs-{uuid.uuid4().hex[:8]}", location="US-CENTRAL1"
+    )
+    service_id = f"bt-svc-{uuid.uuid4().hex[:8]}"
+    answer = bind_storage_trigger(pipeline_ctx, monkeypatch, service_id, theirs.name)
+    assert answer["ok"] is False, answer
+    assert answer["error"]["code"] == "TRIGGER_FAILED"
+    message = answer["error"]["message"]
+    assert repr(theirs.name) in message and "another project" in message, message
+    assert not [
+        t
+        for location in ("us-central1", "us")
+        for t in clients.eventarc.list_triggers(
+            parent=f"projects/local-project/locations/{location}"
+        )
+        if any(f.value == theirs.name for f in t.event_filters)
+    ]
