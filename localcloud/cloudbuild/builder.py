@@ -503,8 +503,15 @@ class Builder:
             if response.status == 404 and not place.managed:
                 raise RuntimeError(f"{self._account(build)} cannot write to gs://{bucket}: gone")
             if response.status == 404:
+                # The regional user-owned bucket lives in the build's region; the default
+                # one, like any bucket made without a location, in US.
+                resource = {"name": bucket}
+                if bucket.endswith(
+                    f"-{identity.place_region(self._location(build))}-cloudbuild-logs"
+                ):
+                    resource["location"] = identity.place_region(self._location(build)).upper()
                 async with self.session.post(
-                    base, params={"project": build.project_id}, json={"name": bucket}
+                    base, params={"project": build.project_id}, json=resource
                 ) as created:
                     if created.status >= 400 and created.status != 409:
                         raise RuntimeError(f"creating gs://{bucket}: HTTP {created.status}")

@@ -90,11 +90,16 @@ def check_logging(build: Any) -> None:
     raise InvalidArgument(LOGS_RULE)
 
 
+def place_region(location: str) -> str:
+    """The region a build's regional resources live in (a global build's: us-central1)."""
+    return "us-central1" if location == "global" else location
+
+
 def log_place(build: Any, project: str, location: str) -> LogPlace:
     """Where the log object goes. A given ``logs_bucket`` must be ``gs://BUCKET[/PREFIX]``
     (INVALID_ARGUMENT ``invalid logs bucket`` otherwise, as Cloud Build says); without one,
     the project's regional user-owned bucket when asked for, else the default bucket."""
-    region = "us-central1" if location == "global" else location
+    region = place_region(location)
     regional = f"{project_number(project)}-{region}-cloudbuild-logs"
     default = f"{project}_cloudbuild-logs"
     if build.logs_bucket:

@@ -108,6 +108,14 @@ def test_an_own_service_account_with_another_log_place_is_accepted(clients, sour
     done = run_build(clients, build)
     assert done.status == S.SUCCESS, done.status_detail
     assert done.service_account == SERVICE_ACCOUNT
+    if fields["options"].get("default_logs_bucket_behavior"):
+        # The regional user-owned logs bucket Cloud Build makes lives in the build's region.
+        from localcloud.core.projects import project_number
+
+        bucket = clients.storage.get_bucket(
+            f"{project_number(PROJECT)}-us-central1-cloudbuild-logs"
+        )
+        assert bucket.location == "US-CENTRAL1"
 
 
 @pytest.mark.parametrize(
