@@ -18,7 +18,7 @@ from aiohttp import web
 from localcloud.cloudbuild.builder import Builder
 from localcloud.cloudbuild.service import CloudBuildService
 from localcloud.cloudbuild.store import BuildStore
-from localcloud.core import identity
+from localcloud.core import authz, identity
 from localcloud.core.config import Config
 from localcloud.core.db import Database
 from localcloud.core.iam import IamService, PolicyStore, Resolver
@@ -27,6 +27,9 @@ from localcloud.core.oidc import Issuer, aiohttp_routes, metadata_routes
 from localcloud.eventarc.router import EventRouter
 from localcloud.eventarc.service import EventarcService
 from localcloud.eventarc.store import TriggerStore
+from localcloud.iam.projects import ProjectsService
+from localcloud.iam.service import IamAdminService
+from localcloud.iam.store import AccountStore
 from localcloud.operations.service import OperationsService
 from localcloud.operations.store import OperationStore
 from localcloud.pubsub.engine import PubSub
@@ -67,6 +70,13 @@ class LocalCloud:
         self.db = Database(cfg.data_dir / "localcloud.db", fsync=cfg.fsync)
         self.operations = OperationStore(self.db)
         self.policies = PolicyStore(self.db, domain_restricted=cfg.org_policy_domain_restricted)
+        self.accounts = AccountStore(self.db)
+        self.authz = authz.Authorizer(
+            self.policies.get, default_project=cfg.project, custom_role=self.accounts.role
+        )
+        self.policies.default = self.authz.default_policy
+        self.policies.grantable = self.authz.check_grantable
+        authz.configure(self.authz)
         self.pubsub = PubSub(self.db, push_backoff=(cfg.push_min_backoff, cfg.push_max_backoff))
         self.builds = BuildStore(self.db)
         self.run_store = RunStore(self.db)
@@ -142,6 +152,8 @@ class LocalCloud:
             WorkflowsService(self.workflows).handler(),
             ExecutionsService(self.workflows).handler(),
             iam.handler(),
+            ProjectsService(self.policies, self.config.project).handler(),
+            IamAdminService(self.accounts, self.policies).handler(),
         ]
 
     async def _healthz(self, request: web.Request) -> web.Response:

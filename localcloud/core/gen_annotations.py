@@ -40,6 +40,8 @@ SOURCES = [
     "google/cloud/eventarc/v1/eventarc.proto",
     "google/longrunning/operations.proto",
     "google/iam/v1/iam_policy.proto",
+    "google/iam/admin/v1/iam.proto",
+    "google/cloud/resourcemanager/v3/projects.proto",
     "google/cloud/common_resources.proto",
 ]
 PACKAGES = (
@@ -51,6 +53,8 @@ PACKAGES = (
     "google.cloud.eventarc.v1",
     "google.longrunning",
     "google.iam.v1",
+    "google.iam.admin.v1",
+    "google.cloud.resourcemanager.v3",
 )
 OUT = Path(__file__).with_name("api_annotations.json")
 

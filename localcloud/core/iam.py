@@ -3,8 +3,14 @@
 Policies are stored per resource name with an etag that SetIamPolicy checks, as Google
 does, so read-modify-write races fail with ABORTED instead of losing a binding. Which
 resources exist is asked of the owning services (``resolvers``): a policy on a missing
-topic is NOT_FOUND, not silently kept. Permissions are not enforced on API calls
-locally; TestIamPermissions reports the ones that are valid for the resource's service.
+topic is NOT_FOUND, not silently kept. A policy never set reads as the resource's default
+(``default``: a project's creator is its owner, see ``core/authz.py``), and every role a
+policy grants must resolve (``grantable``), so a typo is refused instead of stored empty.
+
+The IAM methods are themselves authorized, as on Google
+(https://cloud.google.com/iam/docs/reference/rpc/google.iam.v1): GetIamPolicy needs the
+resource's ``*.getIamPolicy`` permission, SetIamPolicy its ``*.setIamPolicy``;
+TestIamPermissions needs none and answers which of the asked permissions the caller holds.
 
 Under domain restricted sharing (``LOCALCLOUD_ORG_POLICY_DOMAIN_RESTRICTED``), a policy
 naming ``allUsers`` or ``allAuthenticatedUsers`` is refused as Google refuses it: every
@@ -17,11 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import grpc
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 
+from localcloud.core import authz, identity
 from localcloud.core.db import Database
 from localcloud.core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from localcloud.core.table import ProtoTable
@@ -39,6 +46,12 @@ NOT_PERMITTED = (
 
 # resource name -> (exists?, permissions valid for it) ; None when not this service's
 Resolver = Callable[[str], tuple[bool, set[str]] | None]
+# Conditional role bindings need policy version 3:
+# https://cloud.google.com/iam/docs/policies#versions
+CONDITIONS_NEED_V3 = (
+    "Conditional role bindings require policy version 3. For more information, please refer "
+    "to https://cloud.google.com/iam/docs/policies#versions."
+)
 
 
 def _etag(policy: policy_pb2.Policy) -> bytes:
@@ -51,6 +64,10 @@ def _etag(policy: policy_pb2.Policy) -> bytes:
 class PolicyStore:
     def __init__(self, db: Database, *, domain_restricted: bool = False) -> None:
         self.domain_restricted = domain_restricted
+        # What a policy never set reads as, and the check each granted role passes; the
+        # server installs both from core/authz.py (None: empty policy, any roles/... name).
+        self.default: Callable[[str], policy_pb2.Policy | None] = lambda resource: None
+        self.grantable: Callable[[str], None] = _role_name_only
         # A policy does not name its resource, so the key is given with each put.
         self._policies: ProtoTable[str, policy_pb2.Policy] = ProtoTable(
             db, "iam_policies", policy_pb2.Policy, key="resource", key_of=None
@@ -59,20 +76,25 @@ class PolicyStore:
     def get(self, resource: str) -> policy_pb2.Policy:
         policy = self._policies.get(resource)
         if policy is None:
-            policy = policy_pb2.Policy(version=1)
+            policy = self.default(resource) or policy_pb2.Policy(version=1)
             policy.etag = _etag(policy)
         return policy
 
+    def is_set(self, resource: str) -> bool:
+        return resource in self._policies
+
     async def set(self, resource: str, policy: policy_pb2.Policy) -> policy_pb2.Policy:
+        # The policy is checked before the etag: a bad one is refused even when stale.
+        for binding in policy.bindings:
+            self.grantable(binding.role)
+            if binding.HasField("condition") and policy.version < 3:
+                raise InvalidArgument(CONDITIONS_NEED_V3)
         current = self.get(resource)
         if policy.etag and policy.etag != current.etag:
             raise Aborted(
                 "There were concurrent policy changes. Please retry the whole "
                 "read-modify-write with exponential backoff."
             )
-        for binding in policy.bindings:
-            if not binding.role.startswith("roles/"):
-                raise InvalidArgument(f"Role {binding.role} is not a valid role name.")
         if self.domain_restricted:
             refused = sorted({m for b in policy.bindings for m in b.members} & PUBLIC_MEMBERS)
             if refused:
@@ -99,6 +121,16 @@ class PolicyStore:
         )
 
 
+def _role_name_only(role: str) -> None:
+    if not role.startswith("roles/"):
+        raise InvalidArgument(f"Role {role} is not a valid role name.")
+
+
+def iam_permission(valid: set[str], verb: str) -> str:
+    """The ``SERVICE.COLLECTION.getIamPolicy`` (``verb``) permission among a resource's."""
+    return next((p for p in sorted(valid) if p.endswith("." + verb)), verb)
+
+
 class IamService:
     """``google.iam.v1.IAMPolicy`` for every resource a resolver claims."""
 
@@ -120,12 +152,14 @@ class IamService:
 
     @rpc("GetIamPolicy", iam_policy_pb2.GetIamPolicyRequest, policy_pb2.Policy)
     async def get_iam_policy(self, request, context):
-        self._resolve(request.resource)
+        valid = self._resolve(request.resource)
+        authz.require(iam_permission(valid, "getIamPolicy"), request.resource)
         return self.store.get(request.resource)
 
     @rpc("SetIamPolicy", iam_policy_pb2.SetIamPolicyRequest, policy_pb2.Policy)
     async def set_iam_policy(self, request, context):
-        self._resolve(request.resource)
+        valid = self._resolve(request.resource)
+        authz.require(iam_permission(valid, "setIamPolicy"), request.resource)
         return await self.store.set(request.resource, request.policy)
 
     @rpc(
@@ -136,8 +170,16 @@ class IamService:
     async def test_iam_permissions(self, request, context):
         valid = self._resolve(request.resource)
         return iam_policy_pb2.TestIamPermissionsResponse(
-            permissions=[p for p in request.permissions if p in valid]
+            permissions=truthful(request.permissions, valid, request.resource)
         )
 
     def handler(self) -> grpc.GenericRpcHandler:
         return handler_for(self.SERVICE, self)
+
+
+def truthful(asked: Iterable[str], valid: set[str], resource: str) -> list[str]:
+    """TestIamPermissions' answer: of the asked permissions that apply to the resource, the
+    ones the caller holds on it, in the order asked."""
+    applicable = [p for p in asked if p in valid]
+    held = authz.permitted(identity.caller(), applicable, resource)
+    return [p for p in applicable if p in held]

@@ -9,6 +9,7 @@ from google.cloud.run_v2 import types
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.longrunning import operations_pb2
 
+from localcloud.core.iam import truthful
 from localcloud.core.paging import page
 from localcloud.core.wire import handler_for, rpc
 from localcloud.run import names
@@ -75,7 +76,7 @@ class ServicesService:
     async def test_iam_permissions(self, request, context):
         self.controller.get(request.resource)
         return iam_policy_pb2.TestIamPermissionsResponse(
-            permissions=[p for p in request.permissions if p in RUN_PERMISSIONS]
+            permissions=truthful(request.permissions, RUN_PERMISSIONS, request.resource)
         )
 
     def handler(self) -> grpc.GenericRpcHandler:

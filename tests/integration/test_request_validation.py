@@ -51,6 +51,8 @@ SERVICER_MODULES = [
     "localcloud.eventarc.service",
     "localcloud.operations.service",
     "localcloud.core.iam",
+    "localcloud.iam.service",
+    "localcloud.iam.projects",
 ]
 PROJECT = "strict-project"  # apart from every other suite's resources
 BAD_NAME = "not-a-resource-name"
@@ -350,6 +352,8 @@ def test_the_table_covers_every_service():
         "google.cloud.eventarc.v1.Eventarc",
         "google.longrunning.Operations",
         "google.iam.v1.IAMPolicy",
+        "google.iam.admin.v1.IAM",
+        "google.cloud.resourcemanager.v3.Projects",
     }
     assert len(REQUIRED_CASES) > 50 and len(NAME_CASES) > 40
 

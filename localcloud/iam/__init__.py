@@ -1,0 +1,1 @@
+"""IAM Admin (service accounts, custom roles) and Resource Manager (projects) APIs."""
