@@ -20,8 +20,8 @@ from google.iam.v1 import iam_policy_pb2, policy_pb2
 from localcloud.core import authz, identity
 from localcloud.core.errors import InvalidArgument
 from localcloud.core.iam import PolicyStore, truthful
+from localcloud.core.projects import project_number
 from localcloud.core.wire import handler_for, rpc
-from localcloud.workflows.engine import project_number
 
 SERVICE = "google.cloud.resourcemanager.v3.Projects"
 # https://cloud.google.com/resource-manager/docs/creating-managing-projects#before_you_begin
