@@ -28,6 +28,7 @@ namespace. Those raise :class:`Unidentified`.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import itertools
 import os
@@ -36,6 +37,8 @@ import struct
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from localcloud.core import procs
 
 NOBODY = 65534  # whom sandboxes and their pasta run as when localcloud runs as root
 NETLINK_SOCK_DIAG = 4
@@ -68,7 +71,8 @@ class Identity:
 class _Holder:
     identity: Identity
     uid: int  # owner of the sockets it holds
-    pids: Callable[[], Iterable[int]]
+    root: int
+    pids: Callable[[], Iterable[int]] | None  # None: the process tree under ``root``
 
 
 def _inode_of(
@@ -91,6 +95,7 @@ def _inode_of(
     return uid, inode
 
 
+@functools.lru_cache(maxsize=256)
 def _address(host: str) -> tuple[int, bytes] | None:
     """(family, packed address) of an IP literal; IPv4-mapped IPv6 as IPv4."""
     try:
@@ -141,16 +146,18 @@ class Peers:
                 self._nl.close()
                 self._nl = None
 
-    def add(self, identity: Identity, root_pid: int, pids: Callable[[], Iterable[int]]) -> int:
-        """Register an instance whose connections come from ``pids()`` (its pasta, or its
-        process tree rooted at ``root_pid``); a handle for :meth:`remove`."""
+    def add(
+        self, identity: Identity, root_pid: int, pids: Callable[[], Iterable[int]] | None = None
+    ) -> int:
+        """Register an instance whose connections come from ``pids()`` (its pasta), or by
+        default from the process tree under ``root_pid``; a handle for :meth:`remove`."""
         try:
             uid = os.stat(f"/proc/{root_pid}").st_uid
         except OSError:
             uid = self._me
         handle = next(self._next)
         with self._lock:
-            self._holders[handle] = _Holder(identity, uid, pids)
+            self._holders[handle] = _Holder(identity, uid, root_pid, pids)
         return handle
 
     def remove(self, handle: int | None) -> None:
@@ -169,7 +176,7 @@ class Peers:
         if src is None:
             return None  # not an IP connection: a local socket
         dst = _address(local[0])
-        if dst is None or dst[0] != src[0] or ipaddress.ip_address(local[0]).is_unspecified:
+        if dst is None or dst[0] != src[0] or not any(dst[1]):
             dst = src  # on this machine a connection's two ends share the address
         key = (src[1], peer[1], dst[1], local[1])
         with self._lock:
@@ -198,13 +205,39 @@ class Peers:
         return identity
 
 
+def _trees() -> dict[int, list[int]]:
+    """Every live process's children, from one pass over /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = procs.stat_fields(int(entry.name))
+            if fields is not None and len(fields) > 1:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children
+
+
+def _tree(root: int, children: dict[int, list[int]]) -> list[int]:
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
 def _find(inode: int, uid: int, holders: list[_Holder]) -> Identity | None:
     """The identity of the registered instance one of whose processes holds ``inode``."""
     target = f"socket:[{inode}]"
+    children: dict[int, list[int]] | None = None
     for holder in holders:
         if holder.uid != uid:
             continue  # sockets belong to whoever created them: not this instance's
-        for pid in holder.pids():
+        if holder.pids is not None:
+            pids = holder.pids()
+        else:
+            children = _trees() if children is None else children
+            pids = _tree(holder.root, children)
+        for pid in pids:
             try:
                 with os.scandir(f"/proc/{pid}/fd") as entries:
                     for entry in entries:

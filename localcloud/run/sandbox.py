@@ -524,7 +524,7 @@ class Instance:
             return
         ready = self.network_ready
         if ready is None:
-            self._peer = peers.add(identity, self.pid, self.pids)
+            self._peer = peers.add(identity, self.pid)  # its processes, as they come and go
             return
 
         def attached(future: asyncio.Future[int]) -> None:
