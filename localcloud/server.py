@@ -21,9 +21,11 @@ from localcloud.cloudbuild.store import BuildStore
 from localcloud.core import authz, identity
 from localcloud.core.config import Config
 from localcloud.core.db import Database
+from localcloud.core.errors import Unauthenticated
 from localcloud.core.iam import IamService, PolicyStore, Resolver
 from localcloud.core.lifecycle import Calls, Parts
-from localcloud.core.oidc import Issuer, aiohttp_routes, metadata_routes
+from localcloud.core.oidc import Issuer, MetadataCaller, aiohttp_routes, metadata_routes
+from localcloud.core.peers import Identity, peers
 from localcloud.eventarc.router import EventRouter
 from localcloud.eventarc.service import EventarcService
 from localcloud.eventarc.store import TriggerStore
@@ -43,12 +45,13 @@ from localcloud.run.ingress import Ingress
 from localcloud.run.service import RevisionsService, ServicesService
 from localcloud.run.store import RunStore
 from localcloud.storage.notifier import Notifier
-from localcloud.workflows.engine import WorkflowsEngine
+from localcloud.workflows.engine import WorkflowsEngine, project_number
 from localcloud.workflows.runtime import Engines, Runtime
 from localcloud.workflows.service import ExecutionsService, WorkflowsService
 from localcloud.workflows.store import WorkflowStore
 
 LOG = logging.getLogger(__name__)
+WHOAMI_PATH = "/localcloud/v1/whoami"
 MAX_MESSAGE = 32 * 1024 * 1024  # above Pub/Sub's 10 MB so oversize gets INVALID_ARGUMENT
 
 
@@ -85,7 +88,13 @@ class LocalCloud:
         self.notifier = Notifier(self.pubsub, self.db, cfg)
         await self.parts.start("database", Calls(self.db.start, self.db.close))
         self.issuer = Issuer(cfg.data_dir / "oidc", cfg.http_url)
-        identity.configure(cfg.principal or identity.default_principal(cfg.project))
+        peers.open()  # here, in the host's network namespace
+        self.resolver = identity.Resolver(self.issuer, peers, cfg.host, cfg.grpc_port)
+        identity.configure(
+            cfg.principal or identity.default_principal(cfg.project),
+            self.resolver.grpc,
+            self.resolver.http,
+        )
         session = self.session = aiohttp.ClientSession()
         self.pubsub.push_factory = lambda engine, st: PushWorker(engine, st, session, self.issuer)
         self.pubsub.on_delete.append(self.policies.forget)
@@ -131,8 +140,9 @@ class LocalCloud:
 
         app = web.Application()
         app.add_routes(aiohttp_routes(self.issuer))
-        app.add_routes(metadata_routes(self.issuer, cfg.project))
+        app.add_routes(metadata_routes(self.issuer, self._metadata_caller, project_number))
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get(WHOAMI_PATH, self._whoami)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         await web.TCPSite(self._http, cfg.host, cfg.http_port, reuse_address=True).start()
@@ -155,6 +165,36 @@ class LocalCloud:
             ProjectsService(self.policies, self.config.project).handler(),
             IamAdminService(self.accounts, self.policies).handler(),
         ]
+
+    def _metadata_caller(self, request: web.Request) -> Identity:
+        """Whom the metadata server speaks for: the asking instance's service account, or
+        on the user's own machine the local user."""
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        local = transport.get_extra_info("sockname") if transport is not None else None
+        try:
+            instance = self.resolver.connection(
+                (peer[0], peer[1]) if isinstance(peer, tuple) else None,
+                (local[0], local[1]) if isinstance(local, tuple) else ("", 0),
+            )
+        except Unauthenticated as exc:
+            raise MetadataCaller("the metadata server cannot tell who is asking") from exc
+        if instance is not None:
+            return instance
+        cfg = self.config
+        email = identity.email_of(identity.local_user())
+        return Identity(email, cfg.project, cfg.region, "")
+
+    async def _whoami(self, request: web.Request) -> web.Response:
+        """Who localcloud takes the caller of this request to be (docs/localcloud.md)."""
+        try:
+            caller = self.resolver.http_caller(request)
+        except Unauthenticated as exc:
+            return identity.http_error(exc)
+        body: dict[str, Any] = {"member": caller.member, "via": caller.via}
+        if caller.instance is not None:
+            body["revision"] = caller.instance.revision
+        return web.json_response(body)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         ok = all(v == "ok" for v in self.health.values())
@@ -179,3 +219,4 @@ class LocalCloud:
             await self._http.cleanup()
         if self.session is not None:
             await self.session.close()
+        peers.close()

@@ -30,12 +30,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from localcloud.core.peers import Identity
+
 LOG = logging.getLogger(__name__)
 
 ALGORITHM = "RS256"
 LEEWAY_SECONDS = 30  # clock skew verify() tolerates on exp and iat
 CACHE_CONTROL = "public, max-age=300, must-revalidate"  # short: a wiped key dir recovers fast
 _CLAIMS = ["aud", "azp", "email", "email_verified", "exp", "iat", "iss", "sub"]
+ACCESS_TOKEN_TYPE = "at+jwt"  # RFC 9068's JWT access tokens
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 
 class InvalidToken(ValueError):
@@ -160,15 +164,23 @@ class Issuer:
         return jwt.encode(claims, self._key, ALGORITHM, headers={"kid": self.kid, "typ": "JWT"})
 
     def verify(self, token: str, audience: str | None = None) -> dict[str, Any]:
-        """The claims of a token this issuer minted; ``InvalidToken`` says why if not."""
+        """The claims of an ID token this issuer minted; ``InvalidToken`` says why if not.
+
+        An access token is not an ID token: its ``typ`` tells them apart, so one cannot
+        stand in for the other (as Google's cannot)."""
+        claims = self._decode(token, audience, ["iss", "sub", "iat", "exp"], "ID token")
+        if jwt.get_unverified_header(token).get("typ") == ACCESS_TOKEN_TYPE:
+            raise InvalidToken("invalid ID token: this is an access token")
+        return claims
+
+    def _decode(
+        self, token: str, audience: str | None, required: list[str], kind: str
+    ) -> dict[str, Any]:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
             if kid != self.kid:
-                raise InvalidToken(f"invalid ID token: key id {kid!r} is not this issuer's")
-            options: jwt.types.Options = {
-                "require": ["iss", "sub", "iat", "exp"],
-                "verify_aud": audience is not None,
-            }
+                raise InvalidToken(f"invalid {kind}: key id {kid!r} is not this issuer's")
+            options: jwt.types.Options = {"require": required, "verify_aud": audience is not None}
             return jwt.decode(
                 token,
                 self._public_key,
@@ -179,7 +191,42 @@ class Issuer:
                 leeway=LEEWAY_SECONDS,
             )
         except jwt.InvalidTokenError as exc:
-            raise InvalidToken(f"invalid ID token: {exc}") from exc
+            raise InvalidToken(f"invalid {kind}: {exc}") from exc
+
+    @property
+    def access_audience(self) -> str:
+        """The audience of every access token: localcloud's APIs, and nothing else."""
+        return f"{self.issuer_url}/apis"
+
+    def mint_access_token(
+        self, email: str, scopes: list[str] | None = None, lifetime_seconds: int = 3599
+    ) -> str:
+        """An OAuth 2 access token for ``email``: a JWT (RFC 9068) localcloud verifies
+        itself on every call, where Google's are opaque strings its servers look up."""
+        if not email:
+            raise ValueError("an access token needs an email")
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer_url,
+            "aud": self.access_audience,
+            "sub": subject_id(email),
+            "email": email,
+            "scope": " ".join(scopes or [CLOUD_PLATFORM_SCOPE]),
+            "iat": now,
+            "exp": now + lifetime_seconds,
+        }
+        headers = {"kid": self.kid, "typ": ACCESS_TOKEN_TYPE}
+        return jwt.encode(claims, self._key, ALGORITHM, headers=headers)
+
+    def verify_access(self, token: str) -> dict[str, Any]:
+        """The claims of a valid access token this issuer minted for localcloud's APIs:
+        signed with this key, unexpired, of the access-token type, for the APIs' audience,
+        naming an account and its scopes. ``InvalidToken`` says which check failed."""
+        required = ["iss", "sub", "iat", "exp", "aud", "email", "scope"]
+        claims = self._decode(token, self.access_audience, required, "access token")
+        if jwt.get_unverified_header(token).get("typ") != ACCESS_TOKEN_TYPE:
+            raise InvalidToken("invalid access token: this is not an access token")
+        return claims
 
     def jwks(self) -> dict[str, Any]:
         """The key as a JWK Set, like https://www.googleapis.com/oauth2/v3/certs."""
@@ -217,6 +264,7 @@ def aiohttp_routes(issuer: Issuer) -> list[web.RouteDef]:
     ]
 
 
+ACCESS_LIFETIME = 3599  # seconds, as Google's metadata server answers a fresh token
 OWNER_ACCOUNT_ID = "owner"
 METADATA_IDENTITY_PATH = "/computeMetadata/v1/instance/service-accounts/default/identity"
 
@@ -230,30 +278,104 @@ def owner_email(project: str) -> str:
     return f"{OWNER_ACCOUNT_ID}@{project}.iam.gserviceaccount.com"
 
 
-def metadata_routes(issuer: Issuer, project: str) -> list[web.RouteDef]:
-    """The metadata server's ``identity`` endpoint: an ID token for the project's owner.
+# https://cloud.google.com/run/docs/container-contract#metadata-server
+METADATA_ROOT = "/computeMetadata/v1/"
+FLAVOR = {"Metadata-Flavor": "Google"}
+ACCOUNT_PATHS = "aliases\nemail\nidentity\nscopes\ntoken\n"
 
-    Like ``metadata.google.internal``: the ``Metadata-Flavor: Google`` header is required
-    (403 without it), ``audience`` is required (400 without it), the token is the body as
-    ``text/plain``. ``format`` and ``licenses`` are accepted and change nothing.
+
+class MetadataCaller(Exception):
+    """The metadata server cannot tell who asks (a 403); the message says why."""
+
+
+def _text(body: str, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=body, content_type="application/text", headers=FLAVOR)
+
+
+def metadata_routes(
+    issuer: Issuer, who: Callable[[web.Request], Identity], project_number: Callable[[str], str]
+) -> list[web.RouteDef]:
+    """The metadata server, as a Cloud Run instance sees it: it speaks only for the asker.
+
+    ``who`` says whom a request comes from: an instance's revision's service account, or
+    on the user's machine the local user (raising ``MetadataCaller`` when it cannot tell).
+    As on Google Cloud: ``Metadata-Flavor: Google`` is required (403 without it), a request
+    carrying ``X-Forwarded-For`` is refused (403: the metadata server is never proxied),
+    ``default`` and the account's own email name the account, any other account is 404,
+    ``identity`` needs an ``audience`` (400), ``token`` answers Google's JSON. The root
+    answers with the flavor header, which is how google-auth's ``is_on_gce`` finds it.
     """
-    email = owner_email(project)
 
-    async def identity(request: web.Request) -> web.Response:
+    async def root(_request: web.Request) -> web.Response:
+        return _text("computeMetadata/\n")
+
+    async def handle(request: web.Request) -> web.Response:
         if request.headers.get("Metadata-Flavor") != "Google":
-            return web.Response(
-                status=403,
-                text="Missing required header: 'Metadata-Flavor: Google'\n",
-                headers={"Metadata-Flavor": "Google"},
-            )
+            return _text("Missing required header: 'Metadata-Flavor: Google'\n", 403)
+        if "X-Forwarded-For" in request.headers:
+            return _text("Request contains an X-Forwarded-For header and was rejected\n", 403)
+        try:
+            caller = who(request)
+        except MetadataCaller as exc:
+            return _text(f"{exc}\n", 403)
+        path = request.match_info["path"]
+        return _answer(issuer, caller, path, request, project_number)
+
+    return [
+        web.get("/", root),
+        web.route("*", METADATA_ROOT + "{path:.*}", handle),
+    ]
+
+
+def _answer(
+    issuer: Issuer,
+    caller: Identity,
+    path: str,
+    request: web.Request,
+    project_number: Callable[[str], str],
+) -> web.Response:
+    if request.method not in ("GET", "POST"):  # POST: google-auth's bound-token requests
+        return _text("Method not allowed\n", 405)
+    number = project_number(caller.project)
+    simple = {
+        "": "instance/\nproject/\n",
+        "project/": "numeric-project-id\nproject-id\n",
+        "project/project-id": caller.project,
+        "project/numeric-project-id": number,
+        "instance/": "id\nregion\nservice-accounts/\n",
+        "instance/region": f"projects/{number}/regions/{caller.region}",
+        "instance/id": subject_id(caller.revision or caller.email),
+        "instance/service-accounts/": f"default/\n{caller.email}/\n",
+        "universe/universe-domain": "googleapis.com",
+    }
+    if path in simple:
+        return _text(simple[path])
+    if not path.startswith("instance/service-accounts/"):
+        return _text("Not Found\n", 404)
+    account, _, leaf = path.removeprefix("instance/service-accounts/").partition("/")
+    if account not in ("default", caller.email):
+        return _text("Not Found\n", 404)  # another account: not this instance's to speak for
+    scopes = [CLOUD_PLATFORM_SCOPE]
+    if leaf == "" and request.query.get("recursive") == "true":
+        body: dict[str, Any] = {"aliases": ["default"], "email": caller.email, "scopes": scopes}
+        return web.json_response(body, headers=FLAVOR)
+    if leaf == "":
+        return _text(ACCOUNT_PATHS)
+    if leaf == "email":
+        return _text(caller.email)
+    if leaf == "aliases":
+        return _text("default")
+    if leaf == "scopes":
+        return _text("\n".join(scopes) + "\n")
+    if leaf == "token":
+        asked = request.query.get("scopes", "")
+        wanted = [s for s in asked.replace(",", " ").split() if s] or scopes
+        token = issuer.mint_access_token(caller.email, wanted, ACCESS_LIFETIME)
+        body = {"access_token": token, "expires_in": ACCESS_LIFETIME, "token_type": "Bearer"}
+        return web.json_response(body, headers=FLAVOR)
+    if leaf == "identity":
         audience = request.query.get("audience", "").strip()
         if not audience:
-            return web.Response(
-                status=400,
-                text="non-empty audience parameter required\n",
-                headers={"Metadata-Flavor": "Google"},
-            )
-        token = issuer.mint_id_token(audience, email)
-        return web.Response(text=token, headers={"Metadata-Flavor": "Google"})
-
-    return [web.get(METADATA_IDENTITY_PATH, identity)]
+            return _text("non-empty audience parameter required\n", 400)
+        return _text(issuer.mint_id_token(audience, caller.email))
+    return _text("Not Found\n", 404)

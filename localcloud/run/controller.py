@@ -24,6 +24,7 @@ import random
 import string
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 from google.cloud.run_v2 import types
 
@@ -39,10 +40,12 @@ from localcloud.core.errors import (
     as_google_error,
 )
 from localcloud.core.iam import PolicyStore
+from localcloud.core.peers import Identity
 from localcloud.operations.store import OperationStore
 from localcloud.run import names, resources, sandbox
 from localcloud.run.autoscaler import DEFAULT_CONCURRENCY, Autoscaler, Pool, log_path
 from localcloud.run.store import RevisionPb, RunStore, ServicePb
+from localcloud.workflows.engine import project_number
 
 LOG = logging.getLogger(__name__)
 C = types.Condition
@@ -588,8 +591,13 @@ class Controller:
         project = rev.name.split("/")[1]
         service_id = rev.service.rsplit("/", 1)[-1]
         rev_id = rev.name.rsplit("/", 1)[-1]
+        # google-auth finds the metadata server where these say (compute_engine/_metadata.py),
+        # so google.auth.default() and fetch_id_token work unchanged inside the instance.
+        metadata = urlsplit(self.config.http_url).netloc
         env = {
             **self.client_env,
+            "GCE_METADATA_HOST": metadata,
+            "GCE_METADATA_IP": metadata,
             "GOOGLE_CLOUD_PROJECT": project,
             "K_SERVICE": service_id,
             "K_REVISION": rev_id,
@@ -606,8 +614,18 @@ class Controller:
         apis: tuple[int, ...] = (cfg.grpc_port, cfg.storage_port, cfg.registry_port)
         apis += (cfg.http_port, cfg.ingress_port, *cfg.run_host_ports)
 
+        # Whom the instance acts as: the revision's service account, else the Compute Engine
+        # default one, as on Cloud Run (https://cloud.google.com/run/docs/securing/service-identity).
+        account = (
+            rev.service_account
+            or f"{project_number(project)}-compute@developer.gserviceaccount.com"
+        )
+        region = rev.name.split("/")[3]
+        who = Identity(account, project, region, rev.name)
+
         def spec_for(port: int) -> Any:
             return sandbox.InstanceSpec(
+                identity=who,
                 image=image,
                 env={**env, "PORT": str(port)},
                 port=port,

@@ -53,6 +53,7 @@ from pathlib import Path
 import aiohttp
 
 from localcloud.core import procs
+from localcloud.core.peers import Identity, peers
 from localcloud.run import cgroups, logs, network, seccomp, stage
 from localcloud.run.images import UnpackedImage
 
@@ -130,6 +131,9 @@ class InstanceSpec:
     # False: only the filesystem sandbox (LOCALCLOUD_RUN_ISOLATION=filesystem): no user or
     # network namespace, no seccomp, no limits. For side-by-side benchmarks.
     contained: bool = True
+    # Whom the instance acts as (its revision's service account): its connections to
+    # localcloud are attributed to it (core/peers.py) while it runs.
+    identity: Identity | None = None
 
 
 class Isolation:
@@ -486,6 +490,7 @@ class Instance:
         self._rotations = self.log.rotations
         self._session: aiohttp.ClientSession | None = None
         self._oom_fd: int | None = None
+        self._peer: int | None = None  # its registration with core/peers.py
         self._exited = asyncio.ensure_future(process.wait())
         self._cleaned = asyncio.ensure_future(self._after_exit())
         if cgroup is not None:
@@ -510,6 +515,25 @@ class Instance:
                 self._kill_sandbox()
 
         asyncio.get_running_loop().add_reader(fd, fired)
+
+    def identify(self) -> None:
+        """Let localcloud tell this instance's connections apart (``core/peers.py``): they
+        leave through its pasta once its network is up, or else from its own processes."""
+        identity = self.spec.identity
+        if identity is None:
+            return
+        ready = self.network_ready
+        if ready is None:
+            self._peer = peers.add(identity, self.pid)  # its processes, as they come and go
+            return
+
+        def attached(future: asyncio.Future[int]) -> None:
+            if future.cancelled() or future.exception() is not None or not self.running:
+                return
+            pasta = future.result()
+            self._peer = peers.add(identity, pasta, lambda: (pasta,))
+
+        ready.add_done_callback(attached)
 
     def _kill_sandbox(self) -> None:
         # The sandbox's init: when it dies, the kernel kills every process of its namespace.
@@ -540,6 +564,8 @@ class Instance:
             await asyncio.to_thread(group.remove)
         if not self.stopping and not self.oom_killed:
             self.log.write(f"[localcloud] {_exit_words(self.returncode)}\n".encode())
+        peers.remove(self._peer)
+        self._peer = None
         ready = self.network_ready
         if ready is not None:
             if not ready.done():
@@ -790,7 +816,9 @@ async def _start_unsandboxed(
         os.close(write)
     log.pump(read, f"port {spec.port}")
     LOG.info("started instance pid %d (UNSANDBOXED) on port %d", process.pid, spec.port)
-    return Instance(process, spec, argv, offset, False, log)
+    instance = Instance(process, spec, argv, offset, False, log)
+    instance.identify()
+    return instance
 
 
 @functools.lru_cache(maxsize=1)
@@ -930,4 +958,5 @@ async def _start_sandboxed(
     )
     instance = Instance(process, spec, argv, offset, True, log, netns, group, child)
     instance.network_ready = attaching
+    instance.identify()
     return instance
