@@ -41,11 +41,11 @@ from localcloud.core.errors import (
 )
 from localcloud.core.iam import PolicyStore
 from localcloud.core.peers import Identity
+from localcloud.core.projects import project_number
 from localcloud.operations.store import OperationStore
 from localcloud.run import names, resources, sandbox
 from localcloud.run.autoscaler import DEFAULT_CONCURRENCY, Autoscaler, Pool, log_path
 from localcloud.run.store import RevisionPb, RunStore, ServicePb
-from localcloud.workflows.engine import project_number
 
 LOG = logging.getLogger(__name__)
 C = types.Condition
