@@ -159,7 +159,9 @@ def _running(config: Config) -> dict | None:
 
 
 def _warn_if_exposed(host: str) -> None:
-    """localcloud has no authentication of its own callers: off loopback, anyone can call it."""
+    """Off loopback other machines reach localcloud's ports. Its gRPC APIs serve them only
+    with a token localcloud minted (a caller it cannot trace to this machine is refused),
+    but Cloud Storage and the registry do not check their callers yet."""
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -167,7 +169,8 @@ def _warn_if_exposed(host: str) -> None:
     if not loopback:
         click.echo(
             f"warning: LOCALCLOUD_HOST={host} is not a loopback address: every machine that "
-            "can reach it can call localcloud's APIs and storage as the project's owner",
+            "can reach it can read and write localcloud's Cloud Storage and registry (its "
+            "gRPC APIs refuse callers from other machines without a token)",
             err=True,
         )
 
