@@ -1230,3 +1230,23 @@ def test_get_type_of_each_value_and_default_of_null() -> None:
         'get_type([]), get_type({}), get_type(text.encode("b"))]'
     ) == ["null", "boolean", "integer", "double", "string", "list", "map", "bytes"]
     assert expr('default(null, "x")') == "x" and expr("default(0, 1)") == 0
+
+
+def test_sys_sleep_takes_a_number_of_seconds_up_to_a_year() -> None:
+    # https://cloud.google.com/workflows/docs/sleeping: "suspends execution for the given
+    # number of seconds to a maximum of 31536000 (one year)"
+    runtime = Runtime(None, None, None)  # type: ignore[arg-type]
+
+    def sleep(seconds: str) -> Any:
+        source = f"- wait:\n    call: sys.sleep\n    args:\n      seconds: {seconds}\n"
+        parsed = definition.parse(source, set(FUNCTIONS))
+        interpreter = Interpreter(parsed, FUNCTIONS, runtime.blocking("sa"), lambda *a: None)
+        try:
+            return asyncio.run(asyncio.wait_for(interpreter.run(None), 5))
+        except WorkflowError as exc:
+            return ("error", exc.value)
+
+    assert sleep("0.01") is None
+    for seconds, tag in (("31536001", "ValueError"), ("-1", "ValueError"), ('"1"', "TypeError")):
+        result = sleep(seconds)
+        assert result[0] == "error" and result[1]["tags"] == [tag], seconds
