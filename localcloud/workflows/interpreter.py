@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import json
 import re
@@ -27,10 +28,25 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 from localcloud.workflows.definition import Definition, Step
-from localcloud.workflows.expr import WorkflowError, evaluate, parse_expression, render
+from localcloud.workflows.expr import (
+    WorkflowError,
+    evaluate,
+    is_number,
+    parse_expression,
+    render,
+    type_name,
+)
 from localcloud.workflows.resume import FORMAT, Cursor, RestoreError, decode
 
 MAX_STEPS = 100_000
+# https://cloud.google.com/workflows/quotas (limits): subworkflow calls nest at most 20 deep
+# (RecursionError, .../syntax/error-types: "the maximum call stack depth is exceeded"), and
+# parallel steps at most 2 (ParallelNestingError: "the maximum depth that parallel steps can
+# be nested is exceeded"). Per task: the branches of a parallel step each carry their own.
+MAX_CALL_DEPTH = 20
+MAX_PARALLEL_DEPTH = 2
+_CALL_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("call_depth", default=0)
+_PARALLEL_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("parallel", default=0)
 MAX_VARIABLES = 512 * 1024  # Google: "Maximum memory for variables: 512 KB"
 CHECK_EVERY = 25  # steps between two measurements of the variables (bounded by the limit)
 _EXPR = re.compile(r"^\$\{(.*)\}$", re.S)
@@ -183,6 +199,20 @@ class Interpreter:
         return await self.call_subworkflow("main", args, self.root)
 
     async def call_subworkflow(self, name: str, args: dict[str, Any], cursor: Cursor) -> Any:
+        depth = _CALL_DEPTH.get()
+        if depth >= MAX_CALL_DEPTH:
+            raise WorkflowError(
+                f"calling subworkflow {name!r} exceeds the maximum call stack depth of "
+                f"{MAX_CALL_DEPTH}",
+                "RecursionError",
+            )
+        token = _CALL_DEPTH.set(depth + 1)
+        try:
+            return await self._call_subworkflow(name, args, cursor)
+        finally:
+            _CALL_DEPTH.reset(token)
+
+    async def _call_subworkflow(self, name: str, args: dict[str, Any], cursor: Cursor) -> Any:
         sub = self.definition.subworkflows[name]
         saved = cursor.take("sub", name=name)
         scope = Scope(decode(saved["vars"])) if saved is not None else self._bind(sub, name, args)
@@ -507,24 +537,12 @@ class Interpreter:
             else:
                 level["items"] = decode(saved["items"])
         elif "range" in spec:
-            level["range"] = self.value(spec["range"], scope)
+            level["range"] = self._loop_range(step, spec["range"], scope)
         else:
-            items = self.value(spec["in"], scope)
-            if isinstance(items, dict):
-                items = list(items)
-            if not isinstance(items, list):
-                raise WorkflowError(
-                    f"step {step.name}: for ... in needs a list, got {type(items).__name__}",
-                    "TypeError",
-                )
-            level["items"] = _copy(items)  # the loop walks the list as it was when it started
+            # the loop walks the list as it was when it started
+            level["items"] = _copy(self._loop_list(step, spec["in"], scope))
         if "range" in level:
-            lo, hi = level["range"]
-            values: Any = (
-                range(int(lo), int(hi) + 1)
-                if isinstance(lo, int) and isinstance(hi, int)
-                else _frange(lo, hi)
-            )
+            values: Any = _range_values(level["range"])
         else:
             values = level["items"]
         first = level["i"]
@@ -549,6 +567,35 @@ class Interpreter:
                 del scope.local[key]
         return step.body.get("next")
 
+    def _loop_list(self, step: Step, raw: Any, scope: Scope) -> list[Any]:
+        """What ``for: in:`` walks: a list (a map walks its keys, as ``keys()`` gives them)."""
+        items = self.value(raw, scope)
+        if isinstance(items, dict):
+            items = list(items)
+        if not isinstance(items, list):
+            raise WorkflowError(
+                f"step {step.name}: for ... in needs a list, got {type_name(items)}", "TypeError"
+            )
+        return items
+
+    def _loop_range(self, step: Step, raw: Any, scope: Scope) -> list[Any]:
+        """``for: range: [start, end]``: two numbers, both ends included (.../iteration)."""
+        bounds = self.value(raw, scope)
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            raise WorkflowError(
+                f"step {step.name}: for ... range needs a list [start, end], got "
+                f"{type_name(bounds)}",
+                "TypeError" if not isinstance(bounds, list) else "ValueError",
+            )
+        for bound in bounds:
+            if not is_number(bound):
+                raise WorkflowError(
+                    f"step {step.name}: for ... range bounds must be numbers, got "
+                    f"{type_name(bound)}",
+                    "TypeError",
+                )
+        return bounds
+
     async def _parallel(
         self, step: Step, spec: dict[str, Any], scope: Scope, cursor: Cursor
     ) -> None:
@@ -560,9 +607,27 @@ class Interpreter:
                     f"step {step.name}: shared variable {name!r} must be assigned before the parallel step",
                     "KeyError",
                 )
+        depth = _PARALLEL_DEPTH.get()
+        if depth >= MAX_PARALLEL_DEPTH:
+            raise WorkflowError(
+                f"step {step.name}: parallel steps nest at most {MAX_PARALLEL_DEPTH} deep",
+                "ParallelNestingError",
+            )
         limit = spec.get("concurrency_limit")
-        gate = asyncio.Semaphore(int(limit)) if limit else contextlib.nullcontext()
-        continue_all = spec.get("exception_policy") == "continueAll"
+        if limit is not None:
+            limit = self.value(limit, scope)
+            if not isinstance(limit, int) or isinstance(limit, bool):
+                raise WorkflowError(
+                    f"step {step.name}: concurrency_limit must be an integer, got "
+                    f"{type_name(limit)}",
+                    "TypeError",
+                )
+            if limit < 1:
+                raise WorkflowError(
+                    f"step {step.name}: concurrency_limit must be positive, got {limit}",
+                    "ValueError",
+                )
+        gate = asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
         jobs: list[Callable[[Scope, Cursor], Awaitable[None]]] = []
         if "branches" in spec:
             for branch in spec["branches"]:
@@ -579,10 +644,9 @@ class Interpreter:
             if saved is not None:
                 items = decode(saved["items"])
             elif "in" in loop:
-                items = list(self.value(loop["in"], scope))
+                items = self._loop_list(step, loop["in"], scope)
             else:
-                bounds = self.value(loop["range"], scope)
-                items = list(range(bounds[0], bounds[1] + 1))
+                items = list(_range_values(self._loop_range(step, loop["range"], scope)))
             body = _as_steps(loop["steps"], self._cache)
 
             async def iteration(s: Scope, c: Cursor, body: list[Step] = body) -> None:
@@ -622,13 +686,15 @@ class Interpreter:
                     if "index" in spec["for"]:
                         own[spec["for"]["index"]] = i
             branch_scope = Scope(own, parent=scope, shared=shared)
+            _PARALLEL_DEPTH.set(depth + 1)  # this task's own context: its branch only
             async with gate:
+                # .../syntax/parallel-steps: "The default policy, continueAll, results in
+                # no further action, and all other branches will attempt to run." The
+                # errors are raised together once every branch has finished.
                 try:
                     with branch.inside({"kind": "branch", "scope": branch_scope}):
                         await jobs[i](branch_scope, branch)
                 except WorkflowError as exc:
-                    if not continue_all:
-                        raise
                     errors.append(exc.value)
                 done.add(i)
 
@@ -642,8 +708,14 @@ class Interpreter:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
         if errors:
+            # .../syntax/error-types: UnhandledBranchError, "one or more branches or
+            # iterations encountered an unhandled runtime error"; the errors themselves are
+            # kept under "branches", in the order the branches failed.
             raise WorkflowError(
-                f"{len(errors)} parallel branch(es) failed", "UnhandledBranchError", branches=errors
+                f"UnhandledBranchError: {len(errors)} parallel branch(es) or iteration(s) "
+                "encountered an unhandled runtime error",
+                "UnhandledBranchError",
+                branches=errors,
             )
 
     async def _try(
@@ -711,12 +783,25 @@ class Interpreter:
         backoff = raw.get("backoff") or {}
         predicate = raw.get("predicate")
         match = _EXPR.match(predicate) if isinstance(predicate, str) else None
+
+        def number(name: str, raw_value: Any, *, integer: bool = False) -> Any:
+            """A policy's figure: a non-negative number (max_retries: an integer)."""
+            value = self.value(raw_value, scope)
+            wanted = "an integer" if integer else "a number"
+            if not is_number(value) or (integer and not isinstance(value, int)):
+                raise WorkflowError(
+                    f"retry {name} must be {wanted}, got {type_name(value)}", "TypeError"
+                )
+            if value < 0:
+                raise WorkflowError(f"retry {name} must not be negative, got {value}", "ValueError")
+            return value if integer else float(value)
+
         return {
             "predicate": match.group(1).strip() if match else "retry.always",
-            "max_retries": int(self.value(raw.get("max_retries", 0), scope)),
-            "initial_delay": float(self.value(backoff.get("initial_delay", 1), scope)),
-            "max_delay": float(self.value(backoff.get("max_delay", 60), scope)),
-            "multiplier": float(self.value(backoff.get("multiplier", 1.25), scope)),
+            "max_retries": number("max_retries", raw.get("max_retries", 0), integer=True),
+            "initial_delay": number("initial_delay", backoff.get("initial_delay", 1)),
+            "max_delay": number("max_delay", backoff.get("max_delay", 60)),
+            "multiplier": number("multiplier", backoff.get("multiplier", 1.25)),
         }
 
     async def _should_retry(self, policy: dict[str, Any], error: dict[str, Any]) -> bool:
@@ -761,6 +846,13 @@ def _copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy(v) for v in value]
     return value
+
+
+def _range_values(bounds: list[Any]) -> Iterator[Any]:
+    lo, hi = bounds
+    if isinstance(lo, int) and isinstance(hi, int):
+        return iter(range(lo, hi + 1))
+    return _frange(lo, hi)
 
 
 def _frange(lo: float, hi: float) -> Iterator[float]:

@@ -320,10 +320,20 @@ def _decode(raw: bytes, content_type: str) -> Any:
         return raw
 
 
+# https://cloud.google.com/workflows/docs/sleeping: sys.sleep "suspends execution for the
+# given number of seconds to a maximum of 31536000 (one year)".
+MAX_SLEEP = 31_536_000
+
+
 async def _sleep(it: Interpreter, args: dict[str, Any]) -> None:
     seconds = args.get("seconds", 0)
-    if not isinstance(seconds, int | float) or seconds < 0:
-        raise WorkflowError("sys.sleep: seconds must be a non-negative number", "TypeError")
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        raise WorkflowError("sys.sleep: seconds must be an integer or a double", "TypeError")
+    if not 0 <= seconds <= MAX_SLEEP:
+        raise WorkflowError(
+            f"sys.sleep: seconds must be between 0 and {MAX_SLEEP} (one year), got {seconds}",
+            "ValueError",
+        )
     await asyncio.sleep(seconds)
 
 

@@ -23,7 +23,7 @@ import re
 import urllib.parse
 import uuid as _uuid
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from localcloud.workflows.expr import WorkflowError, check_int, is_number, stringify, type_name
@@ -143,6 +143,69 @@ def _regex(fn: str, pattern: Any) -> re.Pattern[str]:
         raise WorkflowError(f"{fn}: invalid regular expression: {exc}", "ValueError") from None
 
 
+# Constructs after which one start can have matches of several lengths that Python's
+# leftmost-first matching may not try longest first: alternation, lazy quantifiers and
+# quantified groups. Without them the first match found is already the longest.
+_AMBIGUOUS = re.compile(r"\||[*+?}]\?|\)[*+?{]")
+# Constructs that look at the end of the text or at a word boundary: a match cut short with
+# ``endpos`` would see a false end, so those patterns are tried with a lookahead instead.
+_END_SENSITIVE = re.compile(r"\$|\\[zZbB]")
+_LONGEST_BUDGET = 20_000  # candidate ends tried per call, so a huge text cannot stall the loop
+
+
+def _unescaped(pattern: str) -> str:
+    """The pattern with escaped characters and character classes blanked out."""
+    text = re.sub(r"\\.", lambda m: m.group() if m.group()[1] in "zZbB" else "__", pattern)
+    return re.sub(r"\[(?:\\.|[^\]])*\]?", "_", text)
+
+
+def _matches(pattern: re.Pattern[str], source: str) -> Iterator[tuple[int, int]]:
+    """Each (start, end) of a match, leftmost first; of the matches that start at one index
+    the longest, as RE2 finds them for Workflows.
+
+    https://cloud.google.com/workflows/docs/reference/stdlib/text/find_all_regex: "In the case
+    of overlapping matches, only the leftmost match is considered. If the overlapping matches
+    start at the same index, then the longest match is considered." Python's ``re`` takes the
+    first alternative that matches (``Hello|HelloWorld`` finds "Hello"), so where the pattern
+    allows several lengths the longer ends are tried, longest first. As RE2's global
+    replace does, an empty match right where the previous match ended is skipped
+    (``x*`` in "abxd" matches before a, before b, "x" and at the end: "-a-b-d-").
+    """
+    shape = _unescaped(pattern.pattern)
+    ambiguous = _AMBIGUOUS.search(shape) is not None
+    anchored = _END_SENSITIVE.search(shape) is not None
+    budget = _LONGEST_BUDGET
+    lookaheads: dict[int, re.Pattern[str]] = {}
+    size, pos, last_end = len(source), 0, -1
+    while pos <= size:
+        found = pattern.search(source, pos)
+        if found is None:
+            return
+        start, end = found.span()
+        if start == end == last_end:  # RE2 skips an empty match where the last one ended
+            pos = end + 1
+            continue
+        if ambiguous:
+            for longer in range(size, end, -1):
+                if budget <= 0:
+                    break
+                budget -= 1
+                if anchored:
+                    tail = size - longer
+                    if tail not in lookaheads:
+                        lookaheads[tail] = re.compile(
+                            f"(?:{pattern.pattern})(?=(?s:.){{{tail}}}\\Z)", pattern.flags
+                        )
+                    hit = lookaheads[tail].match(source, start) is not None
+                else:
+                    hit = pattern.fullmatch(source, start, longer) is not None
+                if hit:
+                    end = longer
+                    break
+        yield start, end
+        pos, last_end = (end if end > start else end + 1), end
+
+
 def find_all(source: Any, substr: Any) -> list[int]:
     """``text.find_all``: the indexes of every non-overlapping occurrence, leftmost first.
 
@@ -166,7 +229,7 @@ def find_all_regex(source: Any, regexp: Any) -> list[dict[str, Any]]:
     """``text.find_all_regex``: every match as {"index", "match"}."""
     pattern = _regex("text.find_all_regex", regexp)
     source = _str("text.find_all_regex", "source", source)
-    return [{"index": m.start(), "match": m.group()} for m in pattern.finditer(source)]
+    return [{"index": i, "match": source[i:j]} for i, j in _matches(pattern, source)]
 
 
 def match_regex(source: Any, regexp: Any) -> bool:
@@ -191,7 +254,11 @@ def replace_all_regex(source: Any, regexp: Any, repl: Any) -> str:
     fn = "text.replace_all_regex"
     pattern = _regex(fn, regexp)
     source, repl = _str(fn, "source", source), _str(fn, "repl", repl)
-    return pattern.sub(lambda _match: repl, source)
+    parts, last = [], 0
+    for start, end in _matches(pattern, source):  # the matches find_all_regex finds
+        parts += [source[last:start], repl]
+        last = end
+    return "".join([*parts, source[last:]])
 
 
 def split(source: Any, separator: Any) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from typing import Any
 
 import pytest
@@ -536,14 +537,716 @@ def test_a_call_step_passes_arguments_by_the_names_each_page_documents() -> None
     assert result == [1, ["x", "y"], "none"]
 
 
-def test_a_call_step_with_an_argument_the_function_does_not_take_is_a_type_error() -> None:
-    result = run("""
+def test_a_call_step_with_an_argument_the_function_does_not_take_is_refused_at_deploy() -> None:
+    # Each function's Arguments table is its signature: a name it does not take (or a
+    # required one left out, like text.substring's start and end) is found at deploy.
+    with pytest.raises(definition.DefinitionError) as info:
+        definition.parse(
+            """
 - lookup:
     call: map.get
     args:
       mapping: {"a": 1}
       keys: "a"
+""",
+            set(FUNCTIONS),
+        )
+    assert "map.get" in str(info.value) and "mapping" in str(info.value)
+    assert "map_get" not in str(info.value)
+
+
+# ==== second pass: the syntax pages, case by case ===============================================
+
+
+def refused(source: str) -> str:
+    """The deploy error of a definition Google refuses (its problems, one a line)."""
+    with pytest.raises(definition.DefinitionError) as info:
+        definition.parse(source, set(FUNCTIONS))
+    return str(info.value)
+
+
+# ---- conditions ---------------------------------------------------------------------------------
+# SYNTAX + "conditions"; SAMPLES + "step_switch_embedded", "step_iterate", "array"
+
+
+def test_a_switch_case_runs_its_embedded_steps() -> None:
+    result = run("""
+- step1:
+    assign:
+      - a: 1
+- step2:
+    switch:
+      - condition: ${a==1}
+        steps:
+          - stepA:
+              assign:
+                - a: ${a+7}
+          - stepB:
+              return: ${"increase a to:"+string(a)}
+- step3:
+    return: ${"default a="+string(a)}
+""")
+    assert result == "increase a to:8"
+
+
+def test_a_switch_without_a_match_takes_its_own_next() -> None:
+    # "If there is neither a match nor a default condition, the workflow continues" -- with
+    # the step's own next when it has one (the step_iterate sample's loop)
+    result = run("""
+- define:
+    assign:
+      - array: ["foo", "ba", "r"]
+      - result: ""
+      - i: 0
+- check_condition:
+    switch:
+      - condition: ${len(array) > i}
+        next: iterate
+    next: exit_loop
+- iterate:
+    assign:
+      - result: ${result + array[i]}
+      - i: ${i+1}
+    next: check_condition
+- exit_loop:
+    return:
+      concat_result: ${result}
+""")
+    assert result == {"concat_result": "foobar"}
+
+
+def test_a_switch_takes_the_first_true_condition_and_a_condition_must_be_boolean() -> None:
+    assert (
+        run("""
+- pick:
+    switch:
+      - condition: ${1 > 2}
+        return: "first"
+      - condition: true
+        return: "default"
+      - condition: true
+        return: "second default"
+""")
+        == "default"
+    )
+    # "Each expression must evaluate to true or false"
+    error = run("""
+- pick:
+    switch:
+      - condition: ${1}
+        return: "one"
+""")
+    assert error[0] == "error" and error[1]["tags"] == ["TypeError"]
+
+
+def test_a_switch_has_at_most_50_conditions() -> None:
+    # "Each switch block can include a maximum of 50 conditions."
+    cases = "".join(f"      - condition: ${{x == {i}}}\n        return: {i}\n" for i in range(51))
+    assert "at most 50" in refused(f"- pick:\n    switch:\n{cases}")
+    definition.parse(
+        "- pick:\n    switch:\n" + "".join(cases.splitlines(keepends=True)[:100]), set(FUNCTIONS)
+    )
+
+
+# ---- iteration ----------------------------------------------------------------------------------
+# SYNTAX + "iteration"; SAMPLES + "iterate_for_range", "loop_scope", "list_reverse"
+
+
+def test_a_range_includes_both_ends() -> None:
+    result = run("""
+- assignStep:
+    assign:
+      - sum: 0
+- loopStep:
+    for:
+      value: v
+      range: [1, 9]
+      steps:
+        - sumStep:
+            assign:
+              - sum: ${sum + v}
+- returnStep:
+    return: ${sum}
+""")
+    assert result == 45  # "sum is 45"
+
+
+def test_variables_created_in_a_loop_do_not_outlive_it() -> None:
+    source = """
+- init:
+    assign:
+      - workflowScope: foo
+- outerLoop:
+    for:
+      value: outerLoopValue
+      in: [1, 2, 3, 4]
+      steps:
+        - outerLoopAssign:
+            assign:
+              - outerLoopScope: ${workflowScope}
+        - innerLoop:
+            for:
+              value: innerLoopValue
+              in: [5, 6, 7, 8]
+              steps:
+                - innerLoopAssign:
+                    assign:
+                      - workflowScope: ${innerLoopValue}
+                      - innerLoopScope: ${outerLoopScope}
+- final:
+    return:
+      - ${workflowScope}
+"""
+    assert run(source) == [8]  # "allowed"
+    for name in ("outerLoopScope", "innerLoopScope", "outerLoopValue"):  # "not allowed"
+        result = run(source.replace("      - ${workflowScope}\n", f"      - ${{{name}}}\n"))
+        assert result[0] == "error" and result[1]["tags"] == ["KeyError"], name
+
+
+def test_the_index_break_and_continue_of_a_for_loop() -> None:
+    result = run("""
+- init:
+    assign:
+      - seen: []
+- loop:
+    for:
+      value: v
+      index: i
+      in: ["a", "b", "c", "d"]
+      steps:
+        - skip_b:
+            switch:
+              - condition: ${v == "b"}
+                next: continue
+              - condition: ${v == "d"}
+                next: break
+        - keep:
+            assign:
+              - seen: ${list.concat(seen, string(i) + v)}
+- done:
+    return: ${seen}
+""")
+    assert result == ["0a", "2c"]
+
+
+def test_list_reverse_sample() -> None:
+    result = run("""
+main:
+  steps:
+    - call_reverse_list:
+        call: reverse_list
+        args:
+          source: [1, 2, 3]
+        result: output
+    - return_message:
+        return: ${output}
+reverse_list:
+  params: [source]
+  steps:
+    - init:
+        assign:
+          - dst: []
+    - reverse:
+        for:
+          value: entry
+          in: ${source}
+          steps:
+            - prepend_value:
+                assign:
+                  - dst: ${list.prepend(dst, entry)}
+    - return_destination:
+        return: ${dst}
+""")
+    assert result == [3, 2, 1]
+
+
+def test_break_and_continue_outside_a_loop_are_refused_at_deploy() -> None:
+    assert "only allowed inside a for loop" in refused("- a:\n    next: break\n")
+    assert "only allowed inside a for loop" in refused(
+        "- a:\n    switch:\n      - condition: true\n        next: continue\n"
+    )
+
+
+def test_a_for_loop_takes_in_or_a_range_of_two_numbers() -> None:
+    both = "- a:\n    for:\n      value: v\n      in: [1]\n      range: [1, 2]\n      steps: []\n"
+    assert "either in or range" in refused(both)
+    assert "two numbers" in refused(
+        "- a:\n    for:\n      value: v\n      range: [1, 2, 3]\n      steps: []\n"
+    )
+    result = run("""
+- init:
+    assign:
+      - bounds: ["a", 3]
+- a:
+    for:
+      value: v
+      range: ${bounds}
+      steps:
+        - s:
+            assign:
+              - x: ${v}
 """)
     assert result[0] == "error" and result[1]["tags"] == ["TypeError"]
-    assert "map.get" in result[1]["message"] and "mapping" in result[1]["message"]
-    assert "map_get" not in result[1]["message"]
+    assert "range" in result[1]["message"]
+
+
+def test_the_steps_of_a_loop_body_are_checked_at_deploy_too() -> None:
+    # a malformed expression or a jump to nowhere inside a for, a try or an except block is
+    # refused like one at the top level
+    assert "bad expression" in refused("""
+- a:
+    for:
+      value: v
+      in: [1]
+      steps:
+        - s:
+            assign:
+              - x: ${v +}
+""")
+    assert "is not a step" in refused("""
+- a:
+    try:
+      steps:
+        - s:
+            next: nowhere
+    except:
+      as: e
+      steps:
+        - t:
+            return: 1
+""")
+
+
+# ---- parallel steps -----------------------------------------------------------------------------
+# SYNTAX + "parallel-steps"; SAMPLES + "parallel_error_handling", "parallel_shared_variables"
+
+
+def test_by_default_every_branch_runs_and_the_errors_come_together() -> None:
+    # "The default policy, continueAll, results in no further action, and all other branches
+    # will attempt to run."
+    result = run("""
+- init:
+    assign:
+      - done: []
+- both:
+    try:
+      steps:
+        - par:
+            parallel:
+              shared: [done]
+              branches:
+                - fails:
+                    steps:
+                      - boom:
+                          raise: "branch error"
+                - slow:
+                    steps:
+                      - wait:
+                          call: sys.now
+                          result: t
+                      - mark:
+                          assign:
+                            - done: ${list.concat(done, "slow")}
+    except:
+      as: e
+      steps:
+        - out:
+            return: ['${done}', '${e.tags}', '${e.branches}']
+""")
+    assert result == [["slow"], ["UnhandledBranchError"], ["branch error"]]
+
+
+def test_parallel_error_handling_sample() -> None:
+    result = run("""
+- catchErrors:
+    try:
+      steps:
+        - failOdd:
+            parallel:
+              for:
+                value: num
+                range: [0, 5]
+                steps:
+                  - checkEven:
+                      switch:
+                        - condition: ${num % 2 != 0}
+                          raise: "how odd!"
+    except:
+      as: e
+      steps:
+        - returnError:
+            return: ${e}
+""")
+    assert result["tags"] == ["UnhandledBranchError"]
+    assert result["branches"] == ["how odd!"] * 3  # 1, 3 and 5
+
+
+def test_only_the_continue_all_policy_is_supported() -> None:
+    # "Note that continueAll is the only policy currently supported."
+    source = """
+- par:
+    parallel:
+      exception_policy: {policy}
+      branches:
+        - a:
+            steps:
+              - s:
+                  assign:
+                    - x: 1
+"""
+    assert "not supported" in refused(source.format(policy="unhandled"))
+    assert run(source.format(policy="continueAll")) is None
+
+
+def test_a_branch_writes_a_parent_variable_only_if_it_is_shared() -> None:
+    # parallel_shared_variables sample: "- input: 5 # deployment error, defined in the parent
+    # scope but not marked shared"; a branch's own variables stay in the branch
+    source = """
+- assignStep:
+    assign:
+      - input: ["apples", "oranges"]
+      - my_result: {{}}
+- parallelStep:
+    parallel:
+      shared: [my_result]
+      branches:
+        - getStock:
+            steps:
+              - assignResult1:
+                  assign:
+                    - my_result["getStock"]: ${{input[0]}}
+                    - temp: 1
+                    {extra}
+        - orderStock:
+            steps:
+              - assignResult2:
+                  assign:
+                    - my_result.orderStock: ${{input[1]}}
+                    - temp: 2
+- done:
+    return: ${{my_result}}
+"""
+    assert run(source.format(extra="")) == {"getStock": "apples", "orderStock": "oranges"}
+    problem = refused(source.format(extra="- input: 5"))
+    assert "'input'" in problem and "shared" in problem
+
+
+def test_parallel_steps_nest_at_most_two_deep() -> None:
+    def nested(depth: int) -> str:
+        steps: list[Any] = [{"leaf": {"assign": [{"x": 1}]}}]
+        for _ in range(depth):
+            steps = [{"par": {"parallel": {"branches": [{"b": {"steps": steps}}]}}}]
+        return json.dumps([*steps, {"done": {"return": "ok"}}])
+
+    assert run(nested(2)) == "ok"
+    result = run(nested(3))
+    assert result[0] == "error" and result[1]["tags"] == ["UnhandledBranchError"]
+    inner = result[1]["branches"][0]
+    assert "ParallelNestingError" in str(inner)
+
+
+def test_a_parallel_step_has_at_most_ten_branches() -> None:
+    branches = "".join(
+        f"        - b{i}:\n            steps:\n              - s:\n                  assign:\n"
+        f"                    - x: {i}\n"
+        for i in range(11)
+    )
+    assert "at most 10" in refused(f"- par:\n    parallel:\n      branches:\n{branches}")
+
+
+def test_the_concurrency_limit_is_a_positive_integer() -> None:
+    # "Must be a positive integer, and can be either a literal value or an expression."
+    source = """
+- init:
+    assign:
+      - limit: {limit}
+      - total: 0
+- par:
+    parallel:
+      shared: [total]
+      concurrency_limit: {spec}
+      for:
+        value: v
+        in: [1, 2, 3, 4]
+        steps:
+          - add:
+              assign:
+                - total: ${{total + v}}
+- done:
+    return: ${{total}}
+"""
+    assert run(source.format(limit=1, spec=2)) == 10
+    assert run(source.format(limit=2, spec="${limit}")) == 10
+    assert "positive integer" in refused(source.format(limit=1, spec=0))
+    result = run(source.format(limit=0, spec="${limit}"))
+    assert result[0] == "error" and result[1]["tags"] == ["ValueError"]
+
+
+# ---- errors, raise and retry --------------------------------------------------------------------
+# SYNTAX + "raising-errors", "catching-errors", "retrying", "error-types";
+# SAMPLES + "error_catch", "error_retry_http_other"
+
+
+def test_a_raised_string_is_the_error_itself() -> None:
+    result = run("""
+- attempt:
+    try:
+      raise: "Something went wrong."
+    except:
+      as: e
+      steps:
+        - back:
+            return: ${e}
+""")
+    assert result == "Something went wrong."
+    assert run('- a:\n    raise: "Something went wrong."\n') == ("error", "Something went wrong.")
+
+
+def test_error_catch_sample_dispatches_on_the_error_map() -> None:
+    source = """
+- read_item:
+    try:
+      raise:
+        code: {code}
+        message: "HTTP server responded with error code {code}"
+        tags: ["HttpError"]
+    except:
+      as: e
+      steps:
+        - known_errors:
+            switch:
+              - condition: ${{not("HttpError" in e.tags)}}
+                next: connection_problem
+              - condition: ${{e.code == 404}}
+                next: url_not_found
+              - condition: ${{e.code == 403}}
+                next: auth_problem
+        - unhandled_exception:
+            raise: ${{e}}
+- url_found:
+    return: "found"
+- connection_problem:
+    return: "Connection problem; check URL"
+- url_not_found:
+    return: "Sorry, URL wasn't found"
+- auth_problem:
+    return: "Authentication error"
+"""
+    assert run(source.format(code=404)) == "Sorry, URL wasn't found"
+    assert run(source.format(code=403)) == "Authentication error"
+    unhandled = run(source.format(code=500))
+    assert unhandled[0] == "error" and unhandled[1]["code"] == 500
+
+
+def test_a_custom_predicate_retries_what_it_returns_true_for() -> None:
+    # error_retry_http_other sample: a raised map with code 202 is retried, max_retries times
+    source = """
+main:
+  steps:
+    - init:
+        assign:
+          - attempts: 0
+    - read_item:
+        try:
+          steps:
+            - count:
+                assign:
+                  - attempts: ${{attempts + 1}}
+            - checkNotOK:
+                raise:
+                  code: {code}
+        retry:
+          predicate: ${{custom_predicate}}
+          max_retries: 2
+          backoff:
+            initial_delay: 0.01
+            max_delay: 0.02
+            multiplier: 2
+        except:
+          as: e
+          steps:
+            - out:
+                return: ${{attempts}}
+custom_predicate:
+  params: [e]
+  steps:
+    - what_to_repeat:
+        switch:
+          - condition: ${{e.code == 202}}
+            return: true
+    - otherwise:
+        return: false
+"""
+    assert run(source.format(code=202)) == 3  # the first attempt and two retries
+    assert run(source.format(code=500)) == 1
+
+
+def test_a_retry_names_a_known_policy_or_predicate_and_takes_numbers() -> None:
+    try_step = "- a:\n    try:\n      raise: x\n    retry: {retry}\n"
+    assert "unknown retry policy" in refused(try_step.format(retry="${http.no_such_policy}"))
+    assert "retry predicate" in refused(
+        try_step.format(retry="\n      predicate: ${no_such_predicate}\n      max_retries: 1")
+    )
+    result = run(
+        try_step.format(retry='\n      predicate: ${retry.always}\n      max_retries: "x"')
+    )
+    assert result[0] == "error" and result[1]["tags"] == ["TypeError"]
+    assert "max_retries" in result[1]["message"]
+
+
+# ---- subworkflows and jumps ---------------------------------------------------------------------
+# SYNTAX + "subworkflows", "jumps"; SAMPLES + "subworkflow"
+
+
+def test_subworkflow_sample() -> None:
+    result = run("""
+main:
+  steps:
+    - first:
+        call: hello
+        args:
+          input: "Kristof"
+        result: some_output
+    - second:
+        return: ${some_output}
+hello:
+  params: [input]
+  steps:
+    - first:
+        return: ${"Hello "+input}
+""")
+    assert result == "Hello Kristof"
+
+
+def test_recursion_deeper_than_the_call_stack_limit_is_a_recursion_error() -> None:
+    # .../syntax/error-types: RecursionError, "the maximum call stack depth is exceeded"
+    # (https://cloud.google.com/workflows/quotas: 20)
+    source = """
+main:
+  steps:
+    - start:
+        call: down
+        args:
+          n: {n}
+        result: r
+    - done:
+        return: ${{r}}
+down:
+  params: [n]
+  steps:
+    - more:
+        switch:
+          - condition: ${{n == 0}}
+            return: 0
+    - again:
+        call: down
+        args:
+          n: ${{n - 1}}
+        result: r
+    - back:
+        return: ${{r + 1}}
+"""
+    assert run(source.format(n=18)) == 18  # main and 19 nested calls
+    result = run(source.format(n=100))
+    assert result[0] == "error" and result[1]["tags"] == ["RecursionError"]
+
+
+def test_next_end_stops_the_workflow_without_a_value() -> None:
+    result = run("""
+- first:
+    assign:
+      - x: 1
+    next: end
+- never:
+    return: "not reached"
+""")
+    assert result is None
+
+
+# ---- the standard library: regular expressions, arguments at deploy, base functions -------------
+
+LONGEST = [
+    # text/find_all_regex: "If the overlapping matches start at the same index, then the
+    # longest match is considered."
+    (
+        'text.find_all_regex("HelloWorld", "Hello|HelloWorld")',
+        [{"index": 0, "match": "HelloWorld"}],
+    ),
+    (
+        'text.find_all_regex("foo footer", "foo|footer")',
+        [{"index": 0, "match": "foo"}, {"index": 4, "match": "footer"}],
+    ),
+    ('text.find_all_regex("aabb", "(a*)(ab)?b")', [{"index": 0, "match": "aabb"}]),
+    (
+        'text.find_all_regex("ab ab", "a|ab$")',
+        [{"index": 0, "match": "a"}, {"index": 3, "match": "ab"}],
+    ),
+    ('text.replace_all_regex("HelloWorld", "Hello|HelloWorld", "x")', "x"),
+    # RE2's global replace skips an empty match where the previous match ended
+    ('text.replace_all_regex("abxd", "x*", "-")', "-a-b-d-"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), LONGEST)
+def test_regex_matches_are_leftmost_longest(text: str, expected: Any) -> None:
+    assert same(expr(text), expected), expr(text)
+
+
+def test_a_function_called_with_the_wrong_number_of_arguments_is_refused_at_deploy() -> None:
+    # text/substring: source, start and end are all required
+    assert "text.substring" in refused('- a:\n    return: ${text.substring("hello", 1)}\n')
+    assert "text.substring" in refused(
+        '- a:\n    call: text.substring\n    args:\n      source: "hello"\n      start: 1\n'
+    )
+    assert "len" in refused("- a:\n    assign:\n      - n: ${len([1], [2])}\n")
+    # optional arguments may be left out (text/decode: charset)
+    definition.parse('- a:\n    return: ${text.decode(text.encode("x"))}\n', set(FUNCTIONS))
+
+
+BASE = [
+    ("int", 'int("1.5")', "ValueError"),  # "a string that is an integer"
+    ("double", 'double("x")', "ValueError"),
+    ("string", 'string({"a": 1})', "TypeError"),
+    ("string", "string([1])", "TypeError"),
+    ("len", "len(1)", "TypeError"),
+    ("keys", "keys([1])", "TypeError"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "tag"), BASE)
+def test_base_functions_refuse_what_their_page_does_not_take(
+    name: str, text: str, tag: str
+) -> None:
+    # STDLIB + "expression-helpers"
+    with pytest.raises(WorkflowError) as info:
+        expr(text)
+    assert info.value.value["tags"] == [tag] and name in info.value.value["message"]
+
+
+def test_get_type_of_each_value_and_default_of_null() -> None:
+    # STDLIB + "expression-helpers": get_type and default(val, defaultVal)
+    assert expr(
+        '[get_type(null), get_type(true), get_type(1), get_type(1.5), get_type("s"), '
+        'get_type([]), get_type({}), get_type(text.encode("b"))]'
+    ) == ["null", "boolean", "integer", "double", "string", "list", "map", "bytes"]
+    assert expr('default(null, "x")') == "x" and expr("default(0, 1)") == 0
+
+
+def test_sys_sleep_takes_a_number_of_seconds_up_to_a_year() -> None:
+    # https://cloud.google.com/workflows/docs/sleeping: "suspends execution for the given
+    # number of seconds to a maximum of 31536000 (one year)"
+    runtime = Runtime(None, None, None)  # type: ignore[arg-type]
+
+    def sleep(seconds: str) -> Any:
+        source = f"- wait:\n    call: sys.sleep\n    args:\n      seconds: {seconds}\n"
+        parsed = definition.parse(source, set(FUNCTIONS))
+        interpreter = Interpreter(parsed, FUNCTIONS, runtime.blocking("sa"), lambda *a: None)
+        try:
+            return asyncio.run(asyncio.wait_for(interpreter.run(None), 5))
+        except WorkflowError as exc:
+            return ("error", exc.value)
+
+    assert sleep("0.01") is None
+    for seconds, tag in (("31536001", "ValueError"), ("-1", "ValueError"), ('"1"', "TypeError")):
+        result = sleep(seconds)
+        assert result[0] == "error" and result[1]["tags"] == [tag], seconds
