@@ -491,3 +491,14 @@ def test_publishing_without_the_grant_is_refused_by_the_official_client(
         publisher.publish(topic=TOPIC, messages=[{"data": b"x"}], metadata=token(issuer, NOBODY))
     assert "pubsub.topics.publish" in denied.value.message
     assert TOPIC in denied.value.message
+
+
+def test_the_enforcement_switch_is_read_from_localcloud_iam():
+    """``audit`` until ``orch local up`` applies Terraform's grants; a typo is refused at
+    start, naming the variable."""
+    from localcloud.core.config import Config, ConfigError
+
+    assert Config.from_env({}).iam == "audit"
+    assert Config.from_env({"LOCALCLOUD_IAM": "enforce"}).iam == "enforce"
+    with pytest.raises(ConfigError, match="LOCALCLOUD_IAM"):
+        Config.from_env({"LOCALCLOUD_IAM": "enforcing"})
