@@ -18,7 +18,7 @@ from aiohttp import web
 from localcloud.cloudbuild.builder import Builder
 from localcloud.cloudbuild.service import CloudBuildService
 from localcloud.cloudbuild.store import BuildStore
-from localcloud.core import authz, identity
+from localcloud.core import authz, identity, permissions
 from localcloud.core.config import Config
 from localcloud.core.db import Database
 from localcloud.core.errors import Unauthenticated
@@ -80,6 +80,7 @@ class LocalCloud:
         self.policies.default = self.authz.default_policy
         self.policies.grantable = self.authz.check_grantable
         authz.configure(self.authz)
+        permissions.configure(cfg.iam)
         self.pubsub = PubSub(self.db, push_backoff=(cfg.push_min_backoff, cfg.push_max_backoff))
         self.builds = BuildStore(self.db)
         self.run_store = RunStore(self.db)

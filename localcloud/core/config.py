@@ -147,6 +147,12 @@ class Config:
     # The local user: who a call with no credentials from this machine is served for
     # (LOCALCLOUD_PRINCIPAL; empty means the project's owner, core/identity.py).
     principal: str = ""
+    # IAM enforcement (LOCALCLOUD_IAM, core/permissions.py): "enforce" refuses every caller
+    # without the permission; "audit" lets calls from Cloud Run instances through and logs
+    # each denial it would make ("IAM audit: ..."), refusing token holders and the local
+    # user as "enforce" does. The default becomes "enforce" once `orch local up` applies
+    # Terraform's grants to the orchestrator's service accounts.
+    iam: str = "audit"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -187,6 +193,7 @@ class Config:
                 env, "LOCALCLOUD_ORG_POLICY_REQUIRE_INVOKER_IAM", False
             ),
             principal=_principal(env),
+            iam=_choice(env, "LOCALCLOUD_IAM", ("audit", "enforce")),
         )
         if cfg.push_max_backoff < cfg.push_min_backoff:
             raise ConfigError(

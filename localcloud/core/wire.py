@@ -14,6 +14,14 @@ request stream only the first message is checked: it is the one that opens the c
 (StreamingPull's first request names the subscription and the stream's ack deadline, both
 REQUIRED; later ones carry acks only).
 
+Then every call is held to IAM (``permissions.py``, ``permissions.json``): the caller needs
+each permission Google documents for the method on the resource the request names (through
+the policies of the resource, its parents and its project, ``authz.py``), and
+``iam.serviceAccounts.actAs`` on any service account the request asks a resource to run as.
+A denial is PERMISSION_DENIED in the service's words, naming the permission and the
+resource. In ``audit`` mode (``LOCALCLOUD_IAM``), a call from a Cloud Run instance that
+would be denied is logged and let through instead (see ``permissions.py``).
+
 Errors: a ``GoogleError`` becomes its status code; anything else becomes INTERNAL with the
 exception's message and a logged traceback, never UNKNOWN. An error whose status carries
 details (a ``BadRequest`` naming the fields) sends them in ``grpc-status-details-bin``,
@@ -30,7 +38,7 @@ from typing import Any
 
 import grpc
 
-from localcloud.core import identity
+from localcloud.core import authz, identity, permissions
 from localcloud.core.errors import GoogleError, as_google_error
 from localcloud.core.validate import Validator, validator_for
 
@@ -105,38 +113,90 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     await context.abort(error.code, error.message, trailing_metadata=details)
 
 
-def _checked(validate: Validator, proto_plus: bool) -> Callable[[Any], None]:
-    if not proto_plus:
-        return validate
+def _authorizing() -> bool:
+    """Whether the server installed an authorizer (``localcloud/server.py`` does at start;
+    a test serving its own servicer from ``wire`` alone may not, and is served unchecked)."""
+    try:
+        authz.authorizer()
+    except RuntimeError:
+        return False
+    return True
 
-    def check(request: Any) -> None:
-        validate(type(request).pb(request))
+
+def _audited(member: str, context: grpc.aio.ServicerContext) -> bool:
+    """Whether a denial is only logged: ``audit`` mode and a caller from a Cloud Run
+    instance (no bearer token, and not the local user)."""
+    if permissions.mode() != "audit" or member == identity.local_user():
+        return False
+    return not any(key == "authorization" for key, _ in context.invocation_metadata() or ())
+
+
+def authorize(
+    rule: permissions.Rule, request: Any, servicer: object, context: grpc.aio.ServicerContext
+) -> None:
+    """PERMISSION_DENIED unless the caller holds what ``rule`` asks on the request's
+    resources (``request`` is a plain protobuf message or a proto-plus one)."""
+    required = list(rule.required(request, servicer))
+    if not required or not _authorizing():
+        return
+    member = identity.caller()
+    if rule.any_of:
+        if any(authz.permitted(member, (p,), r) for p, r in required):
+            return
+        missing = required[:1]
+    else:
+        missing = [(p, r) for p, r in required if not authz.permitted(member, (p,), r)]
+    for permission, resource in missing:
+        error = authz.denied(member, permission, resource)
+        if not _audited(member, context):
+            raise error
+        LOG.warning(
+            "IAM audit: %s would be denied %s on %s by %s: %s",
+            member,
+            permission,
+            resource,
+            rule.method,
+            error.message,
+        )
+
+
+def _checked(
+    validate: Validator, proto_plus: bool, rule: permissions.Rule, servicer: object
+) -> Callable[[Any, Any], None]:
+    def check(request: Any, context: Any) -> None:
+        validate(type(request).pb(request) if proto_plus else request)
+        authorize(rule, request, servicer, context)
 
     return check
 
 
-async def _first_checked(requests: Any, check: Callable[[Any], None]) -> AsyncIterator:
+async def _first_checked(
+    requests: Any, check: Callable[[Any, Any], None], context: Any
+) -> AsyncIterator:
     """The request stream, its first message checked before the handler reads it."""
     first = True
     async for request in requests:
         if first:
-            check(request)
+            check(request, context)
             first = False
         yield request
 
 
-def _wrap(fn: Callable[..., Any], spec: RpcSpec, method: str) -> grpc.RpcMethodHandler:
+def _wrap(
+    fn: Callable[..., Any], spec: RpcSpec, method: str, servicer: object
+) -> grpc.RpcMethodHandler:
     deserialize, serialize = _codecs(spec)
-    check = _checked(validator_for(method, spec.request), spec.proto_plus)
+    rule = permissions.rule(method)
+    check = _checked(validator_for(method, spec.request), spec.proto_plus, rule, servicer)
     if spec.response_streaming:
 
         async def stream_handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
             try:
                 identity.enter(context)
                 if spec.request_streaming:
-                    request = _first_checked(request, check)
+                    request = _first_checked(request, check, context)
                 else:
-                    check(request)
+                    check(request, context)
                 result = fn(request, context)
                 if inspect.isasyncgen(result):
                     async for item in result:
@@ -160,9 +220,9 @@ def _wrap(fn: Callable[..., Any], spec: RpcSpec, method: str) -> grpc.RpcMethodH
         try:
             identity.enter(context)
             if spec.request_streaming:
-                request = _first_checked(request, check)
+                request = _first_checked(request, check, context)
             else:
-                check(request)
+                check(request, context)
             return await fn(request, context)
         except grpc.aio.AbortError:
             raise
@@ -184,7 +244,7 @@ def handler_for(service_name: str, servicer: object) -> grpc.GenericRpcHandler:
         fn = getattr(servicer, attr, None)
         spec = getattr(fn, "__rpc__", None)
         if fn is not None and isinstance(spec, RpcSpec):
-            handlers[spec.name] = _wrap(fn, spec, f"{service_name}/{spec.name}")
+            handlers[spec.name] = _wrap(fn, spec, f"{service_name}/{spec.name}", servicer)
     if not handlers:
         raise ValueError(f"{type(servicer).__name__} has no @rpc methods")
     return grpc.method_handlers_generic_handler(service_name, handlers)

@@ -6,17 +6,38 @@ import grpc
 from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2
 
-from localcloud.core.errors import InvalidArgument
+from localcloud.core.errors import InvalidArgument, NotFound
 from localcloud.core.wire import handler_for, rpc
 from localcloud.operations.store import OperationStore
 
 SERVICE = "google.longrunning.Operations"
 MAX_WAIT = 600.0
+# Operation metadata's package -> the service whose permissions guard the operation.
+OWNERS = (
+    ("google.cloud.run.", "run"),
+    ("google.cloud.eventarc.", "eventarc"),
+    ("google.cloud.workflows.", "workflows"),
+    ("google.devtools.cloudbuild.", "cloudbuild"),
+)
 
 
 class OperationsService:
     def __init__(self, store: OperationStore) -> None:
         self.store = store
+
+    def operation_service(self, name: str) -> str | None:
+        """The service owning an operation (``run``, ``eventarc``, ``workflows``,
+        ``cloudbuild``), read from its metadata's type: its ``*.operations.*`` permission
+        is checked (core/permissions.json). None for no such operation."""
+        try:
+            op = self.store.get(name)
+        except NotFound:
+            return None
+        package = op.metadata.type_url.rpartition("/")[2]
+        for prefix, service in OWNERS:
+            if package.startswith(prefix):
+                return service
+        return None
 
     @rpc("GetOperation", operations_pb2.GetOperationRequest, operations_pb2.Operation)
     async def get_operation(self, request, context):

@@ -130,6 +130,12 @@ class Publisher:
         await self.engine.delete_topic(request.topic)
         return Empty()
 
+    def subscription_topic(self, subscription: str) -> str | None:
+        """The topic a subscription is attached to: DetachSubscription is checked there
+        (core/permissions.json); None for no such subscription."""
+        st = self.engine.subs.get(subscription)
+        return st.pb.topic if st is not None else None
+
     @rpc("DetachSubscription", types.DetachSubscriptionRequest, types.DetachSubscriptionResponse)
     async def detach_subscription(self, request, context):
         await self.engine.detach_subscription(request.subscription)

@@ -178,14 +178,17 @@ def test_bad_tokens_are_unauthenticated_over_grpc(localcloud, clients, issuer, t
                 )
             )
         assert refused.value.message == INVALID_CREDENTIALS, what
-    # No token is the local user; a valid one is its account: both are served.
+    # No token is the local user, the owner: served. A valid one is its account, which
+    # holds no grant here: authenticated, then refused by IAM (issue 16).
     list(clients.publisher.list_topics(request={"project": project}))
     good = issuer.mint_access_token(PROBE_SA)
-    list(
-        clients.publisher.list_topics(
-            request={"project": project}, metadata=[("authorization", f"Bearer {good}")]
+    with pytest.raises(exceptions.PermissionDenied) as denied:
+        list(
+            clients.publisher.list_topics(
+                request={"project": project}, metadata=[("authorization", f"Bearer {good}")]
+            )
         )
-    )
+    assert "pubsub.topics.list" in denied.value.message
 
 
 # --- inside an instance ----------------------------------------------------------------
