@@ -192,7 +192,8 @@ class Supervisor:
             await child.wait_healthy(self.cloud.session)
             self.cloud.health[child.spec.name] = "ok"
         # Its port opens once the backend answers and a crash's unannounced writes are out.
-        await self.storage.start(self.cloud.notifier)
+        # Its requests are authorized against the server's IAM policies (storage/iam.py).
+        await self.storage.start(self.cloud.notifier, self.cloud.policies)
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Report a child that died; its log says why."""
