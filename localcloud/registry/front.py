@@ -22,8 +22,9 @@ Paths are ``/v2/PROJECT/REPOSITORY/IMAGE...`` (localcloud maps
 ``projects/PROJECT/locations/LOCATION/repositories/REPOSITORY``, LOCATION being the
 repository's when Artifact Registry's API has it, else the request's
 ``LOCATION-docker.pkg.dev`` host, else localcloud's region. Its project's grants apply
-through inheritance, so a repository made by ``docker push`` alone (which localcloud still
-allows, see docs) is governed by the project's roles.
+through inheritance, so a repository made by ``docker push`` alone is governed by the
+project's roles. (Artifact Registry refuses a push to a repository its API never created;
+localcloud still allows it until ``orch local up`` creates the ``functions`` repository.)
 
 localcloud's own traffic (the builder's pushes, the runtime's pulls) reaches the front
 without credentials from the server's process, so it acts as the local user.
