@@ -15,6 +15,8 @@ import aiohttp
 import grpc
 from aiohttp import web
 
+from localcloud.artifactregistry.service import RepositoriesService
+from localcloud.artifactregistry.store import RepositoryStore
 from localcloud.cloudbuild.builder import Builder
 from localcloud.cloudbuild.service import CloudBuildService
 from localcloud.cloudbuild.store import BuildStore
@@ -83,6 +85,7 @@ class LocalCloud:
         permissions.configure(cfg.iam)
         self.pubsub = PubSub(self.db, push_backoff=(cfg.push_min_backoff, cfg.push_max_backoff))
         self.builds = BuildStore(self.db)
+        self.repositories = RepositoryStore(self.db)
         self.run_store = RunStore(self.db)
         self.triggers = TriggerStore(self.db)
         self.workflow_store = WorkflowStore(self.db)
@@ -165,6 +168,7 @@ class LocalCloud:
             iam.handler(),
             ProjectsService(self.policies, self.config.project).handler(),
             IamAdminService(self.accounts, self.policies).handler(),
+            RepositoriesService(self.repositories, self.operations, self.policies).handler(),
         ]
 
     def _metadata_caller(self, request: web.Request) -> Identity:

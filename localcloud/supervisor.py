@@ -29,6 +29,7 @@ from typing import IO
 from localcloud.core.children import Child
 from localcloud.core.config import Config
 from localcloud.registry import registry
+from localcloud.registry.front import RegistryFront
 from localcloud.run import stage
 from localcloud.server import LocalCloud
 from localcloud.storage.front import StorageFront
@@ -158,6 +159,9 @@ class Supervisor:
         self.cloud = LocalCloud(config)
         # Cloud Storage: our front on the storage port, fake-gcs-server (a child) behind it.
         self.storage = StorageFront(config)
+        # Artifact Registry's Docker API: our front on the registry port, the CNCF registry
+        # (a child) behind it on a private one.
+        self.registry = RegistryFront(config)
         self.children: list[Child] = []
         self.log_dir = config.data_dir / "logs"
 
@@ -181,7 +185,7 @@ class Supervisor:
 
     async def start(self) -> None:
         # Children first: forking once gRPC's threads run is unsafe.
-        specs = [self.storage.child_spec(), registry.spec(self.config)]
+        specs = [self.storage.child_spec(), registry.spec(self.config, self.registry.backend_port)]
         self.children = [Child(spec, self.log_dir) for spec in specs]
         for child in self.children:
             await child.start()
@@ -192,7 +196,9 @@ class Supervisor:
             await child.wait_healthy(self.cloud.session)
             self.cloud.health[child.spec.name] = "ok"
         # Its port opens once the backend answers and a crash's unannounced writes are out.
-        await self.storage.start(self.cloud.notifier)
+        # Its requests are authorized against the server's IAM policies (storage/iam.py).
+        await self.storage.start(self.cloud.notifier, self.cloud.policies)
+        await self.registry.start(self.cloud.repositories.location_of)
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Report a child that died; its log says why."""
@@ -210,6 +216,7 @@ class Supervisor:
 
     async def stop(self) -> None:
         await self.storage.stop()
+        await self.registry.stop()
         await asyncio.gather(*(child.stop() for child in self.children), return_exceptions=True)
         await self.cloud.stop()
 

@@ -42,6 +42,7 @@ SOURCES = [
     "google/iam/v1/iam_policy.proto",
     "google/iam/admin/v1/iam.proto",
     "google/cloud/resourcemanager/v3/projects.proto",
+    "google/devtools/artifactregistry/v1/service.proto",
     "google/cloud/common_resources.proto",
 ]
 PACKAGES = (
@@ -55,6 +56,7 @@ PACKAGES = (
     "google.iam.v1",
     "google.iam.admin.v1",
     "google.cloud.resourcemanager.v3",
+    "google.devtools.artifactregistry.v1",
 )
 OUT = Path(__file__).with_name("api_annotations.json")
 

@@ -1,6 +1,7 @@
 """Artifact Registry's data plane: the CNCF distribution registry (Debian ``docker-registry``).
 
-Listens on loopback only, stores blobs under the data directory, allows deletes (for
+Listens on a private loopback port (``front.py`` owns the registry address and checks
+each request's IAM before passing it on), stores blobs under the data directory, allows deletes (for
 cleanup policies later). Image names keep Google's shape,
 ``REGION-docker.pkg.dev/PROJECT/REPO/IMAGE``; localcloud maps that host to this registry.
 """
@@ -31,7 +32,7 @@ def binary() -> str:
     return path
 
 
-def write_config(config: Config) -> Path:
+def write_config(config: Config, port: int) -> Path:
     root = config.data_dir / "registry"
     (root / "data").mkdir(parents=True, exist_ok=True)
     secret_file = root / "http-secret"
@@ -46,7 +47,7 @@ def write_config(config: Config) -> Path:
             "delete": {"enabled": True},
             "cache": {"blobdescriptor": "inmemory"},
         },
-        "http": {"addr": config.registry_address, "secret": secret_file.read_text().strip()},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": secret_file.read_text().strip()},
         "health": {"storagedriver": {"enabled": False}},
     }
     path = root / "config.yml"
@@ -54,9 +55,10 @@ def write_config(config: Config) -> Path:
     return path
 
 
-def spec(config: Config) -> ChildSpec:
+def spec(config: Config, port: int) -> ChildSpec:
+    """The registry on ``port`` (the front's private backend port)."""
     return ChildSpec(
         name="registry",
-        argv=[binary(), "serve", str(write_config(config))],
-        health_url=f"http://{config.registry_address}/v2/",
+        argv=[binary(), "serve", str(write_config(config, port))],
+        health_url=f"http://127.0.0.1:{port}/v2/",
     )

@@ -27,6 +27,10 @@ why this design):
 - **buckets**: location, location type, storage class and project are kept by the front
   (``buckets.py``): checked on create as Google checks them, answered on every bucket
   resource, and ``buckets.list`` lists the named project's buckets only.
+- **IAM**: every request is served as its caller (``identity.resolve_http``) and needs the
+  permission Google's table gives its method, on the bucket or object it names (``iam.py``);
+  buckets' IAM policies (``/b/BUCKET/iam``, ``iam/testPermissions``) live in localcloud's
+  policy store, so a bucket grant in Terraform's shape is what the front enforces.
 - **errors**: Google's JSON error shape; a backend message is never passed on when it
   could show a host path or an encoded name.
 - Only routes the front knows reach the backend: batch requests, XML API uploads and
@@ -54,10 +58,13 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiDictProxy, MultiMapping
 from yarl import URL
 
+from localcloud.core import authz, identity
 from localcloud.core.children import ChildSpec
 from localcloud.core.config import Config, free_port
+from localcloud.core.errors import Unauthenticated
+from localcloud.core.iam import PolicyStore
 from localcloud.core.projects import project_number
-from localcloud.storage import buckets, gcs, layout
+from localcloud.storage import buckets, gcs, iam, layout
 from localcloud.storage.names import (
     StorageError,
     check_bucket_name,
@@ -154,16 +161,22 @@ class StorageFront:
         self._locks = _Locks()
         self._pending: OrderedDict[str, Pending] = OrderedDict()
         self.buckets = buckets.BucketStore(self.root, config.region, config.project)
+        self.policies: PolicyStore | None = None
 
     def child_spec(self) -> ChildSpec:
         """fake-gcs-server, on the private port, over a root ``layout.prepare`` made ready."""
         layout.prepare(self.root)
         return gcs.spec(self.config, self.backend_port)
 
-    async def start(self, notifier: Notifier) -> None:
+    async def start(self, notifier: Notifier, policies: PolicyStore | None = None) -> None:
         """Open the storage port, once what a crash left unannounced is announced (the
-        backend must answer already: the supervisor waits for it)."""
+        backend must answer already: the supervisor waits for it). With ``policies`` (the
+        server's), buckets' IAM policies are kept there and every request is authorized
+        (``iam.py``); the authorizer learns each bucket's project from the front."""
         self.notifier = notifier
+        self.policies = policies
+        if policies is not None:
+            authz.authorizer().bucket_project = self.bucket_project
         self.session = aiohttp.ClientSession(
             # Downloads pass through as stored: a gzip object stays gzip for a client that
             # accepts it, exactly as the backend decided.
@@ -192,6 +205,12 @@ class StorageFront:
             "Cloud Storage on %s (fake-gcs-server on %s)", self.config.storage_address, self.backend
         )
 
+    def bucket_project(self, bucket: str) -> str | None:
+        """The project a bucket was made in (None for no such bucket), whose owners,
+        editors and viewers a bucket's default policy names and whose policy it inherits."""
+        attrs = self.buckets.read(bucket)
+        return attrs.project if attrs is not None else None
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
@@ -205,7 +224,12 @@ class StorageFront:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
             route = parse_route(request.method, request.raw_path.split("?", 1)[0])
+            if self.policies is not None:
+                request["member"] = identity.resolve_http(request)
+                self._authorize(request, route)
             return await self._dispatch(request, route)
+        except Unauthenticated as exc:
+            return identity.http_error(exc)
         except StorageError as exc:
             return _error(exc.status, exc.message, exc.reason)
         except (aiohttp.ClientError, ConnectionError) as exc:
@@ -216,6 +240,67 @@ class StorageFront:
             return _error(
                 500, "Cloud Storage failed on this request; localcloud's log has the details"
             )
+
+    def _authorize(self, request: web.Request, route: Route) -> None:
+        """The permission the request's method needs on what its path names (``iam.py``
+        has Google's table), checked before the request is read any further. Writes check
+        the rest where it is known: an overwrite's ``storage.objects.delete``, compose's
+        sources, an upload's name from its body (``_may_write``)."""
+        member: str = request["member"]
+        method = request.method
+        reading = method in ("GET", "HEAD")
+        kind = route.kind
+        if kind == "buckets":
+            project = request.query.get("project")
+            if project:  # without one, the handler's 400 names the parameter
+                wanted = "storage.buckets.create" if method == "POST" else "storage.buckets.list"
+                iam.require_project(member, wanted, project)
+            return
+        bucket = iam.bucket_resource(route.bucket)
+        if kind == "bucket":
+            if reading:
+                iam.require(member, "storage.buckets.get", bucket)
+            elif method == "DELETE":
+                iam.require(member, "storage.buckets.delete", bucket)
+            else:
+                iam.require(member, "storage.buckets.update", bucket)
+        elif kind == "iam":
+            if route.tail == ("testPermissions",):
+                return  # needs no permission: it answers which ones the caller holds
+            wanted = "storage.buckets.getIamPolicy" if reading else "storage.buckets.setIamPolicy"
+            iam.require(member, wanted, bucket)
+        elif kind == "list":
+            iam.require(member, "storage.objects.list", bucket)
+        elif kind in ("object", "download"):
+            resource = iam.object_resource(route.bucket, route.name)
+            if reading:
+                iam.require(member, "storage.objects.get", resource)
+            elif method == "DELETE":
+                iam.require(member, "storage.objects.delete", resource)
+            else:
+                iam.require(member, "storage.objects.update", resource)
+        elif kind == "acl":
+            wanted = "storage.objects.getIamPolicy" if reading else "storage.objects.setIamPolicy"
+            iam.require(member, wanted, iam.object_resource(route.bucket, route.name))
+        elif kind == "copy":
+            iam.require(
+                member, "storage.objects.get", iam.object_resource(route.bucket, route.name)
+            )
+        # compose and uploads: in their handlers, which know every name involved.
+
+    async def _may_write(self, request: web.Request, bucket: str, name: str) -> None:
+        """``storage.objects.create`` on the object written, and ``storage.objects.delete``
+        too when it replaces a live object (Google's rule, see ``iam.py``); called under
+        the object's lock where the write holds one."""
+        member = request.get("member")
+        if member is None:
+            return  # IAM off: the front was started without policies
+        resource = iam.object_resource(bucket, name)
+        held = iam.held(member, ("storage.objects.create", "storage.objects.delete"), resource)
+        if "storage.objects.create" not in held:
+            iam.require(member, "storage.objects.create", resource)
+        if "storage.objects.delete" not in held and await self._current(bucket, name):
+            iam.require(member, "storage.objects.delete", resource)
 
     async def _dispatch(self, request: web.Request, route: Route) -> web.StreamResponse:
         method = request.method
@@ -228,6 +313,9 @@ class StorageFront:
         if route.kind == "bucket":
             check_bucket_name(route.bucket)
             return await self._bucket(request, route.bucket)
+        if route.kind == "iam":
+            check_bucket_name(route.bucket)
+            return await self._iam(request, route)
         if route.kind == "list":
             check_bucket_name(route.bucket)
             if method != "GET":
@@ -320,6 +408,9 @@ class StorageFront:
             async with self._locks.hold(bucket, ""):
                 response = await self._forward(request, path)
                 await asyncio.to_thread(self.buckets.delete, bucket)
+                if self.policies is not None:
+                    # A bucket made later under this name starts from the default policy.
+                    await self.policies.forget(iam.bucket_resource(bucket))
             return response
         if method not in ("PATCH", "PUT", "POST"):
             raise StorageError(405, f"{method} is not allowed on a bucket")
@@ -348,6 +439,35 @@ class StorageFront:
             if changed is not None and response.status < 300:
                 await asyncio.to_thread(self.buckets.write, bucket, changed)
         return response
+
+    async def _iam(self, request: web.Request, route: Route) -> web.StreamResponse:
+        """buckets.getIamPolicy, setIamPolicy and testIamPermissions
+        (https://cloud.google.com/storage/docs/json_api/v1/buckets/getIamPolicy and the
+        pages next to it), on the policy ``core/authz.py`` evaluates."""
+        bucket, method = route.bucket, request.method
+        if self.policies is None:
+            raise StorageError(501, "bucket IAM needs localcloud's IAM (the front runs without)")
+        if self.buckets.read(bucket) is None:
+            raise StorageError(404, "The specified bucket does not exist.")
+        resource = iam.bucket_resource(bucket)
+        if route.tail == ("testPermissions",) and method == "GET":
+            asked = iam.testable(request.query.getall("permissions", []))
+            if not asked:
+                raise StorageError(400, "Required parameter: permissions", "required")
+            held = iam.held(request["member"], asked, resource)
+            body: dict[str, Any] = {"kind": "storage#testIamPermissionsResponse"}
+            if held:
+                body["permissions"] = [p for p in dict.fromkeys(asked) if p in held]
+            return web.json_response(body)
+        if route.tail:
+            raise StorageError(404, f"Not Found: {method} {request.path[:200]}")
+        if method == "GET":
+            return web.json_response(iam.policy_document(self.policies.get(resource), bucket))
+        if method == "PUT":
+            document = _json(await _read_body(request))
+            async with self._locks.hold(bucket, ""):
+                return web.json_response(await iam.set_policy(self.policies, bucket, document))
+        raise StorageError(405, f"{method} is not allowed on a bucket's IAM policy")
 
     # ------------------------------------------------------------------ objects
 
@@ -460,6 +580,7 @@ class StorageFront:
             source = await self._current(route.bucket, route.name)
             _check_conditions(request.query, source, route.bucket, route.name, "Source")
         async with self._locks.hold(route.dest_bucket, route.dest_name):
+            await self._may_write(request, route.dest_bucket, route.dest_name)
             if _conditions(request.query):
                 current = await self._current(route.dest_bucket, route.dest_name)
                 _check_conditions(request.query, current, route.dest_bucket, route.dest_name)
@@ -486,6 +607,12 @@ class StorageFront:
             if not isinstance(source, dict):
                 raise StorageError(400, "sourceObjects: each source is an object with a name")
             source_name = check_object_name(source.get("name"))
+            if "member" in request:
+                iam.require(
+                    request["member"],
+                    "storage.objects.get",
+                    iam.object_resource(route.bucket, source_name),
+                )
             # fake-gcs-server answers a missing source with a 500; Cloud Storage with a 404.
             found = await self._current(route.bucket, source_name)
             if found is None:
@@ -497,6 +624,7 @@ class StorageFront:
                 raise _precondition_failed()
             source["name"] = layout.encode(source_name)
         async with self._locks.hold(route.bucket, route.name):
+            await self._may_write(request, route.bucket, route.name)
             if _conditions(request.query):
                 current = await self._current(route.bucket, route.name)
                 _check_conditions(request.query, current, route.bucket, route.name)
@@ -567,6 +695,7 @@ class StorageFront:
         """A one-request upload: its preconditions checked and the write forwarded under
         the object's lock, with the name encoded where the query carries it."""
         async with self._locks.hold(bucket, name):
+            await self._may_write(request, bucket, name)
             await self._check_write(request.query, bucket, name)
             return await self._forward(
                 request,
@@ -595,7 +724,9 @@ class StorageFront:
             raw = json.dumps(resource).encode()
         query = _encoded_name(request.query, name)
         conditions = _conditions(request.query)
-        # Checked now, so a doomed upload sends nothing, and again when it completes.
+        # Checked now, so a doomed upload sends nothing, and again when it completes. IAM
+        # only now: the session URL is the upload's capability, as on Google.
+        await self._may_write(request, bucket, name)
         await self._check_write(request.query, bucket, name)
         response = await self._forward(
             request, ["upload", "storage", "v1", "b", bucket, "o"], name=name, query=query, body=raw
@@ -849,6 +980,8 @@ def parse_route(method: str, raw_path: str) -> Route:
         bucket = rest[0]
         if len(rest) == 1:
             return Route("bucket", bucket)
+        if rest[1] == "iam":
+            return Route("iam", bucket, tail=tuple(rest[2:]))
         if rest[1] != "o":
             return Route("none")
         tail = rest[2:]

@@ -53,6 +53,7 @@ SERVICER_MODULES = [
     "localcloud.core.iam",
     "localcloud.iam.service",
     "localcloud.iam.projects",
+    "localcloud.artifactregistry.service",
 ]
 PROJECT = "strict-project"  # apart from every other suite's resources
 BAD_NAME = "not-a-resource-name"
@@ -354,6 +355,7 @@ def test_the_table_covers_every_service():
         "google.iam.v1.IAMPolicy",
         "google.iam.admin.v1.IAM",
         "google.cloud.resourcemanager.v3.Projects",
+        "google.devtools.artifactregistry.v1.ArtifactRegistry",
     }
     assert len(REQUIRED_CASES) > 50 and len(NAME_CASES) > 40
 
