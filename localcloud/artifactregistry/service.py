@@ -10,7 +10,8 @@ pulled through the registry front (``localcloud/registry/front.py``), which chec
 
 Each method needs the permission Google documents for it
 (https://cloud.google.com/artifact-registry/docs/access-control#permissions):
-``artifactregistry.repositories.create/get/list/delete/getIamPolicy/setIamPolicy``.
+``artifactregistry.repositories.create/get/list/delete/getIamPolicy/setIamPolicy``, checked
+before the handler from ``core/permissions.json`` like every other method's.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from localcloud.artifactregistry.store import RepositoryPb, RepositoryStore
-from localcloud.core import authz
 from localcloud.core.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
 from localcloud.core.iam import PolicyStore, truthful
 from localcloud.core.names import parse_parent
@@ -97,7 +97,6 @@ class RepositoriesService:
     async def create_repository(self, request, context):
         project, location = parse_parent(request.parent)
         _location(location)
-        authz.require("artifactregistry.repositories.create", request.parent)
         repository_id = request.repository_id
         if not REPOSITORY_RE.fullmatch(repository_id):
             raise InvalidArgument(
@@ -137,13 +136,11 @@ class RepositoriesService:
     @rpc("GetRepository", types.GetRepositoryRequest, types.Repository)
     async def get_repository(self, request, context):
         parse_name(request.name)
-        authz.require("artifactregistry.repositories.get", request.name)
         return self._existing(request.name)
 
     @rpc("ListRepositories", types.ListRepositoriesRequest, types.ListRepositoriesResponse)
     async def list_repositories(self, request, context):
         parse_parent(request.parent)
-        authz.require("artifactregistry.repositories.list", request.parent)
         items, token = page(
             self.store.in_location(request.parent), request.page_size, request.page_token
         )
@@ -152,7 +149,6 @@ class RepositoriesService:
     @rpc("DeleteRepository", types.DeleteRepositoryRequest, operations_pb2.Operation)
     async def delete_repository(self, request, context):
         parse_name(request.name)
-        authz.require("artifactregistry.repositories.delete", request.name)
         self._existing(request.name)
         await self.store.delete(request.name)
         await self.policies.forget(request.name)
@@ -163,14 +159,12 @@ class RepositoriesService:
     @rpc("GetIamPolicy", iam_policy_pb2.GetIamPolicyRequest, policy_pb2.Policy)
     async def get_iam_policy(self, request, context):
         parse_name(request.resource)
-        authz.require("artifactregistry.repositories.getIamPolicy", request.resource)
         self._existing(request.resource)
         return self.policies.get(request.resource)
 
     @rpc("SetIamPolicy", iam_policy_pb2.SetIamPolicyRequest, policy_pb2.Policy)
     async def set_iam_policy(self, request, context):
         parse_name(request.resource)
-        authz.require("artifactregistry.repositories.setIamPolicy", request.resource)
         self._existing(request.resource)
         return await self.policies.set(request.resource, request.policy)
 

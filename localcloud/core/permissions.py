@@ -24,7 +24,9 @@ logging each denial it would have made, so the missing grants can be read in the
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -35,6 +37,10 @@ ACT_AS = "iam.serviceAccounts.actAs"
 MODES = ("audit", "enforce")
 
 _mode = "audit"
+LOG = logging.getLogger(__name__)
+# Whether the HTTP request being served (storage, registry) is only audited: set by its
+# front for every request, so a keep-alive connection's next request never inherits it.
+_audited_request: ContextVar[bool] = ContextVar("localcloud_iam_audited", default=False)
 
 
 def configure(mode: str) -> None:
@@ -47,6 +53,28 @@ def configure(mode: str) -> None:
 
 def mode() -> str:
     return _mode
+
+
+def audited(member: str, has_token: bool) -> bool:
+    """Whether a denial of this caller is only logged: ``audit`` mode and a caller from a
+    Cloud Run instance (no bearer token, and not the local user)."""
+    from localcloud.core import identity
+
+    return _mode == "audit" and member != identity.local_user() and not has_token
+
+
+def audit_request(member: str, has_token: bool) -> None:
+    """Mark the HTTP request being served as audited or not (the fronts call this first)."""
+    _audited_request.set(audited(member, has_token))
+
+
+def let_through(member: str, permission: str, resource: str, what: str) -> bool:
+    """True (after logging the denial it stands for) when the HTTP request being served is
+    only audited; False when the denial must be answered."""
+    if not _audited_request.get():
+        return False
+    LOG.warning("IAM audit: %s would be denied %s on %s by %s", member, permission, resource, what)
+    return True
 
 
 @dataclass(frozen=True)

@@ -126,9 +126,8 @@ def _authorizing() -> bool:
 def _audited(member: str, context: grpc.aio.ServicerContext) -> bool:
     """Whether a denial is only logged: ``audit`` mode and a caller from a Cloud Run
     instance (no bearer token, and not the local user)."""
-    if permissions.mode() != "audit" or member == identity.local_user():
-        return False
-    return not any(key == "authorization" for key, _ in context.invocation_metadata() or ())
+    token = any(key == "authorization" for key, _ in context.invocation_metadata() or ())
+    return permissions.audited(member, token)
 
 
 def authorize(

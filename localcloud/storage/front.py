@@ -58,7 +58,7 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiDictProxy, MultiMapping
 from yarl import URL
 
-from localcloud.core import authz, identity
+from localcloud.core import authz, identity, permissions
 from localcloud.core.children import ChildSpec
 from localcloud.core.config import Config, free_port
 from localcloud.core.errors import Unauthenticated
@@ -226,6 +226,7 @@ class StorageFront:
             route = parse_route(request.method, request.raw_path.split("?", 1)[0])
             if self.policies is not None:
                 request["member"] = identity.resolve_http(request)
+                permissions.audit_request(request["member"], "Authorization" in request.headers)
                 self._authorize(request, route)
             return await self._dispatch(request, route)
         except Unauthenticated as exc:

@@ -38,7 +38,7 @@ from typing import Any
 
 from google.iam.v1 import policy_pb2
 
-from localcloud.core import authz
+from localcloud.core import authz, permissions
 from localcloud.core.errors import Aborted, FailedPrecondition, GoogleError
 from localcloud.core.iam import PolicyStore
 from localcloud.storage.names import StorageError
@@ -92,11 +92,15 @@ def require(member: str, permission: str, resource: str) -> None:
     """403 in Cloud Storage's words unless ``member`` holds ``permission`` on ``resource``
     (a bucket or an object, as ``bucket_resource`` / ``object_resource`` name them)."""
     if permission not in authz.permitted(member, (permission,), resource):
+        if permissions.let_through(member, permission, resource, "Cloud Storage"):
+            return
         raise forbidden(authz.storage_message(member, permission, resource))
 
 
 def require_project(member: str, permission: str, project: str) -> None:
     if permission not in authz.permitted(member, (permission,), f"projects/{project}"):
+        if permissions.let_through(member, permission, f"projects/{project}", "Cloud Storage"):
+            return
         raise forbidden(project_message(member, permission, project))
 
 

@@ -281,6 +281,9 @@ POLICY_RESOURCES = {
         f"projects/{PROJECT}/serviceAccounts/ghost@{PROJECT}.iam.gserviceaccount.com"
     ),
     "google.cloud.run.v2.Services": f"projects/{PROJECT}/locations/us-central1/services/ghost",
+    "google.devtools.artifactregistry.v1.ArtifactRegistry": (
+        f"projects/{PROJECT}/locations/us-central1/repositories/ghost"
+    ),
 }
 
 
