@@ -79,6 +79,28 @@ class Provisioner:
             self.c.storage.create_bucket(name, location=self.s.region.upper())
             self._note("bucket", name, "created")
 
+    def repository(self) -> None:
+        """The Artifact Registry repository builds push to, as Terraform makes it: pushes to
+        a repository that does not exist are refused on Google Cloud."""
+        from google.api_core import exceptions
+        from google.cloud import artifactregistry_v1
+
+        name = f"{self.s.location_path}/repositories/{self.s.repository}"
+        try:
+            self.c.artifact_registry.get_repository(name=name)
+            return self._note("repository", self.s.repository, "unchanged")
+        except exceptions.NotFound:
+            pass
+        self.c.artifact_registry.create_repository(
+            parent=self.s.location_path,
+            repository_id=self.s.repository,
+            repository=artifactregistry_v1.Repository(
+                format_=artifactregistry_v1.Repository.Format.DOCKER,
+                description="Images of the functions the orchestrator deploys",
+            ),
+        ).result(timeout=60)
+        self._note("repository", self.s.repository, "created")
+
     def topics(self) -> None:
         for topic in (self.s.requests_topic, self.s.status_topic, self.s.dead_letter_topic):
             path = self.s.topic_path(topic)
@@ -363,6 +385,7 @@ class Provisioner:
 
     def run(self) -> list[Change]:
         self.buckets()
+        self.repository()
         self.topics()
         urls = self.functions()
         self.workflow(urls)

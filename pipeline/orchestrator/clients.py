@@ -202,6 +202,15 @@ class Clients:
         return self._grpc(run_v2.RevisionsClient, RevisionsGrpcTransport)
 
     @cached_property
+    def artifact_registry(self) -> Any:
+        from google.cloud import artifactregistry_v1
+        from google.cloud.artifactregistry_v1.services.artifact_registry.transports import (
+            ArtifactRegistryGrpcTransport,
+        )
+
+        return self._grpc(artifactregistry_v1.ArtifactRegistryClient, ArtifactRegistryGrpcTransport)
+
+    @cached_property
     def eventarc(self) -> Any:
         from google.cloud import eventarc_v1
         from google.cloud.eventarc_v1.services.eventarc.transports import EventarcGrpcTransport

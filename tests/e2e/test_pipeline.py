@@ -408,3 +408,11 @@ def test_provisioning_again_changes_nothing(pipeline):
     changes = provision(pipeline.settings, pipeline.clients, log=lambda _line: None)
     assert changes
     assert [str(c) for c in changes if c.action != "unchanged"] == []
+    # The repository builds push to exists, as Terraform makes it (Google refuses pushes to
+    # a repository that does not).
+    assert "repository" in {c.kind for c in changes}
+    settings = pipeline.settings
+    repo = pipeline.clients.artifact_registry.get_repository(
+        name=f"{settings.location_path}/repositories/{settings.repository}"
+    )
+    assert repo.format_.name == "DOCKER"
