@@ -546,21 +546,11 @@ class Provisioner:
         return get, put
 
     def _bucket_policy(self, bucket: str) -> Any:
-        from google.iam.v1 import policy_pb2
-        from google.protobuf import json_format
-
         found = self.c.storage.bucket(bucket).get_iam_policy(requested_policy_version=3)
-        return json_format.ParseDict(
-            found.to_api_repr(), policy_pb2.Policy(), ignore_unknown_fields=True
-        )
+        return storage_policy_to_proto(found)
 
     def _set_bucket_policy(self, bucket: str, policy: Any) -> Any:
-        from google.cloud.storage.iam import Policy
-        from google.protobuf import json_format
-
-        return self.c.storage.bucket(bucket).set_iam_policy(
-            Policy.from_api_repr(json_format.MessageToDict(policy))
-        )
+        return self.c.storage.bucket(bucket).set_iam_policy(storage_policy_from_proto(policy))
 
     def grants(self, kinds: set[str]) -> None:
         """Apply grants.json's grants on targets of ``kinds``, as Terraform's iam_member
@@ -609,7 +599,7 @@ class Provisioner:
             added = [
                 grant
                 for grant in on_target
-                if _add_member(
+                if add_member(
                     policy,
                     self._role(grant.role),
                     self._member(grant.who),
@@ -644,7 +634,26 @@ class Provisioner:
         return self.changes
 
 
-def _add_member(
+def storage_policy_to_proto(policy: Any) -> Any:
+    """A bucket's policy (google-cloud-storage's ``google.api_core.iam.Policy``, the JSON
+    API's shape) as ``google.iam.v1.Policy``, the shape every other service answers in."""
+    from google.iam.v1 import policy_pb2
+    from google.protobuf import json_format
+
+    return json_format.ParseDict(
+        policy.to_api_repr(), policy_pb2.Policy(), ignore_unknown_fields=True
+    )
+
+
+def storage_policy_from_proto(policy: Any) -> Any:
+    """The reverse of ``storage_policy_to_proto``: etag, version and conditions kept."""
+    from google.api_core.iam import Policy
+    from google.protobuf import json_format
+
+    return Policy.from_api_repr(json_format.MessageToDict(policy))
+
+
+def add_member(
     policy: Any, role: str, member: str, condition: grants_file.Condition | None
 ) -> bool:
     """Add ``member`` to the binding of ``role`` with exactly ``condition`` (a conditional

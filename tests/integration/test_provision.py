@@ -29,8 +29,13 @@ from google.iam.v1 import policy_pb2
 from google.protobuf import json_format
 
 from localcloud.testing import run_service
-from orch.grants import RESOURCE_TYPES
-from orch.provision import Provisioner
+from orch.grants import RESOURCE_TYPES, Condition
+from orch.provision import (
+    Provisioner,
+    add_member,
+    storage_policy_from_proto,
+    storage_policy_to_proto,
+)
 from orchestrator.clients import Clients, Environment
 from orchestrator.config import Settings, pipeline
 
@@ -346,3 +351,42 @@ def test_a_grant_removed_out_of_band_is_made_again(localcloud, granted):
     ]
     policy = projects.get_iam_policy(request={"resource": resource})
     assert trigger in next(b for b in policy.bindings if b.role == role).members
+
+
+def test_a_buckets_policy_survives_the_way_through_googles_iam_shape():
+    """Bucket grants go through google-cloud-storage, whose policy is the JSON API's: read,
+    a conditional member added as for any other target, and written back, its etag,
+    version and every binding (conditions included) are the JSON API's again."""
+    from google.api_core.iam import Policy
+
+    read = Policy.from_api_repr(
+        {
+            "resourceId": "projects/_/buckets/b",
+            "version": 1,
+            "etag": "CAE=",
+            "bindings": [
+                {"role": "roles/storage.legacyBucketOwner", "members": ["projectOwner:p"]}
+            ],
+        }
+    )
+    policy = storage_policy_to_proto(read)
+    condition = Condition("t", "d", 'resource.name.startsWith("projects/_/buckets/b/")')
+    assert add_member(policy, "roles/storage.objectViewer", "user:a@example.com", condition)
+    assert not add_member(policy, "roles/storage.objectViewer", "user:a@example.com", condition)
+    written = storage_policy_from_proto(policy).to_api_repr()
+    assert written == {
+        "etag": "CAE=",
+        "version": 3,
+        "bindings": [
+            {"role": "roles/storage.legacyBucketOwner", "members": ["projectOwner:p"]},
+            {
+                "role": "roles/storage.objectViewer",
+                "members": ["user:a@example.com"],
+                "condition": {
+                    "title": "t",
+                    "description": "d",
+                    "expression": 'resource.name.startsWith("projects/_/buckets/b/")',
+                },
+            },
+        ],
+    }
