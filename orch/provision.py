@@ -64,7 +64,8 @@ NO_AGENTS = "Google's service agents do not exist on localcloud"
 # builds the functions from the records bucket instead (see Provisioner.image).
 NO_CODE_BUCKET = "no code bucket locally: the functions are built from the records bucket"
 # The target kinds whose IAM localcloud may not serve yet: their grants are skipped, saying
-# so, while it answers UNIMPLEMENTED (or, for a bucket's /iam, 404).
+# so, while it answers UNIMPLEMENTED (or, for a bucket's /iam, 404; for a repository, 404
+# when nothing made it).
 MAYBE_UNSERVED = ("bucket", "repository")
 
 
@@ -589,10 +590,13 @@ class Provisioner:
             except (exceptions.MethodNotImplemented, exceptions.NotFound) as exc:
                 if kind not in MAYBE_UNSERVED:
                     raise
-                reason = (
-                    f"localcloud does not serve {kind} IAM yet "
-                    f"(it answered {exc.code} {type(exc).__name__})"
-                )
+                if kind == "repository" and isinstance(exc, exceptions.NotFound):
+                    reason = f"no repository {resource} on localcloud to grant on (404)"
+                else:  # the bucket exists (buckets() made it): its /iam is what is missing
+                    reason = (
+                        f"localcloud does not serve {kind} IAM yet "
+                        f"(it answered {exc.code} {type(exc).__name__})"
+                    )
                 for grant in on_target:
                     self._skip(grant, reason)
                 return
