@@ -4,7 +4,8 @@ Every resource comes from ``pipeline.json`` (the list Terraform reads too) and i
 through the same official clients a user would use: the sources bucket, the topics and
 the dead-letter subscription, the orchestrator's six functions (pipeline/ zipped,
 built by Cloud Build with the buildpack, deployed as private Cloud Run services from one
-image), the ``deploy`` workflow and the two intake triggers. Each resource is compared
+image), the ``deploy`` workflow and the two intake triggers; the service accounts, the custom
+role and every IAM grant of ``grants.json`` (the grants Terraform makes). Each resource is compared
 with what exists and only created or updated when it differs, so running it again changes
 nothing. Locally, the functions keep one warm instance each so a deploy does not pay six
 cold starts; on Google Cloud they scale to zero.
@@ -23,9 +24,9 @@ from typing import Any
 
 from google.api_core import exceptions
 
+from orch import grants as grants_file
 from orchestrator.build import pack_build
 from orchestrator.config import Settings, pipeline, service_account_email
-from orchestrator.deploy import set_invoker
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "pipeline"  # the orchestrator's functions, deployed as is
@@ -44,6 +45,30 @@ class Change:
         return f"{self.action:<9} {self.kind} {self.name}"
 
 
+@dataclass
+class Skipped:
+    """A grant of grants.json that provisioning did not apply, and why (it is said, never
+    silent: a grant Terraform makes and localcloud lacks is a difference to know about)."""
+
+    grant: str  # the grant's key, WHO ROLE ON
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{'skipped':<9} grant {self.grant}: {self.reason}"
+
+
+# Why grants to Google's service agents are not applied locally: localcloud's services
+# publish, deliver and mint tokens themselves, as no agent account exists there.
+NO_AGENTS = "Google's service agents do not exist on localcloud"
+# Terraform's code bucket holds the zip Cloud Run functions builds from; `orch local up`
+# builds the functions from the records bucket instead (see Provisioner.image).
+NO_CODE_BUCKET = "no code bucket locally: the functions are built from the records bucket"
+# The target kinds whose IAM localcloud may not serve yet: their grants are skipped, saying
+# so, while it answers UNIMPLEMENTED (or, for a bucket's /iam, 404; for a repository, 404
+# when nothing made it).
+MAYBE_UNSERVED = ("bucket", "repository")
+
+
 def function_source() -> bytes:
     """pipeline/ as a zip, deterministically (the same bytes Terraform's archive hashes)."""
     from orch.packing import zip_directory
@@ -60,6 +85,7 @@ class Provisioner:
         self.polling = factory.env.polling(900)
         self.log = log
         self.changes: list[Change] = []
+        self.skipped: list[Skipped] = []
         self.p = pipeline()
 
     def _note(self, kind: str, name: str, action: str) -> None:
@@ -208,9 +234,6 @@ class Provisioner:
             else:
                 service = self.deploy_service(service_id, template, digest, old)
                 self._note("function", service_id, "created" if old is None else "updated")
-            caller = "trigger" if spec["signature_type"] == "cloudevent" else "workflow"
-            member = f"serviceAccount:{self._role_account(caller)}"
-            set_invoker(self.c.run_services, service.name, {member}, None)
             urls[key] = service.uri
         return urls
 
@@ -381,16 +404,308 @@ class Provisioner:
             update_mask={"paths": ["dead_letter_policy"]},
         )
 
+    # ---------------------------------------------------------------- IAM
+
+    def _client(self, client_cls: type, transport_cls: type) -> Any:
+        return self.c._grpc(client_cls, transport_cls)
+
+    def _iam_admin(self) -> Any:
+        from google.cloud import iam_admin_v1
+        from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
+
+        return self._client(iam_admin_v1.IAMClient, IAMGrpcTransport)
+
+    def _projects(self) -> Any:
+        from google.cloud import resourcemanager_v3
+        from google.cloud.resourcemanager_v3.services.projects.transports import (
+            ProjectsGrpcTransport,
+        )
+
+        return self._client(resourcemanager_v3.ProjectsClient, ProjectsGrpcTransport)
+
+    def _registry(self) -> Any:
+        from google.cloud import artifactregistry_v1
+        from google.cloud.artifactregistry_v1.services.artifact_registry.transports import (
+            ArtifactRegistryGrpcTransport,
+        )
+
+        return self._client(
+            artifactregistry_v1.ArtifactRegistryClient, ArtifactRegistryGrpcTransport
+        )
+
+    def service_accounts(self) -> None:
+        """Every function's own account and the role accounts, named and described as
+        Terraform's (service_accounts.tf), through IAM Admin."""
+        wanted = {
+            f"{self.s.prefix}-{key}": (
+                f"Orchestrator function {key}",
+                f"Runs the {self.s.prefix}-{key} function of the serverless deploy orchestrator.",
+            )
+            for key in self.p["functions"]
+        }
+        wanted |= {
+            f"{self.s.prefix}-{name}": (f"Orchestrator {role}", "")
+            for role, name in self.p["service_accounts"].items()
+        }
+        client = self._iam_admin()
+        for account_id, (display_name, description) in wanted.items():
+            email = service_account_email(account_id, self.s.project)
+            try:
+                client.get_service_account(
+                    name=f"projects/{self.s.project}/serviceAccounts/{email}"
+                )
+                self._note("service account", email, "unchanged")
+            except exceptions.NotFound:
+                client.create_service_account(
+                    name=f"projects/{self.s.project}",
+                    account_id=account_id,
+                    service_account={"display_name": display_name, "description": description},
+                )
+                self._note("service account", email, "created")
+
+    def _custom_role_name(self, role: grants_file.CustomRole) -> str:
+        return f"projects/{self.s.project}/roles/{role.role_id(self.s.prefix)}"
+
+    def custom_roles(self) -> None:
+        """grants.json's custom roles, in the project, as Terraform's
+        google_project_iam_custom_role makes them."""
+        from google.cloud import iam_admin_v1
+
+        client = self._iam_admin()
+        for role in grants_file.load().custom_roles.values():
+            name = self._custom_role_name(role)
+            try:
+                found = client.get_role(request={"name": name})
+            except exceptions.NotFound:
+                client.create_role(
+                    request={
+                        "parent": f"projects/{self.s.project}",
+                        "role_id": role.role_id(self.s.prefix),
+                        "role": {
+                            "title": role.title,
+                            "description": role.description,
+                            "included_permissions": list(role.permissions),
+                            "stage": iam_admin_v1.Role.RoleLaunchStage.GA,  # Terraform's default
+                        },
+                    }
+                )
+                self._note("custom role", name, "created")
+                continue
+            if not found.deleted and sorted(found.included_permissions) == sorted(role.permissions):
+                self._note("custom role", name, "unchanged")
+                continue
+            # A deleted role keeps its id for 44 days (Google refuses to create it again),
+            # and permissions are changed by UpdateRole: neither is served locally.
+            raise RuntimeError(
+                f"custom role {name} is deleted or its permissions "
+                f"{sorted(found.included_permissions)} are not grants.json's "
+                f"{sorted(role.permissions)}: delete localcloud's data or the role"
+            )
+
+    def _member(self, who: str) -> str:
+        kind, _, key = who.partition(":")
+        if kind == "function":
+            return f"serviceAccount:{self._service_account(key)}"
+        return f"serviceAccount:{self._role_account(key)}"
+
+    def _role(self, role: str) -> str:
+        if role.startswith("custom:"):
+            custom = grants_file.load().custom_roles[role.removeprefix("custom:")]
+            return self._custom_role_name(custom)
+        return role
+
+    def _function_sources_bucket(self) -> str:
+        """Cloud Run functions' gcf-v2-sources-NUMBER-REGION bucket, a condition names it."""
+        number = self._projects().get_project(name=f"projects/{self.s.project}").name
+        return f"gcf-v2-sources-{number.rsplit('/', 1)[-1]}-{self.s.region}"
+
+    def _grant_target(self, grant: grants_file.Grant) -> str:
+        """The full resource name a grant is on (what get_iam_policy is asked for)."""
+        kind, key = grant.kind, grant.target or ""
+        if kind == "project":
+            return f"projects/{self.s.project}"
+        if kind == "bucket":
+            return str(getattr(self.s, f"{key}_bucket"))
+        if kind == "topic":
+            return self.s.topic_path(self.p["topics"][key])
+        if kind == "repository":
+            return f"{self.s.location_path}/repositories/{self.s.repository}"
+        if kind == "account":
+            return f"projects/{self.s.project}/serviceAccounts/{self._role_account(key)}"
+        if kind == "service":
+            return self.s.service_path(self.s.function_service(key))
+        # subscription: the one Eventarc made for the intake trigger
+        spec = self.p["triggers"][key]
+        location = self._sources_location() if spec["on"] == "sources_bucket" else self.s.region
+        trigger = self.c.eventarc.get_trigger(
+            name=f"projects/{self.s.project}/locations/{location}/triggers/{self.s.prefix}-{key}"
+        )
+        return str(trigger.transport.pubsub.subscription)
+
+    def _policy_io(self, kind: str) -> tuple[Callable[[str], Any], Callable[[str, Any], Any]]:
+        """Read and write a target's IAM policy (``google.iam.v1.Policy``) through the official
+        client of its service."""
+        if kind == "bucket":
+            return self._bucket_policy, self._set_bucket_policy
+        client = {
+            "project": self._projects,
+            "topic": lambda: self.c.publisher,
+            "subscription": lambda: self.c.subscriber,
+            "account": self._iam_admin,
+            "service": lambda: self.c.run_services,
+            "repository": self._registry,
+        }[kind]()
+
+        def get(resource: str) -> Any:
+            # Version 3: the policy with its conditional bindings, as Google asks callers
+            # that may meet them to read it (https://cloud.google.com/iam/docs/policies#versions).
+            return client.get_iam_policy(
+                request={"resource": resource, "options": {"requested_policy_version": 3}}
+            )
+
+        def put(resource: str, policy: Any) -> Any:
+            return client.set_iam_policy(request={"resource": resource, "policy": policy})
+
+        return get, put
+
+    def _bucket_policy(self, bucket: str) -> Any:
+        found = self.c.storage.bucket(bucket).get_iam_policy(requested_policy_version=3)
+        return storage_policy_to_proto(found)
+
+    def _set_bucket_policy(self, bucket: str, policy: Any) -> Any:
+        return self.c.storage.bucket(bucket).set_iam_policy(storage_policy_from_proto(policy))
+
+    def grants(self, kinds: set[str]) -> None:
+        """Apply grants.json's grants on targets of ``kinds``, as Terraform's iam_member
+        resources do: add the member to the role's binding (with the grant's condition) by
+        read-modify-write with the policy's etag, touching nothing else. Grants a local
+        project cannot hold are skipped, each with its reason."""
+        groups: dict[tuple[str, str], list[grants_file.Grant]] = {}
+        sources_bucket: str | None = None
+        for grant in grants_file.load().grants:
+            if grant.kind not in kinds:
+                continue
+            if grant.who.startswith("agent:"):
+                self._skip(grant, NO_AGENTS)
+                continue
+            if grant.on == "bucket:code":
+                self._skip(grant, NO_CODE_BUCKET)
+                continue
+            if grant.condition is not None and sources_bucket is None:
+                sources_bucket = self._function_sources_bucket()
+            groups.setdefault((grant.kind, self._grant_target(grant)), []).append(grant)
+        for (kind, resource), on_target in groups.items():
+            self._grant_on(kind, resource, on_target, sources_bucket or "")
+
+    def _skip(self, grant: grants_file.Grant, reason: str) -> None:
+        skipped = Skipped(grant.key, reason)
+        self.skipped.append(skipped)
+        self.log(str(skipped))
+
+    def _grant_on(
+        self, kind: str, resource: str, on_target: list[grants_file.Grant], sources_bucket: str
+    ) -> None:
+        get, put = self._policy_io(kind)
+        for attempt in range(1, 4):
+            try:
+                policy = get(resource)
+            except (exceptions.MethodNotImplemented, exceptions.NotFound) as exc:
+                if kind not in MAYBE_UNSERVED:
+                    raise
+                if kind == "repository" and isinstance(exc, exceptions.NotFound):
+                    reason = f"no repository {resource} on localcloud to grant on (404)"
+                else:  # the bucket exists (buckets() made it): its /iam is what is missing
+                    reason = (
+                        f"localcloud does not serve {kind} IAM yet "
+                        f"(it answered {exc.code} {type(exc).__name__})"
+                    )
+                for grant in on_target:
+                    self._skip(grant, reason)
+                return
+            added = [
+                grant
+                for grant in on_target
+                if add_member(
+                    policy,
+                    self._role(grant.role),
+                    self._member(grant.who),
+                    grant.condition.render(sources_bucket) if grant.condition else None,
+                )
+            ]
+            if added:
+                try:
+                    put(resource, policy)
+                except exceptions.Aborted:  # the etag moved on: read, modify, write again
+                    if attempt == 3:
+                        raise
+                    continue
+            for grant in on_target:
+                self._note("grant", grant.key, "created" if grant in added else "unchanged")
+            return
+
     # ---------------------------------------------------------------- all
 
     def run(self) -> list[Change]:
+        self.service_accounts()
+        self.custom_roles()
         self.buckets()
         self.repository()
         self.topics()
         urls = self.functions()
+        # Before the workflow and the triggers, as Terraform's depends_on orders them: the
+        # workflow's and the trigger account's grants exist when they first call.
+        self.grants(set(grants_file.RESOURCE_TYPES) - {"subscription"})
         self.workflow(urls)
         self.triggers()
+        self.grants({"subscription"})  # Eventarc makes the subscriptions with the triggers
         return self.changes
+
+
+def storage_policy_to_proto(policy: Any) -> Any:
+    """A bucket's policy (google-cloud-storage's ``google.api_core.iam.Policy``, the JSON
+    API's shape) as ``google.iam.v1.Policy``, the shape every other service answers in."""
+    from google.iam.v1 import policy_pb2
+    from google.protobuf import json_format
+
+    return json_format.ParseDict(
+        policy.to_api_repr(), policy_pb2.Policy(), ignore_unknown_fields=True
+    )
+
+
+def storage_policy_from_proto(policy: Any) -> Any:
+    """The reverse of ``storage_policy_to_proto``: etag, version and conditions kept."""
+    from google.api_core.iam import Policy
+    from google.protobuf import json_format
+
+    return Policy.from_api_repr(json_format.MessageToDict(policy))
+
+
+def add_member(
+    policy: Any, role: str, member: str, condition: grants_file.Condition | None
+) -> bool:
+    """Add ``member`` to the binding of ``role`` with exactly ``condition`` (a conditional
+    binding is a binding of its own); whether the policy changed."""
+    for binding in policy.bindings:
+        same_condition = (
+            (binding.condition.title, binding.condition.description, binding.condition.expression)
+            == (condition.title, condition.description, condition.expression)
+            if condition is not None
+            else not binding.HasField("condition")
+        )
+        if binding.role == role and same_condition:
+            if member in binding.members:
+                return False
+            binding.members.append(member)
+            return True
+    binding = policy.bindings.add(role=role, members=[member])
+    if condition is not None:
+        binding.condition.title = condition.title
+        binding.condition.description = condition.description
+        binding.condition.expression = condition.expression
+    if any(b.HasField("condition") for b in policy.bindings):
+        # Conditional bindings are refused in a policy below version 3.
+        policy.version = 3
+    return True
 
 
 def killed_before_listening(message: str) -> int | None:

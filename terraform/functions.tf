@@ -44,9 +44,9 @@ resource "google_cloudfunctions2_function" "function" {
 
   depends_on = [
     google_project_service.api,
-    google_storage_bucket_iam_member.builder_reads_code,
-    google_project_iam_member.builder_reads_function_sources,
-    google_artifact_registry_repository_iam_member.builder_writer,
-    google_project_iam_member.builder_logs,
+    # The builder's grants (grants.json): read the code, push the image, write logs.
+    google_storage_bucket_iam_member.grant,
+    google_project_iam_member.grant,
+    google_artifact_registry_repository_iam_member.grant,
   ]
 }

@@ -1,281 +1,145 @@
-# Least privilege, one grant per need. terraform/README.md has the table of who gets what
-# and why; keep the two in step.
+# Least privilege, one grant per need. Every grant is data in
+# pipeline/orchestrator/grants.json, the file `orch local up` applies to localcloud too
+# (orch/provision.py); terraform/README.md's table is rendered from it
+# (`python -m orch.grants`). Each target kind has one *_iam_member resource, for_each over
+# the file's grants of that kind, keyed `WHO ROLE ON` (function:build
+# roles/cloudbuild.builds.editor project). Only var.runtime_roles is not in the file.
 
+# What the file says, as data only (no resource is read here, so a unit test evaluates this
+# block with `terraform console` offline and compares it with orch/grants.py's reading).
 locals {
-  # Roles every orchestrator function needs: read and write its records (claims, locks,
-  # saved step results) in the records bucket, publish status, and look up workflow
-  # executions (a claim or lock whose execution has ended is stale).
-  common_records_role = "roles/storage.objectUser"
-  common_status_role  = "roles/pubsub.publisher"
-  common_project_role = "roles/workflows.viewer"
+  grants_file = jsondecode(file("${path.module}/../pipeline/orchestrator/grants.json"))
 
-  # Project roles of each function, by function key (a unit test keeps the keys equal to
-  # pipeline.json's functions). Project level where the resources are created at run time.
-  function_project_roles = {
-    "on-source-uploaded" = ["roles/workflows.invoker"]
-    "on-deploy-request"  = ["roles/workflows.invoker"]
-    "build"              = ["roles/cloudbuild.builds.editor"]
-    "push"               = []
-    "deploy"             = ["roles/run.admin"]
-    "bind-triggers"      = ["roles/eventarc.admin", "roles/pubsub.editor", "roles/run.admin"]
-  }
-
-  # Which role accounts (service_accounts in pipeline.json) a function may act as.
-  function_act_as = {
-    "on-source-uploaded" = []
-    "on-deploy-request"  = []
-    "build"              = ["build"]
-    "push"               = []
-    "deploy"             = ["runtime"]
-    "bind-triggers"      = ["trigger"]
-  }
-
-  function_project_grants = merge([
-    for key, roles in local.function_project_roles : {
-      for role in concat(roles, [local.common_project_role]) : "${key} ${role}" => { function = key, role = role }
+  # Each who x on pair of each grant, `function:*` being every function of pipeline.json.
+  iam_grants = merge([
+    for grant in local.grants_file.grants : {
+      for pair in setproduct(
+        flatten([
+          for who in grant.who : who == "function:*" ? [for key in keys(local.pipeline.functions) : "function:${key}"] : [who]
+        ]),
+        grant.on,
+        ) : "${pair[0]} ${grant.role} ${pair[1]}" => {
+        who       = pair[0]
+        role      = grant.role
+        kind      = split(":", pair[1])[0]
+        target    = try(split(":", pair[1])[1], null)
+        condition = try(grant.condition, null)
+      }
     }
   ]...)
-
-  function_act_as_grants = merge([
-    for key, accounts in local.function_act_as : {
-      for account in accounts : "${key} ${account}" => { function = key, account = account }
-    }
-  ]...)
-
-  # The functions whose Cloud Run services the trigger account delivers events to.
-  intake_functions = toset([for trigger in local.triggers : trigger.function])
 }
 
-# ------------------------------------------------------------------ the orchestrator's functions
+# What the file's names stand for here.
+locals {
+  grant_members = merge(
+    { for key, account in google_service_account.function : "function:${key}" => account.member },
+    { for key, account in google_service_account.account : "account:${key}" => account.member },
+    {
+      "agent:pubsub"  = local.pubsub_service_agent
+      "agent:storage" = local.gcs_service_agent
+    },
+  )
 
-resource "google_project_iam_member" "function" {
-  for_each = local.function_project_grants
+  grant_roles = { for key, role in google_project_iam_custom_role.custom : "custom:${key}" => role.name }
 
-  project = var.project_id
-  role    = each.value.role
-  member  = google_service_account.function[each.value.function].member
+  grant_buckets = {
+    sources    = google_storage_bucket.sources.name
+    records    = google_storage_bucket.records.name
+    build_logs = google_storage_bucket.build_logs.name
+    code       = google_storage_bucket.code.name
+  }
+
+  grants_on = { for kind in ["project", "bucket", "topic", "repository", "account", "service", "subscription"] : kind => { for key, grant in local.iam_grants : key => grant if grant.kind == kind } }
 }
 
-resource "google_storage_bucket_iam_member" "function_records" {
-  for_each = local.functions
+resource "google_project_iam_custom_role" "custom" {
+  for_each = local.grants_file.custom_roles
 
-  bucket = google_storage_bucket.records.name
-  role   = local.common_records_role
-  member = google_service_account.function[each.key].member
-}
-
-# The intake functions read the uploaded archive (and, for a deploy request, its current
-# generation); no function writes to the sources bucket.
-resource "google_storage_bucket_iam_member" "intake_reads_sources" {
-  for_each = local.intake_functions
-
-  bucket = google_storage_bucket.sources.name
-  role   = "roles/storage.objectViewer"
-  member = google_service_account.function[each.key].member
-}
-
-resource "google_pubsub_topic_iam_member" "function_status" {
-  for_each = local.functions
-
-  project = var.project_id
-  topic   = google_pubsub_topic.topic["status"].name
-  role    = local.common_status_role
-  member  = google_service_account.function[each.key].member
-}
-
-# push copies the built image into the service's path (a cross-repository mount).
-resource "google_artifact_registry_repository_iam_member" "push_writer" {
-  project    = var.project_id
-  location   = google_artifact_registry_repository.functions.location
-  repository = google_artifact_registry_repository.functions.name
-  role       = "roles/artifactregistry.writer"
-  member     = google_service_account.function["push"].member
-}
-
-# build submits builds that run as the builder account; deploy runs services as the runtime
-# account; bind-triggers makes triggers that run as the trigger account.
-resource "google_service_account_iam_member" "function_act_as" {
-  for_each = local.function_act_as_grants
-
-  service_account_id = google_service_account.account[each.value.account].name
-  role               = "roles/iam.serviceAccountUser"
-  member             = google_service_account.function[each.value.function].member
-}
-
-# build reads a failed build's log (its tail goes into the failure event).
-resource "google_storage_bucket_iam_member" "build_reads_logs" {
-  bucket = google_storage_bucket.build_logs.name
-  role   = "roles/storage.objectViewer"
-  member = google_service_account.function["build"].member
-}
-
-# bind-triggers reads the location of the bucket a storage trigger watches (Eventarc makes
-# the trigger in that location). storage.buckets.get alone: the predefined roles that carry
-# it at project level also read or list objects, or view the whole project (roles/viewer),
-# and the legacy bucket roles cannot be granted on a project.
-resource "google_project_iam_custom_role" "bucket_location_reader" {
   project     = var.project_id
-  role_id     = "${replace(local.prefix, "-", "_")}_bucketLocationReader"
-  title       = "Orchestrator bucket location reader"
-  description = "storage.buckets.get only: the orchestrator's bind-triggers function reads a bucket's location to create a storage trigger there."
-  permissions = ["storage.buckets.get"]
+  role_id     = "${replace(local.prefix, "-", "_")}_${each.key}"
+  title       = each.value.title
+  description = each.value.description
+  permissions = each.value.permissions
 }
 
-resource "google_project_iam_member" "bind_triggers_reads_bucket_location" {
+resource "google_project_iam_member" "grant" {
+  for_each = local.grants_on.project
+
   project = var.project_id
-  role    = google_project_iam_custom_role.bucket_location_reader.name
-  member  = google_service_account.function["bind-triggers"].member
-}
+  role    = lookup(local.grant_roles, each.value.role, each.value.role)
+  member  = local.grant_members[each.value.who]
 
-# ------------------------------------------------------------------ the builder account
-
-# Every build runs as PREFIX-builder: the orchestrator's builds of users' sources (the build
-# function submits them with it) and Cloud Run functions' builds of the orchestrator's own
-# functions (build_config.service_account). Nothing depends on the project's default build
-# account, which differs between projects created before and after 2024.
-# https://cloud.google.com/build/docs/securing-builds/configure-user-specified-service-accounts
-
-# Builds read the uploaded archive (by generation).
-resource "google_storage_bucket_iam_member" "builder_reads_sources" {
-  bucket = google_storage_bucket.sources.name
-  role   = "roles/storage.objectViewer"
-  member = google_service_account.account["build"].member
-}
-
-# The functions' own builds: the orchestrator's zip, and the copy of it that Cloud Run
-# functions builds from, in its gcf-v2-sources-NUMBER-REGION bucket. That bucket is created
-# by Cloud Run functions with the first function, so the grant is on the project, limited by
-# a condition to that bucket and its objects (names projects/_/buckets/B/objects/O).
-resource "google_storage_bucket_iam_member" "builder_reads_code" {
-  bucket = google_storage_bucket.code.name
-  role   = "roles/storage.objectViewer"
-  member = google_service_account.account["build"].member
-}
-
-resource "google_project_iam_member" "builder_reads_function_sources" {
-  project = var.project_id
-  role    = "roles/storage.objectViewer"
-  member  = google_service_account.account["build"].member
-
-  condition {
-    title       = "gcf-v2-sources bucket only"
-    description = "The bucket Cloud Run functions copies function sources to before building them."
-    expression  = "resource.name == \"projects/_/buckets/${local.function_sources_bucket}\" || resource.name.startsWith(\"projects/_/buckets/${local.function_sources_bucket}/\")"
+  dynamic "condition" {
+    for_each = each.value.condition == null ? [] : [each.value.condition]
+    content {
+      title       = condition.value.title
+      description = condition.value.description
+      expression  = replace(condition.value.expression, "{function_sources_bucket}", local.function_sources_bucket)
+    }
   }
 }
 
-# Builds push images: users' services to staging/SERVICE, the functions' own images beside.
-resource "google_artifact_registry_repository_iam_member" "builder_writer" {
+resource "google_storage_bucket_iam_member" "grant" {
+  for_each = local.grants_on.bucket
+
+  bucket = local.grant_buckets[each.value.target]
+  role   = lookup(local.grant_roles, each.value.role, each.value.role)
+  member = local.grant_members[each.value.who]
+}
+
+resource "google_pubsub_topic_iam_member" "grant" {
+  for_each = local.grants_on.topic
+
+  project = var.project_id
+  topic   = google_pubsub_topic.topic[each.value.target].name
+  role    = lookup(local.grant_roles, each.value.role, each.value.role)
+  member  = local.grant_members[each.value.who]
+}
+
+resource "google_artifact_registry_repository_iam_member" "grant" {
+  for_each = local.grants_on.repository
+
   project    = var.project_id
   location   = google_artifact_registry_repository.functions.location
   repository = google_artifact_registry_repository.functions.name
-  role       = "roles/artifactregistry.writer"
-  member     = google_service_account.account["build"].member
+  role       = lookup(local.grant_roles, each.value.role, each.value.role)
+  member     = local.grant_members[each.value.who]
 }
 
-# The orchestrator's builds write their logs to the build logs bucket: for a user-created
-# logs bucket Cloud Build documents Storage Admin for the build's account, granted here on
-# that one bucket only
-# (https://cloud.google.com/build/docs/securing-builds/store-manage-build-logs).
-resource "google_storage_bucket_iam_member" "builder_writes_logs" {
-  bucket = google_storage_bucket.build_logs.name
-  role   = "roles/storage.admin"
-  member = google_service_account.account["build"].member
+# roles/iam.serviceAccountUser here is acting as the account (iam.serviceAccounts.actAs).
+resource "google_service_account_iam_member" "grant" {
+  for_each = local.grants_on.account
+
+  service_account_id = google_service_account.account[each.value.target].name
+  role               = lookup(local.grant_roles, each.value.role, each.value.role)
+  member             = local.grant_members[each.value.who]
 }
 
-# Cloud Run functions' builds of the orchestrator's functions log to Cloud Logging.
-resource "google_project_iam_member" "builder_logs" {
-  project = var.project_id
-  role    = "roles/logging.logWriter"
-  member  = google_service_account.account["build"].member
-}
-
-# ------------------------------------------------------------------ the workflow's account
-
-# The workflow calls the step functions with OIDC tokens.
-resource "google_cloud_run_v2_service_iam_member" "workflow_invokes_step" {
-  for_each = local.step_functions
+resource "google_cloud_run_v2_service_iam_member" "grant" {
+  for_each = local.grants_on.service
 
   project  = var.project_id
   location = var.region
-  name     = google_cloudfunctions2_function.function[each.key].name
-  role     = "roles/run.invoker"
-  member   = google_service_account.account["workflow"].member
+  name     = google_cloudfunctions2_function.function[each.value.target].name
+  role     = lookup(local.grant_roles, each.value.role, each.value.role)
+  member   = local.grant_members[each.value.who]
 }
 
-# The workflow publishes the final `done` event through the Pub/Sub connector.
-resource "google_pubsub_topic_iam_member" "workflow_status" {
-  project = var.project_id
-  topic   = google_pubsub_topic.topic["status"].name
-  role    = "roles/pubsub.publisher"
-  member  = google_service_account.account["workflow"].member
+# The subscription Eventarc creates for an intake trigger (see triggers.tf).
+resource "google_pubsub_subscription_iam_member" "grant" {
+  for_each = local.grants_on.subscription
+
+  project      = var.project_id
+  subscription = google_eventarc_trigger.intake[each.value.target].transport[0].pubsub[0].subscription
+  role         = lookup(local.grant_roles, each.value.role, each.value.role)
+  member       = local.grant_members[each.value.who]
 }
 
-resource "google_project_iam_member" "workflow_logs" {
-  project = var.project_id
-  role    = "roles/logging.logWriter"
-  member  = google_service_account.account["workflow"].member
-}
-
-# ------------------------------------------------------------------ the trigger account
-
-resource "google_project_iam_member" "trigger_receiver" {
-  project = var.project_id
-  role    = "roles/eventarc.eventReceiver"
-  member  = google_service_account.account["trigger"].member
-}
-
-resource "google_cloud_run_v2_service_iam_member" "trigger_invokes_intake" {
-  for_each = local.intake_functions
-
-  project  = var.project_id
-  location = var.region
-  name     = google_cloudfunctions2_function.function[each.key].name
-  role     = "roles/run.invoker"
-  member   = google_service_account.account["trigger"].member
-}
-
-# Deployed services are created at run time, and deploy rewrites a service's invoker
-# policy from allow_unauthenticated (replacing any per-service grant), so the account
-# that delivers their events may invoke every service in the project.
-resource "google_project_iam_member" "trigger_invokes_services" {
-  project = var.project_id
-  role    = "roles/run.invoker"
-  member  = google_service_account.account["trigger"].member
-}
-
-# ------------------------------------------------------------------ the runtime account
-
+# The runtime account's roles are the user's choice (var.runtime_roles), not the pipeline's.
 resource "google_project_iam_member" "runtime" {
   for_each = var.runtime_roles
 
   project = var.project_id
   role    = each.value
   member  = google_service_account.account["runtime"].member
-}
-
-# ------------------------------------------------------------------ Google's agents
-
-# Storage-finalized triggers (ours and those bind-triggers makes on users' buckets) need
-# the Cloud Storage service agent to publish to Pub/Sub.
-resource "google_project_iam_member" "gcs_publisher" {
-  project = var.project_id
-  role    = "roles/pubsub.publisher"
-  member  = local.gcs_service_agent
-}
-
-# Pub/Sub mints the OIDC tokens of the trigger account's push deliveries (needed in
-# projects created before April 2021; harmless after).
-resource "google_service_account_iam_member" "pubsub_token_creator" {
-  service_account_id = google_service_account.account["trigger"].name
-  role               = "roles/iam.serviceAccountTokenCreator"
-  member             = local.pubsub_service_agent
-}
-
-# Pub/Sub forwards undeliverable messages to the dead-letter topic.
-resource "google_pubsub_topic_iam_member" "pubsub_dead_letter_publisher" {
-  project = var.project_id
-  topic   = google_pubsub_topic.topic["dead_letter"].name
-  role    = "roles/pubsub.publisher"
-  member  = local.pubsub_service_agent
 }

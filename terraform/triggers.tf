@@ -42,9 +42,9 @@ resource "google_eventarc_trigger" "intake" {
   depends_on = [
     google_storage_bucket.sources,         # matched by name, so not an implicit dependency
     google_project_service_identity.agent, # Eventarc's agent checks the bucket, Pub/Sub's delivers
-    google_project_iam_member.trigger_receiver,
-    google_project_iam_member.gcs_publisher,
-    google_cloud_run_v2_service_iam_member.trigger_invokes_intake,
+    # The trigger account's and the Cloud Storage agent's grants (grants.json).
+    google_project_iam_member.grant,
+    google_cloud_run_v2_service_iam_member.grant,
     google_pubsub_topic.topic,
   ]
 }
@@ -54,15 +54,9 @@ resource "google_eventarc_trigger" "intake" {
 # backoff until the function acknowledges (2xx). The provider has no argument for that
 # subscription's dead-letter policy, so it is set the way Google's Eventarc docs describe:
 # `gcloud pubsub subscriptions update`. After max_delivery_attempts the event goes to the
-# dead-letter topic, where the deploy-dead-letter-sub subscription keeps it.
-resource "google_pubsub_subscription_iam_member" "pubsub_forwards_dead_letters" {
-  for_each = local.triggers
-
-  project      = var.project_id
-  subscription = google_eventarc_trigger.intake[each.key].transport[0].pubsub[0].subscription
-  role         = "roles/pubsub.subscriber"
-  member       = local.pubsub_service_agent
-}
+# dead-letter topic, where the deploy-dead-letter-sub subscription keeps it. Pub/Sub's agent
+# needs roles/pubsub.subscriber on that subscription and roles/pubsub.publisher on the topic
+# (grants.json, made in iam.tf).
 
 resource "terraform_data" "intake_dead_letter" {
   for_each = var.configure_dead_letter ? local.triggers : {}
@@ -86,7 +80,7 @@ resource "terraform_data" "intake_dead_letter" {
   }
 
   depends_on = [
-    google_pubsub_subscription_iam_member.pubsub_forwards_dead_letters,
-    google_pubsub_topic_iam_member.pubsub_dead_letter_publisher,
+    google_pubsub_subscription_iam_member.grant,
+    google_pubsub_topic_iam_member.grant,
   ]
 }

@@ -19,8 +19,9 @@ resource "google_workflows_workflow" "deploy" {
 
   depends_on = [
     google_project_service.api,
-    google_cloud_run_v2_service_iam_member.workflow_invokes_step,
-    google_pubsub_topic_iam_member.workflow_status,
-    google_project_iam_member.workflow_logs,
+    # The workflow account's grants (grants.json): invoke the steps, publish, log.
+    google_cloud_run_v2_service_iam_member.grant,
+    google_pubsub_topic_iam_member.grant,
+    google_project_iam_member.grant,
   ]
 }

@@ -8,7 +8,11 @@ reference declared; the names come from ``pipeline/orchestrator/pipeline.json``,
 every environment variable it reads; the settings handed to the functions and to ``orch``
 are ``pipeline/orchestrator/config.py``'s; least privilege (the builder account and its
 grants, who may write where, lifecycle rules that never delete locks, the staging cleanup
-prefix, service agents created before they are granted, README's table). Where the PyPI
+prefix, service agents created before they are granted). The grants are
+``pipeline/orchestrator/grants.json``'s: Terraform's expansion of that file (evaluated by
+``terraform console`` where Terraform is installed) equals ``orch/grants.py``'s, which
+``orch local up`` applies; no grant is written in HCL beside it, the ``moved`` blocks keep old
+addresses, and README's table is rendered from it. Where the PyPI
 package ``cdktn-provider-google`` (and ``-google-beta``) is installed, every argument and
 block is also checked against the provider's schema.
 """
@@ -193,6 +197,8 @@ def references() -> list[tuple[str, str, str]]:
     """(file, kind, name) of every reference in the module's expressions."""
     found = []
     for name, doc in module().files.items():
+        # moved blocks name the addresses grants had before: gone on purpose.
+        doc = {k: v for k, v in doc.items() if k != "moved"}
         for text in strings(doc):
             found += [(name, "var", m.group(1)) for m in REF_VAR.finditer(text)]
             found += [(name, "local", m.group(1)) for m in REF_LOCAL.finditer(text)]
@@ -358,29 +364,248 @@ def test_service_account_ids_fit_iam_limits() -> None:
     assert re.fullmatch(r"[a-z][a-z0-9-]{0,9}[a-z0-9]|[a-z]", p["name_prefix"])
 
 
-def test_iam_covers_every_function() -> None:
-    p = pipeline()
+# ------------------------------------------------------------------------ the grants
+
+RUNTIME_GRANT = ("google_project_iam_member", "runtime")  # var.runtime_roles: not in the file
+
+
+def grants_file() -> Any:
+    from orch.grants import load
+
+    return load()
+
+
+def grants() -> dict[tuple[str, str], dict[str, Any]]:
+    """Every IAM grant resource (``*_iam_member``) by (type, name)."""
+    return {key: body for key, body in module().resources.items() if key[0].endswith("_iam_member")}
+
+
+def iam_grants_block() -> str:
+    """The source of iam.tf's first ``locals`` block: grants.json expanded, as data only."""
+    text = (TERRAFORM / "iam.tf").read_text()
+    found = re.search(r"^locals \{\n.*?^\}\n", text, re.S | re.M)
+    assert found, "iam.tf has no locals block"
+    return found.group(0)
+
+
+def terraform_grants(tmp_path: Path) -> dict[str, Any]:
+    """``local.iam_grants`` as Terraform computes it: iam.tf's data block, with locals.tf's
+    ``local.pipeline``, in a module that needs no provider, so ``terraform console`` runs
+    offline. The module sits in a copy of the layout (terraform/ beside pipeline/) so the
+    block's own ``path.module`` paths are read unchanged."""
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("terraform is not installed here: iam.tf's expansion not evaluated")
+    (tmp_path / "pipeline").symlink_to(ROOT / "pipeline")
+    work = tmp_path / "terraform"
+    work.mkdir()
+    block = iam_grants_block()
+    assert "local.pipeline" in block and "grants.json" in block
+    (work / "main.tf").write_text(
+        "locals {\n"
+        '  pipeline = jsondecode(file("${path.module}/../pipeline/orchestrator/pipeline.json"))\n'
+        "}\n\n" + block
+    )
+    proc = subprocess.run(
+        [terraform, "console"],
+        input="jsonencode(local.iam_grants)\n",
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(json.loads(proc.stdout))
+
+
+def test_terraform_expands_grants_json_exactly_as_local_provisioning_does(tmp_path) -> None:
+    """The drift test: the grants Terraform makes (local.iam_grants, computed by Terraform
+    itself) are the ones orch/grants.py reads for `orch local up`, key for key."""
+    mine = {
+        g.key: {
+            "who": g.who,
+            "role": g.role,
+            "kind": g.kind,
+            "target": g.target,
+            "condition": None
+            if g.condition is None
+            else {
+                "title": g.condition.title,
+                "description": g.condition.description,
+                "expression": g.condition.expression,
+            },
+        }
+        for g in grants_file().grants
+    }
+    assert terraform_grants(tmp_path) == mine
+
+
+def test_every_grant_resource_is_made_from_grants_json() -> None:
+    """One resource per target kind, for_each over the file's grants of that kind, member,
+    role and target from the grant: no grant is spelled out in HCL beside the file (only
+    the runtime account's var.runtime_roles, a user's choice)."""
+    from orch.grants import BUCKETS, RESOURCE_TYPES
+
     mod = module()
-    for table in ("function_project_roles", "function_act_as"):
-        assert {unquote(k) for k in mod.locals[table]} == set(p["functions"]), f"local.{table}"
-    for key, accounts in mod.locals["function_act_as"].items():
-        assert {unquote(a) for a in accounts} <= set(p["service_accounts"]), key
-    for key, roles in mod.locals["function_project_roles"].items():
-        assert all(role.startswith('"roles/') for role in roles), key
+    assert expression(mod.locals["grants_file"]) == (
+        'jsondecode(file("${path.module}/../pipeline/orchestrator/grants.json"))'
+    )
+    assert set(grants()) == {(rtype, "grant") for rtype in RESOURCE_TYPES.values()} | {
+        RUNTIME_GRANT
+    }
+    kinds = re.search(r"for kind in \[([^\]]*)\]", mod.locals["grants_on"])
+    assert kinds and [unquote(k.strip()) for k in kinds.group(1).split(",")] == list(RESOURCE_TYPES)
+    assert "grant.kind == kind" in mod.locals["grants_on"]
+    for kind, rtype in RESOURCE_TYPES.items():
+        body = mod.resources[(rtype, "grant")]
+        assert expression(body["for_each"]) == f"local.grants_on.{kind}", rtype
+        assert expression(body["member"]) == "local.grant_members[each.value.who]", rtype
+        assert expression(body["role"]) == (
+            "lookup(local.grant_roles, each.value.role, each.value.role)"
+        ), rtype
+    project = mod.resources[("google_project_iam_member", "grant")]
+    condition = project["dynamic"][0]['"condition"']
+    assert expression(condition["for_each"]) == (
+        "each.value.condition == null ? [] : [each.value.condition]"
+    )
+    assert "{function_sources_bucket}" in condition["content"][0]["expression"]
+    assert "local.function_sources_bucket" in condition["content"][0]["expression"]
+    targets = {
+        "bucket": ("bucket", "local.grant_buckets[each.value.target]"),
+        "topic": ("topic", "google_pubsub_topic.topic[each.value.target].name"),
+        "account": (
+            "service_account_id",
+            "google_service_account.account[each.value.target].name",
+        ),
+        "service": ("name", "google_cloudfunctions2_function.function[each.value.target].name"),
+        "subscription": (
+            "subscription",
+            "google_eventarc_trigger.intake[each.value.target].transport[0].pubsub[0].subscription",
+        ),
+        "repository": ("repository", "google_artifact_registry_repository.functions.name"),
+    }
+    for kind, (attribute, value) in targets.items():
+        assert expression(mod.resources[(RESOURCE_TYPES[kind], "grant")][attribute]) == value
+    assert set(mod.locals["grant_buckets"]) == set(BUCKETS)
+    for bucket, name in mod.locals["grant_buckets"].items():
+        assert expression(name) == f"google_storage_bucket.{bucket}.name"
+    custom = mod.resources[("google_project_iam_custom_role", "custom")]
+    assert expression(custom["for_each"]) == "local.grants_file.custom_roles"
+    assert expression(custom["permissions"]) == "each.value.permissions"
+    assert "google_project_iam_custom_role.custom" in mod.locals["grant_roles"]
+
+
+def test_grant_members_are_accounts_terraform_makes_or_service_agents() -> None:
+    """Every `who` of the file resolves to an account this configuration creates or to a
+    service agent created before it is granted; no grant spells out an email."""
+    members = module().locals["grant_members"]
+    for text in (
+        '{for key, account in google_service_account.function : "function:${key}" => '
+        "account.member}",
+        '{for key, account in google_service_account.account : "account:${key}" => account.member}',
+        '"agent:pubsub" = local.pubsub_service_agent',
+        '"agent:storage" = local.gcs_service_agent',
+    ):
+        assert text in members, text
+    assert "@" not in members
+    for rtype, rname in grants():
+        assert "@" not in module().resources[(rtype, rname)]["member"]
+
+
+def test_moved_blocks_keep_every_old_grant_in_place() -> None:
+    """Every grant that had its own resource before grants.json is moved to its instance:
+    each `to` is a grant the file makes (a typo would leave the old address to destroy),
+    and no address is moved twice."""
+    keys = {g.key for g in grants_file().grants}
+    moved = [block for doc in module().files.values() for block in doc.get("moved", [])]
+    assert len(moved) >= len(keys)
+    sources = [expression(block["from"]) for block in moved]
+    assert len(set(sources)) == len(sources)
+    targets = [expression(block["to"]) for block in moved]
+    assert len(set(targets)) == len(targets)
+    for target in targets:
+        rtype, _, rest = target.partition(".")
+        if rtype == "google_project_iam_custom_role":
+            assert re.fullmatch(r'custom\["(\w+)"\]', rest), target
+            assert re.fullmatch(r'custom\["(\w+)"\]', rest)[1] in grants_file().custom_roles
+            continue
+        found = re.fullmatch(r'grant\["([^"]+)"\]', rest)
+        assert found, target
+        assert found[1] in keys, f"moved to a grant grants.json does not make: {target}"
+        kind = next(g.kind for g in grants_file().grants if g.key == found[1])
+        from orch.grants import RESOURCE_TYPES
+
+        assert RESOURCE_TYPES[kind] == rtype, target
+
+
+def test_grants_cover_every_function_and_name_what_pipeline_json_defines() -> None:
+    """Every function writes its records and publishes status; the intake functions (and
+    only they) start the workflow and read sources; the workflow invokes exactly the step
+    functions and the trigger account exactly the intake functions; Pub/Sub may dead-letter
+    from every intake trigger's subscription."""
+    p = pipeline()
+    by_key = {g.key: g for g in grants_file().grants}
+    for key in p["functions"]:
+        for needed in (
+            f"function:{key} roles/storage.objectUser bucket:records",
+            f"function:{key} roles/pubsub.publisher topic:status",
+            f"function:{key} roles/workflows.viewer project",
+        ):
+            assert needed in by_key, needed
+    intake = {t["function"] for t in p["triggers"].values()}
+    steps = {key for key, fn in p["functions"].items() if fn.get("workflow_env")}
+
+    def holders(role: str, on: str) -> set[str]:
+        return {g.who for g in by_key.values() if g.role == role and g.on == on}
+
+    assert holders("roles/workflows.invoker", "project") == {f"function:{k}" for k in intake}
+    assert holders("roles/storage.objectViewer", "bucket:sources") == {
+        f"function:{k}" for k in intake
+    } | {"account:build"}
+    invoked = {
+        g.who: set()
+        for g in by_key.values()
+        if g.role == "roles/run.invoker" and g.kind == "service"
+    }
+    for g in by_key.values():
+        if g.role == "roles/run.invoker" and g.kind == "service":
+            invoked[g.who].add(g.target)
+    assert invoked == {"account:workflow": steps, "account:trigger": intake}
+    subscriptions = {g.target for g in by_key.values() if g.kind == "subscription"}
+    assert subscriptions == set(p["triggers"])
+
+
+def test_grants_json_is_checked_naming_the_field() -> None:
+    """A typo in grants.json fails with the field it is in, not as a grant to nobody."""
+    from orch.grants import GrantsError, parse
+
+    p = pipeline()
+    good = {"who": ["function:build"], "role": "roles/run.invoker", "on": ["project"], "why": "x"}
+    for broken, field in (
+        ({**good, "who": ["function:biuld"]}, r"grants\[0\]\.who: 'function:biuld'"),
+        ({**good, "on": ["bucket:logs"]}, r"grants\[0\]\.on: 'bucket:logs'"),
+        ({**good, "role": "run.invoker"}, r"grants\[0\]\.role"),
+        ({**good, "role": "custom:nope"}, r"grants\[0\]\.role: no custom role"),
+        ({**good, "why": ""}, r"grants\[0\]\.why"),
+        ({**good, "who": "function:build"}, r"grants\[0\]\.who must be a non-empty list"),
+        (
+            {**good, "on": ["topic:status"], "condition": {"title": "t", "expression": "e"}},
+            r"grants\[0\]\.condition",
+        ),
+        ({**good, "whom": []}, r"unknown fields \['whom'\]"),
+    ):
+        with pytest.raises(GrantsError, match=field):
+            parse({"grants": [broken]}, p)
+    with pytest.raises(GrantsError, match="more than once"):
+        parse({"grants": [good, good]}, p)
 
 
 # ------------------------------------------------------------------------ least privilege
 
-BUILDER = 'google_service_account.account["build"]'
 
-
-def grants() -> dict[tuple[str, str], dict[str, Any]]:
-    """Every IAM grant (``*_iam_member``) by (type, name)."""
-    return {key: body for key, body in module().resources.items() if key[0].endswith("_iam_member")}
-
-
-def grants_to(member: str) -> dict[tuple[str, str], dict[str, Any]]:
-    return {key: body for key, body in grants().items() if member in body["member"]}
+def grants_of(who: str) -> dict[tuple[str, str], Any]:
+    """(role, on) -> grant of one member in grants.json."""
+    return {(g.role, g.on): g for g in grants_file().grants if g.who == who}
 
 
 def literal(value: str) -> str:
@@ -420,85 +645,71 @@ def test_builds_run_as_the_builder_account_not_a_project_default() -> None:
         for text in strings(doc):
             for legacy in ("cloudbuild.gserviceaccount.com", "developer.gserviceaccount.com"):
                 assert legacy not in text, f"{legacy} in {text!r}"
+    assert "cloudbuild.gserviceaccount.com" not in (ROOT / "orch" / "grants.py").read_text()
 
     fn = mod.resources[("google_cloudfunctions2_function", "function")]
     build = blocks(fn["build_config"])[0]
     # Both take the full resource names: projects/P/serviceAccounts/EMAIL and
     # projects/P/locations/L/repositories/R.
-    assert expression(build["service_account"]) == f"{BUILDER}.id"
+    assert expression(build["service_account"]) == 'google_service_account.account["build"].id'
     assert (
         expression(build["docker_repository"]) == "google_artifact_registry_repository.functions.id"
     )
+    # The functions are built once the builder's grants (buckets, project, repository) exist.
     needed = {
-        "google_storage_bucket_iam_member.builder_reads_code",
-        "google_project_iam_member.builder_reads_function_sources",
-        "google_artifact_registry_repository_iam_member.builder_writer",
-        "google_project_iam_member.builder_logs",
+        "google_storage_bucket_iam_member.grant",
+        "google_project_iam_member.grant",
+        "google_artifact_registry_repository_iam_member.grant",
     }
     assert needed <= {expression(d) for d in fn["depends_on"]}, "functions built before grants"
 
-    found = {}
-    for (rtype, rname), body in grants_to(BUILDER).items():
-        target = next((body[k] for k in ("bucket", "repository", "project") if k in body), "?")
-        found[(rtype, target, literal(body["role"]))] = (rname, body)
-    sources = "${google_storage_bucket.sources.name}"
-    code = "${google_storage_bucket.code.name}"
-    logs = "${google_storage_bucket.build_logs.name}"
-    repo = "${google_artifact_registry_repository.functions.name}"
-    project = "${var.project_id}"
-    assert set(found) == {
-        ("google_storage_bucket_iam_member", sources, "roles/storage.objectViewer"),
-        ("google_storage_bucket_iam_member", code, "roles/storage.objectViewer"),
-        ("google_project_iam_member", project, "roles/storage.objectViewer"),
-        ("google_artifact_registry_repository_iam_member", repo, "roles/artifactregistry.writer"),
+    builder = grants_of("account:build")
+    assert set(builder) == {
+        ("roles/storage.objectViewer", "bucket:sources"),
+        ("roles/storage.objectViewer", "bucket:code"),
+        ("roles/storage.objectViewer", "project"),
+        ("roles/artifactregistry.writer", "repository"),
         # Cloud Build's documented role for a user-created logs bucket, on that bucket only.
-        ("google_storage_bucket_iam_member", logs, "roles/storage.admin"),
-        ("google_project_iam_member", project, "roles/logging.logWriter"),
+        ("roles/storage.admin", "bucket:build_logs"),
+        ("roles/logging.logWriter", "project"),
     }
     # The project-level storage grant is limited to Cloud Run functions' sources bucket:
     # unconditioned, it would read the records and every other bucket of the project.
-    _, body = found[("google_project_iam_member", project, "roles/storage.objectViewer")]
-    condition = blocks(body.get("condition"))
-    assert condition, "the builder's project-level objectViewer has no condition"
-    assert "projects/_/buckets/${local.function_sources_bucket}" in condition[0]["expression"]
+    condition = builder[("roles/storage.objectViewer", "project")].condition
+    assert condition is not None, "the builder's project-level objectViewer has no condition"
+    assert "projects/_/buckets/{function_sources_bucket}" in condition.expression
     assert (
         "gcf-v2-sources-${local.project_number}-${var.region}"
         in mod.locals["function_sources_bucket"]
     )
+    # Only that grant is conditioned.
+    assert [g.key for g in grants_file().grants if g.condition] == [
+        "account:build roles/storage.objectViewer project"
+    ]
 
     # The build function submits builds as the builder and reads their logs.
-    assert '"build"' in mod.locals["function_act_as"]['"build"']
-    logs_grant = mod.resources[("google_storage_bucket_iam_member", "build_reads_logs")]
-    assert (logs_grant["bucket"], literal(logs_grant["role"])) == (
-        logs,
-        "roles/storage.objectViewer",
-    )
-    assert 'google_service_account.function["build"]' in logs_grant["member"]
+    build_fn = grants_of("function:build")
+    assert ("roles/iam.serviceAccountUser", "account:build") in build_fn
+    assert ("roles/storage.objectViewer", "bucket:build_logs") in build_fn
 
 
 def test_records_live_in_their_own_bucket_and_functions_only_read_sources() -> None:
     """Every function reads and writes records in the records bucket; the sources bucket is
     read only, by the intake functions (the archive) and the builder."""
-    mod = module()
-    records = mod.resources[("google_storage_bucket_iam_member", "function_records")]
-    assert expression(records["for_each"]) == "local.functions"
-    assert records["bucket"] == "${google_storage_bucket.records.name}"
-    assert literal(records["role"]) == "roles/storage.objectUser"
-    assert "google_service_account.function[each.key]" in records["member"]
-
-    on_sources = {
-        key: body
-        for key, body in grants().items()
-        if body.get("bucket") == "${google_storage_bucket.sources.name}"
-    }
-    assert {literal(body["role"]) for body in on_sources.values()} == {
-        "roles/storage.objectViewer"
-    }, "something may write to the sources bucket"
-    intake = on_sources[("google_storage_bucket_iam_member", "intake_reads_sources")]
-    assert expression(intake["for_each"]) == "local.intake_functions"
+    on_sources = {g.role for g in grants_file().grants if g.on == "bucket:sources"}
+    assert on_sources == {"roles/storage.objectViewer"}, "something may write to the sources bucket"
     assert {t["function"] for t in pipeline()["triggers"].values()} == {
         key for key, fn in pipeline()["functions"].items() if fn["signature_type"] == "cloudevent"
     }
+    functions_write = {
+        g.on for g in grants_file().grants if g.who.startswith("function:") and g.kind == "bucket"
+    }
+    assert functions_write == {"bucket:records", "bucket:sources", "bucket:build_logs"}
+    assert {
+        g.role
+        for g in grants_file().grants
+        if g.who.startswith("function:") and g.on in ("bucket:sources", "bucket:build_logs")
+    } == {"roles/storage.objectViewer"}
 
 
 def test_records_and_build_logs_expire_but_never_locks() -> None:
@@ -578,13 +789,10 @@ def test_service_agents_exist_before_they_are_granted() -> None:
     trigger = mod.resources[("google_eventarc_trigger", "intake")]
     assert "${google_project_service_identity.agent}" in trigger["depends_on"]
 
-    # No grant spells out an email: each names an account Terraform created or an agent
-    # created above (a typo'd or not-yet-existing member fails the apply).
-    for (rtype, rname), body in grants().items():
-        assert "@" not in body["member"], f"{rtype}.{rname} hard-codes {body['member']}"
-        assert re.search(
-            r"google_service_account\.|local\.(gcs|pubsub)_service_agent", body["member"]
-        ), f"{rtype}.{rname}: member {body['member']}"
+    # Grants name agents by agent:NAME in grants.json, resolved through those (see
+    # test_grant_members_are_accounts_terraform_makes_or_service_agents).
+    agents = {g.who for g in grants_file().grants if g.who.startswith("agent:")}
+    assert agents == {"agent:pubsub", "agent:storage"}
 
     providers = {
         unquote(label)
@@ -606,22 +814,27 @@ def test_service_agents_exist_before_they_are_granted() -> None:
 def test_bind_triggers_may_read_only_a_buckets_metadata() -> None:
     """Defect 5: bind-triggers reads a bucket's location (storage.buckets.get), through a
     custom role holding that one permission."""
-    mod = module()
-    role = mod.resources[("google_project_iam_custom_role", "bucket_location_reader")]
-    assert [unquote(p) for p in role["permissions"]] == ["storage.buckets.get"]
-    grant = mod.resources[("google_project_iam_member", "bind_triggers_reads_bucket_location")]
-    assert expression(grant["role"]) == "google_project_iam_custom_role.bucket_location_reader.name"
-    assert 'google_service_account.function["bind-triggers"]' in grant["member"]
+    custom = grants_file().custom_roles
+    assert list(custom) == ["bucketLocationReader"]
+    assert custom["bucketLocationReader"].permissions == ("storage.buckets.get",)
+    assert ("custom:bucketLocationReader", "project") in grants_of("function:bind-triggers")
+    assert {g.who for g in grants_file().grants if g.role.startswith("custom:")} == {
+        "function:bind-triggers"
+    }
+    role = module().resources[("google_project_iam_custom_role", "custom")]
+    assert role["role_id"] == '"${replace(local.prefix, "-", "_")}_${each.key}"'
 
 
-def test_readme_names_every_role_granted() -> None:
-    """terraform/README.md's table of who gets what stays in step with the grants."""
+def test_readme_table_is_the_grants_file() -> None:
+    """terraform/README.md's table of who gets what is grants.json's, row for row
+    (regenerate it with `python -m orch.grants`)."""
+    from orch.grants import readme_table
+
     readme = (TERRAFORM / "README.md").read_text()
-    iam = module().files["iam.tf"]
-    roles = {m for text in strings(iam) for m in re.findall(r"roles/[A-Za-z0-9_.]*\w", text)}
-    assert len(roles) > 10
-    missing = sorted(role for role in roles if f"`{role}`" not in readme)
-    assert not missing, f"terraform/README.md does not mention {missing}"
+    table = readme_table()
+    assert table in readme, "terraform/README.md's IAM table differs from `python -m orch.grants`"
+    header = table.splitlines()[0]
+    assert readme.count(header) == 1
 
 
 # ------------------------------------------------------------------------ the settings
