@@ -406,33 +406,6 @@ class Provisioner:
 
     # ---------------------------------------------------------------- IAM
 
-    def _client(self, client_cls: type, transport_cls: type) -> Any:
-        return self.c._grpc(client_cls, transport_cls)
-
-    def _iam_admin(self) -> Any:
-        from google.cloud import iam_admin_v1
-        from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
-
-        return self._client(iam_admin_v1.IAMClient, IAMGrpcTransport)
-
-    def _projects(self) -> Any:
-        from google.cloud import resourcemanager_v3
-        from google.cloud.resourcemanager_v3.services.projects.transports import (
-            ProjectsGrpcTransport,
-        )
-
-        return self._client(resourcemanager_v3.ProjectsClient, ProjectsGrpcTransport)
-
-    def _registry(self) -> Any:
-        from google.cloud import artifactregistry_v1
-        from google.cloud.artifactregistry_v1.services.artifact_registry.transports import (
-            ArtifactRegistryGrpcTransport,
-        )
-
-        return self._client(
-            artifactregistry_v1.ArtifactRegistryClient, ArtifactRegistryGrpcTransport
-        )
-
     def service_accounts(self) -> None:
         """Every function's own account and the role accounts, named and described as
         Terraform's (service_accounts.tf), through IAM Admin."""
@@ -447,7 +420,7 @@ class Provisioner:
             f"{self.s.prefix}-{name}": (f"Orchestrator {role}", "")
             for role, name in self.p["service_accounts"].items()
         }
-        client = self._iam_admin()
+        client = self.c.iam_admin
         for account_id, (display_name, description) in wanted.items():
             email = service_account_email(account_id, self.s.project)
             try:
@@ -471,7 +444,7 @@ class Provisioner:
         google_project_iam_custom_role makes them."""
         from google.cloud import iam_admin_v1
 
-        client = self._iam_admin()
+        client = self.c.iam_admin
         for role in grants_file.load().custom_roles.values():
             name = self._custom_role_name(role)
             try:
@@ -516,7 +489,7 @@ class Provisioner:
 
     def _function_sources_bucket(self) -> str:
         """Cloud Run functions' gcf-v2-sources-NUMBER-REGION bucket, a condition names it."""
-        number = self._projects().get_project(name=f"projects/{self.s.project}").name
+        number = self.c.projects.get_project(name=f"projects/{self.s.project}").name
         return f"gcf-v2-sources-{number.rsplit('/', 1)[-1]}-{self.s.region}"
 
     def _grant_target(self, grant: grants_file.Grant) -> str:
@@ -548,12 +521,12 @@ class Provisioner:
         if kind == "bucket":
             return self._bucket_policy, self._set_bucket_policy
         client = {
-            "project": self._projects,
+            "project": lambda: self.c.projects,
             "topic": lambda: self.c.publisher,
             "subscription": lambda: self.c.subscriber,
-            "account": self._iam_admin,
+            "account": lambda: self.c.iam_admin,
             "service": lambda: self.c.run_services,
-            "repository": self._registry,
+            "repository": lambda: self.c.artifact_registry,
         }[kind]()
 
         def get(resource: str) -> Any:

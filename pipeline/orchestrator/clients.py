@@ -211,6 +211,24 @@ class Clients:
         return self._grpc(artifactregistry_v1.ArtifactRegistryClient, ArtifactRegistryGrpcTransport)
 
     @cached_property
+    def iam_admin(self) -> Any:
+        """IAM Admin (service accounts, custom roles): ``orch local up`` makes Terraform's."""
+        from google.cloud import iam_admin_v1
+        from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
+
+        return self._grpc(iam_admin_v1.IAMClient, IAMGrpcTransport)
+
+    @cached_property
+    def projects(self) -> Any:
+        """Resource Manager projects: a project's IAM policy."""
+        from google.cloud import resourcemanager_v3
+        from google.cloud.resourcemanager_v3.services.projects.transports import (
+            ProjectsGrpcTransport,
+        )
+
+        return self._grpc(resourcemanager_v3.ProjectsClient, ProjectsGrpcTransport)
+
+    @cached_property
     def eventarc(self) -> Any:
         from google.cloud import eventarc_v1
         from google.cloud.eventarc_v1.services.eventarc.transports import EventarcGrpcTransport
