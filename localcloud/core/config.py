@@ -150,9 +150,10 @@ class Config:
     # IAM enforcement (LOCALCLOUD_IAM, core/permissions.py): "enforce" refuses every caller
     # without the permission; "audit" lets calls from Cloud Run instances through and logs
     # each denial it would make ("IAM audit: ..."), refusing token holders and the local
-    # user as "enforce" does. The default becomes "enforce" once `orch local up` applies
-    # Terraform's grants to the orchestrator's service accounts.
-    iam: str = "audit"
+    # user as "enforce" does: to find the grants a function of yours lacks before turning
+    # enforcement back on. `orch local up` applies Terraform's grants, so the pipeline runs
+    # enforced.
+    iam: str = "enforce"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -193,7 +194,7 @@ class Config:
                 env, "LOCALCLOUD_ORG_POLICY_REQUIRE_INVOKER_IAM", False
             ),
             principal=_principal(env),
-            iam=_choice(env, "LOCALCLOUD_IAM", ("audit", "enforce")),
+            iam=_choice(env, "LOCALCLOUD_IAM", ("enforce", "audit")),
         )
         if cfg.push_max_backoff < cfg.push_min_backoff:
             raise ConfigError(

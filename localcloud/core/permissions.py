@@ -15,8 +15,8 @@ resource that does not exist; the check is then left to the handler, which answe
 NOT_FOUND.
 
 Enforcement mode (``LOCALCLOUD_IAM``, ``configure``): ``enforce`` refuses every caller
-without the permission. ``audit`` (the default until ``orch local up`` applies Terraform's
-grants) still refuses callers with a bearer token and the local user, but lets calls from
+without the permission. ``enforce`` is the default (``orch local up`` applies Terraform's grants to
+the orchestrator's accounts). ``audit`` still refuses callers with a bearer token and the local user, but lets calls from
 Cloud Run instances (the orchestrator's functions, run as their service accounts) through,
 logging each denial it would have made, so the missing grants can be read in the log.
 """
@@ -34,9 +34,9 @@ from typing import Any
 
 TABLE_FILE = Path(__file__).with_name("permissions.json")
 ACT_AS = "iam.serviceAccounts.actAs"
-MODES = ("audit", "enforce")
+MODES = ("enforce", "audit")
 
-_mode = "audit"
+_mode = "enforce"
 LOG = logging.getLogger(__name__)
 # Whether the HTTP request being served (storage, registry) is only audited: set by its
 # front for every request, so a keep-alive connection's next request never inherits it.

@@ -102,21 +102,31 @@ def _claim(ctx: Context, dep_id: str, source: Source, service: str) -> str | Non
     return "taken over" if ctx.records.replace(name, claim, generation) is not None else None
 
 
+def _unreadable(ctx: Context, source: Source, exc: exceptions.ClientError) -> Rejected:
+    """Why ``source`` cannot be read, and what to grant when it is a permission: a bucket
+    other than the sources bucket is read by the intake and by the build's account only
+    once its owner grants them (Terraform grants the sources bucket alone)."""
+    if isinstance(exc, exceptions.Forbidden):
+        return Rejected(
+            "SOURCE_UNREADABLE",
+            f"{source.uri()} cannot be read by the pipeline's service account: "
+            f"{clip(str(exc.message), 500)}; grant roles/storage.objectViewer on "
+            f"gs://{source.bucket} to the intake functions' accounts and to the build account "
+            f"{ctx.settings.build_service_account}",
+        )
+    return Rejected(
+        "SOURCE_UNREADABLE", f"{source.uri()} cannot be read: {clip(str(exc.message), 500)}"
+    )
+
+
 def _read_source(ctx: Context, source: Source) -> bytes:
     bucket = ctx.clients.storage.bucket(source.bucket)
     try:
         blob = bucket.get_blob(source.object, generation=source.generation)
-    except exceptions.Forbidden as exc:
-        raise Rejected(
-            "SOURCE_UNREADABLE",
-            f"{source.uri()} cannot be read by the pipeline's service account: {exc.message}",
-        ) from None
     except exceptions.ClientError as exc:
         if isinstance(exc, (exceptions.TooManyRequests, exceptions.Conflict)):
             raise  # transient: Eventarc retries
-        raise Rejected(
-            "SOURCE_UNREADABLE", f"{source.uri()} cannot be read: {clip(str(exc.message), 500)}"
-        ) from None
+        raise _unreadable(ctx, source, exc) from None
     if blob is None:
         raise Rejected("SOURCE_NOT_FOUND", f"{source.uri()} does not exist")
     if blob.size is not None and blob.size > archive.MAX_ARCHIVE_BYTES:
@@ -376,6 +386,15 @@ def _deploy_requested(
             blob = ctx.clients.storage.bucket(source.bucket).get_blob(source.object)
         except exceptions.NotFound:
             blob = None
+        except exceptions.ClientError as exc:
+            if isinstance(exc, (exceptions.TooManyRequests, exceptions.Conflict)):
+                raise  # transient: Eventarc retries
+            rejected = _unreadable(ctx, source, exc)
+            dep_id = deployment_id(source.bucket, source.object, 0, fields)
+            service = _guess_service(source, fields)
+            if _claim(ctx, dep_id, source, service):
+                _fail(ctx, dep_id, service, source, rejected.code, rejected.message)
+            return None
         if blob is None:
             dep_id = deployment_id(source.bucket, source.object, 0, fields)
             service = _guess_service(source, fields)

@@ -143,9 +143,30 @@ def test_bad_input_reports_one_failure_naming_the_problem_and_keeps_serving(pipe
     assert len(pipeline.seen(dep_id)) == 1, "nothing else runs for a refused source"
 
 
+def _grant_read(pipeline, bucket) -> None:
+    """What a user does before asking for a deploy from a bucket of theirs: let the intake
+    and the build account read it (Terraform grants the sources bucket alone)."""
+    from orchestrator.config import service_account_email
+
+    s = pipeline.settings
+    intake_account = service_account_email(f"{s.prefix}-on-deploy-request", s.project)
+    policy = bucket.get_iam_policy(requested_policy_version=3)
+    policy.bindings.append(
+        {
+            "role": "roles/storage.objectViewer",
+            "members": {
+                f"serviceAccount:{intake_account}",
+                f"serviceAccount:{s.build_service_account}",
+            },
+        }
+    )
+    bucket.set_iam_policy(policy)
+
+
 def test_a_deploy_request_is_served(pipeline):
     name = unique("requested")
     bucket = pipeline.clients.storage.create_bucket(unique("elsewhere"))
+    _grant_read(pipeline, bucket)
     blob = bucket.blob("src/function.zip")
     from localcloud.testing import zip_tree
 
@@ -159,6 +180,28 @@ def test_a_deploy_request_is_served(pipeline):
     assert pipeline.get(url) == "by request"
     env = {e.name: e.value for e in pipeline.service(name).template.containers[0].env}
     assert env == {"MODE": "request"}
+
+
+def test_a_request_from_a_bucket_the_pipeline_cannot_read_fails_naming_the_grant(pipeline):
+    """As on Google Cloud, the pipeline reads only the buckets it was granted: a request
+    from another one fails at intake, saying what to grant to whom."""
+    from localcloud.testing import zip_tree
+
+    name = unique("unreadable")
+    bucket = pipeline.clients.storage.create_bucket(unique("private"))
+    bucket.blob("fn.zip").upload_from_string(zip_tree(hello_source(name, "never")))
+    pipeline.request({"source": f"gs://{bucket.name}/fn.zip", "service": name})
+
+    def reported() -> list[StatusEvent]:
+        with pipeline.lock:
+            return [e for evs in pipeline.events.values() for e in evs if e.service == name]
+
+    found = wait_for(reported, 30, "intake to report the request")
+    assert [(e.step, e.state, e.error_code) for e in found] == [
+        ("accepted", "failed", "SOURCE_UNREADABLE")
+    ]
+    assert "storage.objects.get" in found[0].message
+    assert f"roles/storage.objectViewer on gs://{bucket.name}" in found[0].message
 
 
 def test_a_bad_deploy_request_fails_at_intake(pipeline):

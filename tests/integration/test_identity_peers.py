@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -144,7 +145,11 @@ def test_a_closed_connection_is_not_attributed_and_a_reused_port_is_looked_up_ag
         # Registering afterwards drops nothing cached for the local user's connection...
         assert peers.origin(peer, ("127.0.0.1", port)) is None
         # ...but a new connection from the same port is a new socket, looked up afresh.
-        conn.close()  # the server's end closes first: TIME_WAIT stays on its side
+        # Closed by reset (linger 0): neither end lingers in TIME_WAIT or FIN_WAIT, so the
+        # port can be bound again at once, however busy the machine.
+        for end in (conn, client):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
         client.close()
         with pytest.raises(Unidentified):
             peers.origin(peer, ("127.0.0.1", port))  # gone, or lingering in TIME_WAIT
