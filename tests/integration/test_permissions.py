@@ -497,11 +497,11 @@ def test_publishing_without_the_grant_is_refused_by_the_official_client(
 
 
 def test_the_enforcement_switch_is_read_from_localcloud_iam():
-    """``audit`` until ``orch local up`` applies Terraform's grants; a typo is refused at
-    start, naming the variable."""
+    """``enforce`` by default (``orch local up`` applies Terraform's grants), ``audit`` on
+    request; a typo is refused at start, naming the variable."""
     from localcloud.core.config import Config, ConfigError
 
-    assert Config.from_env({}).iam == "audit"
-    assert Config.from_env({"LOCALCLOUD_IAM": "enforce"}).iam == "enforce"
+    assert Config.from_env({}).iam == "enforce"
+    assert Config.from_env({"LOCALCLOUD_IAM": "audit"}).iam == "audit"
     with pytest.raises(ConfigError, match="LOCALCLOUD_IAM"):
         Config.from_env({"LOCALCLOUD_IAM": "enforcing"})

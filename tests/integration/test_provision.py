@@ -72,6 +72,16 @@ def test_an_instance_killed_before_it_listens_is_started_again(
 ):
     deploy, printed = provision
     bucket = clients.storage.create_bucket(f"prov-{uuid.uuid4().hex[:8]}")
+    # The instance runs as the Compute Engine default account (its revision names none), which
+    # may write its marker only once granted, as on Google Cloud.
+    from localcloud.core.projects import project_number
+
+    policy = bucket.get_iam_policy(requested_policy_version=3)
+    account = f"{project_number(clients.env.project)}-compute@developer.gserviceaccount.com"
+    policy.bindings.append(
+        {"role": "roles/storage.objectUser", "members": {f"serviceAccount:{account}"}}
+    )
+    bucket.set_iam_policy(policy)
     marker = (
         f"http://{localcloud.config.storage_address}/upload/storage/v1/b/{bucket.name}/o"
         "?uploadType=multipart&ifGenerationMatch=0"

@@ -9,7 +9,7 @@ resource.type), https://cloud.google.com/storage/docs/access-control/iam#conveni
 
 from __future__ import annotations
 
-import re
+import json
 from pathlib import Path
 
 import pytest
@@ -107,12 +107,14 @@ def test_a_buckets_default_policy_gives_its_projects_owners_the_objects(policies
 
 
 def test_terraforms_condition_limits_a_project_grant_to_one_bucket(policies: Policies) -> None:
-    """terraform/iam.tf grants the builder objectViewer on the project, conditioned on the
-    gcf-v2-sources bucket (resource.name == bucket || startsWith(bucket + "/"))."""
-    text = (ROOT / "terraform" / "iam.tf").read_text()
-    expression = re.search(r'expression\s*=\s*"((?:[^"\\]|\\.)*)"', text).group(1)  # type: ignore[union-attr]
-    expression = expression.replace('\\"', '"').replace(
-        "${local.function_sources_bucket}", "gcf-v2-sources-1-us-central1"
+    """The grants file (Terraform's and orch local up's) grants the builder objectViewer on
+    the project, conditioned on the gcf-v2-sources bucket (resource.name == bucket ||
+    startsWith(bucket + "/"))."""
+    grants = json.loads((ROOT / "pipeline" / "orchestrator" / "grants.json").read_text())
+    conditions = [g["condition"] for g in grants["grants"] if g.get("condition")]
+    assert len(conditions) == 1
+    expression = conditions[0]["expression"].replace(
+        "{function_sources_bucket}", "gcf-v2-sources-1-us-central1"
     )
     builder = "serviceAccount:builder@p.iam.gserviceaccount.com"
     policies.grant("projects/p", "roles/storage.objectViewer", builder, condition=expression)
