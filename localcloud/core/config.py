@@ -152,7 +152,8 @@ class Config:
     # each denial it would make ("IAM audit: ..."), refusing token holders and the local
     # user as "enforce" does: to find the grants a function of yours lacks before turning
     # enforcement back on. `orch local up` applies Terraform's grants, so the pipeline runs
-    # enforced.
+    # enforced. "off" checks no permission at all (tokens are still verified): for
+    # measuring what enforcement costs (benchmarks/iam.py) only, never to run with.
     iam: str = "enforce"
 
     @classmethod
@@ -194,7 +195,7 @@ class Config:
                 env, "LOCALCLOUD_ORG_POLICY_REQUIRE_INVOKER_IAM", False
             ),
             principal=_principal(env),
-            iam=_choice(env, "LOCALCLOUD_IAM", ("enforce", "audit")),
+            iam=_choice(env, "LOCALCLOUD_IAM", ("enforce", "audit", "off")),
         )
         if cfg.push_max_backoff < cfg.push_min_backoff:
             raise ConfigError(

@@ -19,6 +19,9 @@ without the permission. ``enforce`` is the default (``orch local up`` applies Te
 the orchestrator's accounts). ``audit`` still refuses callers with a bearer token and the local user, but lets calls from
 Cloud Run instances (the orchestrator's functions, run as their service accounts) through,
 logging each denial it would have made, so the missing grants can be read in the log.
+``off`` checks no permission at all (callers are still authenticated: a bad token is still
+UNAUTHENTICATED); it exists to measure what enforcement costs (``benchmarks/iam.py``) and is
+not a way to run: nothing Google would refuse is refused.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Any
 
 TABLE_FILE = Path(__file__).with_name("permissions.json")
 ACT_AS = "iam.serviceAccounts.actAs"
-MODES = ("enforce", "audit")
+MODES = ("enforce", "audit", "off")
 
 _mode = "enforce"
 LOG = logging.getLogger(__name__)
@@ -53,6 +56,13 @@ def configure(mode: str) -> None:
 
 def mode() -> str:
     return _mode
+
+
+def checking() -> bool:
+    """Whether permissions are checked at all (every mode but ``off``): the gRPC layer and
+    the storage and registry fronts ask before any policy is read, so ``off`` costs nothing
+    and the benchmark's "unenforced" side is truly unenforced."""
+    return _mode != "off"
 
 
 def audited(member: str, has_token: bool) -> bool:

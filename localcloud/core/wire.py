@@ -20,7 +20,8 @@ the policies of the resource, its parents and its project, ``authz.py``), and
 ``iam.serviceAccounts.actAs`` on any service account the request asks a resource to run as.
 A denial is PERMISSION_DENIED in the service's words, naming the permission and the
 resource. In ``audit`` mode (``LOCALCLOUD_IAM``), a call from a Cloud Run instance that
-would be denied is logged and let through instead (see ``permissions.py``).
+would be denied is logged and let through instead; ``off`` checks nothing (see
+``permissions.py``).
 
 Errors: a ``GoogleError`` becomes its status code; anything else becomes INTERNAL with the
 exception's message and a logged traceback, never UNKNOWN. An error whose status carries
@@ -134,7 +135,10 @@ def authorize(
     rule: permissions.Rule, request: Any, servicer: object, context: grpc.aio.ServicerContext
 ) -> None:
     """PERMISSION_DENIED unless the caller holds what ``rule`` asks on the request's
-    resources (``request`` is a plain protobuf message or a proto-plus one)."""
+    resources (``request`` is a plain protobuf message or a proto-plus one). ``off`` mode
+    checks nothing (for measuring what the checks cost)."""
+    if not permissions.checking():
+        return
     required = list(rule.required(request, servicer))
     if not required or not _authorizing():
         return
