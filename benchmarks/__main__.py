@@ -19,6 +19,9 @@ the same deploy's build, push and process start done directly.
 For recovery (``--only recovery``), localcloud's process group SIGKILLed mid-deployment and
 ``orch local up`` run again: until the service answers and until the deployment's ``done``
 event, against the same deploy not killed.
+For IAM enforcement (``--only iam``), Pub/Sub throughput and zip-to-serving with
+``LOCALCLOUD_IAM=enforce`` against ``off`` (nothing checked), on one localcloud restarted
+in each mode: enforce within 5%.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 
 from benchmarks import build, pubsub
 from benchmarks import eventarc as events_bench
+from benchmarks import iam as iam_bench
 from benchmarks import pipeline as pipeline_bench
 from benchmarks import recovery as recovery_bench
 from benchmarks import run as cloud_run
@@ -90,9 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-official", action="store_true", help="skip the official emulator")
     parser.add_argument(
         "--only",
-        choices=("build", "pubsub", "run", "eventarc", "workflows", "pipeline", "recovery"),
+        choices=("build", "pubsub", "run", "eventarc", "workflows", "pipeline", "recovery", "iam"),
         help="run only the Cloud Build, Pub/Sub, Cloud Run, Eventarc, Workflows, deploy "
-        "pipeline or recovery part",
+        "pipeline, recovery or IAM enforcement part",
     )
     parser.add_argument(
         "--repeats", type=int, help="build: fresh localcloud data dirs, each cold (3; quick 1)"
@@ -807,6 +811,8 @@ def main(argv: list[str] | None = None) -> int:
     piped = pipeline_bench.run(ps) if args.only in (None, "pipeline") else None
     cs = recovery_bench.RecoverySettings.for_run(args.quick)
     recovered = recovery_bench.run(cs) if args.only in (None, "recovery") else None
+    ims = iam_bench.IamSettings.for_run(args.quick, args.messages)
+    iamed = iam_bench.run(ims) if args.only in (None, "iam") else None
     wall = time.monotonic() - began
     rows = build_rows(*results) if results else []
     b_rows = cloud_build_rows(built) if built else []
@@ -817,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     c_rows = (
         [Row(*x, group="recovery") for x in recovery_bench.rows(recovered)] if recovered else []
     )
+    i_rows = [Row(*x, group="iam") for x in iam_bench.rows(iamed)] if iamed else []
     official_ran = results is not None and results[1].skipped is None
     passed = (
         all(r.ok is not False for r in rows + b_rows + r_rows)
@@ -831,6 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     passed = passed and (piped is None or pipeline_bench.passed(piped))
     passed = passed and all(r.ok is not False for r in c_rows)
     passed = passed and (recovered is None or recovery_bench.passed(recovered))
+    passed = passed and (iamed is None or iam_bench.passed(iamed))
 
     print()
     if results:
@@ -854,6 +862,9 @@ def main(argv: list[str] | None = None) -> int:
     if recovered:
         print(table(c_rows, reference="not killed"))
         print()
+    if iamed:
+        print(table(i_rows, reference="iam off"))
+        print()
     for note in (
         (notes(s, results) if results else [])
         + (build_notes(bs, built) if built else [])
@@ -867,6 +878,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in pipeline_bench.notes(ps, piped) if piped else []:
         print(f"  {note}")
     for note in recovery_bench.notes(cs, recovered) if recovered else []:
+        print(f"  {note}")
+    for note in iam_bench.notes(ims, iamed) if iamed else []:
         print(f"  {note}")
     print(f"  wall time: {wall:.1f} s; result: {'PASS' if passed else 'FAIL'}")
     print("\ndocs/performance.md snippet:\n")
@@ -885,6 +898,8 @@ def main(argv: list[str] | None = None) -> int:
         snippets.append(pipeline_bench.markdown(ps, piped))
     if recovered:
         snippets.append(recovery_bench.markdown(cs, recovered))
+    if iamed:
+        snippets.append(iam_bench.markdown(ims, iamed))
     if snippets and not results:  # the Pub/Sub snippet says where and when; say it here
         snippets[-1] += (
             f" Measured by `make bench` on {when} ({os.cpu_count()} CPUs, Python "
@@ -911,9 +926,10 @@ def main(argv: list[str] | None = None) -> int:
         "workflows": workflows_bench.to_json(ws, flows) if flows else None,
         "pipeline": pipeline_bench.to_json(ps, piped) if piped else None,
         "recovery": recovery_bench.to_json(cs, recovered) if recovered else None,
+        "iam": iam_bench.to_json(ims, iamed) if iamed else None,
         "rows": [
             dataclasses.asdict(r) | {"ratio": r.ratio}
-            for r in rows + b_rows + r_rows + e_rows + w_rows + p_rows + c_rows
+            for r in rows + b_rows + r_rows + e_rows + w_rows + p_rows + c_rows + i_rows
         ],
         "passed": passed,
     }

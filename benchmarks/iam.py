@@ -1,0 +1,309 @@
+"""What IAM enforcement costs (issue 16): the same figures with ``LOCALCLOUD_IAM=off`` (no
+permission checked) and ``enforce`` (every call checked), side by side in one run.
+
+One localcloud on one data directory, provisioned once (``orch.provision``, which applies
+Terraform's grants, so the pipeline runs under ``enforce``), then restarted in one mode and
+the other, round after round (off then enforce, then enforce then off, ...), so drift on a
+shared machine falls on both sides alike. Each round, in each mode:
+
+- Pub/Sub end-to-end throughput with the official client: ``benchmarks.pubsub.throughput``
+  (``--messages`` messages, default batching, first publish to last receipt and ack);
+- zip-to-serving through the deploy pipeline: ``benchmarks.pipeline``'s deploy of the
+  no-dependency HTTP function (upload to the sources bucket returned → the service answers
+  the new text), one warm-up deploy after the restart (the pipeline's functions start cold
+  after one) and then the counted ones.
+
+The figures are medians over rounds (throughput) and over every counted deploy (zip to
+serving); the target is enforce within 5% of off: throughput ratio >= 0.95, time ratio <=
+1.05. The localcloud started here is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import pipeline as pipeline_bench
+from benchmarks import pubsub
+from benchmarks import run as run_bench
+from benchmarks.pubsub import cpu_snapshot, log, other_cores
+from localcloud import testing
+from orchestrator.clients import Clients, Environment
+from orchestrator.config import Settings
+
+MODES = ("off", "enforce")
+TARGET = 0.05  # enforce within 5% of off
+
+
+@dataclass(frozen=True)
+class IamSettings:
+    rounds: int = 5  # restarts per mode
+    deploys: int = 3  # counted deploys per round and mode
+    messages: int = 20_000  # per throughput measurement
+    size: int = 200
+    timeout: float = 180.0  # per deploy; per throughput measurement
+
+    @classmethod
+    def for_run(cls, quick: bool, messages: int | None = None) -> IamSettings:
+        if quick:
+            return cls(rounds=1, deploys=2, messages=messages or 5_000, timeout=120.0)
+        return cls(messages=messages or 20_000)
+
+
+@dataclass
+class Side:
+    """One mode's figures, over every round."""
+
+    mode: str
+    throughputs: list[float] = field(default_factory=list)  # msg/s, one per round
+    incomplete: int = 0  # throughput runs that lost messages
+    # localcloud's CPU-seconds per 1,000 messages of a throughput run: what the checks cost
+    # in work, which other load on a shared machine skews far less than wall-clock rates.
+    cpu_per_k: list[float] = field(default_factory=list)
+    serving_s: list[float] = field(default_factory=list)  # every counted deploy
+    failed: list[str] = field(default_factory=list)  # deploys that did not serve
+
+    @property
+    def throughput(self) -> float | None:
+        return statistics.median(self.throughputs) if self.throughputs else None
+
+    @property
+    def serving(self) -> float | None:
+        return statistics.median(self.serving_s) if self.serving_s else None
+
+    @property
+    def cpu(self) -> float | None:
+        return statistics.median(self.cpu_per_k) if self.cpu_per_k else None
+
+
+@dataclass
+class IamResult:
+    sides: dict[str, Side] = field(default_factory=lambda: {m: Side(m) for m in MODES})
+    provision_s: float | None = None
+    errors: list[str] = field(default_factory=list)
+    other_cores: float | None = None
+    seconds: float = 0.0
+
+    def ratio(self, attr: str) -> float | None:
+        on, off = getattr(self.sides["enforce"], attr), getattr(self.sides["off"], attr)
+        return None if on is None or not off else on / off
+
+
+class Bench:
+    def __init__(self, s: IamSettings, result: IamResult, scratch: Path) -> None:
+        self.s, self.result, self.scratch = s, result, scratch
+        self.deploys = 0
+        # The pipeline benchmark's own deploy machinery, driven here one deploy at a time.
+        self.pipeline = pipeline_bench.Bench(
+            pipeline_bench.PipelineSettings(timeout=s.timeout),
+            pipeline_bench.PipelineResult(),
+            scratch,
+        )
+        self.case = self.pipeline.result.cases["plain"]
+        self.case.service = pipeline_bench.PLAIN_SERVICE
+
+    def start(self, mode: str, config: Any = None) -> testing.Instance:
+        log(f"iam: starting localcloud with LOCALCLOUD_IAM={mode} ...")
+        return testing.start(
+            self.pipeline.data_dir, config=config, extra_env={"LOCALCLOUD_IAM": mode}
+        )
+
+    def run(self) -> None:
+        instance = self.start("enforce")
+        try:
+            env = {**instance.env, "ORCH_CONFIG": str(self.scratch / "no-config.json")}
+            with testing.patched_environ(env):
+                self.pipeline.clients = Clients(Environment.from_env(env))
+                self.pipeline.settings = Settings.from_env(env)
+                try:
+                    t0 = time.perf_counter()
+                    self.pipeline.provision()
+                    self.result.provision_s = time.perf_counter() - t0
+                    log(f"iam: provisioned in {self.result.provision_s:.1f} s")
+                    for n in range(self.s.rounds):
+                        for mode in MODES if n % 2 == 0 else MODES[::-1]:
+                            instance.stop()
+                            instance = self.start(mode, instance.config)
+                            self.round(n, self.result.sides[mode], instance)
+                finally:
+                    run_bench.close(self.pipeline.clients)
+        finally:
+            instance.stop()
+
+    def round(self, n: int, side: Side, instance: testing.Instance) -> None:
+        settings = pubsub.Settings(
+            messages=self.s.messages, size=self.s.size, timeout=self.s.timeout
+        )
+        cpu_before = process_cpu(instance.process.pid)
+        t = pubsub.throughput(instance.config.grpc_address, settings)
+        cpu = process_cpu(instance.process.pid) - cpu_before
+        if t.complete:
+            side.throughputs.append(t.rate)
+            side.cpu_per_k.append(cpu / (t.expected + 1) * 1000)  # + the warm-up message
+        else:
+            side.incomplete += 1
+        log(f"iam: round {n} {side.mode}: Pub/Sub {t.rate:,.0f} msg/s ({t.received}/{t.expected})")
+        for i in range(1 + self.s.deploys):
+            d = pipeline_bench.Deploy(self.deploys)
+            self.deploys += 1
+            marker = f"v{d.n:03d}-{side.mode}"
+            try:
+                self.pipeline.deploy(self.case, d, pipeline_bench.plain_files(marker), marker)
+            except Exception as exc:
+                d.error = d.error or f"{type(exc).__name__}: {exc}"
+            counted = i > 0
+            if d.ok and d.total_s is not None:
+                if counted:
+                    side.serving_s.append(d.total_s)
+                log(
+                    f"iam: round {n} {side.mode}: deploy {d.n}: {d.total_s:.2f} s"
+                    + ("" if counted else " (warm-up)")
+                )
+            else:
+                side.failed.append(f"deploy {d.n}: {d.error}")
+                log(f"iam: round {n} {side.mode}: deploy {d.n} FAILED: {d.error}")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU-seconds (user + system, every thread) a process has used: localcloud's API
+    server serves Pub/Sub in its own process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(s: IamSettings) -> IamResult:
+    """Errors are kept, not raised: the rows without figures fail."""
+    result = IamResult()
+    began = time.monotonic()
+    before = cpu_snapshot()
+    scratch = Path(tempfile.mkdtemp(prefix="bench-iam-"))
+    try:
+        Bench(s, result, scratch).run()
+    except Exception as exc:
+        result.errors.append(f"{type(exc).__name__}: {exc}")
+        log(f"iam: failed: {exc}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result.other_cores = other_cores(before)
+    result.seconds = time.monotonic() - began
+    return result
+
+
+def complete(r: IamResult) -> bool:
+    return not r.errors and all(
+        side.throughputs and not side.incomplete and side.serving_s and not side.failed
+        for side in r.sides.values()
+    )
+
+
+def rows(r: IamResult) -> list[tuple[str, str, float | None, float | None, str, bool | None]]:
+    """(scenario, unit, enforce, off, target, ok)."""
+    whole = complete(r)
+    t_ratio, s_ratio = r.ratio("throughput"), r.ratio("serving")
+    return [
+        (
+            "iam Pub/Sub throughput, enforce vs off",
+            "msg/s",
+            r.sides["enforce"].throughput,
+            r.sides["off"].throughput,
+            f">= {1 - TARGET:.2f}x off",
+            whole and t_ratio is not None and t_ratio >= 1 - TARGET,
+        ),
+        (
+            "iam zip-to-serving p50, enforce vs off",
+            "s",
+            r.sides["enforce"].serving,
+            r.sides["off"].serving,
+            f"<= {1 + TARGET:.2f}x off",
+            whole and s_ratio is not None and s_ratio <= 1 + TARGET,
+        ),
+        (
+            "iam Pub/Sub server CPU per 1,000 messages",
+            "s",
+            r.sides["enforce"].cpu,
+            r.sides["off"].cpu,
+            "",
+            None,
+        ),
+    ]
+
+
+def passed(r: IamResult) -> bool:
+    return complete(r) and all(ok for *_, ok in rows(r))
+
+
+def notes(s: IamSettings, r: IamResult) -> list[str]:
+    out = [
+        f"iam: one localcloud provisioned once ({_s(r.provision_s)} s, Terraform's grants "
+        f"applied), restarted {s.rounds} time(s) per mode, alternating; per round and mode "
+        f"Pub/Sub throughput ({s.messages:,} messages of {s.size} B) and 1 warm-up + "
+        f"{s.deploys} counted deploys of the no-dependency function; medians",
+    ]
+    for side in r.sides.values():
+        tps = ", ".join(f"{x:,.0f}" for x in side.throughputs) or "-"
+        times = ", ".join(f"{x:.2f}" for x in side.serving_s) or "-"
+        cpus = ", ".join(f"{x:.3f}" for x in side.cpu_per_k) or "-"
+        out.append(
+            f"iam {side.mode}: throughput per round {tps} msg/s (localcloud CPU per 1,000 "
+            f"messages {cpus} s); zip-to-serving {times} s"
+        )
+        if side.incomplete:
+            out.append(f"iam {side.mode}: {side.incomplete} throughput run(s) lost messages")
+        out.extend(f"iam {side.mode}: FAILED {f}" for f in side.failed)
+    out.extend(f"iam: ERROR {e}" for e in r.errors)
+    if r.other_cores is not None and r.other_cores > 0.25:
+        out.append(
+            f"iam: WARNING: other processes used {r.other_cores:.2f} cores meanwhile; "
+            "the figures are skewed by other work on this machine"
+        )
+    out.append(f"iam: wall time {r.seconds:.0f} s")
+    return out
+
+
+def _s(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(s: IamSettings, r: IamResult) -> str:
+    off, on = r.sides["off"], r.sides["enforce"]
+
+    def ratio(attr: str) -> str:
+        value = r.ratio(attr)
+        return "-" if value is None else f"{value:.3f}x"
+
+    lines = [
+        "| IAM enforcement, same localcloud restarted in each mode, alternating "
+        "| `LOCALCLOUD_IAM=off` | `enforce` | enforce / off | target |",
+        "|---|---:|---:|---:|---|",
+        f"| Pub/Sub throughput, {s.messages:,} messages of {s.size} B, official client, "
+        f"median of {s.rounds} | {_s(off.throughput, ',.0f')} msg/s "
+        f"| {_s(on.throughput, ',.0f')} msg/s | {ratio('throughput')} "
+        f"| >= {1 - TARGET:.2f}x |",
+        f"| Zip to serving (no-dependency function), median of {len(off.serving_s)} / "
+        f"{len(on.serving_s)} deploys | {_s(off.serving, '.2f')} s "
+        f"| {_s(on.serving, '.2f')} s | {ratio('serving')} | <= {1 + TARGET:.2f}x |",
+        f"| localcloud's CPU per 1,000 messages of the throughput run, median "
+        f"| {_s(off.cpu, '.3f')} s | {_s(on.cpu, '.3f')} s | {ratio('cpu')} | - |",
+    ]
+    return "\n".join(lines)
+
+
+def to_json(s: IamSettings, r: IamResult) -> dict[str, Any]:
+    return {
+        "settings": asdict(s),
+        "sides": {
+            m: asdict(side) | {a: getattr(side, a) for a in ("throughput", "serving", "cpu")}
+            for m, side in r.sides.items()
+        },
+        "ratios": {a: r.ratio(a) for a in ("throughput", "serving", "cpu")},
+        "provision_s": r.provision_s,
+        "errors": r.errors,
+        "other_cores": r.other_cores,
+        "seconds": r.seconds,
+    }
