@@ -46,24 +46,15 @@ from yarl import URL
 from localcloud.core import authz, identity, permissions
 from localcloud.core.config import Config, free_port
 from localcloud.core.errors import Unauthenticated
+from localcloud.core.hops import HOP_BY_HOP
 
 LOG = logging.getLogger(__name__)
 
 DOWNLOAD = "artifactregistry.repositories.downloadArtifacts"
 UPLOAD = "artifactregistry.repositories.uploadArtifacts"
 DELETE = "artifactregistry.repositories.deleteArtifacts"
-HOP_HEADERS = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "trailers",
-    "transfer-encoding",
-    "upgrade",
-    "authorization",
-}
+# The registry behind asks for no credentials: the front has checked them, and keeps them.
+HOP_HEADERS = HOP_BY_HOP | {"authorization"}
 HOST = re.compile(r"^([a-z0-9-]+)-docker\.pkg\.dev(?::\d+)?$")
 # The distribution API's operations on a repository: /v2/<name>/{manifests,blobs,tags}/...
 OPERATION = re.compile(r"^/v2/(?P<name>.+?)/(?P<kind>manifests|blobs|tags)(?P<rest>/.*)?$")

@@ -62,6 +62,7 @@ from localcloud.core import authz, identity, permissions
 from localcloud.core.children import ChildSpec
 from localcloud.core.config import Config, free_port
 from localcloud.core.errors import Unauthenticated
+from localcloud.core.hops import HOP_BY_HOP
 from localcloud.core.iam import PolicyStore
 from localcloud.core.projects import project_number
 from localcloud.storage import buckets, gcs, iam, layout
@@ -80,20 +81,7 @@ MAX_PAGE = 1000  # Cloud Storage returns at most 1,000 entries a page
 MAX_BODY = 1 << 32  # multipart uploads and JSON bodies read whole (fake-gcs-server does too)
 MAX_HEADER = 1 << 16  # x-goog-meta-* headers may carry up to 8 KiB of metadata
 PENDING_UPLOADS = 10_000
-HOP_HEADERS = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "trailers",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "expect",
-}
+HOP_HEADERS = HOP_BY_HOP | {"host", "content-length", "expect"}
 PRECONDITIONS = (
     "GenerationMatch",
     "GenerationNotMatch",
