@@ -21,9 +21,7 @@ serving); the target is enforce within 5% of off: throughput ratio >= 0.95, time
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +30,7 @@ from typing import Any
 from benchmarks import pipeline as pipeline_bench
 from benchmarks import pubsub
 from benchmarks import run as run_bench
-from benchmarks.pubsub import cpu_snapshot, log, other_cores
+from benchmarks.pubsub import log, run_guarded
 from localcloud import testing
 from orchestrator.clients import Clients, Environment
 from orchestrator.config import Settings
@@ -180,19 +178,7 @@ def process_cpu(pid: int) -> float:
 def run(s: IamSettings) -> IamResult:
     """Errors are kept, not raised: the rows without figures fail."""
     result = IamResult()
-    began = time.monotonic()
-    before = cpu_snapshot()
-    scratch = Path(tempfile.mkdtemp(prefix="bench-iam-"))
-    try:
-        Bench(s, result, scratch).run()
-    except Exception as exc:
-        result.errors.append(f"{type(exc).__name__}: {exc}")
-        log(f"iam: failed: {exc}")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    result.other_cores = other_cores(before)
-    result.seconds = time.monotonic() - began
-    return result
+    return run_guarded("iam", result, lambda scratch: Bench(s, result, scratch).run())
 
 
 def complete(r: IamResult) -> bool:

@@ -43,9 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import statistics
-import tempfile
 import threading
 import time
 import uuid
@@ -59,7 +57,7 @@ from google.api_core import exceptions
 
 from benchmarks import build as build_bench
 from benchmarks import run as run_bench
-from benchmarks.pubsub import cpu_snapshot, log, other_cores
+from benchmarks.pubsub import log, run_guarded
 from localcloud import testing
 from localcloud.testing import zip_tree
 from orchestrator import status
@@ -513,19 +511,7 @@ class Bench:
 def run(s: PipelineSettings) -> PipelineResult:
     """Errors are kept, not raised: the rows without figures fail."""
     result = PipelineResult()
-    began = time.monotonic()
-    before = cpu_snapshot()
-    scratch = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    try:
-        Bench(s, result, scratch).run()
-    except Exception as exc:
-        result.errors.append(f"{type(exc).__name__}: {exc}")
-        log(f"pipeline: failed: {exc}")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    result.other_cores = other_cores(before)
-    result.seconds = time.monotonic() - began
-    return result
+    return run_guarded("pipeline", result, lambda scratch: Bench(s, result, scratch).run())
 
 
 # -- reporting ---------------------------------------------------------------------------

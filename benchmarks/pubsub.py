@@ -286,6 +286,25 @@ def other_cores(before: tuple[float, float, float] | None) -> float | None:
     return max(other, 0.0) / (after[0] - before[0])
 
 
+def run_guarded(name: str, result: Any, work: Callable[[Path], None]) -> Any:
+    """Run one benchmark part's ``work`` in a scratch directory removed afterwards, keeping
+    an error on ``result`` instead of raising it (the rows without figures then fail), and
+    noting how long it took and how many cores others used meanwhile."""
+    began = time.monotonic()
+    before = cpu_snapshot()
+    scratch = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    try:
+        work(scratch)
+    except Exception as exc:
+        result.errors.append(f"{type(exc).__name__}: {exc}")
+        log(f"{name}: failed: {exc}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result.other_cores = other_cores(before)
+    result.seconds = time.monotonic() - began
+    return result
+
+
 def run_scenarios(server: str, host: str, s: Settings) -> ServerResult:
     """Both scenarios against one running server; a failing scenario doesn't stop the other."""
     result = ServerResult(server)
