@@ -158,6 +158,9 @@ class Peers:
         handle = next(self._next)
         with self._lock:
             self._holders[handle] = _Holder(identity, uid, root_pid, pids)
+            # A connection seen before as the local user's may be held by the new instance
+            # (gRPC shares one connection between channels to the same address): look again.
+            self._cache = {k: v for k, v in self._cache.items() if v[1] is not None}
         return handle
 
     def remove(self, handle: int | None) -> None:

@@ -142,8 +142,9 @@ def test_a_closed_connection_is_not_attributed_and_a_reused_port_is_looked_up_ag
     assert peers.origin(peer, ("127.0.0.1", port)) is None  # this process: the local user
     handle = peers.add(ME, os.getpid(), lambda: [os.getpid()])
     try:
-        # Registering afterwards drops nothing cached for the local user's connection...
-        assert peers.origin(peer, ("127.0.0.1", port)) is None
+        # Registering looks again at connections seen as the local user's: one made by an
+        # instance's process just before its registration must not stay the local user's...
+        assert peers.origin(peer, ("127.0.0.1", port)) == ME
         # ...but a new connection from the same port is a new socket, looked up afresh.
         # Closed by reset (linger 0): neither end lingers in TIME_WAIT or FIN_WAIT, so the
         # port can be bound again at once, however busy the machine.
