@@ -28,6 +28,7 @@ from localcloud.core.iam import IamService, PolicyStore, Resolver
 from localcloud.core.lifecycle import Calls, Parts
 from localcloud.core.oidc import Issuer, MetadataCaller, aiohttp_routes, metadata_routes
 from localcloud.core.peers import Identity, peers
+from localcloud.core.wire import ServiceHandler
 from localcloud.eventarc.router import EventRouter
 from localcloud.eventarc.service import EventarcService
 from localcloud.eventarc.store import TriggerStore
@@ -39,6 +40,7 @@ from localcloud.operations.store import OperationStore
 from localcloud.pubsub.engine import PubSub
 from localcloud.pubsub.push import PushWorker
 from localcloud.pubsub.service import Publisher, Subscriber, pubsub_resources
+from localcloud.rest.front import Front
 from localcloud.run import sandbox
 from localcloud.run.autoscaler import Autoscaler
 from localcloud.run.controller import Controller
@@ -136,17 +138,21 @@ class LocalCloud:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self._grpc.add_generic_rpc_handlers(self._handlers())
+        handlers = self._handlers()
+        self._grpc.add_generic_rpc_handlers(handlers)
         bound = self._grpc.add_insecure_port(cfg.grpc_address)
         if bound == 0:
             raise OSError(f"could not bind the gRPC server to {cfg.grpc_address}")
         await self._grpc.start()
 
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_MESSAGE)
         app.add_routes(aiohttp_routes(self.issuer))
         app.add_routes(metadata_routes(self.issuer, self._metadata_caller, project_number))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get(WHOAMI_PATH, self._whoami)
+        # Every API over HTTP/JSON too, under "/" (localcloud/rest); after the routes above.
+        served = [b for h in handlers if isinstance(h, ServiceHandler) for b in h.methods.values()]
+        app.add_routes(Front(served, MAX_MESSAGE).route_defs())
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         await web.TCPSite(self._http, cfg.host, cfg.http_port, reuse_address=True).start()

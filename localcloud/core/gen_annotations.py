@@ -7,6 +7,14 @@ install (only ``google.longrunning`` and ``google.iam.v1`` keep theirs). The rul
 from the same ``.proto`` files those libraries are generated from, compiled with protoc,
 so nothing in ``validate.py`` is written by hand per method.
 
+The same file carries each method's HTTP bindings (``http``), from which ``localcloud/rest``
+serves every method as HTTP/JSON: the ``google.api.http`` option of each method, and for the
+mixins an API serves under its own paths (``google.longrunning.Operations``,
+``google.iam.v1.IAMPolicy``) the ``http: rules:`` of each API's service configuration
+(``YAMLS``, e.g. ``google/pubsub/v1/pubsub_v1.yaml``), which replace the mixin's own rule as
+they do at Google (https://cloud.google.com/endpoints/docs/grpc-service-config/reference/rpc/google.api#http).
+Each binding taken from a service configuration names that file in its ``source``.
+
 Run it (developers only; needs ``grpcio-tools``, which localcloud itself never imports)::
 
     python -m localcloud.core.gen_annotations PATH/TO/googleapis [COMMIT]
@@ -26,7 +34,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from google.api import annotations_pb2, field_behavior_pb2, resource_pb2
+import yaml
+from google.api import annotations_pb2, field_behavior_pb2, http_pb2, resource_pb2
 from google.protobuf import descriptor_pb2
 
 # The APIs localcloud serves, plus what their references name (locations, projects).
@@ -58,6 +67,19 @@ PACKAGES = (
     "google.cloud.resourcemanager.v3",
     "google.devtools.artifactregistry.v1",
 )
+# The service configurations whose ``http: rules:`` bind the mixins under each API's paths.
+YAMLS = [
+    "google/pubsub/v1/pubsub_v1.yaml",
+    "google/cloud/workflows/v1/workflows_v1.yaml",
+    "google/cloud/workflows/executions/v1/workflowexecutions_v1.yaml",
+    "google/devtools/cloudbuild/v1/cloudbuild_v1.yaml",
+    "google/cloud/run/v2/run_v2.yaml",
+    "google/cloud/eventarc/v1/eventarc_v1.yaml",
+    "google/iam/admin/v1/iam.yaml",
+    "google/cloud/resourcemanager/v3/cloudresourcemanager_v3.yaml",
+    "google/devtools/artifactregistry/v1/artifactregistry_v1.yaml",
+]
+VERBS = ("get", "put", "post", "delete", "patch")
 OUT = Path(__file__).with_name("api_annotations.json")
 
 
@@ -79,6 +101,72 @@ def _compile(root: Path) -> descriptor_pb2.FileDescriptorSet:
 def _add_resource(resources: dict[str, list[str]], desc: resource_pb2.ResourceDescriptor) -> None:
     patterns = resources.setdefault(desc.type, [])
     patterns.extend(p for p in desc.pattern if p not in patterns)
+
+
+def _bindings(rule: http_pb2.HttpRule, source: str = "") -> list[dict[str, str]]:
+    """A rule and its ``additional_bindings`` as ``{method, path, body, response_body}``."""
+    out = []
+    for one in (rule, *rule.additional_bindings):
+        pattern = one.WhichOneof("pattern")
+        if pattern is None:
+            continue
+        if pattern == "custom":
+            verb, path = one.custom.kind.upper(), one.custom.path
+        else:
+            verb, path = pattern.upper(), getattr(one, pattern)
+        entry = {"method": verb, "path": path, "body": one.body}
+        if one.response_body:
+            entry["response_body"] = one.response_body
+        if source:
+            entry["source"] = source
+        out.append(entry)
+    return out
+
+
+def _yaml_rules(root: Path) -> dict[str, list[dict[str, str]]]:
+    """The service configurations' bindings per method (``Service/Method``), every API's
+    together (GetOperation is served under Cloud Build's paths and Workflows' alike)."""
+    rules: dict[str, list[dict[str, str]]] = {}
+    for name in YAMLS:
+        config = yaml.safe_load((root / name).read_text())
+        for raw in (config.get("http") or {}).get("rules") or []:
+            rule = http_pb2.HttpRule()
+            for verb in VERBS:
+                if verb in raw:
+                    setattr(rule, verb, raw[verb])
+            rule.body = raw.get("body", "")
+            for extra in raw.get("additional_bindings") or []:
+                more = rule.additional_bindings.add()
+                for verb in VERBS:
+                    if verb in extra:
+                        setattr(more, verb, extra[verb])
+                more.body = extra.get("body", "")
+            service, _, method = raw["selector"].rpartition(".")
+            known = rules.setdefault(f"{service}/{method}", [])
+            for binding in _bindings(rule, name):
+                if not any(
+                    (b["method"], b["path"]) == (binding["method"], binding["path"]) for b in known
+                ):
+                    known.append(binding)
+    return rules
+
+
+def http_rules(
+    fds: descriptor_pb2.FileDescriptorSet, configured: dict[str, list[dict[str, str]]]
+) -> dict[str, list[dict[str, str]]]:
+    """Every method's bindings: the service configurations' where they name the method,
+    else its own ``google.api.http`` option."""
+    rules: dict[str, list[dict[str, str]]] = {}
+    for file in fds.file:
+        if file.package not in PACKAGES:
+            continue
+        for service in file.service:
+            for method in service.method:
+                key = f"{file.package}.{service.name}/{method.name}"
+                own = _bindings(method.options.Extensions[annotations_pb2.http])
+                if key in configured or own:
+                    rules[key] = configured.get(key, own)
+    return rules
 
 
 def extract(fds: descriptor_pb2.FileDescriptorSet) -> dict[str, Any]:
@@ -150,7 +238,9 @@ def extract(fds: descriptor_pb2.FileDescriptorSet) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
     root = Path(argv[1])
     commit = argv[2] if len(argv) > 2 else "unknown"
-    data = {"source": f"googleapis/googleapis@{commit}", **extract(_compile(root))}
+    fds = _compile(root)
+    data = {"source": f"googleapis/googleapis@{commit}", **extract(fds)}
+    data["http"] = dict(sorted(http_rules(fds, _yaml_rules(root)).items()))
     # One entry a line: a regeneration's diff shows which message's rules changed.
     lines = ["{", f' "source": {json.dumps(data["source"])},']
     sections = [k for k in data if k != "source"]
@@ -163,7 +253,10 @@ def main(argv: list[str]) -> None:
         lines.append(" }," if i < len(sections) - 1 else " }")
     lines.append("}")
     OUT.write_text("\n".join(lines) + "\n")
-    print(f"wrote {OUT}: {len(data['fields'])} messages, {len(data['resources'])} resources")
+    print(
+        f"wrote {OUT}: {len(data['fields'])} messages, {len(data['resources'])} resources, "
+        f"{len(data['http'])} methods' HTTP bindings"
+    )
 
 
 if __name__ == "__main__":

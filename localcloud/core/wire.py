@@ -23,6 +23,12 @@ resource. In ``audit`` mode (``LOCALCLOUD_IAM``), a call from a Cloud Run instan
 would be denied is logged and let through instead; ``off`` checks nothing (see
 ``permissions.py``).
 
+Both front ends take the same path: ``handler_for`` binds each method once (``Bound``: the
+servicer's function and its checks) and the gRPC handlers and the HTTP/JSON front end
+(``localcloud/rest``, which reads the methods from ``ServiceHandler.methods``) call it
+through ``call``, so a REST call is served as its caller, validated and held to IAM exactly
+as the gRPC call is.
+
 Errors: a ``GoogleError`` becomes its status code; anything else becomes INTERNAL with the
 exception's message and a logged traceback, never UNKNOWN. An error whose status carries
 details (a ``BadRequest`` naming the fields) sends them in ``grpc-status-details-bin``,
@@ -106,9 +112,7 @@ def _codecs(spec: RpcSpec) -> tuple[Callable[[bytes], Any], Callable[[Any], byte
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
-    error = as_google_error(exc)
-    if not isinstance(exc, GoogleError):
-        LOG.error("unexpected error in %s", method, exc_info=exc)
+    error = failure(exc, method)
     status = error.to_proto()
     details = (("grpc-status-details-bin", status.SerializeToString()),) if status.details else ()
     await context.abort(error.code, error.message, trailing_metadata=details)
@@ -173,6 +177,52 @@ def _checked(
     return check
 
 
+@dataclass(frozen=True)
+class Bound:
+    """One served method: the servicer's function and the checks every call of it passes,
+    whichever front end (gRPC, or HTTP/JSON in ``localcloud/rest``) the call came by."""
+
+    service: str
+    spec: RpcSpec
+    fn: Callable[..., Any]
+    check: Callable[[Any, Any], None]
+
+    @property
+    def method(self) -> str:
+        """``google.pubsub.v1.Publisher/Publish``: the name permissions and rules use."""
+        return f"{self.service}/{self.spec.name}"
+
+
+def bind(service_name: str, fn: Callable[..., Any], spec: RpcSpec, servicer: object) -> Bound:
+    method = f"{service_name}/{spec.name}"
+    check = _checked(
+        validator_for(method, spec.request), spec.proto_plus, permissions.rule(method), servicer
+    )
+    return Bound(service_name, spec, fn, check)
+
+
+async def call(bound: Bound, request: Any, context: Any, member: str | None = None) -> Any:
+    """The one checked call of a unary method, for both front ends: the call is served as
+    its caller (``member`` when the front end resolved it, as ``localcloud/rest`` does from
+    the HTTP request; else from the gRPC ``context``), the request is validated and held to
+    IAM, then the servicer's method answers. Errors propagate (see ``failure``)."""
+    if member is None:
+        identity.enter(context)
+        bound.check(request, context)
+        return await bound.fn(request, context)
+    with identity.serving(member):
+        bound.check(request, context)
+        return await bound.fn(request, context)
+
+
+def failure(exc: BaseException, method: str) -> GoogleError:
+    """The error a caller of ``method`` sees for ``exc``: itself if a ``GoogleError``, else
+    INTERNAL naming it, its traceback logged (never UNKNOWN)."""
+    if not isinstance(exc, GoogleError):
+        LOG.error("unexpected error in %s", method, exc_info=exc)
+    return as_google_error(exc)
+
+
 async def _first_checked(
     requests: Any, check: Callable[[Any, Any], None], context: Any
 ) -> AsyncIterator:
@@ -185,12 +235,9 @@ async def _first_checked(
         yield request
 
 
-def _wrap(
-    fn: Callable[..., Any], spec: RpcSpec, method: str, servicer: object
-) -> grpc.RpcMethodHandler:
+def _wrap(bound: Bound) -> grpc.RpcMethodHandler:
+    spec, fn, check, method = bound.spec, bound.fn, bound.check, bound.method
     deserialize, serialize = _codecs(spec)
-    rule = permissions.rule(method)
-    check = _checked(validator_for(method, spec.request), spec.proto_plus, rule, servicer)
     if spec.response_streaming:
 
         async def stream_handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
@@ -219,35 +266,56 @@ def _wrap(
         )
         return factory(stream_handler, deserialize, serialize)
 
+    if spec.request_streaming:
+
+        async def client_stream_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                identity.enter(context)
+                return await fn(_first_checked(request, check, context), context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await _abort(context, exc, method)
+
+        return grpc.stream_unary_rpc_method_handler(client_stream_handler, deserialize, serialize)
+
     async def unary_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            identity.enter(context)
-            if spec.request_streaming:
-                request = _first_checked(request, check, context)
-            else:
-                check(request, context)
-            return await fn(request, context)
+            return await call(bound, request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
             await _abort(context, exc, method)
 
-    factory = (
-        grpc.stream_unary_rpc_method_handler
-        if spec.request_streaming
-        else grpc.unary_unary_rpc_method_handler
-    )
-    return factory(unary_handler, deserialize, serialize)
+    return grpc.unary_unary_rpc_method_handler(unary_handler, deserialize, serialize)
 
 
-def handler_for(service_name: str, servicer: object) -> grpc.GenericRpcHandler:
+class ServiceHandler(grpc.ServiceRpcHandler):
+    """The gRPC handler of one service, keeping its ``Bound`` methods (``methods``) for the
+    HTTP/JSON front end, which serves the same methods through the same ``call``."""
+
+    def __init__(self, service_name: str, methods: dict[str, Bound]) -> None:
+        self._name = service_name
+        self.methods = methods
+        self._handlers = {f"/{service_name}/{name}": _wrap(b) for name, b in methods.items()}
+
+    def service_name(self) -> str:
+        return self._name
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        return self._handlers.get(handler_call_details.method)
+
+
+def handler_for(service_name: str, servicer: object) -> ServiceHandler:
     """A generic handler serving every ``@rpc`` method of ``servicer`` as ``service_name``."""
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    methods: dict[str, Bound] = {}
     for attr in dir(type(servicer)):
         fn = getattr(servicer, attr, None)
         spec = getattr(fn, "__rpc__", None)
         if fn is not None and isinstance(spec, RpcSpec):
-            handlers[spec.name] = _wrap(fn, spec, f"{service_name}/{spec.name}", servicer)
-    if not handlers:
+            methods[spec.name] = bind(service_name, fn, spec, servicer)
+    if not methods:
         raise ValueError(f"{type(servicer).__name__} has no @rpc methods")
-    return grpc.method_handlers_generic_handler(service_name, handlers)
+    return ServiceHandler(service_name, methods)

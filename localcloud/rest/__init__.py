@@ -1,0 +1,1 @@
+"""localcloud's APIs over HTTP/JSON, as Google serves them beside gRPC (``front.py``)."""
