@@ -25,6 +25,10 @@ Where Google's services depart from their annotations, the departure is written 
   either; its contents still are (Google's samples call CreateExecution with no
   ``execution``, and CreateService with an empty service is refused for
   ``service.template``: https://github.com/googleapis/google-cloud-java/issues/11101).
+- A method whose HTTP bindings name the resource in different fields (Cloud Build's
+  ``/v1/projects/{project_id}/builds/{id}`` and ``/v1/{name=projects/*/locations/*/builds/*}``)
+  takes a request that names it as one binding does: the other bindings' path fields are not
+  required of it, REQUIRED or not (``gcloud builds list`` sends only ``parent``).
 """
 
 from __future__ import annotations
@@ -222,6 +226,8 @@ class _Walk:
     request_type: str
     exempt: set[tuple[str, str]]  # (path, field) pairs not checked: a Create's resource name
     violations: list[FieldViolation] = field(default_factory=list)
+    # (path, field) pairs not required (but still matched): another HTTP binding's names.
+    optional: set[tuple[str, str]] = field(default_factory=set)
     # An Update with a mask: (the resource's prefix, the mask's paths). Only what the mask
     # names is replaced, so only that need be set (https://google.aip.dev/134): a caller
     # updating a subscription's ack deadline sends no topic.
@@ -263,6 +269,8 @@ class _Walk:
                 message.ClearField(fd.name)
         for fd in rules.required:
             if (prefix, fd.name) in self.exempt or fd.name == skip_present:
+                continue
+            if (prefix, fd.name) in self.optional:
                 continue
             if not _present(message, fd) and not self.unmasked(prefix + fd.name):
                 self.required(prefix + fd.name)
@@ -310,6 +318,15 @@ class Validator:
                 self.exempt.add((fd.name + ".", "name"))
             elif verb.startswith("Update"):
                 self.name_required.append(fd)
+        # Per HTTP binding: the request fields its path names, and those only others name.
+        paths = [
+            set(re.findall(r"\{([A-Za-z_]\w*)", b["path"]))
+            for b in _annotations().get("http", {}).get(method, [])
+        ]
+        named = set().union(*paths) if paths else set()
+        self.alternatives = [
+            (sorted(own), {("", f) for f in named - own}) for own in paths if own and named - own
+        ]
         self.mask = request.fields_by_name.get("update_mask")
         if (
             self.mask is not None
@@ -320,6 +337,9 @@ class Validator:
     def __call__(self, message: Any) -> None:
         """Clear what Google ignores, then raise ``InvalidFields`` naming what it refuses."""
         walk = _Walk(self.request.name, self.exempt)
+        for own, others in self.alternatives:
+            if all(getattr(message, f) for f in own):
+                walk.optional |= others
         if self.mask is not None and self.resource_fields and message.HasField(self.mask.name):
             paths = [p for p in getattr(message, self.mask.name).paths if p != "*"]
             if paths:

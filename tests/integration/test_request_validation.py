@@ -12,6 +12,9 @@ the table expects are stated here apart from ``localcloud/core/validate.py``:
   (https://google.aip.dev/133). An Update's resource ``name`` is (https://google.aip.dev/134).
 - The request field an HTTP rule maps the body to is never missing over REST, so its own
   presence is not required, but the REQUIRED fields inside it are.
+- A method whose HTTP bindings name the resource by different fields (Cloud Build's
+  ``project_id`` + ``id``, or ``name``) needs only one binding's: ``gcloud builds list``
+  sends ``parent`` alone, which Google answers.
 
 Then a few behaviours through the official clients: OUTPUT_ONLY fields are ignored on create,
 an IMMUTABLE field in an update mask is refused, the error's details name the field.
@@ -208,10 +211,25 @@ class Method:
                 resource.name = _example(pattern)
         return message
 
+    def alternatives(self, message: Any) -> set[str]:
+        """Fields another HTTP binding names in its path, when ``message`` sets every
+        field of a binding's path: the request names its resource that binding's way."""
+        paths = [
+            set(re.findall(r"\{([A-Za-z_]\w*)", b["path"]))
+            for b in ANNOTATIONS["http"].get(f"{self.service}/{self.verb}", [])
+        ]
+        named = set().union(*paths) if paths else set()
+        free: set[str] = set()
+        for own in paths:
+            if own and all(getattr(message, f) for f in own):
+                free |= named - own
+        return free
+
     def required_paths(self) -> Iterator[str]:
         """Each field the API requires, as a path from the request."""
         message = self.complete()
-        yield from _required(message, "", self, top=True)
+        free = self.alternatives(message)
+        yield from (p for p in _required(message, "", self, top=True) if p not in free)
         if self.verb.startswith("Update"):
             for fd in self.resource_fields():
                 if "REQUIRED" not in _behavior(fd.message_type, "name"):
@@ -386,6 +404,20 @@ def test_a_malformed_resource_name_is_refused_naming_it(channel, method, path):
 def test_a_complete_request_passes_the_checks(channel, method):
     """The checks refuse only what the annotations say (the handler may still say no)."""
     assert _violations(_call(channel, method, method.complete())) == []
+
+
+def test_a_resource_named_as_another_binding_names_it_passes(channel):
+    """ListBuilds and GetBuild by ``parent``/``name`` alone (Cloud Build's location bindings,
+    what ``gcloud builds list/describe`` send): ``project_id`` and ``id`` are not asked."""
+    by_verb = {m.verb: m for m in METHODS if m.service.endswith("CloudBuild")}
+    parent = f"projects/{PROJECT}/locations/global"
+    listing = by_verb["ListBuilds"].request(parent=parent)
+    assert _violations(_call(channel, by_verb["ListBuilds"], listing)) == []
+    getting = by_verb["GetBuild"].request(name=f"{parent}/builds/nope")
+    assert _violations(_call(channel, by_verb["GetBuild"], getting)) == []
+    assert _violations(_call(channel, by_verb["ListBuilds"], by_verb["ListBuilds"].request())) == [
+        "project_id"
+    ]
 
 
 def test_a_body_request_field_is_not_required_but_its_contents_are(channel):
