@@ -209,7 +209,7 @@ class Config:
             Port("gRPC APIs", self.grpc_port, "LOCALCLOUD_GRPC_PORT"),
             Port("Cloud Storage", self.storage_port, "LOCALCLOUD_STORAGE_PORT"),
             Port("Artifact Registry", self.registry_port, "LOCALCLOUD_REGISTRY_PORT"),
-            Port("HTTP (OIDC keys, health)", self.http_port, "LOCALCLOUD_HTTP_PORT"),
+            Port("HTTP (REST APIs, OIDC keys, health)", self.http_port, "LOCALCLOUD_HTTP_PORT"),
             Port("Cloud Run ingress", self.ingress_port, "LOCALCLOUD_INGRESS_PORT"),
         ]
 
