@@ -20,7 +20,7 @@ from localcloud.artifactregistry.store import RepositoryStore
 from localcloud.cloudbuild.builder import Builder
 from localcloud.cloudbuild.service import CloudBuildService
 from localcloud.cloudbuild.store import BuildStore
-from localcloud.core import authz, identity, permissions
+from localcloud.core import authz, identity, permissions, proxying
 from localcloud.core.config import Config
 from localcloud.core.db import Database
 from localcloud.core.errors import Unauthenticated
@@ -41,7 +41,7 @@ from localcloud.pubsub.engine import PubSub
 from localcloud.pubsub.push import PushWorker
 from localcloud.pubsub.service import Publisher, Subscriber, pubsub_resources
 from localcloud.rest.front import Front
-from localcloud.run import sandbox
+from localcloud.run import knative, sandbox
 from localcloud.run.autoscaler import Autoscaler
 from localcloud.run.controller import Controller
 from localcloud.run.images import ImageCache
@@ -146,6 +146,8 @@ class LocalCloud:
         await self._grpc.start()
 
         app = web.Application(client_max_size=MAX_MESSAGE)
+        app.middlewares.append(proxying.middleware(cfg, lambda: self.session))
+        app.add_routes(knative.routes(self.controller))
         app.add_routes(aiohttp_routes(self.issuer))
         app.add_routes(metadata_routes(self.issuer, self._metadata_caller, project_number))
         app.router.add_get("/healthz", self._healthz)

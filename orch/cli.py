@@ -203,6 +203,7 @@ def _start(config: Config) -> dict:
                 click.echo("localcloud is up:")
                 _print_addresses(state)
                 click.echo('point clients at it with:  eval "$(orch local env)"')
+                click.echo("point gcloud at it with:   orch local gcloud")
                 return state
         time.sleep(0.2)
     process.terminate()
@@ -301,6 +302,44 @@ def env(data: str | None) -> None:
     state = _state(config)
     variables = state["env"] if state else config.client_env()
     click.echo("export " + " ".join(f"{k}={v}" for k, v in variables.items()))
+
+
+@local.command("gcloud")
+@data_option
+@click.option("--activate", is_flag=True, help="Also make it gcloud's active configuration.")
+def gcloud_config(data: str | None, activate: bool) -> None:
+    """Point a gcloud configuration named `localcloud` at localcloud (created or updated;
+    the active configuration stays as it is unless --activate)."""
+    from orch import gcloud
+
+    config = _config(data)
+    state = _state(config)
+    addresses = state["addresses"] if state else {}
+    env = state["env"] if state else config.client_env()
+    values = gcloud.properties(
+        addresses.get("http", config.http_url),
+        addresses.get("storage", f"http://{config.storage_address}"),
+        env.get("GOOGLE_CLOUD_PROJECT", config.project),
+        config.region,
+    )
+    try:
+        written = gcloud.write(values, activate=activate)
+    except (gcloud.GcloudError, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if state is None:
+        click.echo(f"localcloud is not running on {config.data_dir}; its ports from the settings")
+    click.echo(f"gcloud configuration '{gcloud.NAME}' written to {written.path}")
+    if written.active == gcloud.NAME:
+        click.echo("it is the active configuration: plain `gcloud ...` uses localcloud")
+    else:
+        click.echo(
+            f"the active configuration is still '{written.active}'; use localcloud with\n"
+            f"  gcloud --configuration={gcloud.NAME} run services list\n"
+            f"or for this shell:  export CLOUDSDK_ACTIVE_CONFIG_NAME={gcloud.NAME}\n"
+            f"or for every shell: gcloud config configurations activate {gcloud.NAME}"
+        )
+    if not written.verified:
+        click.echo("gcloud is not installed here: the configuration was not checked by gcloud")
 
 
 @local.command()
