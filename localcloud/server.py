@@ -79,7 +79,10 @@ class LocalCloud:
         self.policies = PolicyStore(self.db, domain_restricted=cfg.org_policy_domain_restricted)
         self.accounts = AccountStore(self.db)
         self.authz = authz.Authorizer(
-            self.policies.get, default_project=cfg.project, custom_role=self.accounts.role
+            self.policies.get,
+            default_project=cfg.project,
+            custom_role=self.accounts.role,
+            generation=self.policies.generation,
         )
         self.policies.default = self.authz.default_policy
         self.policies.grantable = self.authz.check_grantable

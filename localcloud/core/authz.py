@@ -390,12 +390,26 @@ def denied(member: str, permission: str, resource: str) -> Denied:
 PolicyOf = Callable[[str], policy_pb2.Policy]
 
 
+DECISIONS = 65_536  # remembered (member, permission, resource) answers; all dropped when full
+
+
 class Authorizer:
     """Evaluates the policies of a resource and its ancestors for a member.
 
     ``policy_of`` reads a resource's effective policy (stored, or its default);
     ``custom_role`` resolves ``projects/P/roles/ID``; ``bucket_project`` says which project
     holds a bucket (the storage service knows; by default the default project).
+
+    Every call is checked, so answers are remembered per (member, permission, resource)
+    when ``generation`` is given: a number its policy source (``core/iam.py``'s
+    ``PolicyStore``) changes whenever any policy is set or forgotten (a resource deleted).
+    A changed number, or another local user, drops every remembered answer before the next
+    check, so a grant or a revocation holds from the very next call. An answer is not
+    remembered when it read something that changes without a policy changing: a custom
+    role (its permissions change through the IAM Admin API) or a bucket not yet made (its
+    project is not known until it is). Everything else an answer reads is fixed: the
+    predefined roles, the members' rules, the conditions' resource attributes. Without
+    ``generation`` (a caller passing policies of its own) nothing is remembered.
     """
 
     def __init__(
@@ -405,12 +419,16 @@ class Authorizer:
         default_project: str = "local-project",
         custom_role: Callable[[str], Role | None] | None = None,
         bucket_project: Callable[[str], str | None] | None = None,
+        generation: Callable[[], int] | None = None,
     ) -> None:
         self.policy_of = policy_of
         self.default_project = default_project
         self.custom_role = custom_role or (lambda name: None)
         self.bucket_project = bucket_project or (lambda bucket: None)
+        self.generation = generation
         self._unsupported_logged: set[str] = set()
+        self._decisions: dict[tuple[str, str, str], bool] = {}
+        self._stamp: tuple[int, str] | None = None  # what the remembered answers hold for
 
     # -- roles
 
@@ -521,12 +539,44 @@ class Authorizer:
 
     def permitted(self, member: str, permissions: Iterable[str], resource: str) -> set[str]:
         """The subset of ``permissions`` that ``member`` holds on ``resource``."""
-        wanted = set(permissions)
+        if self.generation is None:
+            return self._evaluate(member, set(permissions), resource)[0]
+        stamp = (self.generation(), identity.local_user())
+        if stamp != self._stamp:
+            self._decisions.clear()
+            self._stamp = stamp
+        decisions = self._decisions
         held: set[str] = set()
+        unknown: set[str] = set()
+        for permission in permissions:
+            known = decisions.get((member, permission, resource))
+            if known is None:
+                unknown.add(permission)
+            elif known:
+                held.add(permission)
+        if not unknown:
+            return held
+        found, lasting = self._evaluate(member, unknown, resource)
+        # Kept only if nothing changed while it was worked out (a thread's check racing a
+        # SetIamPolicy on the loop must not keep an answer from before it).
+        if lasting and (self.generation(), identity.local_user()) == stamp:
+            if len(decisions) + len(unknown) > DECISIONS:
+                decisions.clear()
+            for permission in unknown:
+                decisions[(member, permission, resource)] = permission in found
+        return held | found
+
+    def _evaluate(self, member: str, wanted: set[str], resource: str) -> tuple[set[str], bool]:
+        """The subset of ``wanted`` held, read from the policies; and whether that answer
+        lasts until a policy changes (see the class's docstring)."""
+        held: set[str] = set()
+        lasting = self._bucket_known(resource)
         for holder in self.hierarchy(resource):
             for binding in self.policy_of(holder).bindings:
                 if not (wanted - held):
-                    return held
+                    return held, lasting
+                if not binding.role.startswith("roles/"):
+                    lasting = False  # a custom role: its permissions may change
                 role = self.role(binding.role)
                 if role is None or role.deleted or not (role.permissions & (wanted - held)):
                     continue
@@ -534,7 +584,15 @@ class Authorizer:
                     continue
                 if self._holds(binding, resource):
                     held |= role.permissions & wanted
-        return held
+        return held, lasting
+
+    def _bucket_known(self, resource: str) -> bool:
+        """False for a bucket (or its object) not made yet: which project's policy it
+        inherits is not known until it is (made in another project, it inherits that)."""
+        parts = _strip(resource).split("/", 4)
+        if len(parts) >= 4 and parts[:3] == ["projects", "_", "buckets"]:
+            return self.bucket_project(parts[3]) is not None
+        return True
 
     def check(self, member: str, permission: str, resource: str) -> None:
         """PERMISSION_DENIED in the service's words unless ``member`` holds ``permission``."""

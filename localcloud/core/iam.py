@@ -72,6 +72,14 @@ class PolicyStore:
         self._policies: ProtoTable[str, policy_pb2.Policy] = ProtoTable(
             db, "iam_policies", policy_pb2.Policy, key="resource", key_of=None
         )
+        # Changed by every set and forget: the authorizer remembers answers until it changes.
+        self._generation = 0
+
+    def generation(self) -> int:
+        """A number that changes whenever a policy may have: a policy set, or forgotten
+        with its resource (even one never set: a bucket made again may be another
+        project's). ``core/authz.py`` remembers its answers for as long as it stays."""
+        return self._generation
 
     def get(self, resource: str) -> policy_pb2.Policy:
         policy = self._policies.get(resource)
@@ -108,12 +116,22 @@ class PolicyStore:
         stored.CopyFrom(policy)
         stored.version = stored.version or 1
         stored.etag = _etag(stored)
-        await self._policies.put(stored, key=resource)
+        # Changed before the write (which changes memory before its first await) and after
+        # it (a failed write puts memory back as it was).
+        self._generation += 1
+        try:
+            await self._policies.put(stored, key=resource)
+        finally:
+            self._generation += 1
         return stored
 
     async def forget(self, resource: str) -> None:
-        if resource in self._policies:
-            await self._policies.delete(resource)
+        self._generation += 1
+        try:
+            if resource in self._policies:
+                await self._policies.delete(resource)
+        finally:
+            self._generation += 1
 
     def members_with(self, resource: str, role: str) -> frozenset[str]:
         return frozenset(

@@ -151,24 +151,45 @@ def service_account_resource(account: str) -> str:
 
 def _field(request: Any, path: str) -> str:
     value: Any = request
-    for part in path.split("."):
+    for part in _path(path):
         value = getattr(value, part, None)
         if value is None:
             return ""
     return value if isinstance(value, str) else ""
 
 
-def _fill(template: str, request: Any) -> str | None:
-    out: list[str] = []
+@cache
+def _path(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
+
+
+@cache
+def _template(template: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A resource template's literal parts and the fields between them, read once (every
+    call fills one)."""
+    literals: list[str] = []
+    fields: list[str] = []
     rest = template
     while "{" in rest:
         head, _, tail = rest.partition("{")
         name, _, rest = tail.partition("}")
+        literals.append(head)
+        fields.append(name)
+    literals.append(rest)
+    return tuple(literals), tuple(fields)
+
+
+def _fill(template: str, request: Any) -> str | None:
+    literals, fields = _template(template)
+    if len(fields) == 1 and not literals[0] and not literals[1]:
+        return _field(request, fields[0]) or None  # "{topic}": most templates
+    out: list[str] = []
+    for head, name in zip(literals, fields, strict=False):
         value = _field(request, name)
         if not value:
             return None
         out += [head, value]
-    out.append(rest)
+    out.append(literals[-1])
     return "".join(out)
 
 
@@ -176,8 +197,11 @@ def _resource(check: Check, request: Any) -> str | None:
     """The resource a check is made on, or None when the request leaves its fields unset
     (Seek to a time names no snapshot; a Cloud Build request gives ``parent`` or
     ``project_id``; a request naming neither is refused by validation or its handler)."""
-    name = next((r for r in (_fill(t, request) for t in check.resource) if r), None)
-    if name is None:
+    for template in check.resource:
+        name = _fill(template, request)
+        if name:
+            break
+    else:
         return None
     if check.on == "project":
         parts = name.split("/")
@@ -189,6 +213,8 @@ def scope(name: str) -> str:
     """The resource a wildcard name is checked on: ``projects/P/locations/-`` lists across
     locations, so the project's policy decides, as on Google (a collection's ``-`` is
     "every one", https://google.aip.dev/159)."""
+    if "/-" not in name:
+        return name  # no wildcard: most names
     parts = name.split("/")
     for i in range(3, len(parts), 2):
         if parts[i] == "-":
