@@ -43,6 +43,7 @@ SOURCES = [
     "google/iam/admin/v1/iam.proto",
     "google/cloud/resourcemanager/v3/projects.proto",
     "google/devtools/artifactregistry/v1/service.proto",
+    "google/cloud/functions/v2/functions.proto",
     "google/cloud/common_resources.proto",
 ]
 PACKAGES = (
@@ -57,6 +58,7 @@ PACKAGES = (
     "google.iam.admin.v1",
     "google.cloud.resourcemanager.v3",
     "google.devtools.artifactregistry.v1",
+    "google.cloud.functions.v2",
 )
 OUT = Path(__file__).with_name("api_annotations.json")
 
