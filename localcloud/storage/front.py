@@ -33,6 +33,8 @@ why this design):
   policy store, so a bucket grant in Terraform's shape is what the front enforces.
 - **errors**: Google's JSON error shape; a backend message is never passed on when it
   could show a host path or an encoded name.
+- **signed URLs** (``signed.py``) that localcloud's services hand out: an XML API PUT,
+  GET or HEAD carrying a valid signature is served as its signer, without IAM.
 - Only routes the front knows reach the backend: batch requests, XML API uploads and
   listings, and fake-gcs-server's ``/_internal`` endpoints are refused.
 """
