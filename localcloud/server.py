@@ -32,6 +32,10 @@ from localcloud.core.wire import ServiceHandler
 from localcloud.eventarc.router import EventRouter
 from localcloud.eventarc.service import EventarcService
 from localcloud.eventarc.store import TriggerStore
+from localcloud.functions.engine import Functions
+from localcloud.functions.service import FunctionService
+from localcloud.functions.sources import Sources
+from localcloud.functions.store import FunctionStore
 from localcloud.iam.projects import ProjectsService
 from localcloud.iam.service import IamAdminService
 from localcloud.iam.store import AccountStore
@@ -128,6 +132,11 @@ class LocalCloud:
         await self.parts.start("cloud run", self.controller)
         self.router = EventRouter(cfg, self.triggers, self.operations, self.pubsub, self.controller)
         await self.parts.start("eventarc", self.router)
+        self.functions = Functions(
+            cfg, FunctionStore(self.db), self.operations, self.builder, self.controller,
+            self.router, self.repositories, Sources(cfg, session),
+        )  # fmt: skip
+        await self.parts.start("cloud functions", self.functions)
         engines = Engines(self.pubsub, self.builder, self.controller, self.operations)
         self.workflows = WorkflowsEngine(
             self.workflow_store, self.operations, Runtime(session, self.issuer, engines)
@@ -180,6 +189,7 @@ class LocalCloud:
             ProjectsService(self.policies, self.config.project).handler(),
             IamAdminService(self.accounts, self.policies).handler(),
             RepositoriesService(self.repositories, self.operations, self.policies).handler(),
+            FunctionService(self.functions).handler(),
         ]
 
     def _metadata_caller(self, request: web.Request) -> Identity:

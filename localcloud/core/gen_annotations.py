@@ -52,6 +52,7 @@ SOURCES = [
     "google/iam/admin/v1/iam.proto",
     "google/cloud/resourcemanager/v3/projects.proto",
     "google/devtools/artifactregistry/v1/service.proto",
+    "google/cloud/functions/v2/functions.proto",
     "google/cloud/common_resources.proto",
 ]
 PACKAGES = (
@@ -66,6 +67,7 @@ PACKAGES = (
     "google.iam.admin.v1",
     "google.cloud.resourcemanager.v3",
     "google.devtools.artifactregistry.v1",
+    "google.cloud.functions.v2",
 )
 # The service configurations whose ``http: rules:`` bind the mixins under each API's paths.
 YAMLS = [

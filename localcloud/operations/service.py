@@ -18,6 +18,7 @@ OWNERS = (
     ("google.cloud.eventarc.", "eventarc"),
     ("google.cloud.workflows.", "workflows"),
     ("google.devtools.cloudbuild.", "cloudbuild"),
+    ("google.cloud.functions.", "cloudfunctions"),
 )
 
 

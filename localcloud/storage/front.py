@@ -33,6 +33,8 @@ why this design):
   policy store, so a bucket grant in Terraform's shape is what the front enforces.
 - **errors**: Google's JSON error shape; a backend message is never passed on when it
   could show a host path or an encoded name.
+- **signed URLs** (``signed.py``) that localcloud's services hand out: an XML API PUT,
+  GET or HEAD carrying a valid signature is served as its signer, without IAM.
 - Only routes the front knows reach the backend: batch requests, XML API uploads and
   listings, and fake-gcs-server's ``/_internal`` endpoints are refused.
 """
@@ -65,7 +67,7 @@ from localcloud.core.errors import Unauthenticated
 from localcloud.core.hops import HOP_BY_HOP
 from localcloud.core.iam import PolicyStore
 from localcloud.core.projects import project_number
-from localcloud.storage import buckets, gcs, iam, layout
+from localcloud.storage import buckets, gcs, iam, layout, signed
 from localcloud.storage.names import (
     StorageError,
     check_bucket_name,
@@ -212,6 +214,8 @@ class StorageFront:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
             route = parse_route(request.method, request.raw_path.split("?", 1)[0])
+            if signed.is_signed(request.query) and route.kind in ("download", "unsupported"):
+                return await self._signed(request)
             if self.policies is not None:
                 request["member"] = identity.resolve_http(request)
                 permissions.audit_request(request["member"], "Authorization" in request.headers)
@@ -276,6 +280,43 @@ class StorageFront:
                 member, "storage.objects.get", iam.object_resource(route.bucket, route.name)
             )
         # compose and uploads: in their handlers, which know every name involved.
+
+    async def _signed(self, request: web.Request) -> web.StreamResponse:
+        """A request on a signed URL (``signed.py``): served as the signer once the
+        signature holds, whoever sends it; a PUT writes the object, a GET or HEAD reads it."""
+        path = request.raw_path.split("?", 1)[0]
+        bucket, _, raw_name = path.lstrip("/").partition("/")
+        name = unquote(raw_name, errors="surrogateescape")
+        check_bucket_name(bucket)
+        check_object_name(name)
+        method = request.method
+        content_type = request.headers.get("Content-Type", "") if method == "PUT" else ""
+        try:
+            if method not in ("PUT", "GET", "HEAD"):
+                raise signed.Refusal(405, "MethodNotAllowed", f"{method} on a signed URL")
+            signed.verify(self.config.data_dir, method, content_type, bucket, name, request.query)
+        except signed.Refusal as refusal:
+            return web.Response(
+                status=refusal.status, text=refusal.xml(), content_type="application/xml"
+            )
+        if method != "PUT":
+            return await self._download(request, bucket, name)
+        body = await _read_body(request)
+        assert self.session is not None
+        async with self._locks.hold(bucket, name):
+            url = self._url(
+                ["upload", "storage", "v1", "b", bucket, "o"],
+                {"uploadType": "media", "name": layout.encode(name)},
+            )
+            headers = {"Content-Type": content_type or "application/octet-stream"}
+            async with self.session.post(url, data=body, headers=headers) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise _backend_error(resp.status, raw, bucket, name)
+            document = _present(json.loads(raw), _base(request))
+            await self._announce(document)
+        # The XML API answers a PUT with an empty 200 and the object's ETag.
+        return web.Response(status=200, headers={"ETag": f'"{document.get("etag", "")}"'})
 
     async def _may_write(self, request: web.Request, bucket: str, name: str) -> None:
         """``storage.objects.create`` on the object written, and ``storage.objects.delete``

@@ -236,6 +236,15 @@ class Clients:
         return self._grpc(eventarc_v1.EventarcClient, EventarcGrpcTransport)
 
     @cached_property
+    def functions(self) -> Any:
+        from google.cloud import functions_v2
+        from google.cloud.functions_v2.services.function_service.transports import (
+            FunctionServiceGrpcTransport,
+        )
+
+        return self._grpc(functions_v2.FunctionServiceClient, FunctionServiceGrpcTransport)
+
+    @cached_property
     def workflows(self) -> Any:
         from google.cloud import workflows_v1
         from google.cloud.workflows_v1.services.workflows.transports import WorkflowsGrpcTransport

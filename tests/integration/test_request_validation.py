@@ -57,6 +57,7 @@ SERVICER_MODULES = [
     "localcloud.iam.service",
     "localcloud.iam.projects",
     "localcloud.artifactregistry.service",
+    "localcloud.functions.service",
 ]
 PROJECT = "strict-project"  # apart from every other suite's resources
 BAD_NAME = "not-a-resource-name"
@@ -374,6 +375,7 @@ def test_the_table_covers_every_service():
         "google.iam.admin.v1.IAM",
         "google.cloud.resourcemanager.v3.Projects",
         "google.devtools.artifactregistry.v1.ArtifactRegistry",
+        "google.cloud.functions.v2.FunctionService",
     }
     assert len(REQUIRED_CASES) > 50 and len(NAME_CASES) > 40
 
