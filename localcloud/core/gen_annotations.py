@@ -80,6 +80,7 @@ YAMLS = [
     "google/iam/admin/v1/iam.yaml",
     "google/cloud/resourcemanager/v3/cloudresourcemanager_v3.yaml",
     "google/devtools/artifactregistry/v1/artifactregistry_v1.yaml",
+    "google/cloud/functions/v2/cloudfunctions_v2.yaml",
 ]
 VERBS = ("get", "put", "post", "delete", "patch")
 OUT = Path(__file__).with_name("api_annotations.json")
