@@ -274,9 +274,17 @@ def _record(
 
 
 def _fail(ctx: Context, dep_id: str, service: str, source: Source, code: str, message: str) -> None:
-    """Record and report a deployment refused at intake; nothing is started."""
-    _record(ctx, dep_id, service, source, "failed", error={"code": code, "message": message})
+    """Report and record a deployment refused at intake; nothing is started.
+
+    Reported first: a failure that cannot be published (the intake's account may not
+    publish to the status topic) leaves the claim unfinished, so the delivery is retried
+    and finally dead-lettered instead of acknowledged as reported. A claim that cannot be
+    recorded (the account may not write the records) does not stop the report."""
     _publish(ctx, dep_id, service, source, "failed", message, code)
+    try:
+        _record(ctx, dep_id, service, source, "failed", error={"code": code, "message": message})
+    except exceptions.Forbidden as exc:
+        LOG.error("deployment %s: its failure is reported but not recorded: %s", dep_id, exc)
 
 
 def _publish(
@@ -344,7 +352,10 @@ def _whatever_happens(ctx: Context, dep_id: str, source: Source) -> Iterator[Non
     except Exception as exc:
         LOG.exception("intake of %s failed unexpectedly", source.uri())
         reason = clip(f"the intake failed unexpectedly: {type(exc).__name__}: {exc}", 500)
-        found = ctx.records.read(claim_name(dep_id))
+        try:
+            found = ctx.records.read(claim_name(dep_id))
+        except exceptions.Forbidden:  # the records are what is refused: report it anyway
+            found = None
         if found is not None and found[0].get("state") != "claimed":
             return  # already reported (accepted or failed): nothing more to say
         _fail(ctx, dep_id, "", source, "INTERNAL", reason)

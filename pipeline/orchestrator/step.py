@@ -213,7 +213,64 @@ def run(
     meanwhile finished, saved and released, or a deployment whose lock was taken over as
     stale) returns the result saved by then, or fails LOCK_LOST, and never deploys this
     deployment's revision or applies its manifest over the next one's.
+
+    A call the step's own account is refused outside ``work`` (reading or saving its records,
+    publishing its status events: a grant is missing) is final too: retrying cannot grant
+    it, and a 500 would have the workflow retry for a minute before reporting a bare HTTP
+    error. The step answers INTERNAL naming the refused permission, and reports and records
+    it wherever it still may.
     """
+    try:
+        return _run(
+            step,
+            body,
+            work,
+            announce=announce,
+            release_on_failure=release_on_failure,
+            release_on_success=release_on_success,
+            under_lock=under_lock,
+        )
+    except exceptions.Forbidden as exc:  # PermissionDenied (gRPC) is a Forbidden too
+        return _refused(step, body, exc, release_on_failure)
+
+
+def _refused(
+    step: str, body: Any, exc: exceptions.Forbidden, release: bool
+) -> tuple[dict[str, Any], int]:
+    """The final answer of a step whose account was refused a call of its own plumbing."""
+    LOG.error("%s: the step's account was refused: %s", step, exc.message)
+    ctx = context()
+    deployment = Deployment.from_request(body)  # it parsed before anything was called
+    error = {"code": "INTERNAL", "message": f"the {step} step failed: {exc.message}"}
+
+    def save() -> None:
+        ctx.records.save_step(deployment.deployment_id, step, {"error": error, "details": {}})
+
+    def report() -> None:
+        ctx.publish(deployment, step, "failed", error["message"], code=error["code"])
+
+    def unlock() -> None:
+        if release:
+            ctx.records.release(deployment.service, deployment.deployment_id)
+
+    for attempt in (save, report, unlock):
+        try:
+            attempt()
+        except Exception as also:  # what is refused too is refused: the answer still goes
+            LOG.error("%s: %s", step, also)
+    return {"ok": False, "error": error}, 200
+
+
+def _run(
+    step: str,
+    body: Any,
+    work: Callable[[Context, Deployment], dict[str, Any]],
+    *,
+    announce: str | None,
+    release_on_failure: bool,
+    release_on_success: bool,
+    under_lock: bool,
+) -> tuple[dict[str, Any], int]:
     ctx = context()
     try:
         deployment = Deployment.from_request(body)
