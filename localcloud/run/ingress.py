@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from localcloud.core import authz
 from localcloud.core.oidc import InvalidToken, Issuer, owner_email
 from localcloud.run import sandbox
 from localcloud.run.autoscaler import Overloaded, StartFailed
@@ -32,6 +33,7 @@ from localcloud.run.images import ImageError
 
 LOG = logging.getLogger(__name__)
 INVOKER = "roles/run.invoker"
+INVOKE = "run.routes.invoke"
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -155,8 +157,10 @@ class Ingress:
         email = claims.get("email", "")
         if email == owner_email(self.controller.config.project):
             return None  # the project's owner (the metadata identity) may invoke any service
-        allowed = {f"serviceAccount:{email}", f"user:{email}", "allAuthenticatedUsers"}
-        if members & allowed:
+        # run.routes.invoke through the whole hierarchy, as Google checks it: a grant on the
+        # project reaches every service (https://cloud.google.com/run/docs/securing/managing-access).
+        kind = "serviceAccount" if email.endswith(".gserviceaccount.com") else "user"
+        if authz.permitted(f"{kind}:{email}", (INVOKE,), svc.name):
             return None
         return web.Response(status=403, text=f"Forbidden: {email} may not invoke {svc.name}\n")
 

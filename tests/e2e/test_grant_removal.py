@@ -66,10 +66,6 @@ BUILDER_AS_LOCALCLOUD = (
     "localcloud's builder reads the source and writes the build log as localcloud itself, "
     "not as the build's account"
 )
-INGRESS_PROJECT = (
-    "localcloud's Cloud Run ingress honours only the service's own run.invoker bindings, "
-    "not the project's (Google grants run.routes.invoke on every service of the project)"
-)
 
 
 @dataclass(frozen=True)
@@ -240,13 +236,11 @@ ROWS: dict[str, Row] = {
         "upload",
         UNNEEDED,
         note="redundant while `account:trigger roles/run.invoker project` stands",
-        xfail=INGRESS_PROJECT,
     ),
     "account:trigger roles/run.invoker service:on-deploy-request": Row(
         "request",
         UNNEEDED,
         note="redundant while `account:trigger roles/run.invoker project` stands",
-        xfail=INGRESS_PROJECT,
     ),
     "account:trigger roles/run.invoker project": Row(
         "triggers",
