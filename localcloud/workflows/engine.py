@@ -305,7 +305,7 @@ class WorkflowsEngine:
         return Interpreter(
             parsed,
             self.runtime.functions(self._env(workflow, execution)),
-            self.runtime.blocking(account),
+            self.runtime.blocking(account, account if workflow.service_account else ""),
             log,
             saved=saved,
             save=save,

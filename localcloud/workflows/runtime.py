@@ -23,7 +23,9 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from google.protobuf import json_format
 
+from localcloud.core import authz, identity, permissions
 from localcloud.core.errors import GoogleError, InvalidArgument, as_google_error
+from localcloud.core.permissions import ACT_AS, service_account_resource
 from localcloud.workflows.expr import WorkflowError
 from localcloud.workflows.interpreter import DEFAULT_RETRY, NON_IDEMPOTENT, Interpreter
 
@@ -97,7 +99,12 @@ class Runtime:
         funcs.setdefault("retry.never", lambda e: False)
         return funcs
 
-    def blocking(self, service_account: str) -> dict[str, Any]:
+    def blocking(self, service_account: str, acting_as: str = "") -> dict[str, Any]:
+        """The blocking calls of an execution whose workflow runs as ``service_account``
+        (the account its OIDC tokens are for). With ``acting_as`` (the workflow names its
+        account), connectors call the APIs as that account, each call held to the
+        permission the API's own method needs, as Google's connectors do
+        (https://cloud.google.com/workflows/docs/connectors#permissions)."""
         calls: dict[str, Any] = {
             "sys.sleep": _sleep,
             "sys.log": _log,
@@ -107,13 +114,17 @@ class Runtime:
             calls[f"http.{name}"] = lambda it, args, method=method: self.http(
                 it, args, method, service_account
             )
-        calls["googleapis.pubsub.v1.projects.topics.publish"] = self.pubsub_publish
-        calls["googleapis.cloudbuild.v1.projects.builds.create"] = self.build_create
-        calls["googleapis.cloudbuild.v1.projects.builds.get"] = self.build_get
-        calls["googleapis.run.v2.projects.locations.services.create"] = self.run_create
-        calls["googleapis.run.v2.projects.locations.services.patch"] = self.run_patch
-        calls["googleapis.run.v2.projects.locations.services.get"] = self.run_get
-        calls["googleapis.run.v2.projects.locations.services.delete"] = self.run_delete
+        connectors = {
+            "googleapis.pubsub.v1.projects.topics.publish": self.pubsub_publish,
+            "googleapis.cloudbuild.v1.projects.builds.create": self.build_create,
+            "googleapis.cloudbuild.v1.projects.builds.get": self.build_get,
+            "googleapis.run.v2.projects.locations.services.create": self.run_create,
+            "googleapis.run.v2.projects.locations.services.patch": self.run_patch,
+            "googleapis.run.v2.projects.locations.services.get": self.run_get,
+            "googleapis.run.v2.projects.locations.services.delete": self.run_delete,
+        }
+        for name, connector in connectors.items():
+            calls[name] = _acting(connector, CONNECTOR_PERMISSIONS[name], acting_as)
         return calls
 
     # -- http -------------------------------------------------------------------------
@@ -292,6 +303,88 @@ class Runtime:
 
     async def run_delete(self, it: Interpreter, args: dict[str, Any]) -> Any:
         return await self._run_op(self.services.controller.delete(args["name"], "", False))
+
+
+def _publish_needs(args: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("pubsub.topics.publish", str(args.get("topic") or ""))]
+
+
+def _build_create_needs(args: dict[str, Any]) -> list[tuple[str, str]]:
+    project = str(args.get("projectId") or "")
+    needs = [("cloudbuild.builds.create", f"projects/{project}")]
+    account = ((args.get("body") or {}).get("serviceAccount")) or ""
+    if account:
+        needs.append((ACT_AS, service_account_resource(account)))
+    return needs
+
+
+def _build_get_needs(args: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("cloudbuild.builds.get", f"projects/{args.get('projectId') or ''}")]
+
+
+def _run_needs(permission: str, field: str) -> Callable[[dict[str, Any]], list[tuple[str, str]]]:
+    def needs(args: dict[str, Any]) -> list[tuple[str, str]]:
+        found = [(permission, str(args.get(field) or ""))]
+        account = ((args.get("body") or {}).get("template") or {}).get("serviceAccount") or ""
+        if account and permission != "run.services.get":
+            found.append((ACT_AS, service_account_resource(account)))
+        return found
+
+    return needs
+
+
+# What each connector's call needs: the permissions of the API method it calls
+# (core/permissions.json names the same for the gRPC methods).
+CONNECTOR_PERMISSIONS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
+    "googleapis.pubsub.v1.projects.topics.publish": _publish_needs,
+    "googleapis.cloudbuild.v1.projects.builds.create": _build_create_needs,
+    "googleapis.cloudbuild.v1.projects.builds.get": _build_get_needs,
+    "googleapis.run.v2.projects.locations.services.create": _run_needs(
+        "run.services.create", "parent"
+    ),
+    "googleapis.run.v2.projects.locations.services.patch": _run_needs(
+        "run.services.update", "name"
+    ),
+    "googleapis.run.v2.projects.locations.services.get": _run_needs("run.services.get", "name"),
+    "googleapis.run.v2.projects.locations.services.delete": _run_needs(
+        "run.services.delete", "name"
+    ),
+}
+
+
+def _acting(
+    connector: Callable[[Interpreter, dict[str, Any]], Any],
+    needs: Callable[[dict[str, Any]], list[tuple[str, str]]],
+    account: str,
+) -> Callable[[Interpreter, dict[str, Any]], Any]:
+    """``connector`` called as ``account`` (an email; none: unchecked, the account the
+    workflow runs as by default is the project's editor), refused with the API's
+    PERMISSION_DENIED, raised as the connector's HttpError 403."""
+    if not account:
+        return connector
+    member = f"serviceAccount:{account}"
+
+    async def call(it: Interpreter, args: dict[str, Any]) -> Any:
+        if permissions.checking() and _authorizing():
+            try:
+                for permission, resource in needs(args):
+                    authz.check(member, permission, resource)
+            except GoogleError as exc:
+                raise _as_error(exc) from None
+        with identity.serving(member):
+            return await connector(it, args)
+
+    return call
+
+
+def _authorizing() -> bool:
+    """Whether the server installed an authorizer (a test running workflows on their own
+    may not: its connectors are unchecked, as its gRPC calls are)."""
+    try:
+        authz.authorizer()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _as_error(exc: Exception) -> WorkflowError:

@@ -215,8 +215,6 @@ ROWS: dict[str, Row] = {
         "upload",
         EXECUTION_FAILS,
         permission="pubsub.topics.publish",
-        xfail="localcloud's Workflows connectors call Pub/Sub as localcloud itself, not as "
-        "the workflow's account",
     ),
     "account:workflow roles/logging.logWriter project": Row(
         "",
