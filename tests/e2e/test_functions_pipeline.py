@@ -56,6 +56,7 @@ def test_a_zip_with_api_functions_is_deployed_updated_and_kept_through_a_failed_
     assert run_service.labels["goog-managed-by"] == "cloudfunctions"
     assert run_service.latest_ready_revision.endswith(final.details["revision"])
     assert "/gcf-artifacts/" in final.details["image"] and "@sha256:" in final.details["image"]
+    assert final.details["api"] == "functions"
 
     second, _ = pipeline.upload(_source(service, "two"), f"{service}.zip")
     events = pipeline.wait(second, timeout=180)

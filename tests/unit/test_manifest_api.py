@@ -154,7 +154,5 @@ def test_the_function_carries_the_manifest():
     )
     assert pubsub.event_trigger.pubsub_topic == "projects/proj/topics/topic1"
     assert pubsub.event_trigger.trigger_region == "us-central1"
-    assert "event_trigger" not in functions_v2.Function.to_dict(
-        function(Context(settings), _deployment(FUNCTION), None),
-        including_default_value_fields=False,
-    )
+    http = function(Context(settings), _deployment(FUNCTION), None)
+    assert not functions_v2.Function.pb(http).HasField("event_trigger")
