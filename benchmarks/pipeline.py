@@ -37,6 +37,13 @@ run, on the same localcloud:
 
 Overhead = (total - (build + push + start)) / total, per deploy, median. Every wait is
 bounded; the localcloud started here is stopped at the end.
+
+Then the two deploy APIs side by side (``api: run`` and ``api: functions``): the same
+no-dependency function as two services, deployed alternately (run, functions, run, ...),
+each deploy changing the source, timed the same way (upload returned → first answer with
+the new text); one warm-up deploy each (it creates the service, and the function's
+``gcf-artifacts`` repository) is not counted. Target: the Functions API path's p50 within
+20% of the Cloud Run path's.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ from orchestrator.manifest import deployment_id
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello"
 P50_TARGET_S = 3.0  # the no-dependency function, upload returned → new content answered
+FUNCTIONS_RATIO_TARGET = 1.2  # api: functions p50 / api: run p50, in the same run
 OVERHEAD_TARGET = 0.25  # (total - irreducible work) / total
 POLL = 0.02  # the URL poller's pause between two answers with the old content
 REQUEST_TIMEOUT = 60.0
@@ -82,6 +90,10 @@ PLAIN_MANIFEST = (
     f"service: {PLAIN_SERVICE}\nentry_point: hello\nsignature_type: http\n"
     "allow_unauthenticated: true\n"
 )
+APIS = {
+    "run": "bench-api-run",
+    "functions": "bench-api-functions",
+}
 FUNCTION_ENV = {"GOOGLE_FUNCTION_TARGET": "hello", "GOOGLE_FUNCTION_SIGNATURE_TYPE": "http"}
 CASES = {
     "plain": "no-dependency HTTP function, source changed each deploy",
@@ -207,6 +219,11 @@ class Case:
     def complete(self) -> bool:
         return bool(self.deploys) and all(d.ok and d.work_s is not None for d in self.deploys)
 
+    @property
+    def complete_total(self) -> bool:
+        """Every deploy answered (the API comparison does no direct work)."""
+        return bool(self.deploys) and all(d.ok for d in self.deploys)
+
     def values(self, attr: str) -> list[float]:
         return [v for d in self.ok() if (v := getattr(d, attr)) is not None]
 
@@ -224,6 +241,7 @@ class Case:
 @dataclass
 class PipelineResult:
     cases: dict[str, Case] = field(default_factory=lambda: {k: Case(k) for k in CASES})
+    apis: dict[str, Case] = field(default_factory=lambda: {k: Case(k) for k in APIS})
     provision_s: float | None = None
     errors: list[str] = field(default_factory=list)
     other_cores: float | None = None
@@ -274,6 +292,14 @@ def log_lines(path: Path, digest: str) -> dict[str, float]:
 # -- sources -----------------------------------------------------------------------------
 def plain_files(marker: str) -> dict[str, str]:
     return {"main.py": PLAIN_MAIN.format(marker=marker), "function.yaml": PLAIN_MANIFEST}
+
+
+def api_files(api: str) -> Any:
+    """The no-dependency function as the service deployed through ``api``."""
+    manifest = PLAIN_MANIFEST.replace(PLAIN_SERVICE, APIS[api])
+    if api == "functions":
+        manifest += "api: functions\nruntime: python311\n"
+    return lambda marker: {"main.py": PLAIN_MAIN.format(marker=marker), "function.yaml": manifest}
 
 
 def deps_files(marker: str) -> dict[str, str]:
@@ -332,6 +358,7 @@ class Bench:
                 try:
                     self.provision()
                     self.cases_run()
+                    self.apis_run()
                 finally:
                     run_bench.close(self.clients)
         finally:
@@ -379,6 +406,23 @@ class Bench:
                 else:
                     line += f"FAILED: {d.error}"
                 log(line)
+
+    def apis_run(self) -> None:
+        """Both deploy APIs, alternately, the same function: only the path differs."""
+        for n in range(self.s.warmup + self.s.deploys):
+            counted = n >= self.s.warmup
+            for api in APIS:
+                case = self.result.apis[api]
+                case.service = APIS[api]
+                d = Deploy(n)
+                (case.deploys if counted else case.warmup).append(d)
+                try:
+                    marker = f"v{n:03d}-{uuid.uuid4().hex[:6]}"
+                    self.deploy(case, d, api_files(api)(marker), marker)
+                except Exception as exc:
+                    d.error = d.error or f"{type(exc).__name__}: {exc}"
+                total = "FAILED: " + d.error if not d.ok else f"{d.total_s:.2f} s"
+                log(f"pipeline: api {api} #{n}{'' if counted else ' (warm-up)'}: {total}")
 
     def one(self, case: Case, d: Deploy, files: Any, counted: bool) -> None:
         """One deploy through the pipeline; when counted, the direct work too (the build
@@ -446,6 +490,8 @@ class Bench:
         if ready is not None and ready.last_transition_time:
             d.revision["ready"] = ready.last_transition_time.timestamp() - wall
         digest = d.details.get("push", {}).get("digest", "")
+        if not digest:  # api: functions: push is skipped, the image is the build's
+            return
         for key, line in log_lines(self.data_dir / "logs" / "localcloud.log", digest).items():
             d.revision[key] = line - wall
 
@@ -569,7 +615,44 @@ def rows(r: PipelineResult) -> list[tuple[str, str, float | None, float | None, 
                 None,
             )
         )
+    out.extend(api_rows(r))
     return out
+
+
+def api_rows(
+    r: PipelineResult,
+) -> list[tuple[str, str, float | None, float | None, str, bool | None]]:
+    """api: functions against api: run: p50 and p95 totals, and the judged ratio."""
+    run, fn = r.apis["run"], r.apis["functions"]
+    complete = run.complete_total and fn.complete_total
+    out: list[tuple[str, str, float | None, float | None, str, bool | None]] = []
+    for q, label in ((0.5, "p50"), (0.95, "p95")):
+        out.append(
+            (
+                f"pipeline api: functions total {label} (ref: api: run)",
+                "s",
+                fn.p("total_s", q),
+                run.p("total_s", q),
+                "",
+                None if complete else False,
+            )
+        )
+    ratio = _ratio(fn.p("total_s", 0.5), run.p("total_s", 0.5))
+    out.append(
+        (
+            "pipeline api: functions / api: run, total p50",
+            "x",
+            ratio,
+            None,
+            f"<= {FUNCTIONS_RATIO_TARGET:g}",
+            complete and ratio is not None and ratio <= FUNCTIONS_RATIO_TARGET,
+        )
+    )
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
 
 
 def _add(a: float | None, b: float | None) -> float | None:
@@ -577,7 +660,15 @@ def _add(a: float | None, b: float | None) -> float | None:
 
 
 def passed(r: PipelineResult) -> bool:
-    return not r.errors and all(c.complete for c in r.cases.values())
+    apis = all(c.complete_total for c in r.apis.values())
+    ratio = _ratio(r.apis["functions"].p("total_s", 0.5), r.apis["run"].p("total_s", 0.5))
+    return (
+        not r.errors
+        and all(c.complete for c in r.cases.values())
+        and apis
+        and ratio is not None
+        and ratio <= FUNCTIONS_RATIO_TARGET
+    )
 
 
 def notes(s: PipelineSettings, r: PipelineResult) -> list[str]:
@@ -624,6 +715,24 @@ def notes(s: PipelineSettings, r: PipelineResult) -> list[str]:
         for d in case.warmup + case.deploys:
             if d.error:
                 out.append(f"pipeline {key} #{d.n}: ERROR {d.error}")
+    for api, case in r.apis.items():
+        ok = case.ok()
+        out.append(
+            f"pipeline api: {api} ({case.service}, alternating with the other API): "
+            f"{len(ok)}/{len(case.deploys)} deploys ok; totals (s) "
+            + ", ".join(f"{d.total_s:.2f}" for d in ok)
+            + "; warm-up "
+            + ", ".join("-" if d.total_s is None else f"{d.total_s:.2f}" for d in case.warmup)
+            + "; steps p50 (s): "
+            + "; ".join(
+                f"{label} {v:.3f}"
+                for label in ("build", "push", "deploy", "bind_triggers", "bind_triggers → done")
+                if (v := case.span(label)) is not None
+            )
+        )
+        for d in case.warmup + case.deploys:
+            if d.error:
+                out.append(f"pipeline api: {api} #{d.n}: ERROR {d.error}")
     out.extend(f"pipeline: ERROR {err}" for err in r.errors)
     if r.other_cores is not None and r.other_cores > 0.25:
         out.append(
@@ -692,6 +801,19 @@ def markdown(s: PipelineSettings, r: PipelineResult) -> str:
         f"| {sec(_add(deps.span(SPANS[0][0]), deps.hops()))} | - |"
     )
     lines += ["", *(where_overhead(case) for case in (plain, deps) if case.ok())]
+    run, fn = r.apis["run"], r.apis["functions"]
+    lines += [
+        "",
+        "| Deploy API, the no-dependency function, deployed alternately | p50 | p95 "
+        "| `build` step p50 | `deploy` step p50 | target |",
+        "|---|---:|---:|---:|---:|---|",
+        f"| `api: run` (Cloud Run Admin API) | {sec(run.p('total_s', 0.5))} "
+        f"| {sec(run.p('total_s', 0.95))} | {sec(run.span('build'))} "
+        f"| {sec(run.span('deploy'))} | reference |",
+        f"| `api: functions` (Cloud Functions API v2) | {sec(fn.p('total_s', 0.5))} "
+        f"| {sec(fn.p('total_s', 0.95))} | {sec(fn.span('build'))} "
+        f"| {sec(fn.span('deploy'))} | p50 within 20% of `api: run` |",
+    ]
     lines += [
         "",
         f"{s.deploys} deploys of each, one at a time, after {s.warmup} warm-up deploy each "
@@ -744,10 +866,22 @@ def to_json(s: PipelineSettings, r: PipelineResult) -> dict[str, Any]:
             "deploys": [asdict(d) | {"spans": d.spans()} for d in case.deploys],
             "warmup": [asdict(d) | {"spans": d.spans()} for d in case.warmup],
         }
+    apis = {
+        api: {
+            "service": case.service,
+            "total_p50_s": case.p("total_s", 0.5),
+            "total_p95_s": case.p("total_s", 0.95),
+            "spans_p50_s": {label: case.span(label) for label, *_ in SPANS},
+            "deploys": [asdict(d) | {"spans": d.spans()} for d in case.deploys],
+            "warmup": [asdict(d) | {"spans": d.spans()} for d in case.warmup],
+        }
+        for api, case in r.apis.items()
+    }
     return {
         "settings": asdict(s),
         "provision_s": r.provision_s,
         "cases": cases,
+        "apis": apis,
         "errors": r.errors,
         "other_cores": r.other_cores,
         "seconds": r.seconds,

@@ -499,7 +499,12 @@ class Functions:
         build.source.storage_source.generation = generation
         build.steps.add(name=PACK, entrypoint="pack", args=args)
         if build_config.service_account:
+            # A build with its own account may not log to the default bucket; Cloud
+            # Functions' builds with a user-specified account log to Cloud Logging (the
+            # account needs roles/logging.logWriter for it:
+            # https://cloud.google.com/run/docs/configuring/services/build-service-account).
             build.service_account = build_config.service_account
+            build.options.logging = cb.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY
         try:
             build_op = await self.builder.create(project, region, build)
         except GoogleError as exc:

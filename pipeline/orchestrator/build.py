@@ -2,8 +2,10 @@
 
 It first takes the service's lock, so two deployments of one service never interleave
 their steps: the later one waits (and says so in a status event) until the earlier one
-finishes or its workflow is gone. The build is submitted once per deployment: it is tagged with the deployment id, so a
-retried call after a crash finds it and waits for it instead of building again.
+finishes or its workflow is gone. Then it refuses a service another API manages
+(``functions_api.check_api``). The build is submitted once per deployment: it is tagged with
+the deployment id, so a retried call after a crash finds it and waits for it instead of
+building again. With ``api: functions`` the build is Cloud Functions' (``functions_api``).
 """
 
 from __future__ import annotations
@@ -194,6 +196,11 @@ def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
     except TimeoutError as exc:
         raise StepFailed("TIMEOUT", str(exc)) from None
     ctx.publish(deployment, "build", "running", f"building {deployment.source}")
+    from orchestrator import functions_api  # imports this module
+
+    existing = functions_api.check_api(ctx, deployment)
+    if deployment.manifest.api == "functions":
+        return functions_api.build(ctx, deployment, existing)
 
     build_id = None if first_call else _earlier_build(ctx, deployment)
     if build_id is None:

@@ -87,6 +87,11 @@ def _refused(what: str, exc: exceptions.GoogleAPICallError, previous: str) -> No
 def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
     from google.cloud import run_v2
 
+    if deployment.manifest.api == "functions":
+        from orchestrator import functions_api  # imports this module
+
+        return functions_api.deploy(ctx, deployment)
+
     image = deployment.output("push", "image")
     services = ctx.clients.run_services
     name = ctx.settings.service_path(deployment.service)

@@ -55,6 +55,7 @@ def push(request):
         push_step.work,
         announce="publishing",
         under_lock=True,
+        skip=push_step.skip,
     )
 
 

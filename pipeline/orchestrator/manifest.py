@@ -16,6 +16,14 @@ Choices made here (the design leaves them open):
 - ``runtime`` defaults to ``None``, meaning "the builder's Python", as the design says;
   given, it is one the pinned builder has (``build.BUILDER``), and it pins the Python
   version on Google Cloud too (``GOOGLE_PYTHON_VERSION``).
+- ``api: functions`` deploys through the Cloud Functions API v2 (``functions_api.py``),
+  which asks more of a manifest than Cloud Run does, checked here so the upload is refused
+  before anything is built: a ``runtime`` (CreateFunction requires one), a service name of
+  at least 4 characters (a function id is 4 to 63), at most one trigger (a function has one
+  ``event_trigger``; use ``api: run`` for several), a signature type that matches it
+  (Cloud Functions sets ``GOOGLE_FUNCTION_SIGNATURE_TYPE`` itself: ``cloudevent`` with a
+  trigger, ``http`` without) and, with a trigger, a timeout of at most 540 s (event-driven
+  functions' limit, https://cloud.google.com/functions/docs/configuring/timeout).
 - ``Source.parse`` follows gsutil: a trailing ``#DIGITS`` is the generation; any other ``#``
   is part of the object name.
 """
@@ -55,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "concurrency": 80,
     "timeout_seconds": 300,
     "allow_unauthenticated": False,
+    "api": "run",
 }
 
 # Cloud Run's rule for service names (https://cloud.google.com/run/docs/deploying#service).
@@ -286,6 +295,7 @@ class Manifest:
     timeout_seconds: int
     allow_unauthenticated: bool
     triggers: tuple[Trigger, ...] = ()
+    api: str = "run"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, in the manifest's own shape (valid against the schema)."""
@@ -303,6 +313,8 @@ class Manifest:
         }
         if self.runtime is not None:
             out["runtime"] = self.runtime
+        if self.api != "run":  # the default stays implicit: older records read the same
+            out["api"] = self.api
         return out
 
 
@@ -512,7 +524,8 @@ def resolve(
     """
     validate_manifest(dict(manifest), MANIFEST_NAME)
     validate_manifest(dict(overrides), overrides_origin)
-    merged = {**DEFAULTS, **_merge(manifest, overrides)}
+    given = _merge(manifest, overrides)
+    merged = {**DEFAULTS, **given}
     service = merged.get("service") or service_from_archive(archive_name)
     if not SERVICE_RE.fullmatch(service):  # the schema checked given names; this is belt
         raise ManifestError(f"service: {service!r} is not valid: {SERVICE_RULE}", "service")
@@ -523,10 +536,14 @@ def resolve(
             f"({merged['max_instances']})",
             "min_instances",
         )
+    triggers = tuple(Trigger.from_dict(t) for t in merged.get("triggers") or ())
+    signature_type = merged["signature_type"]
+    if merged["api"] == "functions":
+        signature_type = _functions_rules(merged, given.get("signature_type"), service, triggers)
     return Manifest(
         service=service,
         entry_point=entry_point,
-        signature_type=merged["signature_type"],
+        signature_type=signature_type,
         runtime=merged["runtime"],
         env=dict(merged.get("env") or {}),
         min_instances=merged["min_instances"],
@@ -534,8 +551,55 @@ def resolve(
         concurrency=merged["concurrency"],
         timeout_seconds=merged["timeout_seconds"],
         allow_unauthenticated=merged["allow_unauthenticated"],
-        triggers=tuple(Trigger.from_dict(t) for t in merged.get("triggers") or ()),
+        triggers=triggers,
+        api=merged["api"],
     )
+
+
+# Event-driven functions run 540 s at most (https://cloud.google.com/functions/docs/configuring/timeout).
+FUNCTIONS_EVENT_TIMEOUT = 540
+FUNCTION_ID_MIN = 4  # CreateFunctionRequest.function_id: 4 to 63 characters
+
+
+def _functions_rules(
+    merged: Mapping[str, Any], given: Any, service: str, triggers: tuple[Trigger, ...]
+) -> str:
+    """What ``api: functions`` asks beyond the schema (see the module's docstring); the
+    signature type the function gets. ``given`` is the signature type as written, if it
+    was: the default ``http`` gives way to ``cloudevent`` when there is a trigger."""
+    why = "with api: functions"
+    if not merged.get("runtime"):
+        raise ManifestError(
+            f"runtime: required {why}: the Cloud Functions API builds a function only on a "
+            "named runtime (python310, python311, python312 or python313)",
+            "runtime",
+        )
+    if len(service) < FUNCTION_ID_MIN:
+        raise ManifestError(
+            f"service: {service!r} is too short {why}: a function id has 4 to 63 characters",
+            "service",
+        )
+    if len(triggers) > 1:
+        raise ManifestError(
+            f"triggers: {len(triggers)} triggers; a function deployed {why} has at most one "
+            "(its event_trigger): use api: run for several",
+            "triggers",
+        )
+    wanted = "cloudevent" if triggers else "http"
+    if given is not None and given != wanted:
+        kind = "an event trigger" if triggers else "no trigger"
+        raise ManifestError(
+            f"signature_type: {given!r} does not fit a function {why} with {kind}: Cloud "
+            f"Functions runs it as {wanted!r}",
+            "signature_type",
+        )
+    if triggers and merged["timeout_seconds"] > FUNCTIONS_EVENT_TIMEOUT:
+        raise ManifestError(
+            f"timeout_seconds: {merged['timeout_seconds']} is more than the "
+            f"{FUNCTIONS_EVENT_TIMEOUT} s an event-driven function may run {why}",
+            "timeout_seconds",
+        )
+    return wanted
 
 
 def parse_request(document: Any) -> tuple[Source, dict[str, Any]]:
@@ -573,7 +637,7 @@ def deployment_id(
 
 # --------------------------------------------------------------------------- metadata
 
-_STRING_FIELDS = ("service", "entry_point", "signature_type", "runtime")
+_STRING_FIELDS = ("service", "entry_point", "signature_type", "runtime", "api")
 _INT_FIELDS = ("min_instances", "max_instances", "concurrency", "timeout_seconds")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}

@@ -154,6 +154,15 @@ def publish(
     return counts
 
 
+def skip(ctx: Context, deployment: Deployment) -> dict[str, Any] | None:
+    """The result of a push this deployment does not need (``api: functions``), else None."""
+    if deployment.manifest.api != "functions":
+        return None
+    from orchestrator import functions_api
+
+    return functions_api.push(ctx, deployment)
+
+
 def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
     host, source, digest = split_image(deployment.output("build", "image"))
     target_image = ctx.settings.image(deployment.service)

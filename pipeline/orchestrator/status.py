@@ -33,7 +33,10 @@ from typing import Any
 from orchestrator.bounds import clip, clip_details
 
 STEPS = ("accepted", "build", "push", "deploy", "bind_triggers", "done")
-STATES = ("running", "succeeded", "failed")
+# ``skipped``: a step a deployment does not need (``push`` when Cloud Functions deploys the
+# function: its image never leaves the function's own repository), said so in the stream
+# rather than left out, so a subscriber sees every step of every deployment end.
+STATES = ("running", "succeeded", "skipped", "failed")
 EVENT_TYPE = "dev.orchestrator.deploy.status.v1"
 SOURCE_PREFIX = "//orchestrator/deployments/"
 STATUS_TOPIC = "deploy-status"

@@ -163,7 +163,7 @@ def warm() -> None:
     """
     import google.cloud.pubsub_v1
     import google.cloud.storage  # noqa: F401
-    from google.cloud import eventarc_v1, run_v2  # noqa: F401
+    from google.cloud import eventarc_v1, functions_v2, run_v2  # noqa: F401
     from google.cloud.devtools import cloudbuild_v1  # noqa: F401
     from google.cloud.workflows import executions_v1  # noqa: F401
 
@@ -197,6 +197,7 @@ def run(
     release_on_failure: bool = True,
     release_on_success: bool = False,
     under_lock: bool = False,
+    skip: Callable[[Context, Deployment], dict[str, Any] | None] | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Run one step for the workflow: events, saved result, and the HTTP answer.
 
@@ -219,6 +220,9 @@ def run(
     it, and a 500 would have the workflow retry for a minute before reporting a bare HTTP
     error. The step answers INTERNAL naming the refused permission, and reports and records
     it wherever it still may.
+
+    ``skip`` answers the result of a step this deployment does not need (None when it
+    does): it is saved and reported as one ``skipped`` event, with its ``reason``.
     """
     try:
         return _run(
@@ -229,6 +233,7 @@ def run(
             release_on_failure=release_on_failure,
             release_on_success=release_on_success,
             under_lock=under_lock,
+            skip=skip,
         )
     except exceptions.Forbidden as exc:  # PermissionDenied (gRPC) is a Forbidden too
         return _refused(step, body, exc, release_on_failure)
@@ -270,6 +275,7 @@ def _run(
     release_on_failure: bool,
     release_on_success: bool,
     under_lock: bool,
+    skip: Callable[[Context, Deployment], dict[str, Any] | None] | None,
 ) -> tuple[dict[str, Any], int]:
     ctx = context()
     try:
@@ -287,10 +293,17 @@ def _run(
         return {"ok": False, "error": error, "details": details}, 200
     if saved is not None:
         LOG.info("%s: %s already done; returning its result", deployment.deployment_id, step)
-        ctx.publish(deployment, step, "succeeded", f"{step} already done", details=saved)
+        state = "skipped" if saved.get("skipped") is True else "succeeded"
+        ctx.publish(deployment, step, state, f"{step} already done", details=saved)
         if release_on_success:  # the first call may have died before releasing
             ctx.records.release(deployment.service, deployment.deployment_id)
         return {"ok": True, "result": saved}, 200
+    skipped = skip(ctx, deployment) if skip is not None else None
+    if skipped is not None:
+        ctx.records.save_step(deployment.deployment_id, step, skipped)
+        reason = skipped.get("reason", "")
+        ctx.publish(deployment, step, "skipped", f"skipped: {reason}", details=skipped)
+        return {"ok": True, "result": skipped}, 200
     started = time.monotonic()
     running = None
     try:

@@ -138,6 +138,10 @@ def _create(
 
 
 def work(ctx: Context, deployment: Deployment) -> dict[str, Any]:
+    if deployment.manifest.api == "functions":  # the function's own trigger, its stage
+        from orchestrator import functions_api  # imports this module
+
+        return functions_api.bind_triggers(ctx, deployment)
     eventarc = ctx.clients.eventarc
     project = ctx.settings.project
     wanted = {t.trigger_id(deployment.service): t for t in deployment.manifest.triggers}

@@ -125,7 +125,16 @@ def test_each_message_gets_a_new_id_unless_one_is_given():
 
 def test_steps_and_states_are_the_design_s():
     assert STEPS == ("accepted", "build", "push", "deploy", "bind_triggers", "done")
-    assert STATES == ("running", "succeeded", "failed")
+    # skipped: push, when Cloud Functions deploys the function (api: functions).
+    assert STATES == ("running", "succeeded", "skipped", "failed")
+
+
+def test_a_skipped_step_is_an_event_without_an_error():
+    event = StatusEvent("d-1", "svc", "push", "skipped", "skipped: not needed", details={"a": 1})
+    data, attributes, key = to_message(event)
+    assert attributes["state"] == "skipped" and key == "d-1"
+    assert "error" not in json.loads(data)["data"]
+    assert from_message(data, attributes) == event
 
 
 BAD_EVENTS = [
