@@ -265,8 +265,8 @@ def follow_deployment(
 
 # ------------------------------------------------------------------------ display
 
-ICONS = {"running": "…", "succeeded": "✓", "failed": "✗"}
-STYLES = {"running": "yellow", "succeeded": "green", "failed": "bold red"}
+ICONS = {"running": "…", "succeeded": "✓", "skipped": "–", "failed": "✗"}
+STYLES = {"running": "yellow", "succeeded": "green", "skipped": "dim", "failed": "bold red"}
 
 
 def _parse_time(text: str) -> float | None:
