@@ -7,8 +7,8 @@ only, over HTTP/JSON as Google does
 (https://cloud.google.com/service-usage/docs/reference/rest/v1/services/get and
 ``services:batchGet``): the APIs localcloud serves are ``ENABLED`` in every project, any
 other is ``DISABLED`` (localcloud has no other, and nothing enables one: ``services.enable``
-is not served). The caller needs ``serviceusage.services.get`` on the project
-(``roles/serviceusage.serviceUsageConsumer``, viewers and owners hold it).
+is not served). The caller needs ``serviceusage.services.get`` on the project, which
+Google's basic roles hold (viewer, editor, owner: ``core/roles.json``).
 
 A project is named by id or number (``projects/123`` in Google's examples); the answer names
 it by number, as Google's does (``name: projects/123/services/run.googleapis.com``,

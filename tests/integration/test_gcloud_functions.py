@@ -27,6 +27,7 @@ import pytest
 from click.testing import CliRunner
 from google.api_core import exceptions
 
+from localcloud.core.oidc import Issuer
 from localcloud.core.projects import project_number
 from orch.cli import main
 
@@ -204,3 +205,55 @@ def test_a_topic_triggered_function_receives_a_published_message(
             time.sleep(1)
     finally:
         run_gcloud(gcloud_dir, "functions", "delete", name, f"--region={REGION}", "--quiet")
+
+
+def http_json(url: str, token: str | None = None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers)) as response:
+            return int(response.status), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_service_usage_answers_the_apis_localcloud_serves_as_enabled(localcloud):
+    base = f"{localcloud.config.http_url}/v1/projects/{PROJECT}/services"
+    number = project_number(PROJECT)
+    status, run = http_json(f"{base}/run.googleapis.com")
+    assert status == 200
+    assert run == {
+        "name": f"projects/{number}/services/run.googleapis.com",
+        "parent": f"projects/{number}",
+        "config": {"name": "run.googleapis.com", "title": "Cloud Run Admin API"},
+        "state": "ENABLED",
+    }
+    status, other = http_json(f"{base}/bigquery.googleapis.com")
+    assert (status, other["state"]) == (200, "DISABLED")
+    status, both = http_json(
+        f"{base}:batchGet?names=projects/{PROJECT}/services/cloudbuild.googleapis.com"
+        f"&names=projects/{PROJECT}/services/bigquery.googleapis.com"
+    )
+    assert [s["state"] for s in both["services"]] == ["ENABLED", "DISABLED"]
+    # serviceusage.services.get on the project, as Google asks.
+    issuer = Issuer(localcloud.config.data_dir / "oidc", localcloud.config.http_url)
+    token = issuer.mint_access_token("nobody@example.com")
+    status, error = http_json(f"{base}/run.googleapis.com", token)
+    assert status == 403
+    assert error["error"]["status"] == "PERMISSION_DENIED"
+    assert "serviceusage.services.get" in error["error"]["message"]
+
+
+def test_resource_manager_v1_reads_a_project_as_v3_does(localcloud):
+    status, project = http_json(f"{localcloud.config.http_url}/v1/projects/{PROJECT}")
+    assert status == 200
+    assert project == {
+        "projectNumber": project_number(PROJECT),
+        "projectId": PROJECT,
+        "lifecycleState": "ACTIVE",
+        "name": PROJECT,
+    }
+    issuer = Issuer(localcloud.config.data_dir / "oidc", localcloud.config.http_url)
+    token = issuer.mint_access_token("nobody@example.com")
+    status, error = http_json(f"{localcloud.config.http_url}/v1/projects/{PROJECT}", token)
+    assert status == 403
+    assert "resourcemanager.projects.get" in error["error"]["message"]
