@@ -15,6 +15,7 @@ import aiohttp
 import grpc
 from aiohttp import web
 
+from localcloud import serviceusage
 from localcloud.artifactregistry.service import RepositoriesService
 from localcloud.artifactregistry.store import RepositoryStore
 from localcloud.cloudbuild.builder import Builder
@@ -44,6 +45,7 @@ from localcloud.operations.store import OperationStore
 from localcloud.pubsub.engine import PubSub
 from localcloud.pubsub.push import PushWorker
 from localcloud.pubsub.service import Publisher, Subscriber, pubsub_resources
+from localcloud.rest import aliases
 from localcloud.rest.front import Front
 from localcloud.run import knative, sandbox
 from localcloud.run.autoscaler import Autoscaler
@@ -162,11 +164,13 @@ class LocalCloud:
         app.add_routes(knative.routes(self.controller))
         app.add_routes(aiohttp_routes(self.issuer))
         app.add_routes(metadata_routes(self.issuer, self._metadata_caller, project_number))
+        app.add_routes(serviceusage.routes(cfg.project))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get(WHOAMI_PATH, self._whoami)
         # Every API over HTTP/JSON too, under "/" (localcloud/rest); after the routes above.
         served = [b for h in handlers if isinstance(h, ServiceHandler) for b in h.methods.values()]
-        app.add_routes(Front(served, MAX_MESSAGE).route_defs())
+        app.add_routes(aliases.routes(served))
+        app.add_routes(Front(served, MAX_MESSAGE, aliases.ALIASES).route_defs())
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         await web.TCPSite(self._http, cfg.host, cfg.http_port, reuse_address=True).start()

@@ -50,6 +50,10 @@ HTTP_APIS = (
     "iam",
     "cloudresourcemanager",
     "artifactregistry",
+    "cloudfunctions",
+    # gcloud functions deploy asks Service Usage whether run, cloudbuild and
+    # artifactregistry are enabled, and fails when it cannot (localcloud/serviceusage.py).
+    "serviceusage",
 )
 UNSPECIFIED = {"", "0.0.0.0", "::", "[::]"}  # listening everywhere: reach it on loopback
 GCLOUD_TIMEOUT = 60.0

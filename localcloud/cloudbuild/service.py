@@ -13,6 +13,7 @@ from google.cloud.devtools.cloudbuild_v1 import types
 from google.longrunning import operations_pb2
 
 from localcloud.cloudbuild.builder import Builder
+from localcloud.cloudbuild.identity import default_account
 from localcloud.core.errors import InvalidArgument, Unimplemented
 from localcloud.core.names import PARENT, parse_parent
 from localcloud.core.paging import page
@@ -20,6 +21,7 @@ from localcloud.core.wire import handler_for, rpc
 
 SERVICE = "google.devtools.cloudbuild.v1.CloudBuild"
 _NAME = re.compile(PARENT + r"/builds/([A-Za-z0-9\-]+)")
+_DEFAULT_ACCOUNT = re.compile(PARENT + "/defaultServiceAccount")
 S = types.Build.Status
 
 
@@ -102,6 +104,29 @@ class CloudBuildService:
     async def retry_build(self, request, context):
         project, location, build_id = _build_name(request.name, request.project_id, request.id)
         return await self.builder.retry(project, location, build_id)
+
+    @rpc(
+        "GetDefaultServiceAccount",
+        types.GetDefaultServiceAccountRequest,
+        types.DefaultServiceAccount,
+    )
+    async def get_default_service_account(self, request, context):
+        """The account a build runs as when it names none: localcloud's builds run as the
+        Compute Engine default, as new projects' do, answered as
+        ``projects/PROJECT/serviceAccounts/EMAIL``
+        (https://cloud.google.com/build/docs/api/reference/rest/v1/projects.locations/getDefaultServiceAccount).
+        ``gcloud functions deploy`` asks before it deploys."""
+        match = _DEFAULT_ACCOUNT.fullmatch(request.name)
+        if match is None:
+            raise InvalidArgument(
+                f"Invalid name {request.name!r}: expected "
+                "projects/PROJECT/locations/LOCATION/defaultServiceAccount"
+            )
+        project = match.group(1)
+        return types.DefaultServiceAccount.pb()(
+            name=request.name,
+            service_account_email=f"projects/{project}/serviceAccounts/{default_account(project)}",
+        )
 
     @rpc("ApproveBuild", types.ApproveBuildRequest, operations_pb2.Operation)
     async def approve_build(self, request, context):

@@ -5,9 +5,8 @@ background, reporting Google's stages in the operation's ``OperationMetadata.sta
 (``google/cloud/functions/v2/functions.proto`` ``Stage``), each NOT_STARTED, IN_PROGRESS
 then COMPLETE with its message and resource:
 
-- ARTIFACT_REGISTRY: the region's ``gcf-artifacts`` Docker repository, made on first use
-  (https://cloud.google.com/functions/docs/building#image_registry);
-- BUILD: the source, copied to ``gcf-v2-sources-NUMBER-REGION`` (``sources.py``), built by
+- BUILD: the region's ``gcf-artifacts`` Docker repository, made on first use
+  (https://cloud.google.com/functions/docs/building#image_registry), then the source, copied to ``gcf-v2-sources-NUMBER-REGION`` (``sources.py``), built by
   localcloud's Cloud Build with the buildpacks step into
   ``REGION-docker.pkg.dev/PROJECT/gcf-artifacts/IMAGE`` (the build's name and log URL are
   the stage's resource);
@@ -71,7 +70,13 @@ StagePb = Stage.pb()
 REPOSITORY = "gcf-artifacts"
 PACK = "gcr.io/k8s-skaffold/pack"
 MANAGED = {"goog-managed-by": "cloudfunctions"}
-ORDER = (Stage.Name.BUILD, Stage.Name.SERVICE, Stage.Name.TRIGGER, Stage.Name.ARTIFACT_REGISTRY)
+# The stages an operation lists from the start. Google lists no ARTIFACT_REGISTRY stage
+# there (it reports one only in unusual cases, as rollbacks): gcloud adds
+# [ArtifactRegistry] to the stages it reads from the first poll itself, and crashes
+# ("Duplicate stage key: ARTIFACT_REGISTRY") when the operation already lists it
+# (gcloud's command_lib/functions/v2/deploy/command.py, _EXTRA_STAGES, and
+# api_lib/functions/v2/util.py, WaitForOperation).
+ORDER = (Stage.Name.BUILD, Stage.Name.SERVICE, Stage.Name.TRIGGER)
 # Google's defaults (functions.proto ServiceConfig; https://cloud.google.com/functions/docs/configuring/memory):
 # 256M of memory with 0.1666 of a CPU, 60 s, one request at a time, 100 instances at most.
 DEFAULT_MEMORY = "256M"
@@ -195,11 +200,15 @@ class Functions:
         return fn
 
     def list(self, parent: str) -> list[Any]:
-        project, location = parse_parent(parent)
-        if location == "-":
+        """``locations/-`` lists every location's ("If you want to list functions in all
+        locations, use "-" in place of a location", functions.proto ListFunctionsRequest;
+        ``gcloud functions list`` asks so)."""
+        if parent.endswith("/locations/-"):
+            project, _ = parse_parent(parent.removesuffix("-") + "global")
             prefix = f"projects/{project}/locations/"
             found = [f for n, f in self.store.functions.items() if n.startswith(prefix)]
         else:
+            parse_parent(parent)
             found = list(self.store.functions.children(parent))
         return sorted(found, key=lambda f: f.name)
 
@@ -425,25 +434,27 @@ class Functions:
         await self._trigger(op, metadata, fn, previous, function_id, region)
 
     async def _repository(self, op: str, metadata: Any, project: str, region: str) -> str:
+        """The region's ``gcf-artifacts`` repository, made on first use, as the BUILD
+        stage's first step."""
         name = f"projects/{project}/locations/{region}/repositories/{REPOSITORY}"
+        if self.repositories.get(name) is not None:
+            return name
         await self._stage(
-            op, metadata, Stage.Name.ARTIFACT_REGISTRY, Stage.State.IN_PROGRESS,
-            "Checking the function's Artifact Registry repository", resource=name,
+            op, metadata, Stage.Name.BUILD, Stage.State.IN_PROGRESS,
+            f"Creating the Artifact Registry repository {REPOSITORY}",
         )  # fmt: skip
-        if self.repositories.get(name) is None:
-            repo = RepositoryPb(
-                name=name,
-                format_=RepositoryPb.Format.DOCKER,
-                mode=RepositoryPb.Mode.STANDARD_REPOSITORY,
-                description="This repository is created and used by Cloud Functions for "
-                "storing function docker images.",
-                registry_uri=f"{region}-docker.pkg.dev/{project}/{REPOSITORY}",
-            )
-            repo.labels.update(MANAGED)
-            repo.create_time.CopyFrom(now())
-            repo.update_time.CopyFrom(repo.create_time)
-            await self.repositories.put(repo)
-        await self._stage(op, metadata, Stage.Name.ARTIFACT_REGISTRY, Stage.State.COMPLETE)
+        repo = RepositoryPb(
+            name=name,
+            format_=RepositoryPb.Format.DOCKER,
+            mode=RepositoryPb.Mode.STANDARD_REPOSITORY,
+            description="This repository is created and used by Cloud Functions for "
+            "storing function docker images.",
+            registry_uri=f"{region}-docker.pkg.dev/{project}/{REPOSITORY}",
+        )
+        repo.labels.update(MANAGED)
+        repo.create_time.CopyFrom(now())
+        repo.update_time.CopyFrom(repo.create_time)
+        await self.repositories.put(repo)
         return name
 
     async def _image(

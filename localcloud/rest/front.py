@@ -99,13 +99,21 @@ def _message_class(cls: Any) -> Any:
 class Front:
     """The HTTP/JSON front end of the methods the gRPC ``handlers`` serve."""
 
-    def __init__(self, methods: Iterable[wire.Bound], max_body: int) -> None:
+    def __init__(
+        self,
+        methods: Iterable[wire.Bound],
+        max_body: int,
+        aliases: dict[str, list[dict[str, str]]] | None = None,
+    ) -> None:
+        """``aliases``: more bindings of a method, beside its own (``aliases.py``)."""
         self.max_body = max_body  # the app's client_max_size, said in the 413
         self.routes: list[Route] = []
         self.unserved: dict[str, str] = {}
         rules = http_rules()
         for bound in methods:
             bindings = rules.get(bound.method, [])
+            if bindings and aliases:
+                bindings = bindings + aliases.get(bound.method, [])
             if bound.spec.request_streaming or bound.spec.response_streaming:
                 self.unserved[bound.method] = (
                     "a gRPC stream: Google serves it over gRPC only"

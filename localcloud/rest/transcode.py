@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 
 from localcloud.core.errors import FieldViolation, InvalidFields
 
+_FIELD_MASK = "google.protobuf.FieldMask"
 _WKT_SCALAR = {  # well-known messages a query parameter can carry as text
     "google.protobuf.FieldMask",
     "google.protobuf.Duration",
@@ -145,6 +146,8 @@ def _query_value(fd: FieldDescriptor, text: str, key: str) -> Any:
             return _bool(text, key)
         if kind in _NUMBER_WRAPPERS:
             return _number(text, key, float if "Float" in kind or "Double" in kind else int)
+        if kind == _FIELD_MASK:
+            return _camel_mask(text)
         return text
     if fd.cpp_type == FieldDescriptor.CPPTYPE_BOOL:
         return _bool(text, key)
@@ -155,6 +158,21 @@ def _query_value(fd: FieldDescriptor, text: str, key: str) -> Any:
     if fd.type == FieldDescriptor.TYPE_ENUM and text.lstrip("-").isdigit():
         return int(text)
     return text  # strings, bytes (base64), enums by name, 64-bit integers (JSON strings)
+
+
+def _camel_mask(text: str) -> str:
+    """A field mask's paths as proto3 JSON spells them (camelCase), whichever way the
+    caller wrote them: Google's front end takes the proto's own snake_case names in a
+    query parameter too, and gcloud sends those (``gcloud functions deploy`` of an existing
+    function: ``updateMask=build_config.entry_point,build_config.source``)."""
+
+    def camel(segment: str) -> str:
+        head, *rest = segment.split("_")
+        return head + "".join(word[:1].upper() + word[1:] for word in rest)
+
+    return ",".join(
+        ".".join(camel(segment) for segment in path.split(".")) for path in text.split(",")
+    )
 
 
 def _bool(text: str, key: str) -> bool:

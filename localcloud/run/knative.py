@@ -619,16 +619,19 @@ def _guarded(handler: Handler) -> Handler:
 def routes(controller: Controller) -> list[web.RouteDef]:
     """The v1 routes, for the HTTP app of ``localcloud/server.py``."""
     k = Knative(controller)
+    # A name never holds a colon: ".../services/NAME:getIamPolicy" is a custom method
+    # (https://cloud.google.com/apis/design/custom_methods), left to localcloud/rest.
+    name = "{name:[^/:]+}"
     table = [
         ("GET", f"{KNATIVE}/services", k.list_services),
-        ("GET", f"{KNATIVE}/services/{{name}}", k.get_service),
-        ("DELETE", f"{KNATIVE}/services/{{name}}", k.delete_service),
+        ("GET", f"{KNATIVE}/services/{name}", k.get_service),
+        ("DELETE", f"{KNATIVE}/services/{name}", k.delete_service),
         ("GET", f"{KNATIVE}/revisions", k.list_revisions),
-        ("GET", f"{KNATIVE}/revisions/{{name}}", k.get_revision),
+        ("GET", f"{KNATIVE}/revisions/{name}", k.get_revision),
         ("GET", f"{ONE_PLATFORM}/services", k.list_services),
-        ("GET", f"{ONE_PLATFORM}/services/{{name}}", k.get_service),
-        ("DELETE", f"{ONE_PLATFORM}/services/{{name}}", k.delete_service),
+        ("GET", f"{ONE_PLATFORM}/services/{name}", k.get_service),
+        ("DELETE", f"{ONE_PLATFORM}/services/{name}", k.delete_service),
         ("GET", f"{ONE_PLATFORM}/revisions", k.list_revisions),
-        ("GET", f"{ONE_PLATFORM}/revisions/{{name}}", k.get_revision),
+        ("GET", f"{ONE_PLATFORM}/revisions/{name}", k.get_revision),
     ]
     return [web.route(method, path, _guarded(handler)) for method, path, handler in table]

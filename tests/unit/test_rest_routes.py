@@ -128,3 +128,17 @@ def test_a_bad_body_names_the_problem():
         transcode.parse_body(b'{"name": ', pubsub_types.Topic.pb()(), "")
     with pytest.raises(InvalidFields, match="Unknown name \"bogus\" at 'topic': Cannot find field"):
         transcode.parse_body(b'{"bogus": 1}', pubsub_types.Topic.pb()(), "topic")
+
+
+def test_a_field_mask_parameter_takes_the_protos_own_snake_case_names_too():
+    """gcloud sends ``updateMask=build_config.entry_point,...`` and Google takes it."""
+    request = pubsub_types.UpdateSubscriptionRequest.pb()()
+    transcode.parse_query(
+        [("updateMask", "ack_deadline_seconds,push_config.push_endpoint,labels")],
+        request,
+        set(),
+        "",
+    )
+    assert request.update_mask == field_mask_pb2.FieldMask(
+        paths=["ack_deadline_seconds", "push_config.push_endpoint", "labels"]
+    )
