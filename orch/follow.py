@@ -265,7 +265,7 @@ def follow_deployment(
 
 # ------------------------------------------------------------------------ display
 
-ICONS = {"running": "…", "succeeded": "✓", "skipped": "–", "failed": "✗"}
+ICONS = {"running": "…", "succeeded": "✓", "skipped": "-", "failed": "✗"}
 STYLES = {"running": "yellow", "succeeded": "green", "skipped": "dim", "failed": "bold red"}
 
 
