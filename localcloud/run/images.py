@@ -30,6 +30,15 @@ Design choices, and why:
   images read-only; an instance run unsandboxed (``LOCALCLOUD_RUN_UNSANDBOXED``, by the
   user's choice) could write through to the base, as it could to its own image.
 
+- Cloud Run imports a revision's image as its project's Cloud Run Service Agent
+  (``registry/agents.py``), not as the local user: with an issuer and the revision's
+  project, every pull presents a token minted for that agent, so the registry front lets
+  it read its own project's repositories and another project's only where the agent was
+  granted ``roles/artifactregistry.reader``
+  (https://cloud.google.com/artifact-registry/docs/integrate-cloud-run). The manifest is
+  then read on each ``ensure`` even when the digest is unpacked already: one project's
+  pull must not hand another project an image its agent may not read.
+
 Spec: https://github.com/opencontainers/image-spec/blob/main/layer.md (whiteouts),
 https://github.com/opencontainers/image-spec/blob/main/manifest.md.
 """
@@ -58,6 +67,8 @@ from typing import Any
 
 import aiohttp
 
+from localcloud.core.oidc import Issuer
+from localcloud.registry import agents
 from localcloud.registry.client import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
@@ -93,6 +104,10 @@ _DAMAGED = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
 class ImageError(Exception):
     """An image cannot be run: not found, not a runnable manifest, or a layer is unsafe."""
+
+
+class ImageAccessDenied(ImageError):
+    """The Cloud Run Service Agent may not read the image; the message is Cloud Run's."""
 
 
 @dataclass(frozen=True)
@@ -460,21 +475,36 @@ class ImageCache:
     """Images unpacked under ``root``, pulled from the registry at ``registry_address``.
 
     ``session`` is shared with the registry client if given; otherwise the client owns one,
-    closed by ``close()``.
+    closed by ``close()``. With ``issuer``, pulls for a project are made as its Cloud Run
+    Service Agent (see the module's docstring).
     """
 
     def __init__(
-        self, root: Path, registry_address: str, session: aiohttp.ClientSession | None = None
+        self,
+        root: Path,
+        registry_address: str,
+        session: aiohttp.ClientSession | None = None,
+        issuer: Issuer | None = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.registry = RegistryClient(registry_address, session)
+        self.registry_address = registry_address
+        self.issuer = issuer
         self._locks: dict[str, asyncio.Lock] = {}
         self._images: dict[str, UnpackedImage] = {}
         self._clean_stale()
 
     async def close(self) -> None:
         await self.registry.close()
+
+    def _client(self, project: str | None) -> RegistryClient:
+        """The registry as ``project``'s Cloud Run Service Agent (without a project or an
+        issuer: the shared client, whose requests carry no credentials)."""
+        if project is None or self.issuer is None:
+            return self.registry
+        token = self.issuer.mint_access_token(agents.run_agent(project))
+        return RegistryClient(self.registry_address, self.registry.session, token=token)
 
     def _clean_stale(self) -> None:
         """Removes temporary trees a crashed unpack left behind (old enough not to be live)."""
@@ -493,21 +523,26 @@ class ImageCache:
             self._images[digest] = image
         return image
 
-    async def ensure(self, image: str) -> UnpackedImage:
-        """The unpacked image for ``image`` (by digest, or a tag resolved to its digest).
+    async def ensure(self, image: str, project: str | None = None) -> UnpackedImage:
+        """The unpacked image for ``image`` (by digest, or a tag resolved to its digest),
+        pulled for a revision of ``project`` by its Cloud Run Service Agent.
 
-        A digest already unpacked is returned without touching the network.
+        Without a project, a digest already unpacked is returned without touching the
+        network; for a project, its agent reads the manifest first, whatever is cached.
         """
         try:
             ref = parse_image(image)
         except ImageNameError as exc:
             raise ImageError(str(exc)) from None
         repo = ref.path
+        client = self._client(project)
         manifest: tuple[bytes, str] | None = None
-        if ref.digest is not None:
+        if ref.digest is not None and project is None:
             digest = ref.digest
         else:
-            body, media_type, digest = await self._manifest(image, repo, ref.reference)
+            body, media_type, digest = await self._manifest(
+                client, image, repo, ref.reference, project
+            )
             manifest = (body, media_type)
         cached = self._load(digest)
         if cached is not None:
@@ -518,24 +553,40 @@ class ImageCache:
             if cached is not None:
                 return cached
             if manifest is None:
-                body, media_type, _ = await self._manifest(image, repo, digest)
+                body, media_type, _ = await self._manifest(client, image, repo, digest, project)
                 manifest = (body, media_type)
-            unpacked = await self._pull(image, repo, digest, *manifest)
+            unpacked = await self._pull(client, image, repo, digest, *manifest)
             self._images[digest] = unpacked
             return unpacked
 
-    async def _manifest(self, image: str, repo: str, reference: str) -> tuple[bytes, str, str]:
+    async def _manifest(
+        self,
+        client: RegistryClient,
+        image: str,
+        repo: str,
+        reference: str,
+        project: str | None = None,
+    ) -> tuple[bytes, str, str]:
         try:
-            return await self.registry.get_manifest(repo, reference)
+            return await client.get_manifest(repo, reference)
         except DigestMismatchError as exc:
             raise ImageError(f"digest mismatch pulling {image}: {exc}") from exc
         except RegistryError as exc:
+            if exc.status == 403 and project is not None:
+                denied = agents.image_denied(image, repo.split("/", 1)[0], project)
+                raise ImageAccessDenied(denied) from exc
             if exc.status == 404:
                 raise ImageError(f"image {image} not found in the registry") from exc
             raise ImageError(f"cannot pull {image}: {exc}") from exc
 
     async def _pull(
-        self, image: str, repo: str, digest: str, body: bytes, media_type: str
+        self,
+        client: RegistryClient,
+        image: str,
+        repo: str,
+        digest: str,
+        body: bytes,
+        media_type: str,
     ) -> UnpackedImage:
         doc = _json(body, f"the manifest of {image}")
         if media_type not in MANIFEST_TYPES:  # a registry may answer a generic type
@@ -571,7 +622,7 @@ class ImageCache:
         if not all(isinstance(d, str) and DIGEST_RE.fullmatch(d) for d in digests):
             raise ImageError(f"the manifest of {image} has a missing or malformed digest")
         try:
-            config_bytes = await self.registry.get_blob_bytes(repo, config_desc["digest"])
+            config_bytes = await client.get_blob_bytes(repo, config_desc["digest"])
             config = _json(config_bytes, f"the config of {image}")
             diff_ids = (config.get("rootfs") or {}).get("diff_ids")
             if isinstance(diff_ids, list) and len(diff_ids) != len(layers):
@@ -587,7 +638,7 @@ class ImageCache:
                 paths = []
                 for i, layer in enumerate(fetch):
                     paths.append(
-                        await self.registry.get_blob(repo, layer["digest"], tmp / f"layer-{i}.tar")
+                        await client.get_blob(repo, layer["digest"], tmp / f"layer-{i}.tar")
                     )
                 unpacked = image_from_config(digest, config, slot / "rootfs")
                 await asyncio.to_thread(self._unpack, paths, tmp, slot, unpacked, base, have_base)
