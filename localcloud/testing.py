@@ -143,8 +143,11 @@ def create_repository(grpc_address: str, name: str) -> Any | None:
     )
 
     parent, _, repository = name.rpartition("/repositories/")
+    # A subchannel of its own: one shared with a client that saw this address refuse
+    # connections while localcloud restarted would still be backing off.
+    channel = grpc.insecure_channel(grpc_address, options=[("grpc.use_local_subchannel_pool", 1)])
     client = artifactregistry_v1.ArtifactRegistryClient(
-        transport=ArtifactRegistryGrpcTransport(channel=grpc.insecure_channel(grpc_address))
+        transport=ArtifactRegistryGrpcTransport(channel=channel)
     )
     try:
         client.create_repository(

@@ -590,8 +590,8 @@ class Controller:
 
     async def _make_pool(self, rev: Any) -> Pool:
         container = rev.containers[0]
+        image = await self.autoscaler.cache.ensure(container.image, rev.name)
         project = rev.name.split("/")[1]
-        image = await self.autoscaler.cache.ensure(container.image, project)
         service_id = rev.service.rsplit("/", 1)[-1]
         rev_id = rev.name.rsplit("/", 1)[-1]
         # google-auth finds the metadata server where these say (compute_engine/_metadata.py),

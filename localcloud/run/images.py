@@ -31,13 +31,14 @@ Design choices, and why:
   user's choice) could write through to the base, as it could to its own image.
 
 - Cloud Run imports a revision's image as its project's Cloud Run Service Agent
-  (``registry/agents.py``), not as the local user: with an issuer and the revision's
-  project, every pull presents a token minted for that agent, so the registry front lets
-  it read its own project's repositories and another project's only where the agent was
-  granted ``roles/artifactregistry.reader``
-  (https://cloud.google.com/artifact-registry/docs/integrate-cloud-run). The manifest is
-  then read on each ``ensure`` even when the digest is unpacked already: one project's
-  pull must not hand another project an image its agent may not read.
+  (``registry/agents.py``), not as the local user: with an issuer, a revision's pull
+  presents a token minted for that agent, so the registry front lets it read its own
+  project's repositories and another project's only where the agent was granted
+  ``roles/artifactregistry.reader``
+  (https://cloud.google.com/artifact-registry/docs/integrate-cloud-run). A revision's
+  first ``ensure`` reads the manifest even when the digest is unpacked already (one
+  project's pull must not hand another project an image its agent may not read); the
+  import is then marked in the image's directory, as Cloud Run keeps the revision's copy.
 
 Spec: https://github.com/opencontainers/image-spec/blob/main/layer.md (whiteouts),
 https://github.com/opencontainers/image-spec/blob/main/manifest.md.
@@ -95,6 +96,7 @@ LAYER_TYPES = (OCI_LAYER, OCI_LAYER_GZIP, DOCKER_LAYER_GZIP, DOCKER_LAYER)
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 META = "image.json"
+IMPORTS = "imported-by"  # one empty file per revision that imported the image
 MAX_LINK_HOPS = 40  # the kernel's own limit on symlinks followed in one lookup
 STALE_TMP_SECONDS = 3600.0  # leftovers of a crashed unpack older than this are removed
 # What reading a damaged layer raises (gzip.BadGzipFile is an OSError, so is listed alone:
@@ -523,41 +525,58 @@ class ImageCache:
             self._images[digest] = image
         return image
 
-    async def ensure(self, image: str, project: str | None = None) -> UnpackedImage:
-        """The unpacked image for ``image`` (by digest, or a tag resolved to its digest),
-        pulled for a revision of ``project`` by its Cloud Run Service Agent.
+    async def ensure(self, image: str, revision: str | None = None) -> UnpackedImage:
+        """The unpacked image for ``image`` (by digest, or a tag resolved to its digest).
 
-        Without a project, a digest already unpacked is returned without touching the
-        network; for a project, its agent reads the manifest first, whatever is cached.
+        Without ``revision``, a digest already unpacked is returned without touching the
+        network. For a revision (``projects/P/.../revisions/R``), Cloud Run imports the
+        image once, when the revision is deployed, as P's Cloud Run Service Agent, and
+        "keeps this copy of the container image as long as it is used by a serving
+        revision" (https://cloud.google.com/run/docs/deploying): the agent reads the
+        manifest the first time whatever is unpacked already (another project's pull
+        grants nothing), and the import is remembered, so the revision's instances start
+        later, after a restart too, without asking the registry again.
         """
         try:
             ref = parse_image(image)
         except ImageNameError as exc:
             raise ImageError(str(exc)) from None
         repo = ref.path
+        project = revision.split("/")[1] if revision else None
+        if ref.digest is not None and revision is not None:
+            cached = self._load(ref.digest)
+            if cached is not None and self._import_mark(ref.digest, revision).exists():
+                return cached
         client = self._client(project)
         manifest: tuple[bytes, str] | None = None
-        if ref.digest is not None and project is None:
+        if ref.digest is not None and revision is None:
             digest = ref.digest
         else:
             body, media_type, digest = await self._manifest(
                 client, image, repo, ref.reference, project
             )
             manifest = (body, media_type)
-        cached = self._load(digest)
-        if cached is not None:
-            return cached
-        lock = self._locks.setdefault(digest, asyncio.Lock())
-        async with lock:
-            cached = self._load(digest)
-            if cached is not None:
-                return cached
-            if manifest is None:
-                body, media_type, _ = await self._manifest(client, image, repo, digest, project)
-                manifest = (body, media_type)
-            unpacked = await self._pull(client, image, repo, digest, *manifest)
-            self._images[digest] = unpacked
-            return unpacked
+        unpacked = self._load(digest)
+        if unpacked is None:
+            lock = self._locks.setdefault(digest, asyncio.Lock())
+            async with lock:
+                unpacked = self._load(digest)
+                if unpacked is None:
+                    if manifest is None:
+                        body, media_type, _ = await self._manifest(
+                            client, image, repo, digest, project
+                        )
+                        manifest = (body, media_type)
+                    unpacked = await self._pull(client, image, repo, digest, *manifest)
+                    self._images[digest] = unpacked
+        if revision is not None:
+            await asyncio.to_thread(_touch, self._import_mark(digest, revision))
+        return unpacked
+
+    def _import_mark(self, digest: str, revision: str) -> Path:
+        """The file that says ``revision`` imported the unpacked ``digest``."""
+        key = hashlib.sha256(revision.encode()).hexdigest()[:32]
+        return self.root / digest.removeprefix("sha256:") / IMPORTS / key
 
     async def _manifest(
         self,
@@ -708,6 +727,11 @@ class ImageCache:
             # Another process sharing this data directory unpacked it first: same content.
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or _read_slot(slot) is None:
                 raise
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(exist_ok=True)
+    path.touch()
 
 
 def _read_slot(slot: Path) -> UnpackedImage | None:

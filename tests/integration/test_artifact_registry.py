@@ -36,6 +36,7 @@ from google.cloud.artifactregistry_v1.services.artifact_registry.transports impo
 
 from localcloud import testing
 from localcloud.core.oidc import Issuer
+from localcloud.registry.agents import run_agent
 from localcloud.registry.client import OCI_CONFIG, OCI_MANIFEST, RegistryClient, RegistryError
 
 PROJECT = "local-project"
@@ -295,3 +296,26 @@ def test_a_repository_that_does_not_exist_is_refused_naming_it(owner, localcloud
         }
     ).result(timeout=30)
     assert asyncio.run(push(address, path, {})).startswith("sha256:")
+
+
+def test_cloud_runs_service_agent_reads_its_own_projects_repositories_only(
+    owner, localcloud, issuer
+) -> None:
+    """The Cloud Run Service Agent reads the images of its own project by default, and
+    nothing more: another project's need Artifact Registry Reader granted to it
+    (https://cloud.google.com/artifact-registry/docs/integrate-cloud-run)."""
+    name = make_repository(owner)
+    path = f"{PROJECT}/{name.rsplit('/', 1)[1]}/app"
+    address = localcloud.config.registry_address
+    asyncio.run(push(address, path, {}))
+    own = issuer.mint_access_token(run_agent(PROJECT))
+    assert asyncio.run(pull(address, path, bearer(own)))
+    with pytest.raises(RegistryError, match=re.escape("uploadArtifacts")):
+        asyncio.run(push(address, path, bearer(own)))
+
+    other = run_agent("other-project")
+    with pytest.raises(RegistryError) as refused:
+        asyncio.run(pull(address, path, bearer(issuer.mint_access_token(other))))
+    assert refused.value.status == 403
+    grant(owner, name, "roles/artifactregistry.reader", f"serviceAccount:{other}")
+    assert asyncio.run(pull(address, path, bearer(issuer.mint_access_token(other))))
