@@ -61,10 +61,10 @@ import tempfile
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -96,8 +96,12 @@ LAYER_TYPES = (OCI_LAYER, OCI_LAYER_GZIP, DOCKER_LAYER_GZIP, DOCKER_LAYER)
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 META = "image.json"
+T = TypeVar("T")
 IMPORTS = "imported-by"  # one empty file per revision that imported the image
 MAX_LINK_HOPS = 40  # the kernel's own limit on symlinks followed in one lookup
+# How long a pull waits for a registry that is starting (the supervisor opens its port
+# after the engines start).
+REGISTRY_START_SECONDS = 30.0
 STALE_TMP_SECONDS = 3600.0  # leftovers of a crashed unpack older than this are removed
 # What reading a damaged layer raises (gzip.BadGzipFile is an OSError, so is listed alone:
 # other OSErrors, such as a full disk, are not the layer's fault and propagate).
@@ -587,7 +591,7 @@ class ImageCache:
         project: str | None = None,
     ) -> tuple[bytes, str, str]:
         try:
-            return await client.get_manifest(repo, reference)
+            return await self._while_starting(lambda: client.get_manifest(repo, reference))
         except DigestMismatchError as exc:
             raise ImageError(f"digest mismatch pulling {image}: {exc}") from exc
         except RegistryError as exc:
@@ -597,6 +601,25 @@ class ImageCache:
             if exc.status == 404:
                 raise ImageError(f"image {image} not found in the registry") from exc
             raise ImageError(f"cannot pull {image}: {exc}") from exc
+
+    @staticmethod
+    async def _while_starting(call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, asked again while the registry cannot be reached or says it is
+        starting: localcloud starts the revisions it was serving (minimum instances, a
+        reconcile a crash cut short) before its registry port is open, and they must wait
+        for it rather than fail."""
+        deadline = time.monotonic() + REGISTRY_START_SECONDS
+        pause = 0.1
+        while True:
+            try:
+                return await call()
+            except DigestMismatchError:
+                raise
+            except RegistryError as exc:
+                if exc.status not in (None, 503) or time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     async def _pull(
         self,
