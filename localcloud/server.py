@@ -117,10 +117,18 @@ class LocalCloud:
         await self.parts.start("pubsub", self.pubsub)
         await self.parts.start("storage notifications", self.notifier)
         self.builder = Builder(
-            cfg, self.builds, self.operations, self.pubsub, session, limit=cfg.build_limit
+            cfg,
+            self.builds,
+            self.operations,
+            self.pubsub,
+            session,
+            limit=cfg.build_limit,
+            issuer=self.issuer,
         )
         await self.parts.start("cloud build", self.builder)
-        images = ImageCache(cfg.data_dir / "run" / "images", cfg.registry_address, session)
+        images = ImageCache(
+            cfg.data_dir / "run" / "images", cfg.registry_address, session, self.issuer
+        )
         self.autoscaler = Autoscaler(images, cfg.run_idle_seconds)
         self.controller = Controller(
             cfg, self.run_store, self.operations, self.policies, self.autoscaler, cfg.client_env()

@@ -131,14 +131,74 @@ def patched_environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def create_repository(grpc_address: str, name: str) -> Any | None:
+    """Create the Docker repository ``projects/P/locations/L/repositories/R`` with the
+    official client (pushing to a repository that does not exist is refused, as on Google
+    Cloud); the client, to set its policy with, or None if it existed already."""
+    import grpc
+    from google.api_core import exceptions
+    from google.cloud import artifactregistry_v1
+    from google.cloud.artifactregistry_v1.services.artifact_registry.transports import (
+        ArtifactRegistryGrpcTransport,
+    )
+
+    parent, _, repository = name.rpartition("/repositories/")
+    # A subchannel of its own: one shared with a client that saw this address refuse
+    # connections while localcloud restarted would still be backing off.
+    channel = grpc.insecure_channel(grpc_address, options=[("grpc.use_local_subchannel_pool", 1)])
+    client = artifactregistry_v1.ArtifactRegistryClient(
+        transport=ArtifactRegistryGrpcTransport(channel=channel)
+    )
+    try:
+        client.create_repository(
+            request={
+                "parent": parent,
+                "repository_id": repository,
+                "repository": {"format_": artifactregistry_v1.Repository.Format.DOCKER},
+            }
+        ).result(timeout=30)
+    except exceptions.AlreadyExists:
+        client.transport.close()
+        return None
+    return client
+
+
+def provide_repository(config: Config, repository: str = "functions") -> str:
+    """The project's Artifact Registry repository ``repository``, made as ``orch local up``
+    makes ``functions``, with ``roles/artifactregistry.writer`` on it for the Compute Engine
+    default account, which builds that name no account of their own run as: Google no
+    longer grants that account Editor in new projects, so pushing needs this grant
+    (https://cloud.google.com/build/docs/cloud-build-service-account-updates). Done once:
+    a data directory that has the repository keeps it, and its policy."""
+    from localcloud.core.projects import project_number
+
+    name = f"projects/{config.project}/locations/{config.region}/repositories/{repository}"
+    client = create_repository(config.grpc_address, name)
+    if client is None:
+        return name
+    try:
+        builder = f"{project_number(config.project)}-compute@developer.gserviceaccount.com"
+        policy = client.get_iam_policy(request={"resource": name})
+        policy.bindings.add(
+            role="roles/artifactregistry.writer", members=[f"serviceAccount:{builder}"]
+        )
+        client.set_iam_policy(request={"resource": name, "policy": policy})
+    finally:
+        client.transport.close()
+    return name
+
+
 def start(
     data_dir: Path,
     *,
     config: Config | None = None,
     extra_env: dict[str, str] | None = None,
     timeout: float = 60.0,
+    repository: bool = True,
 ) -> Instance:
-    """Start ``python -m localcloud serve`` on free ports; return once it is healthy."""
+    """Start ``python -m localcloud serve`` on free ports; return once it is healthy, with
+    the ``functions`` repository images are pushed to (``provide_repository``) unless
+    ``repository`` is false."""
     if config is None:
         ports: dict[str, Any] = {attr: free_port() for attr in PORTS.values()}
         config = Config(data_dir=Path(data_dir).resolve(), **ports)
@@ -172,8 +232,11 @@ def start(
             state = json.loads(state_file.read_text())
             if state.get("pid") == process.pid:
                 with urllib.request.urlopen(f"{config.http_url}/healthz", timeout=2) as r:
-                    if json.load(r).get("status") == "ok":
-                        return instance
+                    healthy = json.load(r).get("status") == "ok"
+                if healthy:
+                    if repository:
+                        provide_repository(config)
+                    return instance
         except (OSError, ValueError):
             pass
         time.sleep(0.1)

@@ -623,11 +623,14 @@ class Provisioner:
         self.custom_roles()
         self.buckets()
         self.repository()
+        # The functions' image is built (and pushed) as the build account: its writer grant
+        # on the repository comes first.
+        self.grants({"repository"})
         self.topics()
         urls = self.functions()
         # Before the workflow and the triggers, as Terraform's depends_on orders them: the
         # workflow's and the trigger account's grants exist when they first call.
-        self.grants(set(grants_file.RESOURCE_TYPES) - {"subscription"})
+        self.grants(set(grants_file.RESOURCE_TYPES) - {"subscription", "repository"})
         self.workflow(urls)
         self.triggers()
         self.grants({"subscription"})  # Eventarc makes the subscriptions with the triggers

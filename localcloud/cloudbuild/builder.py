@@ -8,6 +8,16 @@ Build does; the log is written live under ``logs/builds/`` and, at the end, to t
 bucket as ``log-<build id>.txt`` (none with CLOUD_LOGGING_ONLY or NONE logging). Each
 build runs as a service account, its own or the default one, recorded on the Build and
 named wherever the builder acts for it (``identity.py`` has Cloud Build's rules for both).
+
+The build's ``images`` are pushed as that account, as Cloud Build pushes them
+(https://cloud.google.com/build/docs/securing-builds/configure-access-for-cloud-build-service-account,
+"push images to Artifact Registry" needs ``roles/artifactregistry.writer``): the builder
+presents an access token minted for it to the registry front, which checks
+``artifactregistry.repositories.uploadArtifacts`` on the repository and refuses a
+repository that does not exist. A refused push fails the build (FAILURE, PUSH_FAILED),
+its status detail quoting the registry's answer as docker prints it
+(``denied: Permission "artifactregistry.repositories.uploadArtifacts" denied on resource
+...``, ``name unknown: Repository "REPO" not found``).
 """
 
 from __future__ import annotations
@@ -41,9 +51,10 @@ from localcloud.core.errors import (
     NotFound,
     Unknown,
 )
+from localcloud.core.oidc import Issuer
 from localcloud.operations.store import OperationStore
 from localcloud.pubsub.engine import PubSub
-from localcloud.registry.client import RegistryClient
+from localcloud.registry.client import RegistryClient, RegistryError
 from localcloud.registry.names import parse_image
 
 LOG = logging.getLogger(__name__)
@@ -72,6 +83,18 @@ OPERATION_ERRORS: dict[int, tuple[type[GoogleError], str]] = {
     S.TIMEOUT: (DeadlineExceeded, "Build timed out"),
     S.CANCELLED: (Cancelled, "Build was cancelled"),
 }
+
+
+def _docker_says(exc: Exception) -> str:
+    """A registry's refusal as ``docker push`` prints it, ``code in words: message``
+    (``denied: Permission ...``, ``name unknown: Repository "X" not found``); any other
+    failure as it is."""
+    if isinstance(exc, RegistryError) and exc.errors:
+        return "; ".join(
+            f"{str(e.get('code', '')).lower().replace('_', ' ')}: {e.get('message', '')}"
+            for e in exc.errors
+        )
+    return str(exc)
 
 
 class BuildStepFailed(Exception):
@@ -114,8 +137,11 @@ class Builder:
         session: aiohttp.ClientSession,
         *,
         limit: int | None = None,
+        issuer: Issuer | None = None,
     ) -> None:
         self.config = config
+        # Mints the build account's token for its pushes (None: push as the local user).
+        self.issuer = issuer
         self.store = store
         self.operations = operations
         self.pubsub = pubsub
@@ -448,8 +474,10 @@ class Builder:
         push.start_time.GetCurrentTime()
         ref = parse_image(pack.image)
         log(f"Pushing {pack.image}")
+        token = self.issuer.mint_access_token(account) if self.issuer is not None else None
+        address = self.config.registry_address
         try:
-            async with RegistryClient(self.config.registry_address, self.session) as registry:
+            async with RegistryClient(address, self.session, token=token) as registry:
                 for layer in image.layers:
                     await registry.push_blob(ref.path, Path(layer.path), layer.digest)
                 await registry.push_blob(ref.path, image.config, image.config_digest)
@@ -458,7 +486,10 @@ class Builder:
                 )
         except Exception as exc:
             raise BuildStepFailed(
-                f"pushing {pack.image} failed: {exc}",
+                # Cloud Build's words ("error pushing image \"IMAGE\": ...", as in
+                # https://github.com/GoogleCloudPlatform/developer-journey-app/issues/117),
+                # with the registry's answer where Google's build log holds it.
+                f'error pushing image "{pack.image}" as {account}: {_docker_says(exc)}',
                 types.Build.FailureInfo.FailureType.PUSH_FAILED,
             ) from None
         push.end_time.GetCurrentTime()

@@ -23,11 +23,19 @@ Paths are ``/v2/PROJECT/REPOSITORY/IMAGE...`` (localcloud maps
 repository's when Artifact Registry's API has it, else the request's
 ``LOCATION-docker.pkg.dev`` host, else localcloud's region. Its project's grants apply
 through inheritance, so a repository made by ``docker push`` alone is governed by the
-project's roles. (Artifact Registry refuses a push to a repository its API never created;
-localcloud still allows it until ``orch local up`` creates the ``functions`` repository.)
+project's roles.
 
-localcloud's own traffic (the builder's pushes, the runtime's pulls) reaches the front
-without credentials from the server's process, so it acts as the local user.
+A repository must exist in Artifact Registry's API before anything is pushed to it or
+pulled from it ("you need to create repositories in Artifact Registry before you can push
+images", https://cloud.google.com/artifact-registry/docs/transition/changes-gcp#workflow):
+a request naming one that does not is 404 ``NAME_UNKNOWN`` ``Repository "REPO" not found``,
+which ``docker push`` prints as ``name unknown: Repository "REPO" not found`` (as in
+https://github.com/GoogleCloudPlatform/developer-journey-app/issues/117). The permission
+is checked first, so a caller who may not know whether it exists is told only that.
+
+localcloud's own traffic carries the token of whom Google acts as: the builder pushes as
+the build's service account, the Cloud Run runtime pulls as the service's project's Cloud
+Run Service Agent, which reads its own project's repositories by default (``agents.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from localcloud.core import authz, identity, permissions
 from localcloud.core.config import Config, free_port
 from localcloud.core.errors import Unauthenticated
 from localcloud.core.hops import HOP_BY_HOP
+from localcloud.registry import agents
 
 LOG = logging.getLogger(__name__)
 
@@ -193,11 +202,18 @@ class RegistryFront:
             return wanted
         permissions.audit_request(member, "Authorization" in request.headers)
         for permission, repository in wanted if permissions.checking() else ():
-            if permission not in authz.permitted(member, (permission,), repository):
-                if permissions.let_through(member, permission, repository, "the registry"):
-                    continue
-                message = authz.registry_message(permission, repository)
-                return docker_error(403, "DENIED", message)
+            if permission in authz.permitted(member, (permission,), repository):
+                continue
+            if agents.reads_by_default(member, permission, repository):
+                continue
+            if permissions.let_through(member, permission, repository, "the registry"):
+                continue
+            message = authz.registry_message(permission, repository)
+            return docker_error(403, "DENIED", message)
+        if wanted:  # the first names the request's own repository (a mount's source follows)
+            project, _, _, _, repo = wanted[0][1].split("/")[1:6]
+            if self.location_of(project, repo) is None:
+                return docker_error(404, "NAME_UNKNOWN", f'Repository "{repo}" not found')
         try:
             return await self._forward(request)
         except (aiohttp.ClientError, ConnectionError) as exc:

@@ -45,6 +45,7 @@ from localcloud.core.projects import project_number
 from localcloud.operations.store import OperationStore
 from localcloud.run import names, resources, sandbox
 from localcloud.run.autoscaler import DEFAULT_CONCURRENCY, Autoscaler, Pool, log_path
+from localcloud.run.images import ImageAccessDenied
 from localcloud.run.store import RevisionPb, RunStore, ServicePb
 
 LOG = logging.getLogger(__name__)
@@ -542,6 +543,8 @@ class Controller:
                 f"Revision '{rev_id}' is not ready and cannot serve traffic. "
                 f"The user-provided container failed to start and listen on the port defined by the PORT environment variable. {exc}"
             )
+            if isinstance(exc, ImageAccessDenied):  # Cloud Run's agent may not read it
+                message = f"Revision '{rev_id}' is not ready and cannot serve traffic. {exc}"
             rev.ClearField("conditions")
             rev.conditions.append(_condition("Ready", C.State.CONDITION_FAILED, message))
             rev.reconciling = False
@@ -587,7 +590,7 @@ class Controller:
 
     async def _make_pool(self, rev: Any) -> Pool:
         container = rev.containers[0]
-        image = await self.autoscaler.cache.ensure(container.image)
+        image = await self.autoscaler.cache.ensure(container.image, rev.name)
         project = rev.name.split("/")[1]
         service_id = rev.service.rsplit("/", 1)[-1]
         rev_id = rev.name.rsplit("/", 1)[-1]

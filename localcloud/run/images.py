@@ -30,6 +30,16 @@ Design choices, and why:
   images read-only; an instance run unsandboxed (``LOCALCLOUD_RUN_UNSANDBOXED``, by the
   user's choice) could write through to the base, as it could to its own image.
 
+- Cloud Run imports a revision's image as its project's Cloud Run Service Agent
+  (``registry/agents.py``), not as the local user: with an issuer, a revision's pull
+  presents a token minted for that agent, so the registry front lets it read its own
+  project's repositories and another project's only where the agent was granted
+  ``roles/artifactregistry.reader``
+  (https://cloud.google.com/artifact-registry/docs/integrate-cloud-run). A revision's
+  first ``ensure`` reads the manifest even when the digest is unpacked already (one
+  project's pull must not hand another project an image its agent may not read); the
+  import is then marked in the image's directory, as Cloud Run keeps the revision's copy.
+
 Spec: https://github.com/opencontainers/image-spec/blob/main/layer.md (whiteouts),
 https://github.com/opencontainers/image-spec/blob/main/manifest.md.
 """
@@ -51,13 +61,15 @@ import tempfile
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
+from localcloud.core.oidc import Issuer
+from localcloud.registry import agents
 from localcloud.registry.client import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
@@ -84,7 +96,12 @@ LAYER_TYPES = (OCI_LAYER, OCI_LAYER_GZIP, DOCKER_LAYER_GZIP, DOCKER_LAYER)
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 META = "image.json"
+T = TypeVar("T")
+IMPORTS = "imported-by"  # one empty file per revision that imported the image
 MAX_LINK_HOPS = 40  # the kernel's own limit on symlinks followed in one lookup
+# How long a pull waits for a registry that is starting (the supervisor opens its port
+# after the engines start).
+REGISTRY_START_SECONDS = 30.0
 STALE_TMP_SECONDS = 3600.0  # leftovers of a crashed unpack older than this are removed
 # What reading a damaged layer raises (gzip.BadGzipFile is an OSError, so is listed alone:
 # other OSErrors, such as a full disk, are not the layer's fault and propagate).
@@ -93,6 +110,10 @@ _DAMAGED = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
 class ImageError(Exception):
     """An image cannot be run: not found, not a runnable manifest, or a layer is unsafe."""
+
+
+class ImageAccessDenied(ImageError):
+    """The Cloud Run Service Agent may not read the image; the message is Cloud Run's."""
 
 
 @dataclass(frozen=True)
@@ -460,21 +481,36 @@ class ImageCache:
     """Images unpacked under ``root``, pulled from the registry at ``registry_address``.
 
     ``session`` is shared with the registry client if given; otherwise the client owns one,
-    closed by ``close()``.
+    closed by ``close()``. With ``issuer``, pulls for a project are made as its Cloud Run
+    Service Agent (see the module's docstring).
     """
 
     def __init__(
-        self, root: Path, registry_address: str, session: aiohttp.ClientSession | None = None
+        self,
+        root: Path,
+        registry_address: str,
+        session: aiohttp.ClientSession | None = None,
+        issuer: Issuer | None = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.registry = RegistryClient(registry_address, session)
+        self.registry_address = registry_address
+        self.issuer = issuer
         self._locks: dict[str, asyncio.Lock] = {}
         self._images: dict[str, UnpackedImage] = {}
         self._clean_stale()
 
     async def close(self) -> None:
         await self.registry.close()
+
+    def _client(self, project: str | None) -> RegistryClient:
+        """The registry as ``project``'s Cloud Run Service Agent (without a project or an
+        issuer: the shared client, whose requests carry no credentials)."""
+        if project is None or self.issuer is None:
+            return self.registry
+        token = self.issuer.mint_access_token(agents.run_agent(project))
+        return RegistryClient(self.registry_address, self.registry.session, token=token)
 
     def _clean_stale(self) -> None:
         """Removes temporary trees a crashed unpack left behind (old enough not to be live)."""
@@ -493,49 +529,106 @@ class ImageCache:
             self._images[digest] = image
         return image
 
-    async def ensure(self, image: str) -> UnpackedImage:
+    async def ensure(self, image: str, revision: str | None = None) -> UnpackedImage:
         """The unpacked image for ``image`` (by digest, or a tag resolved to its digest).
 
-        A digest already unpacked is returned without touching the network.
+        Without ``revision``, a digest already unpacked is returned without touching the
+        network. For a revision (``projects/P/.../revisions/R``), Cloud Run imports the
+        image once, when the revision is deployed, as P's Cloud Run Service Agent, and
+        "keeps this copy of the container image as long as it is used by a serving
+        revision" (https://cloud.google.com/run/docs/deploying): the agent reads the
+        manifest the first time whatever is unpacked already (another project's pull
+        grants nothing), and the import is remembered, so the revision's instances start
+        later, after a restart too, without asking the registry again.
         """
         try:
             ref = parse_image(image)
         except ImageNameError as exc:
             raise ImageError(str(exc)) from None
         repo = ref.path
+        project = revision.split("/")[1] if revision else None
+        if ref.digest is not None and revision is not None:
+            cached = self._load(ref.digest)
+            if cached is not None and self._import_mark(ref.digest, revision).exists():
+                return cached
+        client = self._client(project)
         manifest: tuple[bytes, str] | None = None
-        if ref.digest is not None:
+        if ref.digest is not None and revision is None:
             digest = ref.digest
         else:
-            body, media_type, digest = await self._manifest(image, repo, ref.reference)
+            body, media_type, digest = await self._manifest(
+                client, image, repo, ref.reference, project
+            )
             manifest = (body, media_type)
-        cached = self._load(digest)
-        if cached is not None:
-            return cached
-        lock = self._locks.setdefault(digest, asyncio.Lock())
-        async with lock:
-            cached = self._load(digest)
-            if cached is not None:
-                return cached
-            if manifest is None:
-                body, media_type, _ = await self._manifest(image, repo, digest)
-                manifest = (body, media_type)
-            unpacked = await self._pull(image, repo, digest, *manifest)
-            self._images[digest] = unpacked
-            return unpacked
+        unpacked = self._load(digest)
+        if unpacked is None:
+            lock = self._locks.setdefault(digest, asyncio.Lock())
+            async with lock:
+                unpacked = self._load(digest)
+                if unpacked is None:
+                    if manifest is None:
+                        body, media_type, _ = await self._manifest(
+                            client, image, repo, digest, project
+                        )
+                        manifest = (body, media_type)
+                    unpacked = await self._pull(client, image, repo, digest, *manifest)
+                    self._images[digest] = unpacked
+        if revision is not None:
+            await asyncio.to_thread(_touch, self._import_mark(digest, revision))
+        return unpacked
 
-    async def _manifest(self, image: str, repo: str, reference: str) -> tuple[bytes, str, str]:
+    def _import_mark(self, digest: str, revision: str) -> Path:
+        """The file that says ``revision`` imported the unpacked ``digest``."""
+        key = hashlib.sha256(revision.encode()).hexdigest()[:32]
+        return self.root / digest.removeprefix("sha256:") / IMPORTS / key
+
+    async def _manifest(
+        self,
+        client: RegistryClient,
+        image: str,
+        repo: str,
+        reference: str,
+        project: str | None = None,
+    ) -> tuple[bytes, str, str]:
         try:
-            return await self.registry.get_manifest(repo, reference)
+            return await self._while_starting(lambda: client.get_manifest(repo, reference))
         except DigestMismatchError as exc:
             raise ImageError(f"digest mismatch pulling {image}: {exc}") from exc
         except RegistryError as exc:
+            if exc.status == 403 and project is not None:
+                denied = agents.image_denied(image, repo.split("/", 1)[0], project)
+                raise ImageAccessDenied(denied) from exc
             if exc.status == 404:
                 raise ImageError(f"image {image} not found in the registry") from exc
             raise ImageError(f"cannot pull {image}: {exc}") from exc
 
+    @staticmethod
+    async def _while_starting(call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, asked again while the registry cannot be reached or says it is
+        starting: localcloud starts the revisions it was serving (minimum instances, a
+        reconcile a crash cut short) before its registry port is open, and they must wait
+        for it rather than fail."""
+        deadline = time.monotonic() + REGISTRY_START_SECONDS
+        pause = 0.1
+        while True:
+            try:
+                return await call()
+            except DigestMismatchError:
+                raise
+            except RegistryError as exc:
+                if exc.status not in (None, 503) or time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
     async def _pull(
-        self, image: str, repo: str, digest: str, body: bytes, media_type: str
+        self,
+        client: RegistryClient,
+        image: str,
+        repo: str,
+        digest: str,
+        body: bytes,
+        media_type: str,
     ) -> UnpackedImage:
         doc = _json(body, f"the manifest of {image}")
         if media_type not in MANIFEST_TYPES:  # a registry may answer a generic type
@@ -571,7 +664,7 @@ class ImageCache:
         if not all(isinstance(d, str) and DIGEST_RE.fullmatch(d) for d in digests):
             raise ImageError(f"the manifest of {image} has a missing or malformed digest")
         try:
-            config_bytes = await self.registry.get_blob_bytes(repo, config_desc["digest"])
+            config_bytes = await client.get_blob_bytes(repo, config_desc["digest"])
             config = _json(config_bytes, f"the config of {image}")
             diff_ids = (config.get("rootfs") or {}).get("diff_ids")
             if isinstance(diff_ids, list) and len(diff_ids) != len(layers):
@@ -587,7 +680,7 @@ class ImageCache:
                 paths = []
                 for i, layer in enumerate(fetch):
                     paths.append(
-                        await self.registry.get_blob(repo, layer["digest"], tmp / f"layer-{i}.tar")
+                        await client.get_blob(repo, layer["digest"], tmp / f"layer-{i}.tar")
                     )
                 unpacked = image_from_config(digest, config, slot / "rootfs")
                 await asyncio.to_thread(self._unpack, paths, tmp, slot, unpacked, base, have_base)
@@ -657,6 +750,11 @@ class ImageCache:
             # Another process sharing this data directory unpacked it first: same content.
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or _read_slot(slot) is None:
                 raise
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(exist_ok=True)
+    path.touch()
 
 
 def _read_slot(slot: Path) -> UnpackedImage | None:

@@ -36,6 +36,7 @@ from google.cloud.artifactregistry_v1.services.artifact_registry.transports impo
 
 from localcloud import testing
 from localcloud.core.oidc import Issuer
+from localcloud.registry.agents import run_agent
 from localcloud.registry.client import OCI_CONFIG, OCI_MANIFEST, RegistryClient, RegistryError
 
 PROJECT = "local-project"
@@ -256,3 +257,65 @@ def test_bad_registry_tokens_are_401(localcloud, issuer) -> None:
             asyncio.run(pull(address, f"{PROJECT}/any/app", headers))
         assert refused.value.status == 401
         assert refused.value.codes == ["UNAUTHORIZED"]
+
+
+def test_a_repository_that_does_not_exist_is_refused_naming_it(owner, localcloud, issuer) -> None:
+    """Artifact Registry refuses a push to a repository its API never created, as
+    ``docker push`` shows it: ``name unknown: Repository "REPO" not found``
+    (https://cloud.google.com/artifact-registry/docs/transition/changes-gcp#workflow)."""
+    address = localcloud.config.registry_address
+    missing = f"missing-{uuid.uuid4().hex[:8]}"
+    path = f"{PROJECT}/{missing}/app"
+    for method, url in (
+        ("POST", f"http://{address}/v2/{path}/blobs/uploads/"),
+        ("GET", f"http://{address}/v2/{path}/manifests/latest"),
+    ):
+        answer = requests.request(method, url, timeout=10)  # the local user: project owner
+        assert answer.status_code == 404
+        assert answer.json()["errors"] == [
+            {"code": "NAME_UNKNOWN", "message": f'Repository "{missing}" not found'}
+        ]
+    with pytest.raises(RegistryError) as refused:
+        asyncio.run(push(address, path, {}))
+    assert refused.value.codes == ["NAME_UNKNOWN"]
+    assert f'Repository "{missing}" not found' in str(refused.value)
+    # Someone without the project's grants is told only that they may not push there.
+    stranger = issuer.mint_access_token(f"nobody@{PROJECT}.iam.gserviceaccount.com")
+    started = requests.post(
+        f"http://{address}/v2/{path}/blobs/uploads/", headers=bearer(stranger), timeout=10
+    )
+    assert started.status_code == 403
+    assert started.json()["errors"][0]["code"] == "DENIED"
+
+    # Once Artifact Registry's API has made it, the same push goes through.
+    owner.create_repository(
+        request={
+            "parent": PARENT,
+            "repository_id": missing,
+            "repository": {"format_": artifactregistry_v1.Repository.Format.DOCKER},
+        }
+    ).result(timeout=30)
+    assert asyncio.run(push(address, path, {})).startswith("sha256:")
+
+
+def test_cloud_runs_service_agent_reads_its_own_projects_repositories_only(
+    owner, localcloud, issuer
+) -> None:
+    """The Cloud Run Service Agent reads the images of its own project by default, and
+    nothing more: another project's need Artifact Registry Reader granted to it
+    (https://cloud.google.com/artifact-registry/docs/integrate-cloud-run)."""
+    name = make_repository(owner)
+    path = f"{PROJECT}/{name.rsplit('/', 1)[1]}/app"
+    address = localcloud.config.registry_address
+    asyncio.run(push(address, path, {}))
+    own = issuer.mint_access_token(run_agent(PROJECT))
+    assert asyncio.run(pull(address, path, bearer(own)))
+    with pytest.raises(RegistryError, match=re.escape("uploadArtifacts")):
+        asyncio.run(push(address, path, bearer(own)))
+
+    other = run_agent("other-project")
+    with pytest.raises(RegistryError) as refused:
+        asyncio.run(pull(address, path, bearer(issuer.mint_access_token(other))))
+    assert refused.value.status == 403
+    grant(owner, name, "roles/artifactregistry.reader", f"serviceAccount:{other}")
+    assert asyncio.run(pull(address, path, bearer(issuer.mint_access_token(other))))

@@ -46,6 +46,16 @@ HOST = f"{sys.version_info[0]}.{sys.version_info[1]}"
 HOST_RUNTIME = f"python{sys.version_info[0]}{sys.version_info[1]}"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def builder_may_push(clients) -> None:
+    """The build account pushes the images, so it needs the writer role on the repository,
+    as ``orch local up`` and Terraform grant it (grants.json, account:build)."""
+    repository = "projects/local-project/locations/us-central1/repositories/functions"
+    policy = clients.artifact_registry.get_iam_policy(request={"resource": repository})
+    policy.bindings.add(role="roles/artifactregistry.writer", members=[f"serviceAccount:{ACCOUNT}"])
+    clients.artifact_registry.set_iam_policy(request={"resource": repository, "policy": policy})
+
+
 @pytest.fixture(scope="module")
 def logs_bucket(clients) -> str:
     """A user-created logs bucket, as ``orch local up`` and Terraform make the pipeline's."""

@@ -28,6 +28,7 @@ from google.cloud import run_v2
 from google.iam.v1 import policy_pb2
 from google.protobuf import json_format
 
+from localcloud.registry.agents import run_agent
 from localcloud.testing import run_service
 from orch.grants import RESOURCE_TYPES, Condition
 from orch.provision import (
@@ -167,6 +168,15 @@ def granted(localcloud, build_image, graveyard) -> Granted:
     first.buckets()
     first.topics()
     image = build_image("hello_http", "hello")
+    # The image is local-project's: this project's Cloud Run Service Agent reads it only
+    # once granted (https://cloud.google.com/artifact-registry/docs/integrate-cloud-run).
+    functions = "projects/local-project/locations/us-central1/repositories/functions"
+    registry = _registry(localcloud)
+    found = registry.get_iam_policy(request={"resource": functions})
+    found.bindings.add(
+        role="roles/artifactregistry.reader", members=[f"serviceAccount:{run_agent(project)}"]
+    )
+    registry.set_iam_policy(request={"resource": functions, "policy": found})
 
     def create(key: str) -> None:
         made = clients.run_services.create_service(

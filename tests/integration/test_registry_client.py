@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
 import uuid
 from collections.abc import Awaitable, Callable
@@ -44,9 +45,17 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def new_repo(label: str = "img") -> str:
-    """A registry repository path in Artifact Registry's shape, unique to the caller."""
-    return f"{PROJECT}/test-{uuid.uuid4().hex[:10]}/{label}"
+def new_repo(label: str = "img", create: bool = True) -> str:
+    """An image path in Artifact Registry's shape, ``PROJECT/REPOSITORY/IMAGE``, in a new
+    repository of its own (made with Artifact Registry's API unless ``create`` is false:
+    the registry refuses any other)."""
+    repository = f"test-{uuid.uuid4().hex[:10]}"
+    if create:
+        name = f"projects/{PROJECT}/locations/us-central1/repositories/{repository}"
+        client = testing.create_repository(os.environ["LOCALCLOUD_GRPC_HOST"], name)
+        assert client is not None
+        client.transport.close()
+    return f"{PROJECT}/{repository}/{label}"
 
 
 def make_layer(files: dict[str, bytes]) -> tuple[bytes, str]:
