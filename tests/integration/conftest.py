@@ -146,3 +146,24 @@ def other_localcloud(tmp_path_factory, wheelhouse) -> Iterator[OtherLocalcloud]:
     )
     yield other
     other.instance.stop()
+
+
+@pytest.fixture(scope="session")
+def default_build_account_builds(localcloud) -> str:
+    """The Compute Engine default account, which builds functions that name no build account
+    of their own, granted ``roles/cloudbuild.builds.builder`` on the project: what Google
+    tells the owner of a new project to grant, since it no longer makes that account an
+    editor (https://cloud.google.com/build/docs/cloud-build-service-account-updates);
+    without it, its pushes to ``gcf-artifacts`` are refused here as there."""
+    from localcloud.core.projects import project_number
+
+    project = localcloud.config.project
+    member = f"serviceAccount:{project_number(project)}-compute@developer.gserviceaccount.com"
+    projects = Clients(Environment.from_env(localcloud.env)).projects
+    policy = projects.get_iam_policy(request={"resource": f"projects/{project}"})
+    if not any(
+        b.role == "roles/cloudbuild.builds.builder" and member in b.members for b in policy.bindings
+    ):
+        policy.bindings.add(role="roles/cloudbuild.builds.builder", members=[member])
+        projects.set_iam_policy(request={"resource": f"projects/{project}", "policy": policy})
+    return member

@@ -39,6 +39,9 @@ HELLO = {"main.py": (FUNCTIONS / "echo_env" / "main.py").read_text()}
 BROKEN = {"main.py": "def echo(request):\n    return 'unterminated\n"}
 
 
+pytestmark = pytest.mark.usefixtures("default_build_account_builds")
+
+
 @pytest.fixture(scope="module")
 def clients(localcloud) -> Clients:
     return Clients(Environment.from_env(localcloud.env))

@@ -31,7 +31,10 @@ from localcloud.core.oidc import Issuer
 from localcloud.core.projects import project_number
 from orch.cli import main
 
-pytestmark = pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed"),
+    pytest.mark.usefixtures("default_build_account_builds"),
+]
 
 PROJECT = "local-project"
 REGION = "us-central1"
