@@ -112,8 +112,8 @@ def test_terraforms_condition_limits_a_project_grant_to_one_bucket(policies: Pol
     startsWith(bucket + "/"))."""
     grants = json.loads((ROOT / "pipeline" / "orchestrator" / "grants.json").read_text())
     conditions = [g["condition"] for g in grants["grants"] if g.get("condition")]
-    assert len(conditions) == 1
-    expression = conditions[0]["expression"].replace(
+    (sources,) = [c for c in conditions if "{function_sources_bucket}" in c["expression"]]
+    expression = sources["expression"].replace(
         "{function_sources_bucket}", "gcf-v2-sources-1-us-central1"
     )
     builder = "serviceAccount:builder@p.iam.gserviceaccount.com"
@@ -124,6 +124,30 @@ def test_terraforms_condition_limits_a_project_grant_to_one_bucket(policies: Pol
     assert not check(builder, ["storage.objects.get"], "projects/_/buckets/other/objects/x")
     lookalike = "projects/_/buckets/gcf-v2-sources-1-us-central1-evil/objects/x"
     assert not check(builder, ["storage.objects.get"], lookalike)
+
+
+def test_terraforms_condition_limits_a_project_writer_grant_to_gcf_artifacts(
+    policies: Policies,
+) -> None:
+    """The build account's artifactregistry.writer on the project (the functions path's
+    images) holds on the gcf-artifacts repository only."""
+    grants = json.loads((ROOT / "pipeline" / "orchestrator" / "grants.json").read_text())
+    (condition,) = [
+        g["condition"]
+        for g in grants["grants"]
+        if g.get("condition") and g["role"] == "roles/artifactregistry.writer"
+    ]
+    builder = "serviceAccount:builder@p.iam.gserviceaccount.com"
+    policies.grant(
+        "projects/p", "roles/artifactregistry.writer", builder, condition=condition["expression"]
+    )
+    check = policies.authorizer.permitted
+    upload = ["artifactregistry.repositories.uploadArtifacts"]
+    assert check(builder, upload, "projects/p/locations/us-central1/repositories/gcf-artifacts")
+    assert not check(builder, upload, "projects/p/locations/us-central1/repositories/functions")
+    assert not check(
+        builder, upload, "projects/p/locations/us-central1/repositories/gcf-artifacts-evil"
+    )
 
 
 @pytest.mark.parametrize(
