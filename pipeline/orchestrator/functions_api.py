@@ -174,7 +174,7 @@ def _start(ctx: Context, deployment: Deployment) -> str:
     """Create or update the function; the operation's name."""
     region = None
     if deployment.manifest.triggers:  # the topic made, the bucket checked, as the run path does
-        region = triggers_step._location(ctx, deployment.manifest.triggers[0], {})
+        region = triggers_step._location(ctx, deployment.manifest.triggers[0], {}, "build")
     wanted = function(ctx, deployment, region)
     client = ctx.clients.functions
     try:

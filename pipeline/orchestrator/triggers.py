@@ -50,7 +50,12 @@ def trigger_location(bucket_location: str) -> str:
     return bucket_location.lower()
 
 
-def _location(ctx: Context, trigger: Trigger, project_number: dict[str, str | None]) -> str:
+def _location(
+    ctx: Context,
+    trigger: Trigger,
+    project_number: dict[str, str | None],
+    caller: str = "bind_triggers",
+) -> str:
     """Where the trigger must live, making sure its source exists.
 
     A Pub/Sub trigger lives in the pipeline's region, its topic created when missing (as
@@ -59,7 +64,9 @@ def _location(ctx: Context, trigger: Trigger, project_number: dict[str, str | No
     buckets), be readable (its location is read, never guessed: Eventarc refuses a trigger
     elsewhere) and belong to the pipeline's project (Eventarc triggers only on buckets of
     the trigger's project: https://cloud.google.com/functions/docs/calling/storage).
-    ``project_number`` caches the pipeline's project number across a step's triggers.
+    ``project_number`` caches the pipeline's project number across a step's triggers;
+    ``caller`` is the function asking (``api: functions`` reads the bucket in ``build``),
+    whose account a refusal tells the user to grant.
     """
     if trigger.kind == "pubsub":
         topic = ctx.settings.topic_path(trigger.topic or "")
@@ -72,7 +79,7 @@ def _location(ctx: Context, trigger: Trigger, project_number: dict[str, str | No
     except exceptions.Forbidden as exc:
         raise StepFailed(
             "TRIGGER_FAILED",
-            f"bucket {name!r} of the storage trigger cannot be read by the bind_triggers "
+            f"bucket {name!r} of the storage trigger cannot be read by the {caller} "
             f"function's service account ({exc.message}); its location decides the "
             f"trigger's: grant that account {BUCKET_ROLE} (storage.buckets.get) on the "
             f"project {ctx.settings.project}, or use a bucket of that project",

@@ -9,6 +9,10 @@ build is cached; a deploy request; a request that binds triggers), and checks wh
 sees on ``deploy-status``: the step that failed, its code, and the permission named. The
 service deployed once by the module fixture keeps serving its old body throughout (nothing
 lost), and the binding is restored whatever happens (the session's localcloud is shared).
+Grants of ``api: functions`` have a service of their own, a function of the Cloud Functions
+API (``function_target``): a deploy request changing its environment reuses its image, one
+changing its trigger stops in the build step, and a step that fails while following the
+function's operation leaves that operation to end with the function ACTIVE.
 
 Rows that cannot end in a failed status event say what the user sees instead (a
 dead-lettered delivery and the function's log; a failed workflow execution). Rows of grants
@@ -22,7 +26,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -78,6 +82,8 @@ class Row:
     where: str = "message"  # the failed event's message, or a key of its details
     note: str = ""  # why a row expects no failure, or is skipped
     xfail: str = ""  # why localcloud cannot show it yet
+    api: str = "run"  # the service the action deploys: `target` (run) or `function_target`
+    says: str = ""  # what else the failure's message must say (whose account to grant)
 
 
 def records(action: str, step: str) -> Row:
@@ -89,6 +95,14 @@ def status(action: str, step: str) -> Row:
     if step == "accepted":  # the intake cannot report at all: Eventarc gives up on it
         return Row(action, DEAD_LETTER, permission="pubsub.topics.publish")
     return Row(action, FAILS, step, "INTERNAL", "pubsub.topics.publish")
+
+
+BUILDER_PUSHES_AS_USER = "builder pushes as the local user until the push work lands"
+
+
+def functions_row(action: str, step: str, code: str, permission: str, **extra: Any) -> Row:
+    """A row of ``api: functions``: its action deploys ``function_target``."""
+    return Row(action, FAILS, step, code, permission, api="functions", **extra)
 
 
 NEVER_READS_EXECUTIONS = (
@@ -125,7 +139,12 @@ ROWS: dict[str, Row] = {
     # ---- every function's status events
     "function:on-source-uploaded roles/pubsub.publisher topic:status": status("upload", "accepted"),
     "function:on-deploy-request roles/pubsub.publisher topic:status": status("request", "accepted"),
-    "function:build roles/pubsub.publisher topic:status": status("upload", "build"),
+    "function:build roles/pubsub.publisher topic:status": Row(
+        "upload",
+        UNNEEDED,
+        note="redundant: roles/pubsub.editor on the project (granted to build for `api: "
+        "functions`' Pub/Sub triggers) holds pubsub.topics.publish on every topic",
+    ),
     "function:push roles/pubsub.publisher topic:status": status("upload", "push"),
     "function:deploy roles/pubsub.publisher topic:status": status("upload", "deploy"),
     "function:bind-triggers roles/pubsub.publisher topic:status": Row(
@@ -178,25 +197,72 @@ ROWS: dict[str, Row] = {
         "artifactregistry.repositories.downloadArtifacts",
     ),
     "function:deploy roles/run.admin project": Row(
-        "upload", FAILS, "deploy", "INTERNAL", "run.services.get"
+        # roles/cloudfunctions.viewer (for `api: functions`) holds run.services.get
+        "upload",
+        FAILS,
+        "deploy",
+        "DEPLOY_FAILED",
+        "run.services.update",
     ),
     "function:deploy roles/iam.serviceAccountUser account:runtime": Row(
         "upload", FAILS, "deploy", "DEPLOY_FAILED", "iam.serviceAccounts.actAs"
     ),
     "function:bind-triggers roles/eventarc.admin project": Row(
-        "triggers", FAILS, "bind_triggers", "INTERNAL", "eventarc.triggers.list"
+        # roles/cloudfunctions.viewer (for `api: functions`) holds eventarc.triggers.list
+        "triggers",
+        FAILS,
+        "bind_triggers",
+        "TRIGGER_FAILED",
+        "eventarc.triggers.create",
     ),
     "function:bind-triggers roles/pubsub.editor project": Row(
         "triggers", FAILS, "bind_triggers", "INTERNAL", "pubsub.topics.create"
     ),
     "function:bind-triggers roles/run.admin project": Row(
-        "triggers", FAILS, "bind_triggers", "INTERNAL", "run.services.getIamPolicy"
+        # roles/cloudfunctions.viewer (for `api: functions`) holds run.services.getIamPolicy
+        "triggers",
+        FAILS,
+        "bind_triggers",
+        "INTERNAL",
+        "run.services.setIamPolicy",
     ),
     "function:bind-triggers custom:bucketLocationReader project": Row(
         "triggers", FAILS, "bind_triggers", "TRIGGER_FAILED", "storage.buckets.get"
     ),
     "function:bind-triggers roles/iam.serviceAccountUser account:trigger": Row(
         "triggers", FAILS, "bind_triggers", "TRIGGER_FAILED", "iam.serviceAccounts.actAs"
+    ),
+    # ---- api: functions (function_target): the build step starts the function's update;
+    # deploy and bind_triggers follow its operation. A deploy request changing only the
+    # environment reuses the function's image (no build).
+    "function:build roles/cloudfunctions.developer project": functions_row(
+        # the first call it allows: reading the service, to refuse one the other API manages
+        "request",
+        "build",
+        "INTERNAL",
+        "run.services.get",
+    ),
+    "function:build roles/iam.serviceAccountUser account:runtime": functions_row(
+        "request", "build", "DEPLOY_FAILED", "iam.serviceAccounts.actAs"
+    ),
+    "function:build roles/iam.serviceAccountUser account:trigger": functions_row(
+        "pubsub trigger", "build", "DEPLOY_FAILED", "iam.serviceAccounts.actAs"
+    ),
+    "function:build roles/pubsub.editor project": functions_row(
+        "pubsub trigger", "build", "INTERNAL", "pubsub.topics.create"
+    ),
+    "function:build custom:bucketLocationReader project": functions_row(
+        "storage trigger",
+        "build",
+        "TRIGGER_FAILED",
+        "storage.buckets.get",
+        says="the build function's service account",
+    ),
+    "function:deploy roles/cloudfunctions.viewer project": functions_row(
+        "request", "deploy", "INTERNAL", "cloudfunctions.operations.get"
+    ),
+    "function:bind-triggers roles/cloudfunctions.viewer project": functions_row(
+        "request", "bind_triggers", "INTERNAL", "cloudfunctions.operations.get"
     ),
     # ---- the workflow's account
     "account:workflow roles/run.invoker service:build": Row(
@@ -264,7 +330,15 @@ ROWS: dict[str, Row] = {
         "build",
         "BUILD_FAILED",
         "artifactregistry.repositories.uploadArtifacts",
-        xfail="builder pushes as the local user until the push work lands",
+        xfail=BUILDER_PUSHES_AS_USER,
+    ),
+    "account:build roles/artifactregistry.writer project": functions_row(
+        # the same source uploaded again: a new generation, so Cloud Functions builds it
+        "upload",
+        "build",
+        "BUILD_FAILED",
+        "artifactregistry.repositories.uploadArtifacts",
+        xfail=BUILDER_PUSHES_AS_USER,
     ),
     "account:build roles/storage.admin bucket:build_logs": Row(
         "upload",
@@ -361,6 +435,11 @@ class Target:
     revision: str  # the revision serving before the case
     watched: str  # a bucket its storage triggers watch
     first: str  # the first deployment's id (a finished execution, for a stale lock)
+    fields: dict[str, Any] = field(default_factory=dict)  # its manifest's, beyond source()'s
+
+
+# The function_target's manifest: deployed through the Cloud Functions API.
+FUNCTIONS = {"api": "functions", "runtime": "python311"}
 
 
 def unique(prefix: str) -> str:
@@ -378,17 +457,45 @@ def source(service: str, **fields: Any) -> bytes:
     return zip_tree(files)
 
 
-@pytest.fixture(scope="module")
-def target(pipeline: Pipeline) -> Target:
-    service = unique("grants")
+def deployed(pipeline: Pipeline, prefix: str, fields: dict[str, Any]) -> Target:
+    """A service deployed once (so a previous version serves), and a bucket to watch."""
+    service = unique(prefix)
     name = f"{service}.zip"
-    dep_id, _ = pipeline.upload(source(service), name)
+    dep_id, _ = pipeline.upload(source(service, **fields), name)
     final = [e for e in pipeline.wait(dep_id, timeout=180) if e.step == "done"][-1]
     assert final.state == "succeeded", final.message
     location = pipeline.settings.region.upper()
-    watched = pipeline.clients.storage.create_bucket(unique("grants-watched"), location=location)
+    watched = pipeline.clients.storage.create_bucket(unique(f"{prefix}-watched"), location=location)
     revision = pipeline.service(service).latest_ready_revision
-    return Target(service, name, final.details["url"], revision, watched.name, dep_id)
+    return Target(service, name, final.details["url"], revision, watched.name, dep_id, fields)
+
+
+@pytest.fixture(scope="module")
+def target(pipeline: Pipeline) -> Target:
+    return deployed(pipeline, "grants", {})
+
+
+@pytest.fixture(scope="module")
+def function_target(pipeline: Pipeline) -> Target:
+    """The service of the ``api: functions`` rows: a function of the Cloud Functions API."""
+    return deployed(pipeline, "grants-fn", FUNCTIONS)
+
+
+def function_settled(pipeline: Pipeline, target: Target) -> Any:
+    """The function once its last operation ended (a step that failed while following it
+    leaves it running): ACTIVE, or the case left it broken."""
+    from google.cloud import functions_v2
+
+    name = f"{pipeline.settings.location_path}/functions/{target.service}"
+    deploying = functions_v2.Function.State.DEPLOYING
+
+    def settled() -> Any:
+        fn = pipeline.clients.functions.get_function(name=name)
+        return None if fn.state == deploying else fn
+
+    fn = wait_for(settled, 60, f"function {target.service} to settle", every=0.2)
+    assert fn.state == functions_v2.Function.State.ACTIVE, fn.state_messages
+    return fn
 
 
 # ------------------------------------------------------------------ the cases
@@ -413,6 +520,8 @@ class Cases:
             "upload": self.upload,
             "request": self.request,
             "triggers": self.triggers,
+            "pubsub trigger": self.pubsub_trigger,
+            "storage trigger": self.storage_trigger,
             "failing build": self.failing_build,
             "stale lock": self.stale_lock,
             "stale claim request": self.stale_claim_request,
@@ -420,7 +529,7 @@ class Cases:
 
     def upload(self) -> str:
         """The service's source again: a deployment whose build is cached."""
-        dep_id, generation = self.p.upload(source(self.t.service), self.t.object)
+        dep_id, generation = self.p.upload(source(self.t.service, **self.t.fields), self.t.object)
         self.needle = str(generation)  # what its storage event carries
         return dep_id
 
@@ -447,10 +556,37 @@ class Cases:
         return dep_id
 
     def triggers(self) -> str:
-        """A deploy request binding a new Pub/Sub trigger and a storage trigger."""
+        """A deploy request binding a new Pub/Sub trigger and a storage trigger, to a service
+        whose invoker policy does not name the trigger account yet (as before its first
+        trigger: an earlier case's bind_triggers may have granted it)."""
+        self._without_trigger_invoker()
         self.topic = unique("grants-topic")
         triggers = [{"pubsub": {"topic": self.topic}}, {"storage": {"bucket": self.t.watched}}]
         dep_id, _ = self._request({"triggers": triggers})
+        return dep_id
+
+    def _without_trigger_invoker(self) -> None:
+        services = self.p.clients.run_services
+        resource = self.s.service_path(self.t.service)
+        policy = services.get_iam_policy(request={"resource": resource})
+        member = f"serviceAccount:{self.s.trigger_service_account}"
+        found = [
+            b for b in policy.bindings if b.role == "roles/run.invoker" and member in b.members
+        ]
+        for binding in found:
+            binding.members.remove(member)
+        if found:
+            services.set_iam_policy(request={"resource": resource, "policy": policy})
+
+    def pubsub_trigger(self) -> str:
+        """A deploy request binding one new Pub/Sub trigger (a function has one at most)."""
+        self.topic = unique("grants-topic")
+        dep_id, _ = self._request({"triggers": [{"pubsub": {"topic": self.topic}}]})
+        return dep_id
+
+    def storage_trigger(self) -> str:
+        """A deploy request binding one storage trigger."""
+        dep_id, _ = self._request({"triggers": [{"storage": {"bucket": self.t.watched}}]})
         return dep_id
 
     def failing_build(self) -> str:
@@ -569,7 +705,11 @@ def _marks(key: str) -> Any:
 
 
 @pytest.fixture
-def cases(pipeline: Pipeline, target: Target) -> Iterator[Cases]:
+def cases(pipeline: Pipeline, request: pytest.FixtureRequest) -> Iterator[Cases]:
+    """The row's cases, on the service its action deploys (made when a row first needs it)."""
+    row = ROWS[request.node.callspec.params["key"]]
+    name = "function_target" if row.api == "functions" else "target"
+    target: Target = request.getfixturevalue(name)
     yield Cases(pipeline, target)
     # A stale lock a case left (a planted one, or a deployment refused mid-way) is taken over
     # by the next deployment anyway; a planted one goes now.
@@ -582,8 +722,9 @@ def cases(pipeline: Pipeline, target: Target) -> Iterator[Cases]:
 
 @pytest.mark.parametrize("key", [_marks(k) for k in GRANTS])
 def test_a_deployment_without_the_grant_fails_where_it_needs_it_and_loses_nothing(
-    pipeline: Pipeline, target: Target, cases: Cases, key: str
+    pipeline: Pipeline, cases: Cases, key: str
 ):
+    target = cases.t
     row = ROWS[key]
     grant = GRANTS[key]
     binding = Binding(pipeline, grant)
@@ -602,6 +743,7 @@ def test_a_deployment_without_the_grant_fails_where_it_needs_it_and_loses_nothin
             assert event.error_code == row.code, event.message
             said = event.message if row.where == "message" else event.details.get(row.where, "")
             assert row.permission in said, f"{row.permission} not in {said!r}"
+            assert row.says in event.message, f"{row.says!r} not in {event.message!r}"
             if row.step in ("build", "push", "deploy", "bind_triggers"):
                 assert done and done[0].details["step"] == row.step, done
                 assert done[0].error_code == row.code
@@ -634,6 +776,8 @@ def test_a_deployment_without_the_grant_fails_where_it_needs_it_and_loses_nothin
                 cases.delivered()
     finally:
         binding.restore()
+    if row.api == "functions":  # a failed step leaves the function's update to finish
+        function_settled(pipeline, target)
     # Nothing lost: the service answers as before, from the same revision when the
     # deployment stopped before deploying.
     assert pipeline.get(target.url) == BODY
