@@ -188,6 +188,39 @@ def provide_repository(config: Config, repository: str = "functions") -> str:
     return name
 
 
+def grant_default_builder(config: Config) -> None:
+    """Grant the Compute Engine default account (the account builds that name none run as)
+    ``roles/cloudbuild.builds.builder`` on the project, as Google tells the owner of a new
+    project to (https://cloud.google.com/build/docs/cloud-build-service-account-updates):
+    builds read their source, push and log as that account, and without a grant it may do
+    none of these, here as there. Idempotent."""
+    import grpc
+    from google.cloud import resourcemanager_v3
+    from google.cloud.resourcemanager_v3.services.projects.transports import (
+        ProjectsGrpcTransport,
+    )
+
+    from localcloud.core.projects import project_number
+
+    member = (
+        f"serviceAccount:{project_number(config.project)}-compute@developer.gserviceaccount.com"
+    )
+    role = "roles/cloudbuild.builds.builder"
+    channel = grpc.insecure_channel(
+        config.grpc_address, options=[("grpc.use_local_subchannel_pool", 1)]
+    )
+    client = resourcemanager_v3.ProjectsClient(transport=ProjectsGrpcTransport(channel=channel))
+    try:
+        resource = f"projects/{config.project}"
+        policy = client.get_iam_policy(request={"resource": resource})
+        if any(b.role == role and member in b.members for b in policy.bindings):
+            return
+        policy.bindings.add(role=role, members=[member])
+        client.set_iam_policy(request={"resource": resource, "policy": policy})
+    finally:
+        client.transport.close()
+
+
 def start(
     data_dir: Path,
     *,
@@ -197,7 +230,8 @@ def start(
     repository: bool = True,
 ) -> Instance:
     """Start ``python -m localcloud serve`` on free ports; return once it is healthy, with
-    the ``functions`` repository images are pushed to (``provide_repository``) unless
+    the ``functions`` repository images are pushed to (``provide_repository``) and the
+    default build account granted what builds need (``grant_default_builder``), unless
     ``repository`` is false."""
     if config is None:
         ports: dict[str, Any] = {attr: free_port() for attr in PORTS.values()}
@@ -236,6 +270,7 @@ def start(
                 if healthy:
                     if repository:
                         provide_repository(config)
+                        grant_default_builder(config)
                     return instance
         except (OSError, ValueError):
             pass

@@ -62,7 +62,10 @@ class Skipped:
 NO_AGENTS = "Google's service agents do not exist on localcloud"
 # Terraform's code bucket holds the zip Cloud Run functions builds from; `orch local up`
 # builds the functions from the records bucket instead (see Provisioner.image).
-NO_CODE_BUCKET = "no code bucket locally: the functions are built from the records bucket"
+CODE_IN_RECORDS = (
+    "the code bucket is the records bucket locally: `orch local up` keeps the functions' "
+    "zip there, so grants on the code bucket are made on it"
+)
 # The target kinds whose IAM localcloud may not serve yet: their grants are skipped, saying
 # so, while it answers UNIMPLEMENTED (or, for a bucket's /iam, 404; for a repository, 404
 # when nothing made it).
@@ -498,7 +501,8 @@ class Provisioner:
         if kind == "project":
             return f"projects/{self.s.project}"
         if kind == "bucket":
-            return str(getattr(self.s, f"{key}_bucket"))
+            # CODE_IN_RECORDS: the zip the build account reads to build the functions.
+            return str(getattr(self.s, f"{'records' if key == 'code' else key}_bucket"))
         if kind == "topic":
             return self.s.topic_path(self.p["topics"][key])
         if kind == "repository":
@@ -561,9 +565,6 @@ class Provisioner:
             if grant.who.startswith("agent:"):
                 self._skip(grant, NO_AGENTS)
                 continue
-            if grant.on == "bucket:code":
-                self._skip(grant, NO_CODE_BUCKET)
-                continue
             if grant.condition is not None and sources_bucket is None:
                 sources_bucket = self._function_sources_bucket()
             groups.setdefault((grant.kind, self._grant_target(grant)), []).append(grant)
@@ -623,14 +624,15 @@ class Provisioner:
         self.custom_roles()
         self.buckets()
         self.repository()
-        # The functions' image is built (and pushed) as the build account: its writer grant
-        # on the repository comes first.
-        self.grants({"repository"})
+        # The functions are built as the build account, which reads their zip, pushes the
+        # image and writes the log as itself: its grants on the buckets and the repository
+        # come first.
+        self.grants({"repository", "bucket"})
         self.topics()
         urls = self.functions()
         # Before the workflow and the triggers, as Terraform's depends_on orders them: the
         # workflow's and the trigger account's grants exist when they first call.
-        self.grants(set(grants_file.RESOURCE_TYPES) - {"subscription", "repository"})
+        self.grants(set(grants_file.RESOURCE_TYPES) - {"subscription", "repository", "bucket"})
         self.workflow(urls)
         self.triggers()
         self.grants({"subscription"})  # Eventarc makes the subscriptions with the triggers

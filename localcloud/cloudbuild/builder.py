@@ -23,6 +23,7 @@ its status detail quoting the registry's answer as docker prints it
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -40,6 +41,7 @@ from google.pubsub_v1.types import PubsubMessage, Topic
 from localcloud.cloudbuild import archive, buildpack, identity
 from localcloud.cloudbuild.config import PackPlan, plan
 from localcloud.cloudbuild.store import BuildStore
+from localcloud.core import authz, permissions
 from localcloud.core.config import Config
 from localcloud.core.errors import (
     Cancelled,
@@ -421,6 +423,7 @@ class Builder:
         log(f"Fetching storage object: gs://{src.bucket}/{src.object_}{generation}")
         archive_path = workdir / "source"
         account = self._account(build)
+        self._check_log_writable(build, account)
         await self._download(src.bucket, src.object_, src.generation, archive_path, account)
         tree = workdir / "tree"
         try:
@@ -500,26 +503,59 @@ class Builder:
     async def _download(
         self, bucket: str, name: str, generation: int, dest: Path, account: str
     ) -> None:
-        """Read the source as the build's account (``account``: the identity Cloud Build uses
-        for it; permissions are not enforced locally yet, so it names who failed)."""
+        """Read the source as the build's account (``account``), with a token minted for it,
+        as Cloud Build fetches sources: the storage front holds it to the bucket's IAM, so a
+        build account without ``storage.objects.get`` fails FETCH_SOURCE_FAILED naming it."""
         url = f"http://{self.config.storage_address}/download/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}"
         params = {"alt": "media"}
         if generation:
             params["generation"] = str(generation)
-        async with self.session.get(url, params=params) as response:
+        async with self.session.get(url, params=params, headers=self._as(account)) as response:
             if response.status == 404:
                 raise BuildStepFailed(
                     f"source gs://{bucket}/{name} not found",
                     types.Build.FailureInfo.FailureType.FETCH_SOURCE_FAILED,
                 )
             if response.status >= 400:
+                reason = _storage_error(await response.text())
                 raise BuildStepFailed(
-                    f"{account} could not fetch gs://{bucket}/{name}: HTTP {response.status}",
+                    f"{account} could not fetch gs://{bucket}/{name}: HTTP {response.status}"
+                    + (f": {reason}" if reason else ""),
                     types.Build.FailureInfo.FailureType.FETCH_SOURCE_FAILED,
                 )
             with open(dest, "wb") as out:
                 async for chunk in response.content.iter_chunked(1 << 20):
                     await asyncio.to_thread(out.write, chunk)
+
+    def _as(self, account: str) -> dict[str, str]:
+        """The headers of a request made as ``account`` (none without an issuer: a builder
+        run on its own, in tests, acts as the local user)."""
+        if self.issuer is None or not account:
+            return {}
+        return {"Authorization": f"Bearer {self.issuer.mint_access_token(account)}"}
+
+    def _check_log_writable(self, build: Any, account: str) -> None:
+        """A build logging to a bucket of the user's fails before it starts when its account
+        may not write there: Cloud Build writes the log as the build's account, and a
+        build whose log cannot be kept does not run
+        (https://cloud.google.com/build/docs/securing-builds/store-manage-build-logs#store-custom-bucket)."""
+        if not identity.writes_storage_log(build) or not permissions.checking():
+            return
+        place = identity.log_place(build, build.project_id, self._location(build))
+        if place.managed:
+            return
+        try:
+            authz.authorizer()
+        except RuntimeError:
+            return
+        resource = f"projects/_/buckets/{place.bucket}/objects/{self._log_object(build)}"
+        member = f"serviceAccount:{account}"
+        if not authz.permitted(member, ("storage.objects.create",), resource):
+            raise BuildStepFailed(
+                f"{account} cannot write the build log to gs://{place.bucket}: "
+                f"{authz.denied(member, 'storage.objects.create', resource).message}",
+                types.Build.FailureInfo.FailureType.LOGGING_FAILURE,
+            )
 
     async def _upload_log(self, build: Any, log: BuildLog) -> None:
         """Write ``log-ID.txt`` to the logs bucket as the build's account. Only a bucket Cloud
@@ -549,8 +585,18 @@ class Builder:
         url = f"http://{self.config.storage_address}/upload/storage/v1/b/{bucket}/o"
         params = {"uploadType": "media", "name": self._log_object(build)}
         body = ("\n".join(log.lines) + "\n").encode()
-        async with self.session.post(
-            url, params=params, data=body, headers={"Content-Type": "text/plain"}
-        ) as r:
+        # A bucket of the user's is written as the build's account; Cloud Build's own as itself.
+        headers = {"Content-Type": "text/plain"}
+        if not place.managed:
+            headers.update(self._as(self._account(build)))
+        async with self.session.post(url, params=params, data=body, headers=headers) as r:
             if r.status >= 400:
                 raise RuntimeError(f"HTTP {r.status}: {(await r.text())[:200]}")
+
+
+def _storage_error(text: str) -> str:
+    """The message of a Cloud Storage JSON error body (the front's, naming the permission)."""
+    try:
+        return str(json.loads(text)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return text.strip()[:300]

@@ -48,12 +48,18 @@ HOST_RUNTIME = f"python{sys.version_info[0]}{sys.version_info[1]}"
 
 @pytest.fixture(scope="module", autouse=True)
 def builder_may_push(clients) -> None:
-    """The build account pushes the images, so it needs the writer role on the repository,
-    as ``orch local up`` and Terraform grant it (grants.json, account:build)."""
+    """The build account reads its source, pushes the images and writes its log as itself,
+    so it needs the writer role on the repository, as ``orch local up`` and Terraform grant
+    it (grants.json, account:build), and access to these tests' source and log buckets (the
+    pipeline grants it the sources bucket and its logs bucket; here, object user on the project)."""
     repository = "projects/local-project/locations/us-central1/repositories/functions"
     policy = clients.artifact_registry.get_iam_policy(request={"resource": repository})
     policy.bindings.add(role="roles/artifactregistry.writer", members=[f"serviceAccount:{ACCOUNT}"])
     clients.artifact_registry.set_iam_policy(request={"resource": repository, "policy": policy})
+    project = "projects/local-project"
+    policy = clients.projects.get_iam_policy(request={"resource": project})
+    policy.bindings.add(role="roles/storage.objectUser", members=[f"serviceAccount:{ACCOUNT}"])
+    clients.projects.set_iam_policy(request={"resource": project, "policy": policy})
 
 
 @pytest.fixture(scope="module")

@@ -55,11 +55,20 @@ def new_repository(localcloud: testing.Instance) -> str:
     return name
 
 
+def may_read_sources(clients, account: str) -> None:
+    """Builds read their source as their account: let it read these tests' source buckets,
+    so what is tested is the push alone."""
+    policy = clients.projects.get_iam_policy(request={"resource": f"projects/{PROJECT}"})
+    policy.bindings.add(role="roles/storage.objectViewer", members=[f"serviceAccount:{account}"])
+    clients.projects.set_iam_policy(request={"resource": f"projects/{PROJECT}", "policy": policy})
+
+
 def test_a_build_whose_account_may_not_push_fails_until_it_is_granted(
     localcloud, clients, sources, registry_api, tmp_path
 ) -> None:
     repository = new_repository(localcloud)
     account = f"pusher-{uuid.uuid4().hex[:6]}@{PROJECT}.iam.gserviceaccount.com"
+    may_read_sources(clients, account)
     image = f"us-central1-docker.pkg.dev/{PROJECT}/{repository.rsplit('/', 1)[1]}/hello"
     build = pack_build(
         sources(zip_tree(HELLO)),
@@ -98,6 +107,7 @@ def test_a_build_pushing_to_a_repository_that_does_not_exist_fails_naming_it(
     # An account that may push to every repository of the project: what stops it is only
     # that the repository is not there.
     account = f"pusher-{uuid.uuid4().hex[:6]}@{PROJECT}.iam.gserviceaccount.com"
+    may_read_sources(clients, account)
     policy = clients.projects.get_iam_policy(request={"resource": f"projects/{PROJECT}"})
     policy.bindings.add(role="roles/artifactregistry.writer", members=[f"serviceAccount:{account}"])
     clients.projects.set_iam_policy(request={"resource": f"projects/{PROJECT}", "policy": policy})

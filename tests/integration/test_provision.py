@@ -256,7 +256,7 @@ def test_provisioning_makes_the_accounts_and_the_custom_role(localcloud, granted
 
 def test_every_grant_of_the_file_is_in_its_targets_policy(localcloud, granted):
     """Each grant of grants.json is read back with the official client of its target's
-    service; the ones a local project cannot hold (Google's agents, the code bucket, and
+    service; the ones a local project cannot hold (Google's agents, and
     bucket and repository IAM while localcloud does not serve them) were skipped, saying
     which and why, and no other."""
     s, clients = granted.settings, granted.clients
@@ -294,7 +294,7 @@ def test_every_grant_of_the_file_is_in_its_targets_policy(localcloud, granted):
     for who, role, on, condition in _expanded():
         key = f"{who} {role} {on}"
         kind, _, name = on.partition(":")
-        if who.startswith("agent:") or on == "bucket:code":
+        if who.startswith("agent:"):
             assert key in skipped, f"{key} was applied but cannot exist locally"
             continue
         if kind in ("bucket", "repository") and key in skipped:
@@ -311,6 +311,7 @@ def test_every_grant_of_the_file_is_in_its_targets_policy(localcloud, granted):
             "bucket": {
                 "sources": s.sources_bucket,
                 "records": s.records_bucket,
+                "code": s.records_bucket,  # provision.CODE_IN_RECORDS
                 "build_logs": s.build_logs_bucket,
             }.get(name, ""),
             "topic": f"projects/{s.project}/topics/{p['topics'].get(name, '')}",
@@ -351,7 +352,7 @@ def test_every_skipped_grant_says_why(granted):
     """Nothing is skipped silently: each skipped grant was printed with its reason, and only
     grants that cannot be made on localcloud are skipped."""
     reasons = {x.reason for x in granted.first.skipped}
-    allowed = ("Google's service agents", "no code bucket", "localcloud does not serve")
+    allowed = ("Google's service agents", "localcloud does not serve")
     assert reasons and all(r.startswith(allowed) for r in reasons), reasons
     assert {x.grant for x in granted.first.skipped if x.reason.startswith("Google's")} == {
         f"{who} {role} {on}" for who, role, on, _ in _expanded() if who.startswith("agent:")
