@@ -22,6 +22,9 @@ event, against the same deploy not killed.
 For IAM enforcement (``--only iam``), Pub/Sub throughput and zip-to-serving with
 ``LOCALCLOUD_IAM=enforce`` against ``off`` (nothing checked), on one localcloud restarted
 in each mode: enforce within 5%.
+For Pub/Sub over REST (``--only rest``), publishers POSTing batches and pullers pulling and
+acknowledging over keep-alive HTTP, against the official emulator's REST in alternating
+rounds: at least 2x its end-to-end throughput.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from benchmarks import eventarc as events_bench
 from benchmarks import iam as iam_bench
 from benchmarks import pipeline as pipeline_bench
 from benchmarks import recovery as recovery_bench
+from benchmarks import rest as rest_bench
 from benchmarks import run as cloud_run
 from benchmarks import workflows as workflows_bench
 from benchmarks.build import BuildResult, BuildSettings
@@ -94,9 +98,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-official", action="store_true", help="skip the official emulator")
     parser.add_argument(
         "--only",
-        choices=("build", "pubsub", "run", "eventarc", "workflows", "pipeline", "recovery", "iam"),
+        choices=(
+            "build",
+            "pubsub",
+            "run",
+            "eventarc",
+            "workflows",
+            "pipeline",
+            "recovery",
+            "iam",
+            "rest",
+        ),
         help="run only the Cloud Build, Pub/Sub, Cloud Run, Eventarc, Workflows, deploy "
-        "pipeline, recovery or IAM enforcement part",
+        "pipeline, recovery, IAM enforcement or Pub/Sub over REST part",
     )
     parser.add_argument(
         "--repeats", type=int, help="build: fresh localcloud data dirs, each cold (3; quick 1)"
@@ -813,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
     recovered = recovery_bench.run(cs) if args.only in (None, "recovery") else None
     ims = iam_bench.IamSettings.for_run(args.quick, args.messages)
     iamed = iam_bench.run(ims) if args.only in (None, "iam") else None
+    rss = rest_bench.RestSettings.for_run(args.quick, args.messages, not args.no_official)
+    rested = rest_bench.run(rss) if args.only in (None, "rest") else None
     wall = time.monotonic() - began
     rows = build_rows(*results) if results else []
     b_rows = cloud_build_rows(built) if built else []
@@ -824,6 +840,7 @@ def main(argv: list[str] | None = None) -> int:
         [Row(*x, group="recovery") for x in recovery_bench.rows(recovered)] if recovered else []
     )
     i_rows = [Row(*x, group="iam") for x in iam_bench.rows(iamed)] if iamed else []
+    s_rows = [Row(*x, group="rest") for x in rest_bench.rows(rested)] if rested else []
     official_ran = results is not None and results[1].skipped is None
     passed = (
         all(r.ok is not False for r in rows + b_rows + r_rows)
@@ -839,6 +856,7 @@ def main(argv: list[str] | None = None) -> int:
     passed = passed and all(r.ok is not False for r in c_rows)
     passed = passed and (recovered is None or recovery_bench.passed(recovered))
     passed = passed and (iamed is None or iam_bench.passed(iamed))
+    passed = passed and (rested is None or rest_bench.passed(rested))
 
     print()
     if results:
@@ -865,6 +883,9 @@ def main(argv: list[str] | None = None) -> int:
     if iamed:
         print(table(i_rows, reference="iam off"))
         print()
+    if rested:
+        print(table(s_rows, reference="official"))
+        print()
     for note in (
         (notes(s, results) if results else [])
         + (build_notes(bs, built) if built else [])
@@ -880,6 +901,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in recovery_bench.notes(cs, recovered) if recovered else []:
         print(f"  {note}")
     for note in iam_bench.notes(ims, iamed) if iamed else []:
+        print(f"  {note}")
+    for note in rest_bench.notes(rss, rested) if rested else []:
         print(f"  {note}")
     print(f"  wall time: {wall:.1f} s; result: {'PASS' if passed else 'FAIL'}")
     print("\ndocs/performance.md snippet:\n")
@@ -900,6 +923,8 @@ def main(argv: list[str] | None = None) -> int:
         snippets.append(recovery_bench.markdown(cs, recovered))
     if iamed:
         snippets.append(iam_bench.markdown(ims, iamed))
+    if rested:
+        snippets.append(rest_bench.markdown(rss, rested))
     if snippets and not results:  # the Pub/Sub snippet says where and when; say it here
         snippets[-1] += (
             f" Measured by `make bench` on {when} ({os.cpu_count()} CPUs, Python "
@@ -927,9 +952,10 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline": pipeline_bench.to_json(ps, piped) if piped else None,
         "recovery": recovery_bench.to_json(cs, recovered) if recovered else None,
         "iam": iam_bench.to_json(ims, iamed) if iamed else None,
+        "rest": rest_bench.to_json(rss, rested) if rested else None,
         "rows": [
             dataclasses.asdict(r) | {"ratio": r.ratio}
-            for r in rows + b_rows + r_rows + e_rows + w_rows + p_rows + c_rows + i_rows
+            for r in rows + b_rows + r_rows + e_rows + w_rows + p_rows + c_rows + i_rows + s_rows
         ],
         "passed": passed,
     }
