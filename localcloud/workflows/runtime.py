@@ -25,7 +25,6 @@ from google.protobuf import json_format
 
 from localcloud.core import authz, identity, permissions
 from localcloud.core.errors import GoogleError, InvalidArgument, as_google_error
-from localcloud.core.permissions import ACT_AS, service_account_resource
 from localcloud.workflows.expr import WorkflowError
 from localcloud.workflows.interpreter import DEFAULT_RETRY, NON_IDEMPOTENT, Interpreter
 
@@ -305,56 +304,98 @@ class Runtime:
         return await self._run_op(self.services.controller.delete(args["name"], "", False))
 
 
-def _publish_needs(args: dict[str, Any]) -> list[tuple[str, str]]:
-    return [("pubsub.topics.publish", str(args.get("topic") or ""))]
+def _publish(args: dict[str, Any]) -> Any:
+    from google.pubsub_v1.types import PublishRequest
+
+    return PublishRequest.pb()(topic=str(args.get("topic") or ""))
 
 
-def _build_create_needs(args: dict[str, Any]) -> list[tuple[str, str]]:
-    project = str(args.get("projectId") or "")
-    needs = [("cloudbuild.builds.create", f"projects/{project}")]
-    account = ((args.get("body") or {}).get("serviceAccount")) or ""
-    if account:
-        needs.append((ACT_AS, service_account_resource(account)))
-    return needs
+def _build_create(args: dict[str, Any]) -> Any:
+    from google.cloud.devtools.cloudbuild_v1 import types
+
+    account = str((args.get("body") or {}).get("serviceAccount") or "")
+    return types.CreateBuildRequest.pb()(
+        parent=str(args.get("parent") or ""),
+        project_id=str(args.get("projectId") or ""),
+        build=types.Build.pb()(service_account=account),
+    )
 
 
-def _build_get_needs(args: dict[str, Any]) -> list[tuple[str, str]]:
-    return [("cloudbuild.builds.get", f"projects/{args.get('projectId') or ''}")]
+def _build_get(args: dict[str, Any]) -> Any:
+    from google.cloud.devtools.cloudbuild_v1 import types
+
+    return types.GetBuildRequest.pb()(
+        project_id=str(args.get("projectId") or ""), id=str(args.get("id") or "")
+    )
 
 
-def _run_needs(permission: str, field: str) -> Callable[[dict[str, Any]], list[tuple[str, str]]]:
-    def needs(args: dict[str, Any]) -> list[tuple[str, str]]:
-        found = [(permission, str(args.get(field) or ""))]
-        account = ((args.get("body") or {}).get("template") or {}).get("serviceAccount") or ""
-        if account and permission != "run.services.get":
-            found.append((ACT_AS, service_account_resource(account)))
-        return found
+def _run_account(args: dict[str, Any]) -> Any:
+    from google.cloud.run_v2 import types
 
-    return needs
+    template = (args.get("body") or {}).get("template") or {}
+    return types.RevisionTemplate.pb()(service_account=str(template.get("serviceAccount") or ""))
 
 
-# What each connector's call needs: the permissions of the API method it calls
-# (core/permissions.json names the same for the gRPC methods).
-CONNECTOR_PERMISSIONS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
-    "googleapis.pubsub.v1.projects.topics.publish": _publish_needs,
-    "googleapis.cloudbuild.v1.projects.builds.create": _build_create_needs,
-    "googleapis.cloudbuild.v1.projects.builds.get": _build_get_needs,
-    "googleapis.run.v2.projects.locations.services.create": _run_needs(
-        "run.services.create", "parent"
+def _run_create(args: dict[str, Any]) -> Any:
+    from google.cloud.run_v2 import types
+
+    service = types.Service.pb()(template=_run_account(args))
+    return types.CreateServiceRequest.pb()(parent=str(args.get("parent") or ""), service=service)
+
+
+def _run_patch(args: dict[str, Any]) -> Any:
+    from google.cloud.run_v2 import types
+
+    service = types.Service.pb()(name=str(args.get("name") or ""), template=_run_account(args))
+    return types.UpdateServiceRequest.pb()(service=service)
+
+
+def _run_named(request_type: str) -> Callable[[dict[str, Any]], Any]:
+    def request(args: dict[str, Any]) -> Any:
+        from google.cloud.run_v2 import types
+
+        return getattr(types, request_type).pb()(name=str(args.get("name") or ""))
+
+    return request
+
+
+# Each connector's call as the API method it calls, and the fields of that method's request
+# its arguments fill: the permissions are the method's own (core/permissions.json).
+CONNECTOR_PERMISSIONS: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {
+    "googleapis.pubsub.v1.projects.topics.publish": (
+        "google.pubsub.v1.Publisher/Publish",
+        _publish,
     ),
-    "googleapis.run.v2.projects.locations.services.patch": _run_needs(
-        "run.services.update", "name"
+    "googleapis.cloudbuild.v1.projects.builds.create": (
+        "google.devtools.cloudbuild.v1.CloudBuild/CreateBuild",
+        _build_create,
     ),
-    "googleapis.run.v2.projects.locations.services.get": _run_needs("run.services.get", "name"),
-    "googleapis.run.v2.projects.locations.services.delete": _run_needs(
-        "run.services.delete", "name"
+    "googleapis.cloudbuild.v1.projects.builds.get": (
+        "google.devtools.cloudbuild.v1.CloudBuild/GetBuild",
+        _build_get,
+    ),
+    "googleapis.run.v2.projects.locations.services.create": (
+        "google.cloud.run.v2.Services/CreateService",
+        _run_create,
+    ),
+    "googleapis.run.v2.projects.locations.services.patch": (
+        "google.cloud.run.v2.Services/UpdateService",
+        _run_patch,
+    ),
+    "googleapis.run.v2.projects.locations.services.get": (
+        "google.cloud.run.v2.Services/GetService",
+        _run_named("GetServiceRequest"),
+    ),
+    "googleapis.run.v2.projects.locations.services.delete": (
+        "google.cloud.run.v2.Services/DeleteService",
+        _run_named("DeleteServiceRequest"),
     ),
 }
 
 
 def _acting(
     connector: Callable[[Interpreter, dict[str, Any]], Any],
-    needs: Callable[[dict[str, Any]], list[tuple[str, str]]],
+    method: tuple[str, Callable[[dict[str, Any]], Any]],
     account: str,
 ) -> Callable[[Interpreter, dict[str, Any]], Any]:
     """``connector`` called as ``account`` (an email; none: unchecked, the account the
@@ -367,7 +408,8 @@ def _acting(
     async def call(it: Interpreter, args: dict[str, Any]) -> Any:
         if permissions.checking() and _authorizing():
             try:
-                for permission, resource in needs(args):
+                name, request = method
+                for permission, resource in permissions.rule(name).required(request(args), None):
                     authz.check(member, permission, resource)
             except GoogleError as exc:
                 raise _as_error(exc) from None

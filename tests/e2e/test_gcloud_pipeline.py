@@ -10,47 +10,24 @@ gcloud is not installed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from localcloud.testing import zip_tree
-from orch.cli import main
 from tests.e2e.conftest import hello_source, wait_until_serving
+from tests.gcloud_cli import configure, gcloud
 
 pytestmark = pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed")
-
-
-def gcloud(config_dir: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["gcloud", "--configuration=localcloud", *args],
-        env={**os.environ, "CLOUDSDK_CONFIG": str(config_dir)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-    assert done.returncode == 0, f"gcloud {' '.join(args)}: {done.stderr}"
-    return done.stdout
 
 
 def test_a_deploy_request_published_with_gcloud_deploys_and_its_status_is_pulled_with_gcloud(
     pipeline, localcloud, tmp_path
 ):
     config_dir = tmp_path / "gcloud"
-    made = CliRunner().invoke(
-        main,
-        ["local", "gcloud", "--data", str(localcloud.config.data_dir)],
-        env={"CLOUDSDK_CONFIG": str(config_dir)},
-        catch_exceptions=False,
-    )
-    assert made.exit_code == 0, made.output
+    configure(localcloud.config.data_dir, config_dir)
     settings = pipeline.settings
     service = f"gc-{uuid.uuid4().hex[:6]}"
     watch = f"gcloud-watch-{service}"

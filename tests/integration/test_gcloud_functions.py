@@ -14,9 +14,7 @@ deploys three times; it is skipped where gcloud is not installed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +28,7 @@ from google.api_core import exceptions
 from localcloud.core.oidc import Issuer
 from localcloud.core.projects import project_number
 from orch.cli import main
+from tests.gcloud_cli import configure, gcloud, run_gcloud
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed"),
@@ -54,32 +53,8 @@ EVENT_SOURCE = (
 def gcloud_dir(tmp_path_factory, localcloud) -> Path:
     """A gcloud config directory with the ``localcloud`` configuration in it."""
     directory = tmp_path_factory.mktemp("gcloud")
-    result = CliRunner().invoke(
-        main,
-        ["local", "gcloud", "--data", str(localcloud.config.data_dir)],
-        env={"CLOUDSDK_CONFIG": str(directory)},
-        catch_exceptions=False,
-    )
-    assert result.exit_code == 0, result.output
+    configure(localcloud.config.data_dir, directory)
     return directory
-
-
-def run_gcloud(gcloud_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["gcloud", "--configuration=localcloud", *args],
-        env={**os.environ, "CLOUDSDK_CONFIG": str(gcloud_dir)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def gcloud(gcloud_dir: Path, *args: str) -> str:
-    """Run ``gcloud --configuration=localcloud ARGS``; its stdout (stderr in the error)."""
-    done = run_gcloud(gcloud_dir, *args)
-    assert done.returncode == 0, f"gcloud {' '.join(args)}: {done.stderr}"
-    return done.stdout
 
 
 def source(tmp_path: Path, name: str, main_py: str) -> Path:

@@ -17,11 +17,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from google.api_core import exceptions
 
 from localcloud.testing import run_service
-from orch.cli import main
+from tests.gcloud_cli import configure, gcloud
 
 pytestmark = pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed")
 
@@ -46,28 +45,7 @@ def gcloud_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def configured(gcloud_dir, localcloud) -> str:
     """``orch local gcloud``'s output."""
-    result = CliRunner().invoke(
-        main,
-        ["local", "gcloud", "--data", str(localcloud.config.data_dir)],
-        env={"CLOUDSDK_CONFIG": str(gcloud_dir)},
-        catch_exceptions=False,
-    )
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def gcloud(gcloud_dir: Path, *args: str) -> str:
-    """Run ``gcloud --configuration=localcloud ARGS``; its stdout (stderr in the error)."""
-    done = subprocess.run(
-        ["gcloud", "--configuration=localcloud", *args],
-        env={**os.environ, "CLOUDSDK_CONFIG": str(gcloud_dir)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-    assert done.returncode == 0, f"gcloud {' '.join(args)}: {done.stderr}"
-    return done.stdout
+    return configure(localcloud.config.data_dir, gcloud_dir)
 
 
 @pytest.fixture(scope="module")
