@@ -6,12 +6,13 @@ Terraform's grants, so the pipeline runs under ``enforce``), then restarted in o
 the other, round after round (off then enforce, then enforce then off, ...), so drift on a
 shared machine falls on both sides alike. Each round, in each mode:
 
+- one warm-up deploy (the pipeline's functions start cold after a restart), so what follows
+  is measured in the same steady state in both modes;
 - Pub/Sub end-to-end throughput with the official client: ``benchmarks.pubsub.throughput``
   (``--messages`` messages, default batching, first publish to last receipt and ack);
 - zip-to-serving through the deploy pipeline: ``benchmarks.pipeline``'s deploy of the
   no-dependency HTTP function (upload to the sources bucket returned → the service answers
-  the new text), one warm-up deploy after the restart (the pipeline's functions start cold
-  after one) and then the counted ones.
+  the new text), the counted deploys.
 
 Judged on ratios paired by round: each round runs both modes back to back, so each round's
 enforce figure is divided by the same round's off figure (its throughput runs' median, its
@@ -161,12 +162,20 @@ class Bench:
                 self.result.paired.setdefault(attr, []).append(on / off)
 
     def round(self, n: int, side: Side, instance: testing.Instance) -> dict[str, float | None]:
-        """Measure one mode once: its figures for this round (None where none completed)."""
+        """Measure one mode once: its figures for this round (None where none completed).
+
+        The warm-up deploy comes first: after a restart localcloud starts the pipeline's
+        minimum instances and the first deploy starts the rest cold, seconds of CPU on a
+        2-core machine. Measured before it, throughput would mostly measure how much of
+        that start-up each mode's run happened to overlap; after it, both modes are
+        measured in the same steady state.
+        """
+        self.deploy(n, side, counted=False)
+        rates: list[float] = []
+        cpus: list[float] = []
         settings = pubsub.Settings(
             messages=self.s.messages, size=self.s.size, timeout=self.s.timeout
         )
-        rates: list[float] = []
-        cpus: list[float] = []
         for _ in range(self.s.pubsub_runs):
             cpu_before = process_cpu(instance.process.pid)
             t = pubsub.throughput(instance.config.grpc_address, settings)
@@ -182,32 +191,32 @@ class Bench:
             )
         side.throughputs.extend(rates)
         side.cpu_per_k.extend(cpus)
-        times: list[float] = []
-        for i in range(1 + self.s.deploys):
-            d = pipeline_bench.Deploy(self.deploys)
-            self.deploys += 1
-            marker = f"v{d.n:03d}-{side.mode}"
-            try:
-                self.pipeline.deploy(self.case, d, pipeline_bench.plain_files(marker), marker)
-            except Exception as exc:
-                d.error = d.error or f"{type(exc).__name__}: {exc}"
-            counted = i > 0
-            if d.ok and d.total_s is not None:
-                if counted:
-                    times.append(d.total_s)
-                log(
-                    f"iam: round {n} {side.mode}: deploy {d.n}: {d.total_s:.2f} s"
-                    + ("" if counted else " (warm-up)")
-                )
-            else:
-                side.failed.append(f"deploy {d.n}: {d.error}")
-                log(f"iam: round {n} {side.mode}: deploy {d.n} FAILED: {d.error}")
+        times = [t for t in (self.deploy(n, side) for _ in range(self.s.deploys)) if t]
         side.serving_s.extend(times)
         return {
             "throughput": statistics.median(rates) if rates else None,
             "cpu": statistics.median(cpus) if cpus else None,
             "serving": statistics.median(times) if times else None,
         }
+
+    def deploy(self, n: int, side: Side, counted: bool = True) -> float | None:
+        """One zip-to-serving deploy; its time, or None (and the failure kept)."""
+        d = pipeline_bench.Deploy(self.deploys)
+        self.deploys += 1
+        marker = f"v{d.n:03d}-{side.mode}"
+        try:
+            self.pipeline.deploy(self.case, d, pipeline_bench.plain_files(marker), marker)
+        except Exception as exc:
+            d.error = d.error or f"{type(exc).__name__}: {exc}"
+        if not d.ok or d.total_s is None:
+            side.failed.append(f"deploy {d.n}: {d.error}")
+            log(f"iam: round {n} {side.mode}: deploy {d.n} FAILED: {d.error}")
+            return None
+        log(
+            f"iam: round {n} {side.mode}: deploy {d.n}: {d.total_s:.2f} s"
+            + ("" if counted else " (warm-up)")
+        )
+        return d.total_s
 
 
 def process_cpu(pid: int) -> float:

@@ -178,7 +178,9 @@ class LocalCloud:
         # Every API over HTTP/JSON too, under "/" (localcloud/rest); after the routes above.
         served = [b for h in handlers if isinstance(h, ServiceHandler) for b in h.methods.values()]
         app.add_routes(aliases.routes(served))
-        app.add_routes(Front(served, MAX_MESSAGE, aliases.ALIASES).route_defs())
+        front = Front(served, MAX_MESSAGE, aliases.ALIASES)
+        app.add_routes(front.route_defs())
+        app.on_cleanup.append(front.close)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         await web.TCPSite(self._http, cfg.host, cfg.http_port, reuse_address=True).start()

@@ -41,7 +41,7 @@ from google.protobuf.message import Message
 from localcloud.core import identity, wire
 from localcloud.core.errors import GoogleError, InvalidArgument, Unauthenticated
 from localcloud.core.validate import ANNOTATIONS
-from localcloud.rest import transcode
+from localcloud.rest import transcode, workers
 from localcloud.rest.context import RestContext
 from localcloud.rest.templates import Template, split_verb
 
@@ -107,6 +107,7 @@ class Front:
     ) -> None:
         """``aliases``: more bindings of a method, beside its own (``aliases.py``)."""
         self.max_body = max_body  # the app's client_max_size, said in the 413
+        self.transcoder = workers.Transcoder()  # closed by ``close``
         self.routes: list[Route] = []
         self.unserved: dict[str, str] = {}
         rules = http_rules()
@@ -146,6 +147,10 @@ class Front:
         """One catch-all route: mount it after the app's own routes (JWKS, metadata,
         ``/healthz``), which aiohttp then tries first."""
         return [web.route("*", "/{tail:.*}", self.handle)]
+
+    async def close(self, _app: web.Application) -> None:
+        """Stop the transcoding workers: the app's ``on_cleanup``."""
+        self.transcoder.close()
 
     def resolve(self, http_method: str, raw_path: str) -> tuple[Route, dict[str, str]] | set[str]:
         """The route serving this request and its path variables; else the HTTP methods
@@ -226,7 +231,8 @@ class Front:
             pb = getattr(pb, route.response_body)
         if alt == "proto":
             return web.Response(body=pb.SerializeToString(), content_type="application/x-protobuf")
-        return _json(transcode.to_json(pb), 200, pretty)
+        text = await self.transcoder.dumps(pb, pretty)
+        return web.Response(text=text, content_type="application/json")
 
     async def _request(
         self,
@@ -239,11 +245,11 @@ class Front:
         message = _message_class(spec.request)()
         raw = await request.read()
         if route.body == "*":
-            transcode.parse_body(raw, message, "")
+            await self.transcoder.parse(raw, message, "")
         elif route.body:
             target = getattr(message, route.body)
             target.SetInParent()  # over HTTP the body field is always there
-            transcode.parse_body(raw, target, route.body)
+            await self.transcoder.parse(raw, target, route.body)
         for path, value in variables.items():
             transcode.set_path(message, path, value)
         bound = set(variables)
@@ -273,8 +279,8 @@ class _TooLarge(GoogleError):
 
 
 def _json(body: dict[str, Any], status: int, pretty: bool = True, **kw: Any) -> web.Response:
-    text = json.dumps(body, indent=2 if pretty else None, ensure_ascii=False)
-    return web.Response(text=text + "\n", status=status, content_type="application/json", **kw)
+    text = workers.json_text(body, pretty)
+    return web.Response(text=text, status=status, content_type="application/json", **kw)
 
 
 def error_response(

@@ -19,6 +19,7 @@ import base64
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,7 +29,7 @@ import requests
 from localcloud.core import wire
 from localcloud.core.oidc import Issuer
 from localcloud.rest.front import Front, Route
-from localcloud.testing import image_name, pack_args
+from localcloud.testing import image_name, pack_args, wait_for
 from tests.integration.test_request_validation import SERVED
 
 PROJECT = "rest-project"  # apart from every other suite's resources
@@ -460,3 +461,74 @@ def test_a_bad_token_is_unauthenticated_over_rest(base, session):
 def test_the_apps_own_routes_still_answer(base, session):
     assert session.get(f"{base}/healthz").status_code in (200, 503)
     assert "keys" in _ok(session.get(f"{base}/oauth2/v3/certs"))
+
+
+def _descendants(pid: int) -> list[str]:
+    """The command lines of a process's descendants (from /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            for child in (task / "children").read_text().split():
+                try:
+                    found.append(Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" "))
+                except OSError:
+                    continue
+                todo.append(int(child))
+    return [line.decode(errors="replace") for line in found]
+
+
+def test_large_bodies_are_transcoded_on_workers_to_the_same_json(base, session, localcloud):
+    """A body past ``workers.THRESHOLD`` is transcoded in a worker process
+    (``localcloud/rest/workers.py``): the JSON is the same as in-process, bad JSON gets the
+    same error, and the first large body is never kept waiting for the workers to start."""
+    topic = f"projects/{PROJECT}/topics/large-{uuid.uuid4().hex[:8]}"
+    sub = f"projects/{PROJECT}/subscriptions/large-{uuid.uuid4().hex[:8]}"
+    _ok(session.put(f"{base}/v1/{topic}", json={}))
+    _ok(session.put(f"{base}/v1/{sub}", json={"topic": topic}))
+
+    def batch(n: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "data": base64.b64encode(f"{n}-{i}".encode() * 40).decode(),
+                "attributes": {"i": str(i)},
+            }
+            for i in range(300)
+        ]
+
+    sent: dict[str, dict[str, Any]] = {}
+    rounds = 0
+
+    def publish_until_workers_run() -> bool:
+        nonlocal rounds
+        messages = batch(rounds)
+        rounds += 1
+        ids = _ok(session.post(f"{base}/v1/{topic}:publish", json={"messages": messages}))
+        sent.update(zip(ids["messageIds"], messages, strict=True))
+        return any("forkserver" in line for line in _descendants(localcloud.process.pid))
+
+    wait_for(publish_until_workers_run, 60, "REST transcoding workers to start", every=0.2)
+    publish_until_workers_run()  # one large request parsed by a worker
+    received: dict[str, dict[str, Any]] = {}
+    while len(received) < len(sent):
+        pulled = _ok(session.post(f"{base}/v1/{sub}:pull", json={"maxMessages": 1000}))
+        for item in pulled["receivedMessages"]:
+            received[item["message"]["messageId"]] = item
+        _ok(
+            session.post(
+                f"{base}/v1/{sub}:acknowledge",
+                json={"ackIds": [item["ackId"] for item in pulled["receivedMessages"]]},
+            )
+        )
+    for message_id, item in received.items():
+        message = item["message"]
+        assert {k: message[k] for k in ("data", "attributes")} == sent[message_id]
+        assert set(message) == {"data", "attributes", "messageId", "publishTime"}
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", message["publishTime"])
+    # A large body with an unknown field: the same 400 as a small one.
+    bad = {"messages": [*batch(0), {"data": "", "atributes": {}}]}
+    error = _error(session.post(f"{base}/v1/{topic}:publish", json=bad))
+    assert error["message"] == (
+        "Invalid JSON payload received. Unknown name \"atributes\" at 'messages[300]': "
+        "Cannot find field."
+    )
