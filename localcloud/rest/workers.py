@@ -24,7 +24,9 @@ import json
 import logging
 import multiprocessing
 import os
+import select
 import sys
+import threading
 from typing import Any
 
 from google.protobuf import descriptor_pool, message_factory
@@ -59,11 +61,24 @@ def _message(full_name: str) -> Message:
     return result
 
 
-def _import(modules: tuple[str, ...]) -> None:
-    """A worker's start: the modules that define every served message register them in
-    the default descriptor pool, nested and ``Any`` payload types included."""
+def _start(server: int, modules: tuple[str, ...]) -> None:
+    """A worker's start: it ends with the server, and imports the modules that define every
+    served message, which registers them in the default descriptor pool (nested and
+    ``Any`` payload types included).
+
+    A pool's workers never see their queue close (each holds both ends of it), so a server
+    killed outright would leave them, and the forkserver they hold open, running forever:
+    each watches the server's pidfd instead, and leaves when it ends.
+    """
+    watched = os.pidfd_open(server)
+    threading.Thread(target=_leave_with, args=(watched,), daemon=True).start()
     for module in modules:
         importlib.import_module(module)
+
+
+def _leave_with(pidfd: int) -> None:
+    select.select([pidfd], [], [])  # readable once the process has ended
+    os._exit(0)
 
 
 def _dumps(full_name: str, data: bytes, pretty: bool) -> str:
@@ -100,8 +115,8 @@ class Transcoder:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.workers,
                 mp_context=multiprocessing.get_context("forkserver"),
-                initializer=_import,
-                initargs=(tuple(loaded_modules()),),
+                initializer=_start,
+                initargs=(os.getpid(), tuple(loaded_modules())),
             )
             self._started = self._pool.submit(os.getpid)
         assert self._started is not None

@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ import grpc
 import pytest
 import requests
 
+from localcloud import testing
 from localcloud.core import wire
 from localcloud.core.oidc import Issuer
 from localcloud.rest.front import Front, Route
@@ -532,3 +535,33 @@ def test_large_bodies_are_transcoded_on_workers_to_the_same_json(base, session, 
         "Invalid JSON payload received. Unknown name \"atributes\" at 'messages[300]': "
         "Cannot find field."
     )
+
+
+def test_transcoding_workers_end_with_a_killed_server(tmp_path):
+    """A localcloud killed outright (SIGKILL: no shutdown runs) leaves no transcoding
+    worker behind: the pool's workers hold their own queue open, so only watching the
+    server lets them go."""
+    instance = testing.start(tmp_path, repository=False)
+    try:
+        base, pid = instance.config.http_url, instance.process.pid
+        topic = f"{base}/v1/projects/{PROJECT}/topics/killed"
+        messages = [{"data": base64.b64encode(b"x" * 300).decode()} for _ in range(300)]
+        with requests.Session() as s:
+            _ok(s.put(topic, json={}))
+
+            def workers() -> list[str]:
+                _ok(s.post(f"{topic}:publish", json={"messages": messages}))
+                return [line for line in _descendants(pid) if "forkserver" in line]
+
+            running = wait_for(workers, 60, "REST transcoding workers to start", every=0.2)
+        pids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        forkserver = [p for p in pids if b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert running and forkserver
+        os.kill(pid, signal.SIGKILL)
+        wait_for(
+            lambda: not any(Path(f"/proc/{p}").exists() for p in forkserver),
+            30,
+            "the forkserver and its workers to end with the server",
+        )
+    finally:
+        instance.stop()
