@@ -18,13 +18,16 @@ from google.auth.exceptions import GoogleAuthError
 
 from orchestrator import abandoned
 from orchestrator.config import Settings
+from orchestrator.runtimes import BUILDER as BUILDER
+from orchestrator.runtimes import BUILDER_NODEJS as BUILDER_NODEJS
+from orchestrator.runtimes import BUILDER_PYTHONS as BUILDER_PYTHONS
+from orchestrator.runtimes import version_env
 from orchestrator.step import Context, Deployment, StepFailed, reraise
 
-# A versioned builder, not the moving ``latest``: google-22 (Ubuntu 22) ships Python 3.10 to
-# 3.13 for functions (https://cloud.google.com/docs/buildpacks/builders). The manifest
-# schema's runtimes are exactly ``BUILDER_PYTHONS`` (a unit test holds them together).
-BUILDER = "gcr.io/buildpacks/builder:google-22"
-BUILDER_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+# The pinned builder and the runtimes it builds live in runtimes.py: google-22 (Ubuntu 22)
+# ships Python 3.10 to 3.13 and Node.js 12 to 24 for functions
+# (https://cloud.google.com/docs/buildpacks/builders). The manifest schema's runtimes are
+# exactly those (a unit test holds them together).
 PACK = "gcr.io/k8s-skaffold/pack"
 BUILD_TIMEOUT = 1200  # seconds
 # How long a build may wait in Cloud Build's queue before the step stops waiting for it.
@@ -70,14 +73,6 @@ def pack_build(
     )
 
 
-def python_version(runtime: str) -> str:
-    """The ``GOOGLE_PYTHON_VERSION`` of a manifest runtime: ``python311`` -> ``3.11.x``.
-
-    ``GOOGLE_RUNTIME`` only picks the language; without a version the builder takes its
-    newest Python (https://cloud.google.com/docs/buildpacks/python)."""
-    return f"3.{runtime.removeprefix('python3')}.x"
-
-
 def function_env(deployment: Deployment) -> dict[str, str]:
     """The ``GOOGLE_*`` variables Google's buildpacks read to build a function."""
     m = deployment.manifest
@@ -85,9 +80,8 @@ def function_env(deployment: Deployment) -> dict[str, str]:
         "GOOGLE_FUNCTION_TARGET": m.entry_point,
         "GOOGLE_FUNCTION_SIGNATURE_TYPE": m.signature_type,
     }
-    if m.runtime:
-        env["GOOGLE_RUNTIME"] = m.runtime
-        env["GOOGLE_PYTHON_VERSION"] = python_version(m.runtime)
+    if m.runtime:  # GOOGLE_RUNTIME and the language's version variable (runtimes.py)
+        env.update(version_env(m.runtime))
     return env
 
 

@@ -19,7 +19,9 @@ log tail, DEPLOY_FAILED, TRIGGER_FAILED). Cloud Functions keeps the previous rev
 serving when an update fails (https://cloud.google.com/functions/docs/troubleshooting),
 and the failure says which revision that is.
 
-The function: ``build_config`` with the manifest's runtime and entry point, the source as
+The function: ``build_config`` with the manifest's runtime (``python3XX`` or ``nodejsNN``,
+which picks both language and version: Cloud Functions takes no build variables for them;
+a Node.js source always has one, ``nodejs22`` by default) and entry point, the source as
 ``storage_source`` (the uploaded object, by generation: Cloud Functions copies it to its
 ``gcf-v2-sources`` bucket, https://cloud.google.com/functions/docs/reference/rest/v2/projects.locations.functions#StorageSource)
 and the pipeline's build account; ``service_config`` with the manifest's env, scaling,

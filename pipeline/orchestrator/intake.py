@@ -21,11 +21,12 @@ from typing import Any
 
 from google.api_core import exceptions
 
-from orchestrator import archive
+from orchestrator import archive, runtimes
 from orchestrator.bounds import clip, loads_json
 from orchestrator.config import pipeline
 from orchestrator.manifest import (
     MAX_REQUEST_BYTES,
+    Manifest,
     ManifestError,
     Source,
     deployment_id,
@@ -137,6 +138,43 @@ def _read_source(ctx: Context, source: Source) -> bytes:
     return blob.download_as_bytes()
 
 
+def check_source(data: bytes, source: Source, overrides: dict[str, Any], origin: str) -> Manifest:
+    """The manifest to deploy the archive ``data`` with, or Rejected naming what is wrong.
+
+    The archive first (its entries, and which languages' entry files it has), then the
+    manifest, whose runtime must be one of those languages (and defaults by it); then,
+    for a Node.js source, its package.json and the main file it names. A Python source's
+    package.json, or a Node.js source's main.py, is the builder's business, not checked.
+    """
+    try:
+        contents = archive.inspect(data)
+        found = read_manifest_from_zip(data) or {}
+    except ManifestError as exc:  # function.yaml too large, bad YAML, too deep...
+        raise Rejected("INVALID_MANIFEST", f"{source.uri()}: {exc}") from None
+    except archive.ArchiveProblem as exc:
+        raise Rejected("INVALID_ARCHIVE", f"{source.uri()}: {exc}") from None
+    except archive.DAMAGED as exc:  # inspect passed, reading function.yaml did not
+        raise Rejected(
+            "INVALID_ARCHIVE", f"{source.uri()}: the zip archive is damaged: {exc}"
+        ) from None
+    try:
+        manifest = resolve(
+            found,
+            overrides,
+            source.object,
+            overrides_origin=origin,
+            languages=contents.languages,
+        )
+    except ManifestError as exc:
+        raise Rejected("INVALID_MANIFEST", str(exc)) from None
+    if runtimes.language_of(manifest.runtime) == runtimes.NODEJS:
+        try:
+            archive.node_main(contents, archive.read_package_json(data))
+        except archive.ArchiveProblem as exc:
+            raise Rejected("INVALID_ARCHIVE", f"{source.uri()}: {exc}") from None
+    return manifest
+
+
 def accept(
     source: Source,
     dep_id: str,
@@ -151,22 +189,7 @@ def accept(
     if claimed is None:
         return None
     try:
-        data = _read_source(ctx, source)
-        try:
-            archive.inspect(data)
-            found = read_manifest_from_zip(data) or {}
-        except ManifestError as exc:  # function.yaml too large, bad YAML, too deep...
-            raise Rejected("INVALID_MANIFEST", f"{source.uri()}: {exc}") from None
-        except archive.ArchiveProblem as exc:
-            raise Rejected("INVALID_ARCHIVE", f"{source.uri()}: {exc}") from None
-        except archive.DAMAGED as exc:  # inspect passed, reading function.yaml did not
-            raise Rejected(
-                "INVALID_ARCHIVE", f"{source.uri()}: the zip archive is damaged: {exc}"
-            ) from None
-        try:
-            manifest = resolve(found, overrides, source.object, overrides_origin=origin)
-        except ManifestError as exc:
-            raise Rejected("INVALID_MANIFEST", str(exc)) from None
+        manifest = check_source(_read_source(ctx, source), source, overrides, origin)
     except Rejected as rejected:
         _fail(ctx, dep_id, service, source, rejected.code, rejected.message)
         return None

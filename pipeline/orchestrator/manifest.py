@@ -13,9 +13,13 @@ Choices made here (the design leaves them open):
 - ``env`` from a stronger source is merged key by key into a weaker one (like
   ``gcloud run deploy --update-env-vars``); every other field is replaced, ``triggers``
   included.
-- ``runtime`` defaults to ``None``, meaning "the builder's Python", as the design says;
-  given, it is one the pinned builder has (``build.BUILDER``), and it pins the Python
-  version on Google Cloud too (``GOOGLE_PYTHON_VERSION``).
+- ``runtime`` is one the pinned builder has (``runtimes.py``: python310..python313,
+  nodejs12..nodejs24), and it pins the language's version on Google Cloud too
+  (``GOOGLE_PYTHON_VERSION``, ``GOOGLE_NODEJS_VERSION``). It must be the language of the
+  source (``main.py`` for Python, ``package.json`` for Node.js, at the archive root). Not
+  given, a Python source gets ``None``, meaning "the builder's Python", as the design
+  says; a Node.js source gets ``nodejs22`` (``runtimes.DEFAULT_RUNTIMES``), so a resolved
+  manifest always says which language it deploys; a source with both files must name one.
 - ``api: functions`` deploys through the Cloud Functions API v2 (``functions_api.py``),
   which asks more of a manifest than Cloud Run does, checked here so the upload is refused
   before anything is built: a ``runtime`` (CreateFunction requires one), a service name of
@@ -46,6 +50,7 @@ from typing import IO, Any
 
 import yaml
 
+from orchestrator import runtimes
 from orchestrator.bounds import InputTooComplex, check_yaml, clip, loads_json
 
 MANIFEST_NAME = "function.yaml"
@@ -515,12 +520,16 @@ def resolve(
     archive_name: str,
     *,
     overrides_origin: str = "overrides",
+    languages: frozenset[str] | None = None,
 ) -> Manifest:
     """Validate both layers, let ``overrides`` win, fill in defaults: the settings to deploy.
 
     ``overrides`` holds object-metadata fields (see :func:`object_metadata_overrides`)
     and/or deploy-request fields without ``source``; merge those two first if both apply.
     ``overrides_origin`` names them in error messages ("object metadata", "deploy request").
+    ``languages`` are those the source has an entry file of (``archive.Contents``); the
+    runtime must be one of them, and is their default when not given. ``None`` (no
+    archive at hand, as when a step reads a resolved manifest back) checks nothing.
     """
     validate_manifest(dict(manifest), MANIFEST_NAME)
     validate_manifest(dict(overrides), overrides_origin)
@@ -537,6 +546,8 @@ def resolve(
             "min_instances",
         )
     triggers = tuple(Trigger.from_dict(t) for t in merged.get("triggers") or ())
+    if languages is not None:
+        merged["runtime"] = _runtime_for(merged["runtime"], languages)
     signature_type = merged["signature_type"]
     if merged["api"] == "functions":
         signature_type = _functions_rules(merged, given.get("signature_type"), service, triggers)
@@ -556,6 +567,31 @@ def resolve(
     )
 
 
+def _runtime_for(runtime: str | None, languages: frozenset[str]) -> str | None:
+    """The runtime a source with entry files of ``languages`` deploys on: ``runtime``
+    when it is one of their languages, else the one language's default."""
+    if runtime is not None:
+        language = runtimes.language_of(runtime)
+        if language not in languages:
+            entry = runtimes.ENTRY_FILES[language]
+            name = runtimes.LANGUAGE_NAMES[language]
+            has = " and ".join(runtimes.ENTRY_FILES[lang] for lang in sorted(languages))
+            what = f"it has {has}" if has else "it has neither"
+            raise ManifestError(
+                f"runtime: {runtime!r} is a {name} runtime, but the archive has no {entry} at "
+                f"its root ({what}): name a runtime of the source's language, or add {entry}",
+                "runtime",
+            )
+        return runtime
+    if len(languages) > 1:
+        raise ManifestError(
+            "runtime: the archive has both main.py (Python) and package.json (Node.js) at its "
+            f"root; set runtime to say which it is ({runtimes.listed()})",
+            "runtime",
+        )
+    return runtimes.DEFAULT_RUNTIMES[next(iter(languages))] if languages else None
+
+
 # Event-driven functions run 540 s at most (https://cloud.google.com/functions/docs/configuring/timeout).
 FUNCTIONS_EVENT_TIMEOUT = 540
 FUNCTION_ID_MIN = 4  # CreateFunctionRequest.function_id: 4 to 63 characters
@@ -571,7 +607,7 @@ def _functions_rules(
     if not merged.get("runtime"):
         raise ManifestError(
             f"runtime: required {why}: the Cloud Functions API builds a function only on a "
-            "named runtime (python310, python311, python312 or python313)",
+            f"named runtime ({runtimes.listed(runtimes.PYTHON)})",
             "runtime",
         )
     if len(service) < FUNCTION_ID_MIN:

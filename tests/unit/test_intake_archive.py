@@ -33,8 +33,10 @@ def test_a_plain_function_passes_and_lists_its_files():
         ([MAIN, ("C:/x.py", b"")], "absolute path"),
         ([MAIN, (link("data"), b"/etc")], "symbolic link"),
         ([MAIN, ("big.bin", b"\0" * (4 << 20))], "zip bomb"),
-        ([("app.py", b"")], "no main.py at its root"),
+        ([("app.py", b"")], "no main.py or package.json at its root"),
         ([("fn/main.py", b"")], "zip the directory's contents"),
+        ([("fn/package.json", b"{}"), ("fn/index.js", b"")], "under fn/: zip the directory's"),
+        ([("node_modules/x/package.json", b"{}")], "no main.py or package.json at its root"),
     ],
 )
 def test_refusals_name_the_entry_and_the_rule(entries, phrase):

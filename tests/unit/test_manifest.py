@@ -114,7 +114,7 @@ BAD = [
     ({"service": "a" * 50}, "service", ["service"]),
     ({"service": ""}, "service", ["service"]),
     ({"service": 5}, "service", ["expected a string", "5"]),
-    ({"entry_point": "my-func"}, "entry_point", ["'my-func'", "Python function name"]),
+    ({"entry_point": "my-func"}, "entry_point", ["'my-func'", "a function name"]),
     ({"entry_point": "1x"}, "entry_point", ["'1x'"]),
     ({"signature_type": "grpc"}, "signature_type", ["'grpc'", "http"]),
     ({"runtime": "python"}, "runtime", ["'python'", "python311"]),
@@ -122,7 +122,12 @@ BAD = [
     ({"runtime": "python39"}, "runtime", ["'python39'", "google-22", "python310", "python313"]),
     ({"runtime": "python314"}, "runtime", ["'python314'", "google-22"]),
     ({"runtime": "python3"}, "runtime", ["'python3'"]),
-    ({"runtime": "nodejs20"}, "runtime", ["'nodejs20'"]),
+    # Node.js: the builder's even (LTS) majors only, named in the message (issue 19).
+    ({"runtime": "nodejs21"}, "runtime", ["'nodejs21'", "nodejs20", "nodejs22", "google-22"]),
+    ({"runtime": "nodejs10"}, "runtime", ["'nodejs10'", "nodejs12"]),
+    ({"runtime": "nodejs26"}, "runtime", ["'nodejs26'", "nodejs24"]),
+    ({"runtime": "nodejs"}, "runtime", ["'nodejs'"]),
+    ({"runtime": "node22"}, "runtime", ["'node22'"]),
     ({"runtime": 311}, "runtime", ["expected a string"]),
     ({"env": ["A=1"]}, "env", ["expected an object"]),
     ({"env": {"PORT": "1"}}, "env.PORT", ["'PORT' is reserved"]),
@@ -671,14 +676,18 @@ triggers:                   # besides HTTP, which every service has
 # ------------------------------------------------------------- the runtime pins the Python version
 
 
-def test_the_schema_accepts_exactly_the_pythons_of_the_pinned_builder():
-    """Issue 15 (3): the manifest's runtimes and the builder image they are built with
-    agree (https://cloud.google.com/docs/buildpacks/builders: google-22 has 3.10 to 3.13)."""
+def test_the_schema_accepts_exactly_the_runtimes_of_the_pinned_builder():
+    """Issue 15 (3), issue 19: the manifest's runtimes and the builder image they are built
+    with agree (https://cloud.google.com/docs/buildpacks/builders: google-22 has Python
+    3.10 to 3.13 and Node.js 12.x.x to 24.x.x)."""
     from orchestrator import build
 
     allowed = m.schema()["$defs"]["manifestFields"]["properties"]["runtime"]["enum"]
     assert build.BUILDER == "gcr.io/buildpacks/builder:google-22"
-    assert allowed == [f"python{v.replace('.', '')}" for v in build.BUILDER_PYTHONS]
+    assert allowed == [f"python{v.replace('.', '')}" for v in build.BUILDER_PYTHONS] + [
+        f"nodejs{v}" for v in build.BUILDER_NODEJS
+    ]
+    assert {"nodejs20", "nodejs22"} <= set(allowed)
     for runtime in allowed:
         m.validate_manifest({"runtime": runtime})
 
@@ -712,3 +721,85 @@ def test_without_a_runtime_no_version_is_forced():
     resolved = m.resolve({}, {}, "hello.zip")
     deployment = Deployment("d-1", resolved.service, "gs://b/o", "b", "o", 1, resolved)
     assert "GOOGLE_PYTHON_VERSION" not in function_env(deployment)
+
+
+@pytest.mark.parametrize(
+    ("runtime", "version"),
+    [("nodejs20", "20.x.x"), ("nodejs22", "22.x.x"), ("nodejs24", "24.x.x")],
+)
+def test_a_nodejs_runtime_pins_the_nodejs_version(runtime, version):
+    """Issue 19: ``GOOGLE_NODEJS_VERSION`` in the docs' ``22.x.x`` form, which wins over
+    package.json's ``engines.node`` (https://cloud.google.com/docs/buildpacks/nodejs);
+    no Python variable."""
+    from orchestrator.build import function_env, pack_build
+    from orchestrator.config import Settings
+    from orchestrator.step import Deployment
+
+    resolved = m.resolve({"runtime": runtime}, {}, "hello.zip", languages=frozenset({"nodejs"}))
+    deployment = Deployment("d-1", resolved.service, "gs://b/o", "b", "o", 1, resolved)
+    env = function_env(deployment)
+    assert env == {
+        "GOOGLE_FUNCTION_TARGET": "hello",
+        "GOOGLE_FUNCTION_SIGNATURE_TYPE": "http",
+        "GOOGLE_RUNTIME": runtime,
+        "GOOGLE_NODEJS_VERSION": version,
+    }
+    args = list(pack_build(("b", "o", 1), "img", env, [], Settings.defaults("p")).steps[0].args)
+    assert f"GOOGLE_NODEJS_VERSION={version}" in args
+    assert f"GOOGLE_RUNTIME={runtime}" in args
+
+
+# ------------------------------------------------------------- the runtime is the source's language
+
+PY = frozenset({"python"})
+NODE = frozenset({"nodejs"})
+BOTH = PY | NODE
+
+
+@pytest.mark.parametrize(
+    ("languages", "runtime"),
+    [(PY, None), (NODE, "nodejs22"), (None, None)],
+    ids=["python-builder-default", "nodejs22", "no-archive"],
+)
+def test_without_a_runtime_each_language_gets_its_default(languages, runtime):
+    """Python: the builder's Python, as before; Node.js: nodejs22, named in the resolved
+    manifest so the steps after intake (which see only it) know the language."""
+    got = resolve({}, {}, "hello.zip", languages=languages)
+    assert got.runtime == runtime
+    assert got.to_dict().get("runtime") == runtime
+
+
+def test_a_resolved_nodejs_manifest_reads_back_the_same_without_the_archive():
+    """What step.py does with the workflow argument: resolve it again, no archive at hand."""
+    got = resolve({"service": "fn"}, {}, "x.zip", languages=NODE)
+    assert resolve(got.to_dict(), {}, "x.zip") == got
+
+
+@pytest.mark.parametrize(
+    ("languages", "runtime", "words"),
+    [
+        (PY, "nodejs22", ["'nodejs22' is a Node.js runtime", "no package.json", "it has main.py"]),
+        (NODE, "python311", ["'python311' is a Python runtime", "no main.py", "package.json"]),
+        (BOTH, None, ["both main.py", "package.json", "set runtime", "nodejs22", "python311"]),
+    ],
+    ids=["nodejs-over-python", "python-over-nodejs", "both-unnamed"],
+)
+def test_the_runtime_must_be_the_sources_language(languages, runtime, words):
+    fields = {"runtime": runtime} if runtime else {}
+    with pytest.raises(ManifestError) as caught:
+        resolve(fields, {}, "hello.zip", languages=languages)
+    assert caught.value.field == "runtime"
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_an_override_runtime_is_held_to_the_source_too():
+    with pytest.raises(ManifestError, match=r"no package\.json"):
+        resolve({}, {"runtime": "nodejs20"}, "hello.zip", languages=PY)
+    got = resolve({"runtime": "nodejs20"}, {"runtime": "python312"}, "h.zip", languages=BOTH)
+    assert got.runtime == "python312"
+
+
+@pytest.mark.parametrize(("languages", "runtime"), [(BOTH, "python311"), (BOTH, "nodejs20")])
+def test_a_source_with_both_files_deploys_as_the_runtime_it_names(languages, runtime):
+    assert resolve({"runtime": runtime}, {}, "h.zip", languages=languages).runtime == runtime

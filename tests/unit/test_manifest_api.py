@@ -156,3 +156,28 @@ def test_the_function_carries_the_manifest():
     assert pubsub.event_trigger.trigger_region == "us-central1"
     http = function(Context(settings), _deployment(FUNCTION), None)
     assert not functions_v2.Function.pb(http).HasField("event_trigger")
+
+
+@pytest.mark.parametrize(
+    ("fields", "runtime"), [({}, "nodejs22"), ({"runtime": "nodejs20"}, "nodejs20")]
+)
+def test_a_nodejs_function_passes_its_runtime_to_cloud_functions(fields, runtime):
+    """Issue 19: a Node.js source needs no runtime in its manifest with api: functions (it
+    gets nodejs22), and ``build_config.runtime`` carries it: Cloud Functions picks the
+    language and version from it alone, no build variables."""
+    from orchestrator.functions_api import function
+
+    resolved = resolve(
+        {"api": "functions", **fields}, {}, "hello-fn.zip", languages=frozenset({"nodejs"})
+    )
+    deployment = Deployment(
+        "d-1", resolved.service, "gs://src/hello-fn.zip#7", "src", "hello-fn.zip", 7, resolved
+    )
+    fn = function(Context(Settings.defaults("proj")), deployment, None)
+    assert (fn.build_config.runtime, fn.build_config.entry_point) == (runtime, "hello_fn")
+    assert not fn.build_config.environment_variables
+
+
+def test_a_python_function_still_names_its_runtime_with_api_functions():
+    with pytest.raises(ManifestError, match=r"required with api: functions.*python310"):
+        resolve({"api": "functions"}, {}, "hello-fn.zip", languages=frozenset({"python"}))
