@@ -6,7 +6,12 @@ an OIDC token for the trigger's service account and the service URL as audience.
 worker asks this module to turn each message into a CloudEvent (binary mode); messages a
 trigger's path pattern does not match are acknowledged without delivery. Retries use the
 subscription's retry policy (Eventarc's 10 s..600 s unless ``LOCALCLOUD_EVENTARC_*`` say
-otherwise); a dead-letter policy set on the trigger's subscription is honoured.
+otherwise) for as long as the subscription keeps the message (Eventarc's 24 hours); a
+dead-letter policy set on the trigger's subscription is honoured. A trigger's
+``retry_policy.max_attempts`` (whose only valid value is 1) delivers each event once and
+drops it if that delivery fails: what Cloud Functions' RETRY_POLICY_DO_NOT_RETRY makes
+(https://cloud.google.com/eventarc/docs/reference/rest/v1/projects.locations.triggers#RetryPolicy,
+https://cloud.google.com/eventarc/docs/retry-events).
 
 A Cloud Storage trigger is checked against its bucket, read from localcloud's Cloud
 Storage as Eventarc reads it from Google's: the bucket must exist, belong to the
@@ -48,7 +53,24 @@ from localcloud.pubsub.engine import PubSub
 
 LOG = logging.getLogger(__name__)
 _TRIGGER_ID = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
-MUTABLE = {"event_filters", "service_account", "destination", "labels", "transport"}
+# retry_policy is not immutable (Terraform's google_eventarc_trigger updates it in place).
+MUTABLE = {
+    "event_filters",
+    "service_account",
+    "destination",
+    "labels",
+    "transport",
+    "retry_policy",
+}
+# "The default message retention duration set by Eventarc is 24 hours"
+# (https://cloud.google.com/eventarc/docs/retry-events).
+RETENTION_SECONDS = 24 * 3600
+
+
+def _pubsub_topic(trigger: Any) -> str:
+    """The topic a Pub/Sub trigger delivers from; "" for other triggers."""
+    types_ = [f.value for f in trigger.event_filters if f.attribute == "type" and not f.operator]
+    return str(trigger.transport.pubsub.topic) if types_ == [events.PUBSUB_TYPE] else ""
 
 
 def parse_name(name: str) -> tuple[str, str, str]:
@@ -162,7 +184,9 @@ class EventRouter:
         await self._check_bucket(updated, project, location)
         if validate_only:
             return await self._operation(updated, "update", done=True)
-        await self._unbind(current)
+        # A Pub/Sub trigger keeps the topic Eventarc made for it across an update (its
+        # transport is the same unless the update names another).
+        await self._unbind(current, keep_topic=_pubsub_topic(updated) == _pubsub_topic(current))
         updated.update_time.CopyFrom(now())
         await self._bind(updated, project, location)
         self._etag(updated)
@@ -241,6 +265,14 @@ class EventRouter:
             )
         if run.path and not run.path.startswith("/"):
             raise InvalidArgument("destination.cloud_run.path must start with '/'")
+        # "The maximum number of delivery attempts for any message. The only valid value
+        # is 1." (Trigger.RetryPolicy; 0 is the field left unset: Eventarc's default retries)
+        attempts = trigger.retry_policy.max_attempts
+        if attempts not in (0, 1):
+            raise InvalidArgument(
+                f"Invalid value for retry_policy.max_attempts: {attempts}. "
+                "The only valid value is 1."
+            )
 
     async def _check_bucket(self, trigger: Any, project: str, location: str) -> None:
         """A storage trigger's bucket exists, is the trigger's project's and is where the
@@ -348,6 +380,7 @@ class EventRouter:
             filter=pubsub_filter,
             ack_deadline_seconds=60,
         )
+        sub.message_retention_duration.seconds = RETENTION_SECONDS
         sub.push_config.push_endpoint = endpoint
         sub.push_config.oidc_token.service_account_email = account
         sub.push_config.oidc_token.audience = service.uri
@@ -364,13 +397,13 @@ class EventRouter:
         trigger.transport.pubsub.subscription = sub.name
         self._register(trigger)
 
-    async def _unbind(self, trigger: Any) -> None:
+    async def _unbind(self, trigger: Any, *, keep_topic: bool = False) -> None:
         sub = trigger.transport.pubsub.subscription
         self.pubsub.format_pushes(sub, None)
         if self.pubsub.has_subscription(sub):
             await self.pubsub.delete_subscription(sub)
         topic = trigger.transport.pubsub.topic
-        if "/topics/eventarc-" in topic and self.pubsub.has_topic(topic):
+        if not keep_topic and "/topics/eventarc-" in topic and self.pubsub.has_topic(topic):
             await self.pubsub.delete_topic(topic)
 
     def _register(self, trigger: Any) -> None:
@@ -395,7 +428,7 @@ class EventRouter:
                     return None  # acknowledged, not delivered
             return body, headers
 
-        self.pubsub.format_pushes(sub, format_event)
+        self.pubsub.format_pushes(sub, format_event, max_attempts=trigger.retry_policy.max_attempts)
 
     def _etag(self, trigger: Any) -> None:
         trigger.etag = hashlib.sha256(trigger.SerializeToString(deterministic=True)).hexdigest()[

@@ -11,7 +11,8 @@ then COMPLETE with its message and resource:
   ``REGION-docker.pkg.dev/PROJECT/gcf-artifacts/IMAGE`` (the build's name and log URL are
   the stage's resource);
 - SERVICE: the Cloud Run service named after the function, created or updated through the
-  controller the Cloud Run Admin API uses, with the image by digest;
+  controller the Cloud Run Admin API uses, with the image by digest (never one the Cloud
+  Run Admin API made: ``service_taken``);
 - TRIGGER: the function's Eventarc trigger (event-driven functions), created through the
   Eventarc router; HTTP functions have none.
 
@@ -102,6 +103,21 @@ class StageFailed(Exception):
         super().__init__(error.message)
         self.error = error
         self.kind = kind
+
+
+def service_taken(function_id: str) -> AlreadyExists:
+    """A function's service is named after it, and Cloud Functions never takes over a Cloud
+    Run service it did not create (one made through the Cloud Run Admin API): CreateFunction
+    answers HTTP 409, ALREADY_EXISTS, in these words (gcloud prints "ResponseError:
+    status=[409], code=[Ok], message=[Could not create Cloud Run service helloworld-HASH. A
+    Cloud Run service with this name already exists. Please redeploy the function with a
+    different name.]",
+    https://github.com/GoogleCloudPlatform/python-docs-samples/pull/13134,
+    https://github.com/googleapis/repo-automation-bots/pull/5581)."""
+    return AlreadyExists(
+        f"Could not create Cloud Run service {function_id}. A Cloud Run service with this "
+        "name already exists. Please redeploy the function with a different name."
+    )
 
 
 def compute_account(project: str) -> str:
@@ -226,6 +242,9 @@ class Functions:
             raise AlreadyExists(
                 f"Function {request.function_id} in region {region} in project {project} already exists"
             )
+        service = f"projects/{project}/locations/{region}/services/{request.function_id}"
+        if self.controller.find(service) is not None:
+            raise service_taken(request.function_id)
         self._idle(name)
         wanted.state = State.DEPLOYING
         wanted.environment = types.Environment.GEN_2
@@ -430,7 +449,7 @@ class Functions:
         repository = await self._repository(op, metadata, project, region)
         service_name = f"projects/{project}/locations/{region}/services/{function_id}"
         image = await self._image(op, metadata, fn, previous, service_name, repository)
-        await self._service(op, metadata, fn, service_name, image)
+        await self._service(op, metadata, fn, service_name, image, creating=previous is None)
         await self._trigger(op, metadata, fn, previous, function_id, region)
 
     async def _repository(self, op: str, metadata: Any, project: str, region: str) -> str:
@@ -550,7 +569,9 @@ class Functions:
         )  # fmt: skip
         return f"{image}@{done.results.images[0].digest}"
 
-    async def _service(self, op: str, metadata: Any, fn: Any, name: str, image: str) -> None:
+    async def _service(
+        self, op: str, metadata: Any, fn: Any, name: str, image: str, *, creating: bool
+    ) -> None:
         cfg = fn.service_config
         env = dict(cfg.environment_variables)
         env.setdefault("LOG_EXECUTION_ID", "true")
@@ -586,6 +607,10 @@ class Functions:
             op, metadata, Stage.Name.SERVICE, Stage.State.IN_PROGRESS,
             f"{verb} the Cloud Run service", resource=name,
         )  # fmt: skip
+        if existing is not None and creating:
+            # Made through the Cloud Run Admin API while this function was building: it is
+            # not the function's to take over either.
+            raise StageFailed(service_taken(name.rsplit("/", 1)[1]), "ServiceFailed")
         try:
             if existing is None:
                 parent, service_id = name.rsplit("/services/", 1)
@@ -656,6 +681,10 @@ class Functions:
         trigger.labels.update(MANAGED)
         if spec.pubsub_topic:
             trigger.transport.pubsub.topic = spec.pubsub_topic
+        # DO_NOT_RETRY (the default: "the retries are disabled for these triggers",
+        # https://cloud.google.com/functions/docs/bestpractices/retries) is the trigger's
+        # retry_policy.max_attempts 1, one delivery; RETRY leaves Eventarc's own retries
+        # (exponential backoff, 10 s to 600 s, for the 24 hours a message is kept).
         if spec.retry_policy == types.EventTrigger.RetryPolicy.RETRY_POLICY_DO_NOT_RETRY:
             trigger.retry_policy.max_attempts = 1
         name = f"{parent}/triggers/{trigger_id}"

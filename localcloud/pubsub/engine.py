@@ -104,6 +104,11 @@ class PubSub:
         # Push subscriptions whose messages another service shapes (Eventarc's CloudEvents):
         # formatter(sub, entry) -> (body, headers), or None to acknowledge without delivery.
         self.push_formatters: dict[str, PushFormatter] = {}
+        # Eventarc's ``Trigger.retry_policy.max_attempts`` on its subscriptions: a message
+        # whose delivery failed this many times is dropped. Pub/Sub itself has no such
+        # limit (only a dead-letter policy ends redelivery), so users' own subscriptions
+        # never get one.
+        self.push_attempts: dict[str, int] = {}
         # Called with a deleted topic's or subscription's name (e.g. to drop its IAM policy).
         self.on_delete: list[Callable[[str], Awaitable[None]]] = []
         self.stopping = False
@@ -240,13 +245,21 @@ class PubSub:
     def has_subscription(self, name: str) -> bool:
         return name in self.subs
 
-    def format_pushes(self, subscription: str, formatter: PushFormatter | None) -> None:
+    def format_pushes(
+        self, subscription: str, formatter: PushFormatter | None, *, max_attempts: int = 0
+    ) -> None:
         """Deliver ``subscription``'s pushes as ``formatter`` makes them (Eventarc's
-        CloudEvents) instead of Pub/Sub's push body; None goes back to Pub/Sub's."""
+        CloudEvents) instead of Pub/Sub's push body, dropping a message after
+        ``max_attempts`` failed deliveries (0: redeliver as Pub/Sub does); None goes
+        back to Pub/Sub's."""
         if formatter is None:
             self.push_formatters.pop(subscription, None)
         else:
             self.push_formatters[subscription] = formatter
+        if formatter is not None and max_attempts > 0:
+            self.push_attempts[subscription] = max_attempts
+        else:
+            self.push_attempts.pop(subscription, None)
 
     def get_subscription(self, name: str) -> SubState:
         names.subscription(name)
@@ -495,7 +508,9 @@ class PubSub:
     async def redeliver(self, st: SubState, entries: list[Entry]) -> None:
         """Nacked or lapsed leases: dead-letter those out of attempts, back off the rest."""
         policy = st.pb.dead_letter_policy if st.pb.HasField("dead_letter_policy") else None
+        limit = self.push_attempts.get(st.name, 0)
         dead: list[Entry] = []
+        dropped: list[Entry] = []
         seen: set[int] = set()
         for entry in entries:
             if (
@@ -505,6 +520,9 @@ class PubSub:
             ):
                 continue  # acknowledged, or already handled in this call
             seen.add(entry.seq)
+            if limit and entry.attempt >= limit:
+                dropped.append(entry)
+                continue
             if policy is not None and entry.attempt >= (policy.max_delivery_attempts or 5):
                 if policy.dead_letter_topic in self.topics:
                     dead.append(entry)
@@ -517,6 +535,16 @@ class PubSub:
                 )
             st.queue.requeue(entry, self._backoff(st, entry.attempt))
             self.db.write_nowait(store.set_attempt(st.name, entry.seq, entry.attempt))
+        if dropped:
+            for entry in dropped:
+                LOG.info(
+                    "message %s of %s dropped after %d failed deliveries (max_attempts %d)",
+                    entry.msg.pb.message_id,
+                    st.name,
+                    entry.attempt,
+                    limit,
+                )
+            await self.ack_entries(st, dropped)
         if dead:
             try:
                 await self._dead_letter(st, policy, dead)

@@ -3,7 +3,9 @@
 The body is Google's JSON envelope (``{"message": {...}, "subscription": ...}``) or, with
 ``no_wrapper``, the raw data with attributes as ``x-goog-pubsub-*`` headers. Status
 102, 200, 201, 202 and 204 acknowledge; anything else, or no answer within the ack
-deadline, is a nack, retried with backoff and dead-lettered when the policy says so.
+deadline, is a nack, retried with backoff and dead-lettered when the policy says so (an
+Eventarc trigger's ``retry_policy.max_attempts`` instead drops it after that many
+deliveries: ``PubSub.format_pushes``).
 With ``oidc_token`` set, ``Authorization: Bearer`` carries an ID token from localcloud's
 issuer for the configured audience (default: the endpoint URL).
 """
@@ -158,10 +160,11 @@ class PushWorker:
             await self.engine.ack_entries(self.st, [entry])
         else:
             LOG.info(
-                "push of message %s to %s failed (%s); will retry",
+                "push of message %s to %s failed (%s), attempt %d",
                 entry.msg.pb.message_id,
                 endpoint,
                 status,
+                attempt,
             )
             current = self.st.queue.lease_of(entry.seq, attempt)
             if current is entry and self.engine.subs.get(self.st.name) is self.st:

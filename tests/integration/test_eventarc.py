@@ -578,3 +578,76 @@ def test_bind_triggers_refuses_a_bucket_of_another_project(
         )
         if any(f.value == theirs.name for f in t.event_filters)
     ]
+
+
+# ------------------------------------------------------------------ retry_policy
+
+
+PUBLISHED = [{"attribute": "type", "value": "google.cloud.pubsub.topic.v1.messagePublished"}]
+
+
+def deliveries(events: list[dict], subscription: str) -> int:
+    """How many of the recorded Pub/Sub events came through ``subscription``."""
+    return sum(event["data"]["subscription"] == subscription for event in events)
+
+
+def wait_until(recorder: Recorder, done, timeout: float = 60) -> list[dict]:
+    """The recorded events once ``done(events)`` holds (or ``timeout`` has passed)."""
+    deadline = time.monotonic() + timeout
+    with recorder.arrived:
+        while not done(recorder.events) and time.monotonic() < deadline:
+            recorder.arrived.wait(max(deadline - time.monotonic(), 0))
+        return list(recorder.events)
+
+
+def test_max_attempts_1_delivers_a_failing_event_once(
+    clients, local_target, local_topic, function, trigger, recorder
+):
+    """``retry_policy.max_attempts`` 1: the event is delivered once and dropped when that
+    delivery fails; a twin trigger on the same topic without it keeps retrying
+    (https://cloud.google.com/eventarc/docs/retry-events)."""
+    topic = local_topic()
+    transport = {"pubsub": {"topic": topic}}
+    once = trigger(
+        function(fail=True), PUBLISHED, transport=transport, retry_policy={"max_attempts": 1}
+    )
+    again = trigger(function(fail=True), PUBLISHED, transport=transport)
+    assert once.retry_policy.max_attempts == 1
+    assert clients.eventarc.get_trigger(name=once.name).retry_policy.max_attempts == 1
+    once_sub, again_sub = once.transport.pubsub.subscription, again.transport.pubsub.subscription
+    local_target.publisher.publish(topic, b"poison").result(timeout=30)
+    first = wait_until(recorder, lambda events: deliveries(events, once_sub) >= 1)
+    assert deliveries(first, once_sub) == 1
+    # Three more deliveries to the twin are two growing backoffs of the same retry policy,
+    # each longer than the smallest: a retry through ``once`` would have come by then.
+    seen = deliveries(first, again_sub)
+    events = wait_until(recorder, lambda events: deliveries(events, again_sub) >= seen + 3)
+    assert deliveries(events, again_sub) >= seen + 3
+    assert deliveries(events, once_sub) == 1
+
+
+def test_retry_policy_max_attempts_can_only_be_1(clients, function, trigger):
+    """ "The only valid value is 1" (Trigger.RetryPolicy,
+    https://cloud.google.com/eventarc/docs/reference/rest/v1/projects.locations.triggers#RetryPolicy):
+    anything else is INVALID_ARGUMENT naming the field, on create and on update; the
+    policy can be updated in place and cleared back to Eventarc's retries."""
+    service = function()
+    with pytest.raises(exceptions.InvalidArgument, match=r"retry_policy\.max_attempts: 3"):
+        trigger(service, PUBLISHED, retry_policy={"max_attempts": 3})
+    with pytest.raises(exceptions.InvalidArgument, match=r"retry_policy\.max_attempts: -1"):
+        trigger(service, PUBLISHED, retry_policy={"max_attempts": -1})
+    made = trigger(service, PUBLISHED, retry_policy={"max_attempts": 1})
+    made.retry_policy.max_attempts = 2
+    with pytest.raises(exceptions.InvalidArgument, match=r"retry_policy\.max_attempts: 2"):
+        clients.eventarc.update_trigger(
+            trigger=made, update_mask={"paths": ["retry_policy"]}
+        ).result(timeout=60)
+    assert clients.eventarc.get_trigger(name=made.name).retry_policy.max_attempts == 1
+    made.retry_policy = None
+    updated = clients.eventarc.update_trigger(
+        trigger=made, update_mask={"paths": ["retry_policy"]}
+    ).result(timeout=60)
+    assert updated.retry_policy.max_attempts == 0
+    # The update kept the topic Eventarc made for the trigger (it used to delete it and fail).
+    assert updated.transport.pubsub.topic == made.transport.pubsub.topic
+    assert clients.eventarc.get_trigger(name=made.name).retry_policy.max_attempts == 0

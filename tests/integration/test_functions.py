@@ -13,6 +13,7 @@ import base64
 import contextlib
 import io
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -27,7 +28,7 @@ from google.iam.v1 import policy_pb2
 from google.protobuf import field_mask_pb2
 
 from localcloud.core.oidc import Issuer
-from localcloud.testing import Recorder, call, make_public, zip_tree
+from localcloud.testing import Recorder, call, make_public, run_service, zip_tree
 from orchestrator.clients import Clients, Environment
 
 PROJECT = "local-project"
@@ -338,3 +339,145 @@ def test_a_principal_without_create_is_refused(localcloud, clients):
             function_id="fn-denied",
             metadata=[("authorization", f"Bearer {token}")],
         )
+
+
+# ------------------------------------------------------------------ event_trigger.retry_policy
+
+PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
+
+
+def deliveries(events: list[dict], subscription: str) -> int:
+    """How many of the recorded Pub/Sub events came through ``subscription``."""
+    return sum(event["data"]["subscription"] == subscription for event in events)
+
+
+def wait_until(recorder: Recorder, done: Any, timeout: float = 60) -> list[dict]:
+    """The recorded events once ``done(events)`` holds (or ``timeout`` has passed)."""
+    deadline = time.monotonic() + timeout
+    with recorder.arrived:
+        while not done(recorder.events) and time.monotonic() < deadline:
+            recorder.arrived.wait(max(deadline - time.monotonic(), 0))
+        return list(recorder.events)
+
+
+def test_a_failing_function_is_called_once_unless_it_asks_for_retries(clients, functions, recorder):
+    """Retries are off by default: "By default, the retries are disabled for these triggers
+    and can be re-enabled using the Cloud Functions v2 API"; with RETRY_POLICY_RETRY a failed
+    call is retried with exponential backoff
+    (https://cloud.google.com/functions/docs/bestpractices/retries)."""
+    topic = f"projects/{PROJECT}/topics/fn-retry-{uuid.uuid4().hex[:6]}"
+    clients.publisher.create_topic(name=topic)
+    function_id = f"fn-retry-{uuid.uuid4().hex[:6]}"
+    failing = functions(
+        function_id,
+        RECORDER,
+        "record",
+        service_config={
+            "environment_variables": {"RECORD_URL": recorder.url, "FAIL": "1"},
+            "available_cpu": "1",
+        },
+        event_trigger={
+            "event_type": PUBLISHED,
+            "pubsub_topic": topic,
+            "service_account_email": TRIGGER_SA,
+        },
+    ).result(timeout=300)
+    _invoker(clients, failing.service_config.service)
+    assert failing.event_trigger.retry_policy == (
+        functions_v2.EventTrigger.RetryPolicy.RETRY_POLICY_DO_NOT_RETRY
+    )
+    once = clients.eventarc.get_trigger(name=failing.event_trigger.trigger)
+    assert once.retry_policy.max_attempts == 1
+    # A twin: an Eventarc trigger of its own, with Eventarc's default retries, on the same
+    # topic to the same service.
+    twin = clients.eventarc.create_trigger(
+        parent=LOCATION,
+        trigger_id=f"twin-{uuid.uuid4().hex[:8]}",
+        trigger={
+            "event_filters": [{"attribute": "type", "value": PUBLISHED}],
+            "destination": {"cloud_run": {"service": function_id, "region": "us-central1"}},
+            "transport": {"pubsub": {"topic": topic}},
+            "service_account": TRIGGER_SA,
+        },
+    ).result(timeout=60)
+    once_sub, twin_sub = once.transport.pubsub.subscription, twin.transport.pubsub.subscription
+    try:
+        clients.publisher.publish(topic, b"poison").result(timeout=30)
+        first = wait_until(recorder, lambda events: deliveries(events, once_sub) >= 1)
+        assert deliveries(first, once_sub) == 1
+        # Three more calls through the twin are two growing backoffs of the same retry
+        # policy: a retry of the function's own event would have come by then.
+        seen = deliveries(first, twin_sub)
+        events = wait_until(recorder, lambda events: deliveries(events, twin_sub) >= seen + 3)
+        assert deliveries(events, twin_sub) >= seen + 3
+        assert deliveries(events, once_sub) == 1
+    finally:
+        clients.eventarc.delete_trigger(name=twin.name).result(timeout=60)
+
+    # Asking for retries (an update of the trigger only: no new build) brings them back.
+    retrying = clients.functions.update_function(
+        function={
+            "name": failing.name,
+            "event_trigger": {
+                "event_type": PUBLISHED,
+                "pubsub_topic": topic,
+                "service_account_email": TRIGGER_SA,
+                "retry_policy": "RETRY_POLICY_RETRY",
+            },
+        },
+        update_mask=field_mask_pb2.FieldMask(paths=["event_trigger"]),
+    ).result(timeout=300)
+    assert retrying.build_config.build == failing.build_config.build
+    trigger = clients.eventarc.get_trigger(name=retrying.event_trigger.trigger)
+    assert trigger.retry_policy.max_attempts == 0
+    clients.publisher.publish(topic, b"poison again").result(timeout=30)
+    sub = trigger.transport.pubsub.subscription
+    events = wait_until(recorder, lambda events: deliveries(events, sub) >= 2)
+    assert deliveries(events, sub) >= 2
+
+
+# ------------------------------------------------------------------ a Cloud Run service's name
+
+
+def test_a_function_may_not_take_over_a_cloud_run_service(clients, build_image):
+    """A function's service bears its name; CreateFunction of a name a Cloud Run service
+    made through the Cloud Run Admin API already has is refused (HTTP 409, ALREADY_EXISTS:
+    "Could not create Cloud Run service NAME. A Cloud Run service with this name already
+    exists. Please redeploy the function with a different name.", as Google answers in
+    https://github.com/GoogleCloudPlatform/python-docs-samples/pull/13134), and the
+    service is left as it was, serving."""
+    service_id = f"fn-taken-{uuid.uuid4().hex[:6]}"
+    service = clients.run_services.create_service(
+        parent=LOCATION,
+        service_id=service_id,
+        service=run_service(build_image("echo_env", "echo"), {"GREETING": "mine"}),
+    ).result(timeout=120)
+    try:
+        make_public(clients, service.name)
+        service = clients.run_services.get_service(name=service.name)
+        function = functions_v2.Function(
+            build_config={
+                "runtime": "python311",
+                "entry_point": "echo",
+                "source": {"storage_source": upload(clients, HELLO)},
+            },
+        )
+        with pytest.raises(exceptions.AlreadyExists) as refused:
+            clients.functions.create_function(
+                parent=LOCATION, function=function, function_id=service_id
+            )
+        assert refused.value.message == (
+            f"Could not create Cloud Run service {service_id}. A Cloud Run service with this "
+            "name already exists. Please redeploy the function with a different name."
+        )
+        with pytest.raises(exceptions.NotFound):
+            clients.functions.get_function(name=f"{LOCATION}/functions/{service_id}")
+        after = clients.run_services.get_service(name=service.name)
+        assert after.etag == service.etag
+        assert after.latest_ready_revision == service.latest_ready_revision
+        assert "goog-managed-by" not in after.labels
+        status, body = call(service.uri)
+        assert status == 200, body
+        assert json.loads(body)["greeting"] == "mine"
+    finally:
+        clients.run_services.delete_service(name=service.name).result(timeout=60)
