@@ -288,7 +288,10 @@ class Store:
                     deployment, "failed", accepted.message, accepted.error_code, {}, updated
                 )
             elif claim.get("execution") and accepted.advance("succeeded"):
-                accepted.started = accepted.started or created
+                # The claim is made when intake starts; the accepted event (or, without
+                # it, the claim's rewrite naming the execution) is when it ended.
+                if accepted.started is None and created is not None:
+                    accepted.started = min(created, accepted.ended or updated or created)
                 accepted.ended = accepted.ended or updated
             for name in STEPS[1:]:
                 if name in results:

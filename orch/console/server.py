@@ -97,10 +97,14 @@ def create_app(console: Console) -> Flask:
         except ValueError:
             limit = 1000
         now = datetime.now(UTC)
+        # Decided before anything is sorted or rendered, so an unchanged poll costs little:
+        # while a shown deployment may run, durations grow and the page changes every second.
+        running = state not in ("succeeded", "failed") and bool(console.store.unfinished())
+        etag = _etag(console.store.version, service, state, limit, now if running else None)
+        if request.args.get("fragment") == "1" and request.if_none_match.contains(etag):
+            return Response(status=304, headers={"ETag": f'"{etag}"'})
         everything = console.store.deployments()
         shown, total = views.select(everything, service, state, limit)
-        running = any(d.state in ("running", "waiting", "queued") for d in shown)
-        etag = _etag(console.store.version, service, state, limit, now if running else None)
         return live(
             "deployments.html",
             etag,
@@ -285,4 +289,6 @@ def serve(console: Console, host: str, port: int) -> Any:
     """A started threaded server (``.serve_forever()``; ``.shutdown()`` to stop)."""
     from werkzeug.serving import make_server
 
+    # One line per request would bury the terminal: the pages poll every second or two.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     return make_server(host, port, create_app(console), threaded=True)

@@ -55,6 +55,11 @@ class Bar:
     error_code: str | None
     waited_for: str
     waited: str
+    wait_width: float = 0.0  # the part of ``width`` spent waiting for the service's lock
+
+    @property
+    def work_width(self) -> float:
+        return round(max(0.0, self.width - self.wait_width), 2)
 
 
 def timeline(deployment: Deployment, now: datetime) -> list[Bar]:
@@ -90,10 +95,14 @@ def _bar(step: Step, start: datetime | None, span: float, now: datetime) -> Bar:
     elif step.state:
         width = 100.0 if span <= 0 and step.state in ("running", "waiting") else 0.8
     waited = ""
+    wait_width = 0.0
     if step.waited_since:
         until = step.started or (now if step.state == "waiting" else None)
         if until is not None:
-            waited = seconds_text(max(0.0, (until - step.waited_since).total_seconds()))
+            pause = max(0.0, (until - step.waited_since).total_seconds())
+            waited = seconds_text(pause)
+            if span > 0:
+                wait_width = min(width, pause / span * 100)
     return Bar(
         name=step.name,
         state=step.state or "pending",
@@ -105,6 +114,7 @@ def _bar(step: Step, start: datetime | None, span: float, now: datetime) -> Bar:
         error_code=step.error_code,
         waited_for=step.waited_for,
         waited=waited,
+        wait_width=round(wait_width, 2),
     )
 
 

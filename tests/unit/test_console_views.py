@@ -117,7 +117,7 @@ def test_bars_sit_on_one_time_axis(store, console):
     for e in succeeded_run("d-1"):
         store.apply_event(e)
     html = requests.get(f"{console}/deployments/d-1", timeout=10).text
-    bars = dict(re.findall(r'data-step="(\w+)".*?margin-left: ([\d.]+)%', html, re.S))
+    bars = dict(re.findall(r'data-step="(\w+)".*?class="gap" style="width: ([\d.]+)%', html, re.S))
     # The axis runs from the first event (accepted, at 0.2 s) to done (13 s): build starts
     # at 1 s, bind_triggers at 10 s.
     assert float(bars["accepted"]) == 0
