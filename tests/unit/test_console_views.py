@@ -339,3 +339,36 @@ def test_another_host_name_and_a_cross_site_upload_are_refused(console):
     assert posted.status_code == 403 and "evil.example" in unescape(posted.text)
     forged = requests.post(f"{console}/deploy", files={"archive": ("x.zip", b"PK")}, timeout=10)
     assert forged.status_code == 403 and "reload the page" in forged.text
+
+
+def form_token(console: str) -> str:
+    page = requests.get(f"{console}/deploy", timeout=10).text
+    return re.search(r'name="token" value="([^"]+)"', page)[1]  # type: ignore[index]
+
+
+def test_the_upload_form_says_what_is_wrong_before_anything_is_written(console):
+    token = form_token(console)
+    bad_key = requests.post(
+        f"{console}/deploy",
+        data={"token": token, "overrides": "max_instances=many"},
+        files={"archive": ("fn.zip", b"PK\x05\x06" + b"\0" * 18)},
+        timeout=10,
+    )
+    assert bad_key.status_code == 400
+    assert "max_instances: &#39;many&#39; is not an integer" in bad_key.text
+    escaping = requests.post(
+        f"{console}/deploy",
+        data={"token": token},
+        files=[("folder", ("../outside/main.py", b"x"))],
+        timeout=10,
+    )
+    assert escaping.status_code == 400 and "is not a path inside the folder" in escaping.text
+    nothing = requests.post(f"{console}/deploy", data={"token": token}, timeout=10)
+    assert nothing.status_code == 400 and "choose a zip file or a folder" in nothing.text
+    bad_service = requests.post(
+        f"{console}/deploy",
+        data={"token": token, "service": "Not_A_Name"},
+        files={"archive": ("fn.zip", b"PK")},
+        timeout=10,
+    )
+    assert bad_service.status_code == 400 and "service:" in bad_service.text
