@@ -7,9 +7,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | sha1sum | cut -c1-12)
 # command-or-file:package; instances run under bubblewrap, with pasta (passt) for their own
-# network and the container runtimes' default seccomp profile (golang-github-containers-common).
+# network and the container runtimes' default seccomp profile (golang-github-containers-common);
+# chromium and its WebDriver for the console's browser tests (tests/e2e/test_console.py).
 DEBIAN_PACKAGES := docker-registry:docker-registry bwrap:bubblewrap pasta:passt \
-	/usr/share/containers/seccomp.json:golang-github-containers-common
+	/usr/share/containers/seccomp.json:golang-github-containers-common \
+	chromium:chromium chromedriver:chromium-driver
 PYTEST_ARGS ?=
 
 .PHONY: help deps venv up down status demo test test-fast bench lint fmt clean
@@ -17,7 +19,7 @@ PYTEST_ARGS ?=
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-deps: ## Install the Debian packages localcloud runs (registry, bubblewrap, passt, seccomp profile)
+deps: ## Install the Debian packages localcloud runs (registry, bubblewrap, passt, seccomp profile) and chromium for the console's tests
 	@missing=""; for pair in $(DEBIAN_PACKAGES); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  if [ "$${cmd#/}" != "$$cmd" ]; then test -e $$cmd || missing="$$missing $$pkg"; \

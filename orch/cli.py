@@ -1,7 +1,8 @@
 """``orch``: the orchestrator's command line.
 
 ``orch local ...`` runs localcloud; ``deploy``, ``request``, ``status``, ``services``,
-``url``, ``call`` and ``logs`` use the pipeline, on localcloud or on Google Cloud alike.
+``url``, ``call``, ``logs`` and ``console`` (a web page, ``orch/console/``) use the
+pipeline, on localcloud or on Google Cloud alike.
 
 Flags mirror environment variables (``--data`` is ``LOCALCLOUD_DATA``), so a script and
 a person configure it the same way.
@@ -31,6 +32,7 @@ UP_TIMEOUT = 90.0
 # How long `local up` waits for a localcloud that is stopping (SIGTERM: it stops its
 # children and flushes the database; SIGKILL: the kernel lets go within milliseconds).
 STOP_TIMEOUT = 30.0
+CONSOLE_PORT = 8090  # orch console's default port (orch.console.DEFAULT_PORT)
 
 
 def _config(data: str | None) -> Config:
@@ -236,6 +238,10 @@ def _provision(state: dict) -> None:
         f"pipeline ready in {time.monotonic() - started:.1f}s ({changed} of {len(changes)} "
         f"resources changed); drop a zip into gs://{settings.sources_bucket}/ or run "
         "`orch deploy DIR`"
+    )
+    click.echo(
+        f'watch them in a browser: eval "$(orch local env)" && orch console  '
+        f"(serves http://127.0.0.1:{CONSOLE_PORT}/)"
     )
 
 
@@ -883,6 +889,37 @@ def services(settings: Settings) -> None:
             ]
         )
     _table(rows)
+
+
+@main.command("console")
+@click.option(
+    "--port", default=CONSOLE_PORT, show_default=True, help="Port to serve on (0: any free)."
+)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to serve on (keep loopback)."
+)
+@with_settings
+def console_command(port: int, host: str, settings: Settings) -> None:
+    """Serve a web page where deployments are watched: timelines, services, topics, and
+    deploy from the page. Reads through the same clients as `orch status`; it opens nothing
+    by itself: open the address it prints."""
+    from orch import console
+
+    clients = _clients()
+    try:
+        running = console.start(clients, settings, host=host, port=port)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot serve on {host}:{port}: {exc.strerror or exc}; choose another --port"
+        ) from None
+    click.echo(f"orch console for {settings.project}/{settings.region}: {running.url}")
+    click.echo("(Ctrl-C to stop)", err=True)
+    try:
+        running.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.stop()
 
 
 @main.command()
