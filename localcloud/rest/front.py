@@ -231,8 +231,8 @@ class Front:
             pb = getattr(pb, route.response_body)
         if alt == "proto":
             return web.Response(body=pb.SerializeToString(), content_type="application/x-protobuf")
-        text = await self.transcoder.dumps(pb, pretty)
-        return web.Response(text=text, content_type="application/json")
+        body = await self.transcoder.dumps(pb, pretty)
+        return web.Response(body=body, content_type="application/json", charset="utf-8")
 
     async def _request(
         self,
@@ -280,7 +280,9 @@ class _TooLarge(GoogleError):
 
 def _json(body: dict[str, Any], status: int, pretty: bool = True, **kw: Any) -> web.Response:
     text = workers.json_text(body, pretty)
-    return web.Response(text=text, status=status, content_type="application/json", **kw)
+    return web.Response(
+        body=text, status=status, content_type="application/json", charset="utf-8", **kw
+    )
 
 
 def error_response(
