@@ -1,4 +1,5 @@
 // An HTTP Node.js function with one dependency (ms), for localcloud's build and run tests.
+const fs = require('fs');
 const ms = require('ms');
 
 exports.hello = (req, res) => {
@@ -14,5 +15,9 @@ exports.hello = (req, res) => {
     node: process.version,
     devDependencyInstalled,
     target: process.env.FUNCTION_TARGET,
+    // Which of the paths the test names this function can see (the sandbox's bounds).
+    sees: Object.fromEntries(
+      JSON.parse(process.env.PROBE_PATHS || '[]').map((p) => [p, fs.existsSync(p)]),
+    ),
   });
 };
