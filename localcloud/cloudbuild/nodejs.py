@@ -134,7 +134,8 @@ def host_nodes(major: str | None = None) -> list[tuple[str, str]]:
 
 def _satisfies(node: str, version: str, constraint: str) -> bool | None:
     """Whether ``version`` meets the semver range ``constraint``, asked of the semver package
-    npm ships (npm's own reading of ``engines``); None when that package is not there."""
+    npm ships (npm's own reading of ``engines``); None when that package is not there,
+    ValueError when ``constraint`` is no range."""
     npm = shutil.which("npm")
     if npm is None:
         return None
@@ -154,7 +155,7 @@ def _satisfies(node: str, version: str, constraint: str) -> bool | None:
         check=False,
     )
     if done.stdout == "invalid":
-        raise BuildError(f"{constraint!r} is not a semver version or range")
+        raise ValueError(constraint)
     return done.stdout == "true"
 
 
@@ -194,7 +195,12 @@ def select_node(env: dict[str, str], package: dict[str, Any]) -> Node:
         raise BuildError("no node on this machine: install Node.js to build Node.js functions")
     if constraint:
         for exe, ver in nodes:
-            met = _satisfies(exe, ver, constraint)
+            try:
+                met = _satisfies(exe, ver, constraint)
+            except ValueError:
+                raise BuildError(
+                    f"{origin}={constraint!r} is not a semver version or range (e.g. 20.x.x)"
+                ) from None
             if met is None:
                 raise BuildError(
                     f"cannot check {origin}={constraint!r}: npm's semver package is not on "

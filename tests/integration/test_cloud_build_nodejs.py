@@ -134,16 +134,21 @@ def test_bad_sources_fail_the_build_naming_the_problem(clients, sources, change,
         assert "npm error" in done.status_detail, "npm's own words reach the build's status"
 
 
-def test_runtime_without_its_node_is_refused_naming_it(clients, sources):
-    absent = "nodejs22" if host_major() != "22" else "nodejs20"
-    if shutil.which(f"node{absent[6:]}"):
-        pytest.skip(f"this machine has node{absent[6:]}")
+@pytest.mark.parametrize("variable", ["GOOGLE_RUNTIME", "GOOGLE_NODEJS_VERSION"])
+def test_a_node_this_machine_lacks_is_refused_naming_it(clients, sources, variable):
+    major = "22" if host_major() != "22" else "20"
+    if shutil.which(f"node{major}"):
+        pytest.skip(f"this machine has node{major}")
+    value = f"nodejs{major}" if variable == "GOOGLE_RUNTIME" else f"{major}.x.x"
     files = tree(FUNCTIONS / "node_hello")
-    done = build(
-        clients, sources, files, {"GOOGLE_RUNTIME": absent, "GOOGLE_FUNCTION_TARGET": "hello"}
-    )
+    done = build(clients, sources, files, {variable: value, "GOOGLE_FUNCTION_TARGET": "hello"})
     assert done.status == S.FAILURE
-    assert f"{absent}: no Node.js {absent[6:]} on this machine" in done.status_detail
+    if variable == "GOOGLE_RUNTIME":
+        assert f"nodejs{major}: no Node.js {major} on this machine" in done.status_detail
+    else:
+        assert f"no Node.js on this machine meets GOOGLE_NODEJS_VERSION='{major}.x.x'" in (
+            done.status_detail
+        )
 
 
 def test_cloudevent_function_receives_a_pubsub_message_through_eventarc(
