@@ -344,7 +344,7 @@ async def build(
     builder: str | None = None,
 ) -> Image:
     """Build the image for the Node.js function in ``source`` with the build's ``env``."""
-    del builder  # every Google builder has Node.js 20 and 22; the host decides what runs
+    del builder  # which Node.js versions each builder image ships is not checked here
     package = await asyncio.to_thread(read_package_json, source)
     main = await asyncio.to_thread(main_file, source, package)
     signature = env.get("GOOGLE_FUNCTION_SIGNATURE_TYPE", "http")
