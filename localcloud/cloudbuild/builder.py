@@ -457,7 +457,7 @@ class Builder:
                 types.Build.FailureInfo.FailureType.USER_BUILD_STEP,
             )
         if pack.builder:
-            log(f"builder {pack.builder} (localcloud runs its own Python functions buildpack)")
+            log(f"builder {pack.builder} (localcloud runs its own Python and Node.js buildpacks)")
         try:
             image = await buildpack.build(source, pack.env, self.cache, workdir, log, pack.builder)
         except buildpack.BuildError as exc:

@@ -104,8 +104,8 @@ def runtime_of(env: dict[str, str]) -> str | None:
     match = _RUNTIME.fullmatch(runtime)
     if match is None:
         raise BuildError(
-            f"GOOGLE_RUNTIME={runtime!r}: localcloud builds Python functions only "
-            "(python, python3 or python3XY such as python311)"
+            f"GOOGLE_RUNTIME={runtime!r}: localcloud builds Python and Node.js functions "
+            "only (python, python3 or python3XY such as python311; nodejs or nodejsNN)"
         )
     return f"python3{match.group(1)}" if match.group(1) else None
 
@@ -338,7 +338,12 @@ async def build(
     builder: str | None = None,
 ) -> Image:
     """Build the image for ``source`` with the build's ``env`` (the pack ``--env`` values),
-    on the Python ``builder`` (the pack step's ``--builder``) would use."""
+    on the Python ``builder`` (the pack step's ``--builder``) would use. A Node.js function
+    (``GOOGLE_RUNTIME=nodejs..``, or a package.json and no Python) goes to nodejs.py."""
+    from localcloud.cloudbuild import nodejs  # it imports this module
+
+    if await asyncio.to_thread(nodejs.wanted, source, env):
+        return await nodejs.build(source, env, cache, workdir, log, builder)
     await asyncio.to_thread(detect, source, env)  # compiling big files must not stall the loop
     chosen = await asyncio.to_thread(select_python, source, env, builder)
     runtime, python = chosen.runtime, chosen.executable

@@ -21,7 +21,9 @@ under bubblewrap (``bwrap``) and held to what a Cloud Run container may do:
 - the host's interpreter for the image's runtime (``python311`` -> Python 3.11) is bound
   read-only at its own path, with its own site-packages hidden so only the image's layers
   provide packages (as on Google Cloud), and linked as ``/usr/local/bin/python3``, which is
-  what the image's ``python3`` entrypoint finds on its ``PATH``;
+  what the image's ``python3`` entrypoint finds on its ``PATH``; a Node.js image
+  (``nodejs20``) gets the host's node of that major version the same way, linked as
+  ``/usr/local/bin/node``, its global module folder hidden (``find_node``);
 - each top-level directory of the image (``/workspace``, ``/layers``) is bound read-only
   at its path; ``/tmp`` is private; ``/proc`` and ``/dev`` are the sandbox's own;
 - the environment is exactly the image's ``Env`` overlaid with the instance's variables.
@@ -223,6 +225,11 @@ class PythonInstall:
     prefix: str  # its sys.base_prefix
     site_dirs: tuple[str, ...]  # its global site-packages, hidden in the sandbox
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """What the image's entrypoint may call it, linked in /usr/local/bin."""
+        return ("python3", "python", f"python{self.version}")
+
 
 # Run by another interpreter to describe itself (its base install, not a venv's).
 _PROBE = """
@@ -285,6 +292,63 @@ def find_python(runtime: str) -> PythonInstall:
     return PythonInstall(version, doc["executable"], doc["prefix"], tuple(doc["site_dirs"]))
 
 
+@dataclass(frozen=True)
+class NodeInstall:
+    """A host Node.js the sandbox can bind: its binary, under ``prefix`` (``/usr`` for a
+    packaged node, the version's directory for nvm and the like)."""
+
+    version: str  # the major version, "20"
+    executable: str  # the real binary (no shim)
+    prefix: str
+    site_dirs: tuple[str, ...]  # its global module directories, hidden in the sandbox
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """What the image's entrypoint may call it, linked in /usr/local/bin."""
+        return ("node", "nodejs")
+
+
+Interpreter = PythonInstall | NodeInstall
+
+
+@functools.lru_cache(maxsize=8)
+def find_node(runtime: str) -> NodeInstall:
+    """The host's node for runtime ``nodejsNN`` (``nodeNN`` or ``node`` on PATH, whichever
+    is that major version, as the Node.js buildpack chose it); SandboxError if none is."""
+    major = runtime.removeprefix("nodejs")
+    if not runtime.startswith("nodejs") or not major.isdigit():
+        raise SandboxError(f"runtime {runtime!r} is not a Node.js runtime (e.g. nodejs20)")
+    seen = []
+    for name in (f"node{major}", "node"):
+        found = shutil.which(name)
+        if found is None:
+            continue
+        real = os.path.realpath(found)
+        try:
+            out = subprocess.run(
+                [real, "--version"], capture_output=True, text=True, timeout=30, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        seen.append(out)
+        if out.removeprefix("v").split(".")[0] == major:
+            prefix = os.path.dirname(os.path.dirname(real))
+            # node's global folders ($PREFIX/lib/node; $HOME's are not bound): only the
+            # image's layers provide modules, as on Google Cloud.
+            return NodeInstall(major, real, prefix, (os.path.join(prefix, "lib", "node"),))
+    have = f" (its node is {', '.join(seen)})" if seen else ""
+    raise SandboxError(
+        f"runtime {runtime} needs Node.js {major}, which this machine does not have{have}"
+    )
+
+
+def find_interpreter(runtime: str) -> Interpreter:
+    """The host interpreter an image of ``runtime`` (its localcloud.runtime label) runs on."""
+    if runtime.startswith("nodejs"):
+        return find_node(runtime)
+    return find_python(runtime)
+
+
 def container_argv(spec: InstanceSpec) -> list[str]:
     """The instance's command line, with Cloud Run's command/args rules."""
     image = spec.image
@@ -326,10 +390,10 @@ def _image_tops(image: UnpackedImage, reserved: set[str]) -> list[Path]:
     return tops
 
 
-def _reserved(python: PythonInstall | None) -> set[str]:
+def _reserved(interpreter: Interpreter | None) -> set[str]:
     reserved = set(RESERVED)
-    if python is not None and len(Path(python.prefix).parts) > 1:
-        reserved.add(Path(python.prefix).parts[1])  # e.g. "root" for /root/.pyenv/...
+    if interpreter is not None and len(Path(interpreter.prefix).parts) > 1:
+        reserved.add(Path(interpreter.prefix).parts[1])  # e.g. "root" for /root/.pyenv/...
     return reserved
 
 
@@ -349,7 +413,7 @@ class Fds:
 def bwrap_argv(
     bwrap: str,
     spec: InstanceSpec,
-    python: PythonInstall | None,
+    interpreter: Interpreter | None,
     fds: Fds = Fds(),
     own_network: bool = False,
 ) -> list[str]:
@@ -378,20 +442,22 @@ def bwrap_argv(
     for path in ETC_FILES:
         if os.path.exists(path):
             cmd += ["--ro-bind", path, path]
-    if python is not None:
-        if not any(python.prefix == b or python.prefix.startswith(b + "/") for b in bound):
-            cmd += ["--ro-bind", stage.reachable(python.prefix), python.prefix]
-        for site_dir in python.site_dirs:
+    if interpreter is not None:
+        prefix = interpreter.prefix
+        if not any(prefix == b or prefix.startswith(b + "/") for b in bound):
+            cmd += ["--ro-bind", stage.reachable(interpreter.prefix), interpreter.prefix]
+        for site_dir in interpreter.site_dirs:
             if os.path.isdir(site_dir):
                 cmd += ["--tmpfs", site_dir]
         if not os.path.isdir(PYTHON_BIN):
             raise SandboxError(
-                f"this machine has no {PYTHON_BIN}, where the sandbox links the image's python3"
+                f"this machine has no {PYTHON_BIN}, where the sandbox links the image's "
+                f"{interpreter.names[0]}"
             )
         cmd += ["--tmpfs", PYTHON_BIN]
-        for name in ("python3", "python", f"python{python.version}"):
-            cmd += ["--symlink", python.executable, f"{PYTHON_BIN}/{name}"]
-    for top in _image_tops(image, _reserved(python)):
+        for name in interpreter.names:
+            cmd += ["--symlink", interpreter.executable, f"{PYTHON_BIN}/{name}"]
+    for top in _image_tops(image, _reserved(interpreter)):
         dest = "/" + top.name
         if top.is_symlink():
             cmd += ["--symlink", os.readlink(top), dest]
@@ -410,12 +476,12 @@ def bwrap_argv(
 
 
 def _unsandboxed_argv(
-    spec: InstanceSpec, python: PythonInstall | None
+    spec: InstanceSpec, interpreter: Interpreter | None
 ) -> tuple[list[str], dict[str, str], str]:
     """argv, env and cwd to run the image directly on the host, its paths moved into the rootfs."""
     image = spec.image
     rootfs = str(image.rootfs)
-    tops = ["/" + p.name for p in _image_tops(image, _reserved(python))]
+    tops = ["/" + p.name for p in _image_tops(image, _reserved(interpreter))]
 
     def host(path: str) -> str:
         if any(path == t or path.startswith(t + "/") for t in tops):
@@ -423,10 +489,10 @@ def _unsandboxed_argv(
         return path
 
     argv = [host(a) for a in container_argv(spec)]
-    if python is not None and argv[0] in ("python", "python3", f"python{python.version}"):
-        argv[0] = python.executable
+    if interpreter is not None and argv[0] in interpreter.names:
+        argv[0] = interpreter.executable
     env = instance_env(spec)
-    for key in ("PYTHONPATH", "PATH"):
+    for key in ("PYTHONPATH", "NODE_PATH", "PATH"):
         if key in env:
             env[key] = ":".join(host(p) for p in env[key].split(":"))
     workdir = image.working_dir or "/"
@@ -769,7 +835,7 @@ async def start(spec: InstanceSpec) -> Instance:
     """Starts one instance of ``spec.image`` (not yet ready: call ``wait_ready``)."""
     image = spec.image
     runtime = _runtime(image)
-    python = await asyncio.to_thread(find_python, runtime) if runtime else None
+    interpreter = await asyncio.to_thread(find_interpreter, runtime) if runtime else None
     argv = container_argv(spec)
     bwrap = bwrap_available()
     if spec.unsandboxed:
@@ -778,10 +844,10 @@ async def start(spec: InstanceSpec) -> Instance:
             "read and write everything this user can",
             image.digest,
         )
-        return await _start_unsandboxed(spec, python, argv)
+        return await _start_unsandboxed(spec, interpreter, argv)
     if bwrap is None:
         raise SandboxError(NO_BWRAP)
-    return await _start_sandboxed(bwrap, spec, python, argv)
+    return await _start_sandboxed(bwrap, spec, interpreter, argv)
 
 
 def _log_start(log: logs.RevisionLog, spec: InstanceSpec, mode: str, argv: list[str]) -> int:
@@ -793,9 +859,9 @@ def _log_start(log: logs.RevisionLog, spec: InstanceSpec, mode: str, argv: list[
 
 
 async def _start_unsandboxed(
-    spec: InstanceSpec, python: PythonInstall | None, argv: list[str]
+    spec: InstanceSpec, interpreter: Interpreter | None, argv: list[str]
 ) -> Instance:
-    cmd, env, cwd = _unsandboxed_argv(spec, python)
+    cmd, env, cwd = _unsandboxed_argv(spec, interpreter)
     log = logs.revision_log(spec.log_path, spec.log_max_bytes)
     offset = _log_start(log, spec, "UNSANDBOXED", argv)
     read, write = os.pipe()
@@ -860,7 +926,7 @@ def _read_info(fd: int, timeout: float) -> dict:
 
 
 async def _start_sandboxed(
-    bwrap: str, spec: InstanceSpec, python: PythonInstall | None, argv: list[str]
+    bwrap: str, spec: InstanceSpec, interpreter: Interpreter | None, argv: list[str]
 ) -> Instance:
     iso = isolation()
     contained = spec.contained
@@ -880,7 +946,7 @@ async def _start_sandboxed(
     attaching: asyncio.Future[int] | None = None
     try:
         network_ns = contained and iso.network
-        cmd = bwrap_argv(bwrap, spec, python, fds, own_network=network_ns)
+        cmd = bwrap_argv(bwrap, spec, interpreter, fds, own_network=network_ns)
         if contained and iso.cgroups.enforced:
             group = await asyncio.to_thread(iso.cgroups.create, spec.limits)
         offset = _log_start(log, spec, "sandboxed", argv)
