@@ -11,7 +11,11 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt py
 # chromium and its WebDriver for the console's browser tests (tests/e2e/test_console.py).
 DEBIAN_PACKAGES := docker-registry:docker-registry bwrap:bubblewrap pasta:passt \
 	/usr/share/containers/seccomp.json:golang-github-containers-common \
-	chromium:chromium chromedriver:chromium-driver
+	chromium:chromium chromedriver:chromium-driver node:nodejs npm:npm
+# The Node.js examples' runtime (nodejs22): localcloud runs it with a host node of that major
+# version (`node22` or `node` on PATH); Debian's may be older, so `make deps` adds one from the
+# npm registry's node-linux-* package when the machine has none.
+NODE_MAJOR := 22
 PYTEST_ARGS ?=
 
 .PHONY: help deps venv up down status demo test test-fast bench lint fmt clean
@@ -19,7 +23,7 @@ PYTEST_ARGS ?=
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-deps: ## Install the Debian packages localcloud runs (registry, bubblewrap, passt, seccomp profile) and chromium for the console's tests
+deps: ## Install the Debian packages localcloud runs (registry, bubblewrap, passt, seccomp profile), chromium for the console's tests, and Node.js 22
 	@missing=""; for pair in $(DEBIAN_PACKAGES); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  if [ "$${cmd#/}" != "$$cmd" ]; then test -e $$cmd || missing="$$missing $$pkg"; \
@@ -31,6 +35,16 @@ deps: ## Install the Debian packages localcloud runs (registry, bubblewrap, pass
 	  else echo "error: missing Debian packages:$$missing. Install them as root: apt-get install$$missing" >&2; exit 1; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
 	  || { echo "error: could not install$$missing with apt-get; install them by hand" >&2; exit 1; }; \
+	fi
+	@if command -v npm >/dev/null 2>&1 && ! command -v node$(NODE_MAJOR) >/dev/null 2>&1 \
+	    && ! node --version 2>/dev/null | grep -q '^v$(NODE_MAJOR)\.'; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	  else echo "note: no Node.js $(NODE_MAJOR) (node$(NODE_MAJOR)); its tests will skip" >&2; exit 0; fi; \
+	  arch=$$(uname -m | sed 's/x86_64/x64/; s/aarch64/arm64/'); dir=/usr/local/lib/node$(NODE_MAJOR); \
+	  echo "installing Node.js $(NODE_MAJOR) as node$(NODE_MAJOR) (npm registry: node-linux-$$arch)"; \
+	  $$SUDO npm install --silent --no-fund --no-audit --prefix $$dir node-linux-$$arch@$(NODE_MAJOR) \
+	  && $$SUDO ln -sf $$dir/node_modules/node-linux-$$arch/bin/node /usr/local/bin/node$(NODE_MAJOR) \
+	  || echo "note: could not install Node.js $(NODE_MAJOR); its tests will skip" >&2; \
 	fi
 
 $(STAMP):
