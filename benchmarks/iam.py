@@ -1,26 +1,28 @@
 """What IAM enforcement costs (issue 16): the same figures with ``LOCALCLOUD_IAM=off`` (no
 permission checked) and ``enforce`` (every call checked), side by side in one run.
 
-One localcloud on one data directory, provisioned once (``orch.provision``, which applies
-Terraform's grants, so the pipeline runs under ``enforce``), then restarted in one mode and
-the other, round after round (off then enforce, then enforce then off, ...), so drift on a
-shared machine falls on both sides alike. Each round, in each mode:
+Two localclouds run side by side, one in each mode, each on its own data directory with the
+pipeline provisioned (``orch.provision``, which applies Terraform's grants, so the pipeline
+runs under ``enforce``), and each given one warm-up deploy (the pipeline's functions start
+cold). Then, round after round, the two are measured interleaved, one run at a time (off then
+enforce, then enforce then off, ...), so load from other work on a shared machine, which
+comes and goes over seconds to minutes, falls on both alike:
 
-- one warm-up deploy (the pipeline's functions start cold after a restart), so what follows
-  is measured in the same steady state in both modes;
 - Pub/Sub end-to-end throughput with the official client: ``benchmarks.pubsub.throughput``
-  (``--messages`` messages, default batching, first publish to last receipt and ack);
+  (``--messages`` messages, default batching, first publish to last receipt and ack), and
+  the server process's CPU-seconds meanwhile;
 - zip-to-serving through the deploy pipeline: ``benchmarks.pipeline``'s deploy of the
   no-dependency HTTP function (upload to the sources bucket returned → the service answers
-  the new text), the counted deploys.
+  the new text).
 
-Judged on ratios paired by round: each round runs both modes back to back, so each round's
-enforce figure is divided by the same round's off figure (its throughput runs' median, its
-deploys' median), and the target is on the median of those ratios: enforce within 5% of
-off, throughput ratio >= 0.95, time ratio <= 1.05. Load from other work on a shared machine
-comes and goes over minutes; a pair sees the same load far more often than two medians
-over the whole run do, so paired ratios are what a noisy machine skews least. The medians
-over every run are reported too. The localcloud started here is stopped at the end.
+An earlier form restarted one localcloud in each mode in turn: every restart started the
+pipeline's instances again, seconds of CPU that each mode's runs overlapped differently,
+and a mode's runs came minutes apart from the other's.
+
+Judged on ratios paired by round: each round's enforce figure (its runs' median, its
+deploys' median) divided by the same round's off figure, and the target on the median of
+those ratios: enforce within 5% of off, throughput ratio >= 0.95, time ratio <= 1.05. The
+medians over every run are reported too. Both localclouds are stopped at the end.
 """
 
 from __future__ import annotations
@@ -111,10 +113,12 @@ class IamResult:
         return statistics.median(ratios) if ratios else None
 
 
-class Bench:
-    def __init__(self, s: IamSettings, result: IamResult, scratch: Path) -> None:
-        self.s, self.result, self.scratch = s, result, scratch
-        self.deploys = 0
+class Server:
+    """One localcloud in one mode, with the pipeline provisioned on it."""
+
+    def __init__(self, mode: str, s: IamSettings, scratch: Path) -> None:
+        self.mode = mode
+        scratch.mkdir(parents=True, exist_ok=True)
         # The pipeline benchmark's own deploy machinery, driven here one deploy at a time.
         self.pipeline = pipeline_bench.Bench(
             pipeline_bench.PipelineSettings(timeout=s.timeout),
@@ -123,36 +127,49 @@ class Bench:
         )
         self.case = self.pipeline.result.cases["plain"]
         self.case.service = pipeline_bench.PLAIN_SERVICE
+        self.instance: testing.Instance | None = None
 
-    def start(self, mode: str, config: Any = None) -> testing.Instance:
-        log(f"iam: starting localcloud with LOCALCLOUD_IAM={mode} ...")
-        return testing.start(
-            self.pipeline.data_dir, config=config, extra_env={"LOCALCLOUD_IAM": mode}
+    def start(self) -> float:
+        """Start it and provision the pipeline; the provisioning's seconds."""
+        log(f"iam: starting localcloud with LOCALCLOUD_IAM={self.mode} ...")
+        self.instance = testing.start(
+            self.pipeline.data_dir, extra_env={"LOCALCLOUD_IAM": self.mode}
         )
+        env = {**self.instance.env, "ORCH_CONFIG": str(self.pipeline.scratch / "none.json")}
+        # Provisioning reads the process's environment; what is measured afterwards only
+        # goes through these clients, which hold their own endpoints.
+        with testing.patched_environ(env):
+            self.pipeline.clients = Clients(Environment.from_env(env))
+            self.pipeline.settings = Settings.from_env(env)
+            t0 = time.perf_counter()
+            self.pipeline.provision()
+        return time.perf_counter() - t0
+
+    def stop(self) -> None:
+        if self.pipeline.__dict__.get("clients") is not None:
+            run_bench.close(self.pipeline.clients)
+        if self.instance is not None:
+            self.instance.stop()
+
+
+class Bench:
+    def __init__(self, s: IamSettings, result: IamResult, scratch: Path) -> None:
+        self.s, self.result = s, result
+        self.servers = {mode: Server(mode, s, scratch / mode) for mode in MODES}
+        self.deploys = 0
 
     def run(self) -> None:
-        instance = self.start("enforce")
         try:
-            env = {**instance.env, "ORCH_CONFIG": str(self.scratch / "no-config.json")}
-            with testing.patched_environ(env):
-                self.pipeline.clients = Clients(Environment.from_env(env))
-                self.pipeline.settings = Settings.from_env(env)
-                try:
-                    t0 = time.perf_counter()
-                    self.pipeline.provision()
-                    self.result.provision_s = time.perf_counter() - t0
-                    log(f"iam: provisioned in {self.result.provision_s:.1f} s")
-                    for n in range(self.s.rounds):
-                        figures: dict[str, dict[str, float | None]] = {}
-                        for mode in MODES if n % 2 == 0 else MODES[::-1]:
-                            instance.stop()
-                            instance = self.start(mode, instance.config)
-                            figures[mode] = self.round(n, self.result.sides[mode], instance)
-                        self.pair(figures)
-                finally:
-                    run_bench.close(self.pipeline.clients)
+            provisioned = [self.servers[mode].start() for mode in MODES]
+            self.result.provision_s = statistics.median(provisioned)
+            log(f"iam: provisioned in {', '.join(f'{t:.1f}' for t in provisioned)} s")
+            for mode in MODES:  # the pipeline's functions, cold until a first deploy
+                self.deploy(-1, mode, counted=False)
+            for n in range(self.s.rounds):
+                self.pair(self.round(n, MODES if n % 2 == 0 else MODES[::-1]))
         finally:
-            instance.stop()
+            for server in self.servers.values():
+                server.stop()
 
     def pair(self, figures: dict[str, dict[str, float | None]]) -> None:
         """One round's enforce / off, for each figure both modes have."""
@@ -161,59 +178,67 @@ class Bench:
             if on is not None and off:
                 self.result.paired.setdefault(attr, []).append(on / off)
 
-    def round(self, n: int, side: Side, instance: testing.Instance) -> dict[str, float | None]:
-        """Measure one mode once: its figures for this round (None where none completed).
+    def round(self, n: int, order: tuple[str, ...]) -> dict[str, dict[str, float | None]]:
+        """Both modes once, interleaved run by run in ``order``: each throughput run, then
+        each deploy, goes to one server and then the other, seconds apart, so load from
+        other work on the machine falls on both alike. Each mode's figures for this round
+        (None where none completed)."""
+        rates: dict[str, list[float]] = {m: [] for m in order}
+        cpus: dict[str, list[float]] = {m: [] for m in order}
+        times: dict[str, list[float]] = {m: [] for m in order}
+        for _ in range(self.s.pubsub_runs):
+            for mode in order:
+                self.throughput(n, mode, rates[mode], cpus[mode])
+        for _ in range(self.s.deploys):
+            for mode in order:
+                took = self.deploy(n, mode)
+                if took is not None:
+                    times[mode].append(took)
+        figures: dict[str, dict[str, float | None]] = {}
+        for mode in order:
+            side = self.result.sides[mode]
+            side.throughputs.extend(rates[mode])
+            side.cpu_per_k.extend(cpus[mode])
+            side.serving_s.extend(times[mode])
+            figures[mode] = {
+                "throughput": statistics.median(rates[mode]) if rates[mode] else None,
+                "cpu": statistics.median(cpus[mode]) if cpus[mode] else None,
+                "serving": statistics.median(times[mode]) if times[mode] else None,
+            }
+        return figures
 
-        The warm-up deploy comes first: after a restart localcloud starts the pipeline's
-        minimum instances and the first deploy starts the rest cold, seconds of CPU on a
-        2-core machine. Measured before it, throughput would mostly measure how much of
-        that start-up each mode's run happened to overlap; after it, both modes are
-        measured in the same steady state.
-        """
-        self.deploy(n, side, counted=False)
-        rates: list[float] = []
-        cpus: list[float] = []
+    def throughput(self, n: int, mode: str, rates: list[float], cpus: list[float]) -> None:
+        instance = self.servers[mode].instance
+        assert instance is not None
         settings = pubsub.Settings(
             messages=self.s.messages, size=self.s.size, timeout=self.s.timeout
         )
-        for _ in range(self.s.pubsub_runs):
-            cpu_before = process_cpu(instance.process.pid)
-            t = pubsub.throughput(instance.config.grpc_address, settings)
-            cpu = process_cpu(instance.process.pid) - cpu_before
-            if t.complete:
-                rates.append(t.rate)
-                cpus.append(cpu / (t.expected + 1) * 1000)  # + the warm-up message
-            else:
-                side.incomplete += 1
-            log(
-                f"iam: round {n} {side.mode}: Pub/Sub {t.rate:,.0f} msg/s "
-                f"({t.received}/{t.expected})"
-            )
-        side.throughputs.extend(rates)
-        side.cpu_per_k.extend(cpus)
-        times = [t for t in (self.deploy(n, side) for _ in range(self.s.deploys)) if t]
-        side.serving_s.extend(times)
-        return {
-            "throughput": statistics.median(rates) if rates else None,
-            "cpu": statistics.median(cpus) if cpus else None,
-            "serving": statistics.median(times) if times else None,
-        }
+        cpu_before = process_cpu(instance.process.pid)
+        t = pubsub.throughput(instance.config.grpc_address, settings)
+        cpu = process_cpu(instance.process.pid) - cpu_before
+        if t.complete:
+            rates.append(t.rate)
+            cpus.append(cpu / (t.expected + 1) * 1000)  # + the warm-up message
+        else:
+            self.result.sides[mode].incomplete += 1
+        log(f"iam: round {n} {mode}: Pub/Sub {t.rate:,.0f} msg/s ({t.received}/{t.expected})")
 
-    def deploy(self, n: int, side: Side, counted: bool = True) -> float | None:
+    def deploy(self, n: int, mode: str, counted: bool = True) -> float | None:
         """One zip-to-serving deploy; its time, or None (and the failure kept)."""
+        server, side = self.servers[mode], self.result.sides[mode]
         d = pipeline_bench.Deploy(self.deploys)
         self.deploys += 1
-        marker = f"v{d.n:03d}-{side.mode}"
+        marker = f"v{d.n:03d}-{mode}"
         try:
-            self.pipeline.deploy(self.case, d, pipeline_bench.plain_files(marker), marker)
+            server.pipeline.deploy(server.case, d, pipeline_bench.plain_files(marker), marker)
         except Exception as exc:
             d.error = d.error or f"{type(exc).__name__}: {exc}"
         if not d.ok or d.total_s is None:
             side.failed.append(f"deploy {d.n}: {d.error}")
-            log(f"iam: round {n} {side.mode}: deploy {d.n} FAILED: {d.error}")
+            log(f"iam: round {n} {mode}: deploy {d.n} FAILED: {d.error}")
             return None
         log(
-            f"iam: round {n} {side.mode}: deploy {d.n}: {d.total_s:.2f} s"
+            f"iam: round {n} {mode}: deploy {d.n}: {d.total_s:.2f} s"
             + ("" if counted else " (warm-up)")
         )
         return d.total_s
@@ -294,11 +319,12 @@ def passed(r: IamResult) -> bool:
 
 def notes(s: IamSettings, r: IamResult) -> list[str]:
     out = [
-        f"iam: one localcloud provisioned once ({_s(r.provision_s)} s, Terraform's grants "
-        f"applied), restarted {s.rounds} time(s) per mode, alternating; per round and mode "
+        f"iam: two localclouds side by side, one per mode, each with the pipeline "
+        f"provisioned ({_s(r.provision_s)} s, Terraform's grants applied) and one warm-up "
+        f"deploy; {s.rounds} rounds, each interleaving the modes run by run: "
         f"{s.pubsub_runs} Pub/Sub throughput run(s) ({s.messages:,} messages of {s.size} B) "
-        f"and 1 warm-up + {s.deploys} counted deploys of the no-dependency function; judged "
-        "on the median of the rounds' enforce / off",
+        f"and {s.deploys} deploys of the no-dependency function per mode; judged on the "
+        "median of the rounds' enforce / off",
     ]
     for attr in ("throughput", "serving", "cpu"):
         ratios = ", ".join(f"{x:.3f}" for x in r.paired.get(attr, [])) or "-"
@@ -340,7 +366,7 @@ def markdown(s: IamSettings, r: IamResult) -> str:
         return "-" if value is None else f"{value:.3f}x"
 
     lines = [
-        "| IAM enforcement, same localcloud restarted in each mode, alternating "
+        "| IAM enforcement, two localclouds side by side, interleaved run by run "
         "| `LOCALCLOUD_IAM=off` | `enforce` | enforce / off, of the medians "
         "| enforce / off paired by round, median | target |",
         "|---|---:|---:|---:|---:|---|",
