@@ -36,6 +36,10 @@ LOG = logging.getLogger(__name__)
 
 HISTORY = 1000  # deployments read from the records bucket (the newest)
 DOWNLOAD_THREADS = 8
+# Every read fails fast, without the clients' own retries (a minute by default): the pages
+# refresh every few seconds, which is the retry, and a project or API that cannot be
+# reached is on the page with its reason at once instead of after the retries give up.
+FAST = {"timeout": 10.0, "retry": None}
 DEAD_LETTER_SHOWN = 20
 
 
@@ -68,7 +72,7 @@ class RecordsReader:
         found = self._documents.get(key)
         if found is None:
             try:
-                found = json.loads(blob.download_as_bytes())  # of the listed generation
+                found = json.loads(blob.download_as_bytes(**FAST))  # of the listed generation
             except Exception:  # replaced or deleted since the listing: next refresh
                 return None
             if not isinstance(found, dict):
@@ -79,13 +83,13 @@ class RecordsReader:
     def refresh(self) -> None:
         bucket = self.settings.records_bucket
         by_deployment: dict[str, dict[str, Any]] = {}
-        for blob in self.clients.storage.list_blobs(bucket, prefix=DEPLOYMENTS_PREFIX):
+        for blob in self.clients.storage.list_blobs(bucket, prefix=DEPLOYMENTS_PREFIX, **FAST):
             deployment_id, _, leaf = blob.name[len(DEPLOYMENTS_PREFIX) :].partition("/")
             if leaf.endswith(".json") and "/" not in leaf:
                 by_deployment.setdefault(deployment_id, {})[leaf[:-5]] = blob
         locks: dict[str, str] = {}
         live: set[tuple[str, int]] = set()
-        for blob in self.clients.storage.list_blobs(bucket, prefix="locks/"):
+        for blob in self.clients.storage.list_blobs(bucket, prefix="locks/", **FAST):
             live.add((blob.name, int(blob.generation or 0)))
             document = self._download(blob)
             if document and document.get("deployment_id"):
@@ -260,10 +264,10 @@ def _short(name: str) -> str:
 
 def services(clients: Any, settings: Settings, log_lines: int = 20) -> list[ServiceView]:
     """Every Cloud Run service of the region, with its traffic, revisions and triggers."""
-    found = list(clients.run_services.list_services(parent=settings.location_path))
+    found = list(clients.run_services.list_services(parent=settings.location_path, **FAST))
     triggers: dict[str, list[str]] = {}
     with contextlib.suppress(Exception):  # Eventarc may be off in a project: no triggers then
-        for trigger in clients.eventarc.list_triggers(parent=settings.location_path):
+        for trigger in clients.eventarc.list_triggers(parent=settings.location_path, **FAST):
             service = trigger.destination.cloud_run.service
             filters = ", ".join(f"{f.attribute}={f.value}" for f in trigger.event_filters)
             topic = trigger.transport.pubsub.topic
@@ -281,7 +285,7 @@ def services(clients: Any, settings: Settings, log_lines: int = 20) -> list[Serv
             if target.tag:
                 tags.setdefault(revision, []).append(target.tag)
         revisions = []
-        for rev in clients.run_revisions.list_revisions(parent=svc.name):
+        for rev in clients.run_revisions.list_revisions(parent=svc.name, **FAST):
             name = _short(rev.name)
             log_file = clients.env.log_file(rev.log_uri)
             tail: list[str] = []

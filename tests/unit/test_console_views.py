@@ -13,7 +13,9 @@ from html import unescape
 import pytest
 import requests
 
+from localcloud import testing
 from orch.console.model import Store
+from orch.console.readers import RecordsReader
 from orch.console.server import Console, serve
 from orchestrator.config import Settings
 from orchestrator.status import StatusEvent, from_message, to_message
@@ -372,3 +374,40 @@ def test_the_upload_form_says_what_is_wrong_before_anything_is_written(console):
         timeout=10,
     )
     assert bad_service.status_code == 400 and "service:" in bad_service.text
+
+
+def test_an_api_that_cannot_be_reached_is_on_the_page_at_once(store):
+    """Cloud Run at a port nobody listens on: the services page says so, with the reason,
+    within the request, rather than after the client's own minute of retries (the page's
+    refresh is the retry)."""
+    from orchestrator.clients import Clients, Environment
+
+    closed = f"127.0.0.1:{testing.free_port()}"
+    env = Environment("p", "us-central1", closed, closed, f"http://{closed}")
+    settings = Settings.defaults("p")
+    server = serve(Console(settings, Clients(env), store), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page = requests.get(f"http://127.0.0.1:{server.server_port}/services", timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert page.status_code == 502
+    assert 'role="alert"' in page.text and "cannot be read" in page.text
+    assert "Traceback" not in page.text
+    # The history too (Cloud Storage, whose client retries a refused connection for two
+    # minutes by default): a refresh fails, naming why, well before that.
+    reader = RecordsReader(Clients(env), settings, store)
+    failed: list[BaseException] = []
+
+    def refresh() -> None:
+        try:
+            reader.refresh()
+        except Exception as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=refresh, daemon=True)
+    worker.start()
+    worker.join(30)
+    reader.close()
+    assert failed, "a refresh against an unreachable bucket neither failed nor ended"
