@@ -25,6 +25,9 @@ in each mode: enforce within 5%.
 For Pub/Sub over REST (``--only rest``), publishers POSTing batches and pullers pulling and
 acknowledging over keep-alive HTTP, against the official emulator's REST in alternating
 rounds: at least 2x its end-to-end throughput.
+For Python cold starts (``--only coldstart``), a scaled-to-zero service's first 200 against a
+bare ``functions-framework`` start of the same source from a fresh copy (which compiles),
+alternating rounds: at most 0.6x.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import build, pubsub
+from benchmarks import coldstart as cold_bench
 from benchmarks import eventarc as events_bench
 from benchmarks import iam as iam_bench
 from benchmarks import pipeline as pipeline_bench
@@ -108,9 +112,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "recovery",
             "iam",
             "rest",
+            "coldstart",
         ),
         help="run only the Cloud Build, Pub/Sub, Cloud Run, Eventarc, Workflows, deploy "
-        "pipeline, recovery, IAM enforcement or Pub/Sub over REST part",
+        "pipeline, recovery, IAM enforcement, Pub/Sub over REST or Python cold start part",
     )
     parser.add_argument(
         "--repeats", type=int, help="build: fresh localcloud data dirs, each cold (3; quick 1)"
@@ -122,7 +127,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--round-seconds", type=float, help="run: seconds per round (1; wrk: whole seconds)"
     )
     parser.add_argument(
-        "--cold-starts", type=int, help="run: cold starts of each kind (5; quick 3)"
+        "--cold-starts",
+        type=int,
+        help="run: cold starts of each kind (5; quick 3); coldstart: rounds (7; quick 3)",
     )
     parser.add_argument("--no-wrk", action="store_true", help="run: the Python load generator only")
     parser.add_argument("--output", type=Path, help="JSON results (.bench/results.json)")
@@ -829,6 +836,8 @@ def main(argv: list[str] | None = None) -> int:
     iamed = iam_bench.run(ims) if args.only in (None, "iam") else None
     rss = rest_bench.RestSettings.for_run(args.quick, args.messages, not args.no_official)
     rested = rest_bench.run(rss) if args.only in (None, "rest") else None
+    cos = cold_bench.ColdSettings.for_run(args.quick, args.cold_starts)
+    colded = cold_bench.run(cos) if args.only in (None, "coldstart") else None
     wall = time.monotonic() - began
     rows = build_rows(*results) if results else []
     b_rows = cloud_build_rows(built) if built else []
@@ -841,6 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     i_rows = [Row(*x, group="iam") for x in iam_bench.rows(iamed)] if iamed else []
     s_rows = [Row(*x, group="rest") for x in rest_bench.rows(rested)] if rested else []
+    o_rows = [Row(*x, group="coldstart") for x in cold_bench.rows(colded)] if colded else []
     official_ran = results is not None and results[1].skipped is None
     passed = (
         all(r.ok is not False for r in rows + b_rows + r_rows)
@@ -857,6 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     passed = passed and (recovered is None or recovery_bench.passed(recovered))
     passed = passed and (iamed is None or iam_bench.passed(iamed))
     passed = passed and (rested is None or rest_bench.passed(rested))
+    passed = passed and (colded is None or cold_bench.passed(colded))
 
     print()
     if results:
@@ -886,6 +897,9 @@ def main(argv: list[str] | None = None) -> int:
     if rested:
         print(table(s_rows, reference="official"))
         print()
+    if colded:
+        print(table(o_rows, reference="fresh/bare"))
+        print()
     for note in (
         (notes(s, results) if results else [])
         + (build_notes(bs, built) if built else [])
@@ -903,6 +917,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in iam_bench.notes(ims, iamed) if iamed else []:
         print(f"  {note}")
     for note in rest_bench.notes(rss, rested) if rested else []:
+        print(f"  {note}")
+    for note in cold_bench.notes(cos, colded) if colded else []:
         print(f"  {note}")
     print(f"  wall time: {wall:.1f} s; result: {'PASS' if passed else 'FAIL'}")
     print("\ndocs/performance.md snippet:\n")
@@ -925,6 +941,8 @@ def main(argv: list[str] | None = None) -> int:
         snippets.append(iam_bench.markdown(ims, iamed))
     if rested:
         snippets.append(rest_bench.markdown(rss, rested))
+    if colded:
+        snippets.append(cold_bench.markdown(cos, colded))
     if snippets and not results:  # the Pub/Sub snippet says where and when; say it here
         snippets[-1] += (
             f" Measured by `make bench` on {when} ({os.cpu_count()} CPUs, Python "
@@ -953,9 +971,19 @@ def main(argv: list[str] | None = None) -> int:
         "recovery": recovery_bench.to_json(cs, recovered) if recovered else None,
         "iam": iam_bench.to_json(ims, iamed) if iamed else None,
         "rest": rest_bench.to_json(rss, rested) if rested else None,
+        "coldstart": cold_bench.to_json(cos, colded) if colded else None,
         "rows": [
             dataclasses.asdict(r) | {"ratio": r.ratio}
-            for r in rows + b_rows + r_rows + e_rows + w_rows + p_rows + c_rows + i_rows + s_rows
+            for r in rows
+            + b_rows
+            + r_rows
+            + e_rows
+            + w_rows
+            + p_rows
+            + c_rows
+            + i_rows
+            + s_rows
+            + o_rows
         ],
         "passed": passed,
     }
