@@ -35,6 +35,7 @@ GREETING_MODULE = 'def greet(name):\n    return f"hello, {name}, from a wheel"\n
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where builds' pip finds packages (LOCALCLOUD_WHEELHOUSE): the ``localgreeting`` wheel."""
     path = tmp_path_factory.mktemp("wheelhouse")
+    path.chmod(0o755)  # as a wheelhouse made with umask 022: builds read it as nobody
     write_wheel(path, "localgreeting", "0.1.0", GREETING_MODULE)
     return path
 

@@ -38,7 +38,7 @@ from google.cloud.devtools.cloudbuild_v1 import types
 from google.protobuf import json_format
 from google.pubsub_v1.types import PubsubMessage, Topic
 
-from localcloud.cloudbuild import archive, buildpack, identity
+from localcloud.cloudbuild import archive, buildpack, confined, identity
 from localcloud.cloudbuild.config import PackPlan, plan
 from localcloud.cloudbuild.store import BuildStore
 from localcloud.core import authz, permissions
@@ -155,8 +155,11 @@ class Builder:
         self.stopping = False
         self.op_names: dict[str, str] = {}
         wheelhouse = os.environ.get("LOCALCLOUD_WHEELHOUSE")
+        caches = config.data_dir / "build-cache"
         self.cache = buildpack.LayerCache(
-            config.data_dir / "build-cache", Path(wheelhouse) if wheelhouse else None
+            caches,
+            Path(wheelhouse) if wheelhouse else None,
+            confined.Tools(caches / "tools", unsandboxed=config.run_unsandboxed),
         )
         self.work = config.data_dir / "build-work"
         self.log_dir = config.data_dir / "logs" / "builds"

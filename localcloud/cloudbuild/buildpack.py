@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localcloud.cloudbuild.bytecode import compile_tree
+from localcloud.cloudbuild.confined import Tools, base_env
 from localcloud.cloudbuild.layers import OCI_LAYER_GZIP, Layer, write_layer
+from localcloud.run.sandbox import SandboxError, describe_python
 
 LOG = logging.getLogger(__name__)
 
@@ -249,9 +251,12 @@ def requirements_key(source: Path, requirements: Path, runtime: str) -> str | No
 class LayerCache:
     """Layers keyed by what they were made from, shared by all builds on this data dir."""
 
-    def __init__(self, root: Path, wheelhouse: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, wheelhouse: Path | None = None, tools: Tools | None = None
+    ) -> None:
         self.root = root
         self.wheelhouse = wheelhouse
+        self.tools = tools or Tools(root / "tools")  # how pip and npm run (confined.py)
         self._locks: dict[str, asyncio.Lock] = {}
         root.mkdir(parents=True, exist_ok=True)
 
@@ -290,9 +295,19 @@ async def pip_install(
     args: list[str],
     target: Path,
     log: Log,
-    wheelhouse: Path | None,
+    cache: LayerCache,
     cwd: Path | None = None,
 ) -> None:
+    """pip install into ``target``, in the build sandbox (``confined.py``): pip runs the
+    setup.py of whatever it builds from source. ``cwd`` (the source, whose requirements
+    may name its own directories) is writable too: pip builds a local directory in place."""
+    tools, readable = cache.tools, []
+    if not tools.unsandboxed:  # the base install: a venv's python is only a pointer to it
+        try:
+            install = await asyncio.to_thread(describe_python, python)
+        except SandboxError as exc:
+            raise BuildError(str(exc)) from None
+        python, readable = install.executable, [install.prefix]
     cmd = [
         python,
         "-m",
@@ -307,26 +322,23 @@ async def pip_install(
         "--progress-bar",
         "off",
     ]
-    if wheelhouse is not None:
-        cmd += ["--find-links", str(wheelhouse)]
+    if cache.wheelhouse is not None:
+        cmd += ["--find-links", str(cache.wheelhouse)]
+        readable.append(str(cache.wheelhouse))
     cmd += args
     log("$ " + " ".join(cmd))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_TARGET")}
-    process = await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=cwd
-    )
-    lines: list[str] = []
+    env = base_env()
+    env.update({k: v for k, v in os.environ.items() if k.startswith("PIP_")})
+    env.pop("PIP_TARGET", None)
+    env["PIP_CACHE_DIR"] = str(tools.cache("pip"))
+    target.mkdir(parents=True, exist_ok=True)
+    writable = [target, Path(env["PIP_CACHE_DIR"]), *([cwd] if cwd else [])]
     try:
-        assert process.stdout is not None
-        async for raw in process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            lines.append(line)
-            log(line)
-        code = await process.wait()
-    except asyncio.CancelledError:
-        process.kill()
-        await process.wait()
-        raise
+        code, lines = await tools.run(
+            cmd, cwd or target, env, writable=writable, readable=readable, log=log
+        )
+    except SandboxError as exc:
+        raise BuildError(str(exc)) from None
     if code != 0:
         tail = "\n".join(lines[-12:])
         raise BuildError(f"pip install failed (exit code {code}):\n{tail}")
@@ -359,7 +371,7 @@ async def build(
 
     async def make_framework(tmp: Path) -> Layer:
         lib = tmp / "lib"
-        await pip_install(python, [f"{FRAMEWORK}=={FRAMEWORK_VERSION}"], lib, log, cache.wheelhouse)
+        await pip_install(python, [f"{FRAMEWORK}=={FRAMEWORK_VERSION}"], lib, log, cache)
         await compile_tree(python, lib, f"{FRAMEWORK_DIR}/lib", log)
         return await asyncio.to_thread(
             write_layer,
@@ -383,9 +395,7 @@ async def build(
         async def make_deps(tmp: Path) -> Layer:
             lib = tmp / "lib"
             lib.mkdir()
-            await pip_install(
-                python, ["-r", str(requirements)], lib, log, cache.wheelhouse, cwd=source
-            )
+            await pip_install(python, ["-r", str(requirements)], lib, log, cache, cwd=source)
             await compile_tree(python, lib, f"{DEPS_DIR}/lib", log)
             return await asyncio.to_thread(
                 write_layer, lib, f"{DEPS_DIR}/lib", tmp / "layer.tar.gz", "dependencies", True

@@ -53,7 +53,9 @@ from localcloud.cloudbuild.buildpack import (
     LayerCache,
     Log,
 )
+from localcloud.cloudbuild.confined import Tools, base_env
 from localcloud.cloudbuild.layers import OCI_LAYER_GZIP, Layer, write_layer
+from localcloud.run.sandbox import SandboxError
 
 FRAMEWORK = "@google-cloud/functions-framework"
 FRAMEWORK_VERSION = "5.0.5"
@@ -61,6 +63,7 @@ LAYER_FORMAT = 1  # bump when what a Node.js layer holds changes
 WORKSPACE = "/workspace"
 MODULES = f"{WORKSPACE}/node_modules"
 FRAMEWORK_DIR = "/layers/nodejs/functions-framework"
+NPM_FLAGS = ("--omit=dev", "--no-audit", "--no-fund")
 LOCK_FILES = ("npm-shrinkwrap.json", "package-lock.json")  # npm prefers the shrinkwrap
 VERSION_VARS = ("GOOGLE_NODEJS_VERSION", "GOOGLE_RUNTIME_VERSION")
 _RUNTIME = re.compile(r"nodejs(\d{1,2})?")
@@ -273,34 +276,50 @@ def _npm_env(node: Node) -> dict[str, str]:
     return env
 
 
-async def npm(node: Node, args: list[str], cwd: Path, log: Log) -> None:
-    """Run npm in ``cwd``, streaming its output to the build log; BuildError with its last
-    lines when it fails."""
-    cmd = ["npm", *args]
-    log("$ " + " ".join(cmd))
-    process = await asyncio.create_subprocess_exec(
-        *cmd,
-        cwd=cwd,
-        env=_npm_env(node),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    lines: list[str] = []
+def _node_paths(node: Node) -> list[str]:
+    """What a confined node reads beyond the system directories: its install, and npm's."""
+    paths = [os.path.dirname(os.path.dirname(node.executable))]  # as run/sandbox.find_node
+    npm = shutil.which("npm")
+    if npm is not None:  # its package: .../node_modules/npm/bin/npm-cli.js
+        paths.append(str(Path(os.path.realpath(npm)).parents[1]))
+    return paths
+
+
+async def _confined(
+    tools: Tools, node: Node, command: list[str], cwd: Path, log: Log | None, npm_cache: bool
+) -> tuple[int, list[str]]:
+    """``command`` in ``cwd`` in the build sandbox (``confined.py``), the selected node first
+    on PATH; ``cwd`` is writable, with npm's cache, when ``npm_cache``, else read-only."""
+    env = base_env([os.path.dirname(node.executable)])
+    env.update(NODE_ENV="production", NPM_CONFIG_UPDATE_NOTIFIER="false")
+    writable: list[Path] = []
     try:
-        assert process.stdout is not None
-        async for raw in process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            lines.append(line)
-            log(line)
-        code = await process.wait()
-    except asyncio.CancelledError:
-        process.kill()
-        await process.wait()
-        raise
+        readable = [] if tools.unsandboxed else await asyncio.to_thread(_node_paths, node)
+        if npm_cache:
+            cache = tools.cache("npm")
+            env["NPM_CONFIG_CACHE"] = str(cache)
+            writable += [cwd, cache]
+        else:
+            readable.append(str(cwd))
+        return await tools.run(command, cwd, env, writable=writable, readable=readable, log=log)
+    except SandboxError as exc:
+        raise BuildError(str(exc)) from None
+
+
+async def npm(node: Node, args: list[str], cwd: Path, log: Log, tools: Tools) -> None:
+    """Run npm in ``cwd``, confined (it runs the packages' lifecycle scripts), streaming its
+    output to the build log; BuildError with its last lines when it fails."""
+    found = shutil.which("npm")
+    if found is None:
+        raise BuildError("npm does not run on this machine: install npm to build Node.js functions")
+    log("$ " + " ".join(["npm", *args]))
+    code, lines = await _confined(tools, node, [os.path.realpath(found), *args], cwd, log, True)
     if code != 0:
         tail = "\n".join(lines[-12:])
         raise BuildError(f"npm {args[0]} failed (exit code {code}):\n{tail}")
+    modules = cwd / "node_modules"
+    if modules.is_symlink():  # a lifecycle script's: the layer would hold that host path
+        raise BuildError("npm left node_modules as a link out of the project")
 
 
 def _npm_version(node: Node) -> str:
@@ -320,18 +339,12 @@ def _npm_version(node: Node) -> str:
     return done.stdout.strip()
 
 
-def _syntax_check(node: Node, source: Path, main: str) -> None:
+async def _syntax_check(tools: Tools, node: Node, source: Path, main: str) -> None:
     """``node --check`` on the main file, as Google's buildpack does before it builds."""
-    done = subprocess.run(
-        [node.executable, "--check", main],
-        cwd=source,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
+    command = [node.executable, "--check", main]
+    code, lines = await _confined(tools, node, command, source, None, False)
+    if code != 0:
+        tail = "\n".join(lines[-8:])
         raise BuildError(f"syntax error in {main}:\n{tail}")
 
 
@@ -358,7 +371,7 @@ async def build(
         f"runtime {node.runtime} (node v{node.version} {node.executable}, from {node.origin}), "
         f"main file {main}, function target {target or '(none)'}, signature {signature}"
     )
-    await asyncio.to_thread(_syntax_check, node, source, main)
+    await _syntax_check(cache.tools, node, source, main)
     npm_version = await asyncio.to_thread(_npm_version, node)
     if (source / "node_modules").exists():
         log("ignoring node_modules in the source: dependencies are installed from package.json")
@@ -369,10 +382,10 @@ async def build(
     async def make_deps(tmp: Path) -> Layer:
         app = await asyncio.to_thread(_copy_source, source, tmp / "app")
         if lock:
-            await npm(node, ["ci", "--omit=dev", "--no-audit", "--no-fund"], app, log)
+            await npm(node, ["ci", *NPM_FLAGS], app, log, cache.tools)
         else:
             log("no package-lock.json: npm install resolves the versions")
-            await npm(node, ["install", "--omit=dev", "--no-audit", "--no-fund"], app, log)
+            await npm(node, ["install", *NPM_FLAGS], app, log, cache.tools)
         modules = app / "node_modules"
         modules.mkdir(exist_ok=True)
         return await asyncio.to_thread(
@@ -407,7 +420,7 @@ async def build(
                 "dependencies": {FRAMEWORK: FRAMEWORK_VERSION},
             }
             (prefix / "package.json").write_text(json.dumps(manifest))
-            await npm(node, ["install", "--omit=dev", "--no-audit", "--no-fund"], prefix, log)
+            await npm(node, ["install", *NPM_FLAGS], prefix, log, cache.tools)
             return await asyncio.to_thread(
                 write_layer,
                 prefix / "node_modules",

@@ -281,15 +281,26 @@ def find_python(runtime: str) -> PythonInstall:
             f"runtime {runtime} needs python{version}, which this machine does not have"
         )
     try:
+        install = describe_python(found)
+    except SandboxError as exc:
+        raise SandboxError(f"runtime {runtime}: {exc}") from None
+    if install.version != version:
+        raise SandboxError(f"runtime {runtime}: {found} is Python {install.version}")
+    return install
+
+
+@functools.lru_cache(maxsize=8)
+def describe_python(executable: str) -> PythonInstall:
+    """The base install behind ``executable`` (a venv's or a shim's python included), as
+    the interpreter itself tells; SandboxError when it does not run."""
+    try:
         out = subprocess.run(
-            [found, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=30, check=True
+            [executable, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=30, check=True
         ).stdout
         doc = json.loads(out)
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        raise SandboxError(f"runtime {runtime}: {found} does not run: {exc}") from None
-    if doc["version"] != version:
-        raise SandboxError(f"runtime {runtime}: {found} is Python {doc['version']}")
-    return PythonInstall(version, doc["executable"], doc["prefix"], tuple(doc["site_dirs"]))
+        raise SandboxError(f"{executable} does not run: {exc}") from None
+    return PythonInstall(doc["version"], doc["executable"], doc["prefix"], tuple(doc["site_dirs"]))
 
 
 @dataclass(frozen=True)
@@ -410,6 +421,30 @@ class Fds:
         return tuple(fd for fd in (self.seccomp, self.info, self.block) if fd is not None)
 
 
+def system_binds() -> tuple[list[str], list[str]]:
+    """What every sandbox (an instance, a build's pip or npm) sees of the host: bwrap
+    arguments binding SYSTEM_DIRS and ETC_FILES read-only (a symlinked directory recreated
+    as the same symlink), and the directories bound, which already hold what lies under
+    them (see :func:`within`)."""
+    cmd: list[str] = []
+    bound: list[str] = []
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            cmd += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            cmd += ["--ro-bind", path, path]
+            bound.append(path)
+    for path in ETC_FILES:
+        if os.path.exists(path):
+            cmd += ["--ro-bind", path, path]
+    return cmd, bound
+
+
+def within(path: str, dirs: list[str]) -> bool:
+    """Whether ``path`` is one of ``dirs`` or under one of them."""
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
 def bwrap_argv(
     bwrap: str,
     spec: InstanceSpec,
@@ -427,24 +462,16 @@ def bwrap_argv(
     cmd += ["--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     if own_network:
         cmd += ["--unshare-net"]
-    bound: list[str] = []
-    for path in SYSTEM_DIRS:
-        if os.path.islink(path):
-            cmd += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            cmd += ["--ro-bind", path, path]
-            bound.append(path)
+    system, bound = system_binds()
+    cmd += system
     # /tmp is Cloud Run's in-memory file system: as big as the memory limit, charged to it.
     cmd += ["--proc", "/proc", "--dev", "/dev"]
     if spec.contained:
         cmd += ["--size", str(spec.limits.memory)]
     cmd += ["--tmpfs", "/tmp"]
-    for path in ETC_FILES:
-        if os.path.exists(path):
-            cmd += ["--ro-bind", path, path]
     if interpreter is not None:
         prefix = interpreter.prefix
-        if not any(prefix == b or prefix.startswith(b + "/") for b in bound):
+        if not within(prefix, bound):
             cmd += ["--ro-bind", stage.reachable(interpreter.prefix), interpreter.prefix]
         for site_dir in interpreter.site_dirs:
             if os.path.isdir(site_dir):
