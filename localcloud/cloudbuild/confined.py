@@ -49,19 +49,24 @@ NO_BWRAP = (
     "without a sandbox"
 )
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+# Which certificate authorities the machine trusts, where it names them in the environment
+# (a TLS-inspecting proxy's CA, say): npm under a Node.js of another prefix does not read the
+# host npm's global config, and pip and npm fail "self-signed certificate in chain" without
+# them. They name files under /etc/ssl/certs, which the sandbox shows.
+TRUST_VARS = ("NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR", "PIP_CERT")
 
 
 def base_env(path: Iterable[str] = ()) -> dict[str, str]:
     """What every tool starts from: no variable of localcloud's own (they may hold secrets),
     ``HOME`` and ``TMPDIR`` the private ``/tmp``, ``path`` first on ``PATH``, and the host's
-    proxy settings, which the way to PyPI and npm may need."""
+    proxy and trust settings, which the way to PyPI and npm may need."""
     env = {
         "PATH": os.pathsep.join([*path, "/usr/local/bin", "/usr/bin", "/bin"]),
         "HOME": "/tmp",
         "TMPDIR": "/tmp",
         "LANG": "C.UTF-8",
     }
-    env.update({k: os.environ[k] for k in PROXY_VARS if k in os.environ})
+    env.update({k: os.environ[k] for k in (*PROXY_VARS, *TRUST_VARS) if k in os.environ})
     return env
 
 

@@ -43,9 +43,9 @@ pytestmark = pytest.mark.skipif(bool(_node_missing()), reason=_node_missing() or
 def test_the_nodejs_examples_are_served_and_triggered(pipeline):
     dep_id, _ = pipeline.upload(zip_dir(EXAMPLES / "hello-node"), "hello-node.zip")
     events = pipeline.wait(dep_id, timeout=180)
-    assert steps(events)[: len(EXPECTED)] == EXPECTED, events
     final = done(events)
     assert final.state == "succeeded", final.message
+    assert steps(events)[: len(EXPECTED)] == EXPECTED
     assert pipeline.get(final.details["url"] + "?name=<b>node</b>") == (
         "Hello, &lt;b&gt;node&lt;/b&gt;!\n"  # escape-html, installed by npm ci
     )
