@@ -27,6 +27,9 @@ acknowledging over keep-alive HTTP, against the official emulator's REST in alte
 rounds: at least 2x its end-to-end throughput.
 For ``orch console`` (``--only console``), its deployments page with 1,000 deployments
 served over loopback: under 300 ms.
+For Python cold starts (``--only coldstart``), a scaled-to-zero service's first 200 against a
+bare ``functions-framework`` start of the same source from a fresh copy (which compiles),
+alternating rounds: at most 0.6x.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from typing import Any
 
 from benchmarks import build, pubsub
 from benchmarks import console as console_bench
+from benchmarks import coldstart as cold_bench
 from benchmarks import eventarc as events_bench
 from benchmarks import iam as iam_bench
 from benchmarks import pipeline as pipeline_bench
@@ -112,9 +116,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "iam",
             "rest",
             "console",
+            "coldstart",
         ),
         help="run only the Cloud Build, Pub/Sub, Cloud Run, Eventarc, Workflows, deploy "
-        "pipeline, recovery, IAM enforcement, Pub/Sub over REST or console part",
+        "pipeline, recovery, IAM enforcement, Pub/Sub over REST console or Python cold start part",
     )
     parser.add_argument(
         "--repeats", type=int, help="build: fresh localcloud data dirs, each cold (3; quick 1)"
@@ -126,7 +131,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--round-seconds", type=float, help="run: seconds per round (1; wrk: whole seconds)"
     )
     parser.add_argument(
-        "--cold-starts", type=int, help="run: cold starts of each kind (5; quick 3)"
+        "--cold-starts",
+        type=int,
+        help="run: cold starts of each kind (5; quick 3); coldstart: rounds (7; quick 3)",
     )
     parser.add_argument("--no-wrk", action="store_true", help="run: the Python load generator only")
     parser.add_argument("--output", type=Path, help="JSON results (.bench/results.json)")
@@ -363,8 +370,9 @@ def build_notes(bs: BuildSettings, r: BuildResult) -> list[str]:
         "start→finish = the build's own start_time/finish_time",
         "build: irreducible = unzip + pip install --target (the buildpack's flags; "
         f"{buildpack.FRAMEWORK}=={buildpack.FRAMEWORK_VERSION} for a cold build, the "
-        f"requirements with a dependency) + tar.gz (level {build.GZIP_LEVEL}) of the trees, "
-        "done directly in the same run; warm cases: unzip + tar.gz of the source; the "
+        f"requirements with a dependency) + compileall (unchecked-hash) + tar.gz (level "
+        f"{build.GZIP_LEVEL}) of the trees, "
+        "done directly in the same run; warm cases: unzip + compileall + tar.gz of the source; the "
         f"dependency is a hand-made pure-Python wheel ({build.DEPENDENCY[0]}) in a local "
         "wheelhouse, each deps-first build with its own requirements.txt",
         "build: builder overhead = ((build - pip) - (irreducible - pip)) / irreducible, end to "
@@ -380,7 +388,8 @@ def build_notes(bs: BuildSettings, r: BuildResult) -> list[str]:
             line += (
                 f"; irreducible {irr:.3f} s = unzip "
                 f"{build.median([w.unzip_s for w in works]):.3f} + pip "
-                f"{build.median([w.pip_s for w in works]):.3f} + tar.gz "
+                f"{build.median([w.pip_s for w in works]):.3f} + compileall "
+                f"{build.median([w.compile_s for w in works]):.3f} + tar.gz "
                 f"{build.median([w.tar_s for w in works]):.3f}"
             )
         if key in build.COLD_CASES and irr:
@@ -470,7 +479,8 @@ def build_markdown(bs: BuildSettings, r: BuildResult) -> str:
         "",
         "Irreducible work: what any builder has to do for the same tree, done directly in the "
         "same run: unzip, `pip install --target` with the buildpack's flags "
-        "(functions-framework for a cold build, the requirements with a dependency), tar.gz of "
+        "(functions-framework for a cold build, the requirements with a dependency), "
+        "`compileall` (unchecked-hash byte code, as the layers carry it) and tar.gz of "
         "the trees. Builder overhead: (build - irreducible) / irreducible with pip's own run "
         "taken out of both sides (the same command, whose time varies with the network). "
         f"Medians of {bs.repeats} fresh data directories ({bs.warm} builds of every other kind "
@@ -497,7 +507,7 @@ def build_json(bs: BuildSettings, r: BuildResult) -> dict[str, Any]:
             spans=case.span_medians(),
         )
         for work in data["work"]:
-            work["total_s"] = work["unzip_s"] + work["pip_s"] + work["tar_s"]
+            work["total_s"] = work["unzip_s"] + work["pip_s"] + work["compile_s"] + work["tar_s"]
         cases[key] = data
     return {
         "settings": dataclasses.asdict(bs),
@@ -835,6 +845,8 @@ def main(argv: list[str] | None = None) -> int:
     rested = rest_bench.run(rss) if args.only in (None, "rest") else None
     css = console_bench.ConsoleSettings.for_run(args.quick)
     consoled = console_bench.run(css) if args.only in (None, "console") else None
+    cos = cold_bench.ColdSettings.for_run(args.quick, args.cold_starts)
+    colded = cold_bench.run(cos) if args.only in (None, "coldstart") else None
     wall = time.monotonic() - began
     rows = build_rows(*results) if results else []
     b_rows = cloud_build_rows(built) if built else []
@@ -848,6 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     i_rows = [Row(*x, group="iam") for x in iam_bench.rows(iamed)] if iamed else []
     s_rows = [Row(*x, group="rest") for x in rest_bench.rows(rested)] if rested else []
     o_rows = [Row(*x, group="console") for x in console_bench.rows(consoled)] if consoled else []
+    o_rows = [Row(*x, group="coldstart") for x in cold_bench.rows(colded)] if colded else []
     official_ran = results is not None and results[1].skipped is None
     passed = (
         all(r.ok is not False for r in rows + b_rows + r_rows)
@@ -865,6 +878,7 @@ def main(argv: list[str] | None = None) -> int:
     passed = passed and (iamed is None or iam_bench.passed(iamed))
     passed = passed and (rested is None or rest_bench.passed(rested))
     passed = passed and (consoled is None or console_bench.passed(consoled))
+    passed = passed and (colded is None or cold_bench.passed(colded))
 
     print()
     if results:
@@ -896,6 +910,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
     if consoled:
         print(table(o_rows, reference="-"))
+    if colded:
+        print(table(o_rows, reference="fresh/bare"))
         print()
     for note in (
         (notes(s, results) if results else [])
@@ -916,6 +932,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in rest_bench.notes(rss, rested) if rested else []:
         print(f"  {note}")
     for note in console_bench.notes(css, consoled) if consoled else []:
+    for note in cold_bench.notes(cos, colded) if colded else []:
         print(f"  {note}")
     print(f"  wall time: {wall:.1f} s; result: {'PASS' if passed else 'FAIL'}")
     print("\ndocs/performance.md snippet:\n")
@@ -940,6 +957,8 @@ def main(argv: list[str] | None = None) -> int:
         snippets.append(rest_bench.markdown(rss, rested))
     if consoled:
         snippets.append(console_bench.markdown(css, consoled))
+    if colded:
+        snippets.append(cold_bench.markdown(cos, colded))
     if snippets and not results:  # the Pub/Sub snippet says where and when; say it here
         snippets[-1] += (
             f" Measured by `make bench` on {when} ({os.cpu_count()} CPUs, Python "
@@ -969,6 +988,7 @@ def main(argv: list[str] | None = None) -> int:
         "iam": iam_bench.to_json(ims, iamed) if iamed else None,
         "rest": rest_bench.to_json(rss, rested) if rested else None,
         "console": console_bench.to_json(css, consoled) if consoled else None,
+        "coldstart": cold_bench.to_json(cos, colded) if colded else None,
         "rows": [
             dataclasses.asdict(r) | {"ratio": r.ratio}
             for r in rows

@@ -8,6 +8,8 @@ It does what Google's Python functions buildpacks do, without a container engine
 - a dependencies layer from ``requirements.txt``, cached by the hash of its contents and
   the runtime, so a source-only change installs nothing;
 - the source layer under ``/workspace``;
+- in each layer, byte code compiled reproducibly by the image's own interpreter
+  (``bytecode.py``), so an instance imports without compiling;
 - a config whose entrypoint runs functions-framework with ``GOOGLE_FUNCTION_TARGET`` and
   ``GOOGLE_FUNCTION_SIGNATURE_TYPE``, the runtime as a label, and the build's env.
 
@@ -35,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localcloud.cloudbuild.bytecode import compile_tree
 from localcloud.cloudbuild.layers import OCI_LAYER_GZIP, Layer, write_layer
 
 LOG = logging.getLogger(__name__)
@@ -43,7 +46,7 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 FRAMEWORK = "functions-framework"
 FRAMEWORK_VERSION = "3.10.2"  # matches requirements.txt; bump both together
-LAYER_FORMAT = 2  # bump when layers.py changes what a layer contains
+LAYER_FORMAT = 3  # bump when what a layer contains changes (3: byte code, bytecode.py)
 WORKSPACE = "/workspace"
 DEPS_DIR = "/layers/python/dependencies"
 FRAMEWORK_DIR = "/layers/python/functions-framework"
@@ -357,12 +360,14 @@ async def build(
     async def make_framework(tmp: Path) -> Layer:
         lib = tmp / "lib"
         await pip_install(python, [f"{FRAMEWORK}=={FRAMEWORK_VERSION}"], lib, log, cache.wheelhouse)
+        await compile_tree(python, lib, f"{FRAMEWORK_DIR}/lib", log)
         return await asyncio.to_thread(
             write_layer,
             lib,
             f"{FRAMEWORK_DIR}/lib",
             tmp / "layer.tar.gz",
             f"{FRAMEWORK} {FRAMEWORK_VERSION}",
+            True,
         )
 
     framework, hit = await cache.get_or_make(
@@ -381,8 +386,9 @@ async def build(
             await pip_install(
                 python, ["-r", str(requirements)], lib, log, cache.wheelhouse, cwd=source
             )
+            await compile_tree(python, lib, f"{DEPS_DIR}/lib", log)
             return await asyncio.to_thread(
-                write_layer, lib, f"{DEPS_DIR}/lib", tmp / "layer.tar.gz", "dependencies"
+                write_layer, lib, f"{DEPS_DIR}/lib", tmp / "layer.tar.gz", "dependencies", True
             )
 
         if key is None:  # local paths: what they name is part of the source, never cached
@@ -395,8 +401,10 @@ async def build(
     else:
         log("no requirements.txt: no dependencies layer")
 
+    # The source is this build's own unpacked copy: compiling writes only into it.
+    await compile_tree(python, source, WORKSPACE, log)
     src = await asyncio.to_thread(
-        write_layer, source, WORKSPACE.strip("/"), workdir / "source.tar.gz", "source"
+        write_layer, source, WORKSPACE.strip("/"), workdir / "source.tar.gz", "source", True
     )
     log(f"source layer {src.digest[:19]} ({src.size} bytes)")
     layers.append(src)

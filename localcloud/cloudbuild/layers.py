@@ -2,8 +2,14 @@
 
 Entries are sorted, owners cleared, modification times zeroed, modes normalized (0755 for
 directories and executables, 0644 otherwise) and gzip's own header timestamp fixed, so a
-layer's digest depends only on the files' names and contents. ``__pycache__`` is left
-out: byte code embeds source timestamps.
+layer's digest depends only on the files' names and contents.
+
+Byte code is left out unless the caller says it compiled the tree itself
+(``bytecode=True``, see ``bytecode.py``): a ``.pyc`` written by an import or by pip embeds its
+source's modification time, so it would make the digest depend on when the tree was
+unpacked. With ``bytecode=True`` the ``__pycache__`` directories go in (their hash-based
+``.pyc`` depend only on the source); ``.pyc`` files outside them never do, since Python
+would import such a file even without its source.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import IO, BinaryIO, cast
 
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 SKIP_DIRS = frozenset({"__pycache__", ".git"})
+PYCACHE = "__pycache__"
 
 
 @dataclass(frozen=True)
@@ -56,15 +63,17 @@ class _Hashing:
         self.target.flush()
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Every path under ``root``, sorted by relative name, skipping caches."""
+def _walk(root: Path, bytecode: bool = False) -> Iterator[Path]:
+    """Every path under ``root``, skipping caches (but ``__pycache__`` with ``bytecode``)."""
+    skip = SKIP_DIRS - {PYCACHE} if bytecode else SKIP_DIRS
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
         base = Path(dirpath)
+        cache = base.name == PYCACHE and bytecode
         for name in dirnames:
             yield base / name
         for name in sorted(filenames):
-            if not name.endswith((".pyc", ".pyo")):
+            if cache or not name.endswith((".pyc", ".pyo")):
                 yield base / name
 
 
@@ -85,8 +94,11 @@ def _info(name: str, path: Path | None, kind: bytes) -> tarfile.TarInfo:
     return info
 
 
-def write_layer(root: Path, prefix: str, out: Path, description: str) -> Layer:
-    """Tar ``root`` as ``prefix/...`` into ``out`` (gzip), reproducibly."""
+def write_layer(
+    root: Path, prefix: str, out: Path, description: str, bytecode: bool = False
+) -> Layer:
+    """Tar ``root`` as ``prefix/...`` into ``out`` (gzip), reproducibly; with ``bytecode``,
+    its ``__pycache__`` directories too (only for byte code compiled reproducibly)."""
     prefix = prefix.strip("/")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".partial")
@@ -102,7 +114,9 @@ def write_layer(root: Path, prefix: str, out: Path, description: str) -> Layer:
                 parts = prefix.split("/") if prefix else []
                 for i in range(len(parts)):
                     tar.addfile(_info("/".join(parts[: i + 1]) + "/", None, tarfile.DIRTYPE))
-                for path in sorted(_walk(root), key=lambda p: p.relative_to(root).as_posix()):
+                for path in sorted(
+                    _walk(root, bytecode), key=lambda p: p.relative_to(root).as_posix()
+                ):
                     rel = path.relative_to(root).as_posix()
                     name = f"{prefix}/{rel}" if prefix else rel
                     if path.is_symlink():

@@ -1,6 +1,7 @@
 """What a build puts in the image it pushes, through the official ``google-cloud-build``
 client: the dependencies pip installs (once: the cache, and what must not come from it),
-and the image as a runtime pulls it, with reproducible layers on any data directory.
+and the image as a runtime pulls it, with reproducible layers on any data directory, each
+carrying the byte code of its modules (compiled at build time, so an instance does not).
 
 Expectations from https://cloud.google.com/build/docs/api/reference/rest/v1/projects.builds.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import importlib.util
+import json
 import re
 import sys
 import tarfile
@@ -21,6 +24,7 @@ from google.api_core import exceptions
 from google.cloud.devtools import cloudbuild_v1
 
 from localcloud.testing import (
+    call,
     image_name,
     pack_build,
     pull_image,
@@ -125,14 +129,32 @@ def test_a_change_in_an_included_requirements_file_is_not_served_from_cache(
 
 
 # -- the image as a runtime pulls it ----------------------------------------------------
+CACHE_TAG = sys.implementation.cache_tag
+UNCHECKED_HASH = 0b01  # PEP 552 flags: hash-based (bit 0), source not checked (bit 1 clear)
+
+
 def _check_reproducible_tar(path: Path) -> list[tarfile.TarInfo]:
+    """Checks every entry's metadata, and that each ``.pyc`` is the unchecked-hash byte code
+    of a source beside it, in its ``__pycache__``; the members."""
+    files: dict[str, bytes] = {}
     with tarfile.open(path, "r:gz") as tar:
         members = tar.getmembers()
-    for m in members:
-        assert m.mtime == 0, m.name
-        assert (m.uid, m.gid, m.uname, m.gname) == (0, 0, "", ""), m.name
-        assert not m.name.startswith("/") and ".." not in m.name.split("/"), m.name
-        assert "__pycache__" not in m.name and not m.name.endswith(".pyc"), m.name
+        for m in members:
+            assert m.mtime == 0, m.name
+            assert (m.uid, m.gid, m.uname, m.gname) == (0, 0, "", ""), m.name
+            assert not m.name.startswith("/") and ".." not in m.name.split("/"), m.name
+            if m.name.endswith((".py", ".pyc")) and m.isfile():
+                handle = tar.extractfile(m)
+                assert handle is not None
+                files[m.name] = handle.read()
+    for name, data in files.items():
+        if not name.endswith(".pyc"):
+            continue
+        source = importlib.util.source_from_cache(name)  # refuses a .pyc outside __pycache__
+        assert name.endswith(f".{CACHE_TAG}.pyc"), name
+        assert data[:4] == importlib.util.MAGIC_NUMBER, name
+        assert int.from_bytes(data[4:8], "little") == UNCHECKED_HASH, name
+        assert data[8:16] == importlib.util.source_hash(files[source]), name
     with open(path, "rb") as f:
         assert f.read(10)[4:8] == b"\0\0\0\0", "gzip header mtime must be 0"
     return members
@@ -191,6 +213,24 @@ def test_pulled_image_has_source_dependencies_and_a_runnable_config(pulled):
     assert config["os"] == "linux"
 
 
+def test_every_layer_carries_the_byte_code_of_its_modules(pulled):
+    """Compiled at build time (unchecked-hash, checked by _check_reproducible_tar), for the
+    source, the dependencies and functions-framework alike."""
+    _manifest, _config, layers = pulled
+    names: set[str] = set()
+    for _entry, path in layers:
+        names |= {m.name for m in _check_reproducible_tar(path)}
+    for module in (
+        "workspace/main",
+        "workspace/a_helper",
+        "workspace/pkg/util",
+        "layers/python/dependencies/lib/localgreeting",
+        "layers/python/functions-framework/lib/functions_framework/__init__",
+        "layers/python/functions-framework/lib/flask/app",
+    ):
+        assert importlib.util.cache_from_source(module + ".py") in names, module
+
+
 def test_layer_entries_are_sorted_by_name(pulled):
     """layers.py: "Entries are sorted" (as ``tar --sort=name`` and the buildpacks lifecycle
     write them); a parent always sorts before its children."""
@@ -215,3 +255,79 @@ def test_layers_are_reproducible_across_data_dirs(clients, sources, other_localc
     assert there.status == S.SUCCESS, there.status_detail
     # Same tree, same requirements: same layers (dependencies included), same manifest.
     assert there.results.images[0].digest == here.results.images[0].digest
+
+
+# A set constant of strings: marshal writes sets in hash order before Python 3.11 (which
+# sorts them), so there another hash seed would change the bytes.
+REPRODUCIBLE = {
+    **HELLO,
+    "choices.py": "def kind(x):\n    return x in {"
+    + ", ".join(f"'k{i}'" for i in range(40))
+    + "}\n",
+}
+
+
+def test_byte_code_is_the_same_in_every_build_of_the_same_source(clients, sources):
+    """An upload's own ``__pycache__`` (stale, another Python's) is replaced, never kept:
+    two builds of the same source give the same image whatever byte code came with it."""
+    stale = {
+        f"__pycache__/main.{CACHE_TAG}.pyc": b"stale byte code",
+        "__pycache__/choices.cpython-39.pyc": b"another Python's",
+    }
+    images = []
+    for tree in (REPRODUCIBLE, {**REPRODUCIBLE, **stale}):
+        build = run_build(clients, pack_build(sources(zip_tree(tree)), image_name("pyc"), TARGET))
+        assert build.status == S.SUCCESS, build.status_detail
+        images.append(build.results.images[0].digest)
+    assert images[0] == images[1]
+
+
+# Records which module files the interpreter opens from the moment main is imported: a
+# module imported from its byte code opens only its .pyc; one compiled at start opens its
+# .py as well (after trying a .pyc that is not there).
+PROBE = """import json
+import sys
+
+OPENED = []
+
+
+def _audit(event, args):
+    if event == "open" and str(args[0]).endswith((".py", ".pyc")):
+        OPENED.append(str(args[0]))
+
+
+sys.addaudithook(_audit)
+
+import localgreeting  # noqa: E402  (the dependencies layer)
+from pkg import util  # noqa: E402  (the source layer)
+
+
+def hello(request):
+    flask = sys.modules["flask"]
+    return json.dumps({"opened": OPENED, "flask_cached": flask.__cached__,
+                       "flask_pyc_exists": __import__("os").path.exists(flask.__cached__)})
+"""
+
+
+def test_an_instance_imports_the_byte_code_of_its_layers(clients, sources, deploy):
+    tree = {
+        "main.py": PROBE,
+        "requirements.txt": "localgreeting==0.1.0\n",
+        "pkg/__init__.py": "",
+        "pkg/util.py": "X = 1\n",
+    }
+    image = image_name("probe")
+    build = run_build(clients, pack_build(sources(zip_tree(tree)), image, TARGET))
+    assert build.status == S.SUCCESS, build.status_detail
+    service = deploy(f"{image}@{build.results.images[0].digest}", public=True)
+    status, body = call(service.uri)
+    assert status == 200, body
+    report = json.loads(body)
+    opened = report["opened"]
+    for module in ("pkg/util", "localgreeting"):
+        pyc = importlib.util.cache_from_source(f"{module}.py")
+        assert any(p.endswith(pyc) for p in opened), (module, opened)
+        assert not any(p.endswith(f"/{module}.py") for p in opened), (module, opened)
+    # functions-framework (Flask...) was imported before main: its byte code is there.
+    assert report["flask_cached"].endswith(f"flask/__pycache__/__init__.{CACHE_TAG}.pyc")
+    assert report["flask_pyc_exists"], report
