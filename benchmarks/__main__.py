@@ -119,7 +119,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "coldstart",
         ),
         help="run only the Cloud Build, Pub/Sub, Cloud Run, Eventarc, Workflows, deploy "
-        "pipeline, recovery, IAM enforcement, Pub/Sub over REST console or Python cold start part",
+        "pipeline, recovery, IAM enforcement, Pub/Sub over REST, console or Python cold start part",
     )
     parser.add_argument(
         "--repeats", type=int, help="build: fresh localcloud data dirs, each cold (3; quick 1)"
@@ -860,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     i_rows = [Row(*x, group="iam") for x in iam_bench.rows(iamed)] if iamed else []
     s_rows = [Row(*x, group="rest") for x in rest_bench.rows(rested)] if rested else []
     o_rows = [Row(*x, group="console") for x in console_bench.rows(consoled)] if consoled else []
-    o_rows = [Row(*x, group="coldstart") for x in cold_bench.rows(colded)] if colded else []
+    k_rows = [Row(*x, group="coldstart") for x in cold_bench.rows(colded)] if colded else []
     official_ran = results is not None and results[1].skipped is None
     passed = (
         all(r.ok is not False for r in rows + b_rows + r_rows)
@@ -910,8 +910,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
     if consoled:
         print(table(o_rows, reference="-"))
+        print()
     if colded:
-        print(table(o_rows, reference="fresh/bare"))
+        print(table(k_rows, reference="fresh/bare"))
         print()
     for note in (
         (notes(s, results) if results else [])
@@ -932,6 +933,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in rest_bench.notes(rss, rested) if rested else []:
         print(f"  {note}")
     for note in console_bench.notes(css, consoled) if consoled else []:
+        print(f"  {note}")
     for note in cold_bench.notes(cos, colded) if colded else []:
         print(f"  {note}")
     print(f"  wall time: {wall:.1f} s; result: {'PASS' if passed else 'FAIL'}")
@@ -1001,6 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
             + i_rows
             + s_rows
             + o_rows
+            + k_rows
         ],
         "passed": passed,
     }
