@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import build, pubsub
-from benchmarks import console as console_bench
 from benchmarks import coldstart as cold_bench
+from benchmarks import console as console_bench
 from benchmarks import eventarc as events_bench
 from benchmarks import iam as iam_bench
 from benchmarks import pipeline as pipeline_bench
