@@ -14,8 +14,9 @@ For Cloud Workflows (``--only workflows``), a loop's step rate against the PyPI
 ``workflows-emulator`` on the same file, memory per execution, and the overhead of an
 ``http.post`` step against a direct POST.
 For the deploy pipeline (``--only pipeline``), a zip uploaded to the sources bucket until the
-service answers the new source, p50/p95, each step's time from the status events, against
-the same deploy's build, push and process start done directly.
+service answers the new source (Python without and with a dependency, Node.js without),
+p50/p95, each step's time from the status events, against the same deploy's build, push
+and process start done directly; the Python no-dependency p50 under 0.8 s (issue 19).
 For recovery (``--only recovery``), localcloud's process group SIGKILLed mid-deployment and
 ``orch local up`` run again: until the service answers and until the deployment's ``done``
 event, against the same deploy not killed.
@@ -29,7 +30,8 @@ For ``orch console`` (``--only console``), its deployments page with 1,000 deplo
 served over loopback: under 300 ms.
 For Python cold starts (``--only coldstart``), a scaled-to-zero service's first 200 against a
 bare ``functions-framework`` start of the same source from a fresh copy (which compiles),
-alternating rounds: at most 0.6x.
+alternating rounds: at most 0.6x; for Node.js, against a bare ``npx functions-framework`` start
+of the same source from a fresh copy: at most 1.2x.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "coldstart",
         ),
         help="run only the Cloud Build, Pub/Sub, Cloud Run, Eventarc, Workflows, deploy "
-        "pipeline, recovery, IAM enforcement, Pub/Sub over REST, console or Python cold start part",
+        "pipeline, recovery, IAM enforcement, Pub/Sub over REST, console or cold start (Python, Node.js) part",
     )
     parser.add_argument(
         "--repeats", type=int, help="build: fresh localcloud data dirs, each cold (3; quick 1)"

@@ -1,6 +1,6 @@
-"""Python cold start (issue 19): a deployed service scaled to zero, from the request to the
-first 200, against a bare ``functions-framework`` start of the same source from a fresh
-copy, which has to compile it; side by side in one run, alternating rounds.
+"""Python and Node.js cold starts (issue 19): a deployed service scaled to zero, from the
+request to the first 200, against a bare ``functions-framework`` start of the same source
+from a fresh copy; side by side in one run, alternating rounds.
 
 The service is built by Cloud Build (so its layers carry the byte code compiled at build
 time) and deployed on a localcloud whose autoscaler scales it to zero 200 ms after each
@@ -19,13 +19,32 @@ instance left):
   cgroup, seccomp; no autoscaler or ingress);
 - **interpreter**: ``python -S -c pass`` with the image's Env, to the exit.
 
-The judged ratio is instance / fresh, best to best (other processes only ever add time),
-with medians beside it; the other kinds say where the instance's time goes.
+The Node.js function (``examples/hello-node``: one dependency, escape-html, from its lock
+file) is built and deployed the same way, on the same localcloud, and its kinds take their
+turns in the same rounds:
+
+- **node-instance**: its first request through the ingress, scaled to zero;
+- **npx**: the image's ``/workspace`` (the source and its ``node_modules``) with the
+  framework's packages added to that ``node_modules``, as a user who ran ``npm install
+  @google-cloud/functions-framework`` has it, copied into a new temporary directory
+  (outside the clock), then ``npx functions-framework --target=... --signature-type=http``
+  spawned there with the host's PATH and HOME, until its first 200: what the issue calls
+  a bare start;
+- **node-bare**: the image's entrypoint (``node .../functions-framework/build/src/main.js``)
+  by hand on the image's tree with its Env: the instance minus the sandbox, autoscaler
+  and ingress (and npx's own start);
+- **node-sandbox**: ``sandbox.start`` alone;
+- **node-interpreter**: ``node -e 0``, to the exit.
+
+The judged ratios are instance / fresh (Python) and node-instance / npx (Node.js), best to
+best (other processes only ever add time), with medians beside them; the other kinds say
+where the instance's time goes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import statistics
 import subprocess
@@ -38,10 +57,24 @@ from typing import Any
 from benchmarks import run as cloud_run
 from benchmarks.pubsub import log, run_guarded
 from localcloud import testing
+from localcloud.run import sandbox
 from localcloud.run.images import UnpackedImage
 
 TARGET = 0.6  # instance / fresh (issue 19)
+NODE_TARGET = 1.2  # node-instance / npx (issue 19)
 KINDS = ("instance", "fresh", "bare", "sandbox", "interpreter")
+NODE_KINDS = ("node-instance", "npx", "node-bare", "node-sandbox", "node-interpreter")
+ALL_KINDS = KINDS + NODE_KINDS
+NODE_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hello-node"
+NODE_FILES = ("index.js", "package.json", "package-lock.json")
+NODE_TARGET_NAME = "hello_node"
+# nodejs20: the host's ``node``, which ``npx`` (and the program it starts) runs on, so
+# both sides run the same Node.js.
+NODE_BUILD_ENV = {
+    "GOOGLE_RUNTIME": "nodejs20",
+    "GOOGLE_FUNCTION_TARGET": NODE_TARGET_NAME,
+    "GOOGLE_FUNCTION_SIGNATURE_TYPE": "http",
+}
 NOISY_CORES = 0.25
 Row = tuple[str, str, float | None, float | None, str, bool | None]
 
@@ -58,9 +91,11 @@ class ColdSettings:
 
 @dataclass
 class ColdResult:
-    starts: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    starts: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ALL_KINDS})
     pyc_files: int | None = None  # byte code files in the image's tree
     build_s: float | None = None
+    node_build_s: float | None = None
+    node_files: int | None = None  # files in the npx side's fresh copy
     errors: list[str] = field(default_factory=list)
     other_cores: float | None = None
     seconds: float = 0.0
@@ -94,6 +129,89 @@ def interpreter_start(image: UnpackedImage) -> float:
     return time.perf_counter() - t0
 
 
+def node_template(image: UnpackedImage, scratch: Path) -> Path:
+    """The Node.js function's directory as its author has it after ``npm install`` with the
+    framework as a dependency: the image's ``/workspace`` (source and ``node_modules``)
+    with the framework layer's packages added to that ``node_modules``."""
+    root = Path(tempfile.mkdtemp(prefix="node-template-", dir=scratch)) / "app"
+    shutil.copytree(image.rootfs / "workspace", root, symlinks=True)
+    framework = image.rootfs / "layers" / "nodejs" / "functions-framework" / "node_modules"
+    shutil.copytree(framework, root / "node_modules", symlinks=True, dirs_exist_ok=True)
+    program = root / "node_modules" / ".bin" / "functions-framework"
+    if not program.exists():
+        raise RuntimeError(f"the framework layer has no {program.relative_to(root)}")
+    return root
+
+
+def timed_start(
+    argv: list[str], env: dict[str, str], cwd: Path, port: int, log_file: Path, timeout: float
+) -> float:
+    """Spawn to first 200 on ``port``, in seconds; the process group is stopped afterwards."""
+    with open(log_file, "ab") as out:
+        t0 = time.perf_counter()
+        process = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        t1 = cloud_run.first_answer(
+            port, time.monotonic() + timeout, lambda: process.poll() is None
+        )
+        return t1 - t0
+    finally:
+        cloud_run.stop_group(process)
+
+
+def npx_start(template: Path, scratch: Path, log_file: Path, timeout: float) -> float:
+    """``npx functions-framework`` in a fresh copy of ``template`` (copied outside the clock),
+    with the host's PATH and HOME as a user's shell has them."""
+    copy = Path(tempfile.mkdtemp(prefix="npx-", dir=scratch)) / "app"
+    shutil.copytree(template, copy, symlinks=True)
+    try:
+        port = testing.free_port()
+        argv = ["npx", "functions-framework", f"--target={NODE_TARGET_NAME}"]
+        argv += ["--signature-type=http", f"--port={port}"]
+        env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+        return timed_start(argv, env, copy, port, log_file, timeout)
+    finally:
+        shutil.rmtree(copy.parent, ignore_errors=True)
+
+
+def node_command(image: UnpackedImage, port: int) -> tuple[list[str], dict[str, str], Path]:
+    """The image's entrypoint run by hand: the node the sandbox binds, the image's Env with
+    its paths (``/workspace``, ``/layers``) moved into the unpacked rootfs."""
+    node = sandbox.find_node(image.runtime or image.env.get("GOOGLE_RUNTIME", ""))
+    tops = ["/" + p.name for p in image.rootfs.iterdir()]
+
+    def host(path: str) -> str:
+        inside = any(path == t or path.startswith(t + "/") for t in tops)
+        return str(image.rootfs) + path if inside else path
+
+    env = {**image.env, "PORT": str(port)}
+    if "NODE_PATH" in env:
+        env["NODE_PATH"] = ":".join(host(p) for p in env["NODE_PATH"].split(":") if p)
+    argv = [node.executable, *(host(a) for a in image.entrypoint[1:])]
+    return argv, env, Path(host(image.working_dir or "/workspace"))
+
+
+def node_bare_start(image: UnpackedImage, log_file: Path, timeout: float) -> float:
+    port = testing.free_port()
+    argv, env, cwd = node_command(image, port)
+    return timed_start(argv, env, cwd, port, log_file, timeout)
+
+
+def node_interpreter_start(image: UnpackedImage) -> float:
+    """``node -e 0`` with the image's Env: the runtime alone, spawn to exit."""
+    argv, env, cwd = node_command(image, 0)
+    t0 = time.perf_counter()
+    subprocess.run([argv[0], "-e", "0"], env=env, cwd=cwd, check=True, timeout=30)
+    return time.perf_counter() - t0
+
+
+def node_source() -> dict[str, str]:
+    return {name: (NODE_EXAMPLE / name).read_text() for name in NODE_FILES}
+
+
 def bench(s: ColdSettings, result: ColdResult, scratch: Path) -> None:
     settings = cloud_run.RunSettings(timeout=s.timeout, wrk=False)
     helper = cloud_run.Bench(settings, cloud_run.RunResult(), scratch)
@@ -108,17 +226,25 @@ def bench(s: ColdSettings, result: ColdResult, scratch: Path) -> None:
     try:
         digest, service, revision = helper.deploy_on(instance)
         result.build_s = helper.result.build_s
+        node_digest, node_service, node_revision = helper.deploy_on(
+            instance, node_source(), NODE_BUILD_ENV, "bench-cold-node"
+        )
+        result.node_build_s = helper.result.build_s
         revision_id = revision.name.rsplit("/", 1)[-1]
+        revisions = [revision_id, node_revision.name.rsplit("/", 1)[-1]]
+        node_image = cloud_run.load_image(helper.data_dir, node_digest)
+        template = node_template(node_image, scratch)
+        result.node_files = sum(1 for _ in template.rglob("*") if _.is_file())
         image = cloud_run.load_image(helper.data_dir, digest)
         result.pyc_files = sum(1 for _ in image.rootfs.rglob("*.pyc"))
-        port = int(service.uri.rsplit(":", 1)[1].strip("/"))
         log_file = scratch / "by-hand.log"
 
-        def through_ingress() -> float:
+        def through_ingress(uri: str) -> float:
+            port = int(uri.rsplit(":", 1)[1].strip("/"))
             t0 = time.perf_counter()
             status = cloud_run.status_of(port, s.timeout)
             if status != 200:
-                raise RuntimeError(f"the cold request to {service.uri} answered {status}")
+                raise RuntimeError(f"the cold request to {uri} answered {status}")
             return time.perf_counter() - t0
 
         def fresh() -> float:
@@ -129,20 +255,31 @@ def bench(s: ColdSettings, result: ColdResult, scratch: Path) -> None:
                 shutil.rmtree(copy.rootfs, ignore_errors=True)
 
         starts = {
-            "instance": through_ingress,
+            "instance": lambda: through_ingress(service.uri),
             "fresh": fresh,
             "bare": lambda: cloud_run.bare_start(image, log_file, s.timeout),
             "sandbox": lambda: cloud_run.bwrap_start(image, log_file, s.timeout),
             "interpreter": lambda: interpreter_start(image),
+            "node-instance": lambda: through_ingress(node_service.uri),
+            "npx": lambda: npx_start(template, scratch, log_file, s.timeout),
+            "node-bare": lambda: node_bare_start(node_image, log_file, s.timeout),
+            "node-sandbox": lambda: cloud_run.bwrap_start(node_image, log_file, s.timeout),
+            "node-interpreter": lambda: node_interpreter_start(node_image),
         }
-        through_ingress()  # the first start after deploying: not a cold start like the others
-        log(f"coldstart: {s.rounds} rounds of {', '.join(KINDS)} ...")
+        # The first start after deploying: not a cold start like the others.
+        through_ingress(service.uri)
+        through_ingress(node_service.uri)
+        log(f"coldstart: {s.rounds} rounds of {', '.join(ALL_KINDS)} ...")
         for i in range(s.rounds):
-            shift = i % len(KINDS)
-            for kind in KINDS[shift:] + KINDS[:shift]:
-                helper.wait_for_zero(revision_id)  # also a quiet moment before each start
+            shift = i % len(ALL_KINDS)
+            for kind in ALL_KINDS[shift:] + ALL_KINDS[:shift]:
+                for rid in revisions:  # also a quiet moment before each start
+                    helper.wait_for_zero(rid)
                 result.starts[kind].append(starts[kind]())
-        log("coldstart: medians " + ", ".join(f"{k} {result.median(k) or 0:.3f} s" for k in KINDS))
+        log(
+            "coldstart: medians "
+            + ", ".join(f"{k} {result.median(k) or 0:.3f} s" for k in ALL_KINDS)
+        )
     finally:
         instance.stop()
 
@@ -166,6 +303,8 @@ def rows(r: ColdResult) -> list[Row]:
     )
     best_i, best_f = r.best("instance"), r.best("fresh")
     ok = not r.errors and best_i is not None and bool(best_f) and best_i / best_f <= TARGET
+    node_i, npx = r.best("node-instance"), r.best("npx")
+    node_ok = not r.errors and node_i is not None and bool(npx) and node_i / npx <= NODE_TARGET
     return [
         (*judged[:5], ok),
         (
@@ -179,6 +318,11 @@ def rows(r: ColdResult) -> list[Row]:
         ("Python cold start / bare start with byte code, best", "s", best_i, r.best("bare"), "", None),
         ("sandbox.start alone / bare start with byte code, best", "s", r.best("sandbox"), r.best("bare"), "", None),
         ("interpreter start (python -S -c pass), best", "s", r.best("interpreter"), None, "", None),
+        ("Node.js cold start / bare npx functions-framework start, best", "s", node_i, npx, f"<= {NODE_TARGET:g}x npx", node_ok),
+        ("Node.js cold start / bare npx start, median", "s", r.median("node-instance"), r.median("npx"), "", None),
+        ("Node.js cold start / the image's entrypoint by hand, best", "s", node_i, r.best("node-bare"), "", None),
+        ("Node.js sandbox.start alone / entrypoint by hand, best", "s", r.best("node-sandbox"), r.best("node-bare"), "", None),
+        ("node start (node -e 0), best", "s", r.best("node-interpreter"), None, "", None),
     ]  # fmt: skip
 
 
@@ -192,7 +336,11 @@ def notes(s: ColdSettings, r: ColdResult) -> list[str]:
         f"scaled to zero and {cloud_run.SETTLE:g} s of quiet; the image has {r.pyc_files} "
         f".pyc files (built in {r.build_s or 0:.1f} s)",
     ]
-    for kind in KINDS:
+    out.append(
+        f"coldstart Node.js: examples/hello-node built in {r.node_build_s or 0:.1f} s; the npx "
+        f"side's fresh copy has {r.node_files} files"
+    )
+    for kind in ALL_KINDS:
         values = ", ".join(f"{v:.3f}" for v in r.starts[kind])
         out.append(f"coldstart {kind}: {values or '-'} s")
     parts = {k: r.best(k) for k in KINDS}
@@ -203,6 +351,15 @@ def notes(s: ColdSettings, r: ColdResult) -> list[str]:
             f"functions-framework start with byte code (bare - interpreter) {b - p:.3f} s, "
             f"sandbox set-up (sandbox - bare) {x - b:+.3f} s, autoscaler and ingress "
             f"(instance - sandbox) {i - x:+.3f} s; compiling saved (fresh - bare) {f - b:.3f} s"
+        )
+    node = {k: r.best(k) for k in NODE_KINDS}
+    if all(v is not None for v in node.values()):
+        i, x, b, sb, p = (node[k] or 0.0 for k in NODE_KINDS)
+        out.append(
+            f"coldstart where the Node.js instance's time goes (best of each): node {p:.3f} s, "
+            f"framework load and listen (node-bare - node) {b - p:.3f} s, sandbox set-up "
+            f"(node-sandbox - node-bare) {sb - b:+.3f} s, autoscaler and ingress (instance - "
+            f"sandbox) {i - sb:+.3f} s; npx's own start (npx - node-bare) {x - b:+.3f} s"
         )
     out.extend(f"coldstart: ERROR {e}" for e in r.errors)
     if r.other_cores is not None and r.other_cores > NOISY_CORES:
@@ -237,6 +394,24 @@ def markdown(s: ColdSettings, r: ColdResult) -> str:
         "Alternating rounds in one run; the fresh copy is the image's tree without its "
         "byte code in a new temporary directory each time, started with the image's Env "
         "(so it compiles, and writes nothing).",
+        "",
+        "| Node.js cold start, scaled to zero → first 200 | localcloud | bare `npx "
+        "functions-framework`, fresh copy | localcloud / bare | target |",
+        "|---|---:|---:|---:|---|",
+        f"| Best of {s.rounds} | {_s(r.best('node-instance'))} | {_s(r.best('npx'))} | "
+        f"{ratio(r.best('node-instance'), r.best('npx'))} | <= {NODE_TARGET:g}x |",
+        f"| Median of {s.rounds} | {_s(r.median('node-instance'))} | {_s(r.median('npx'))} | "
+        f"{ratio(r.median('node-instance'), r.median('npx'))} | - |",
+        "",
+        f"Where the Node.js instance's time goes (best of {s.rounds}): `node -e 0` "
+        f"{_s(r.best('node-interpreter'))}; the image's entrypoint (the framework's "
+        f"`main.js`) by hand on the image's tree {_s(r.best('node-bare'))}; the same instance "
+        f"by `sandbox.start` alone {_s(r.best('node-sandbox'))}; through the autoscaler and "
+        f"ingress {_s(r.best('node-instance'))}. The bare side: `examples/hello-node`'s "
+        "`/workspace` from the image with the framework's packages added to its "
+        "`node_modules` (as after `npm install @google-cloud/functions-framework`), copied "
+        "anew each time outside the clock, `npx functions-framework --target=hello_node "
+        "--signature-type=http` there, the host's node 20 on both sides.",
     ]
     return "\n".join(lines)
 
@@ -245,8 +420,10 @@ def to_json(s: ColdSettings, r: ColdResult) -> dict[str, Any]:
     return {
         "settings": asdict(s),
         "starts": r.starts,
-        "best": {k: r.best(k) for k in KINDS},
-        "median": {k: r.median(k) for k in KINDS},
+        "best": {k: r.best(k) for k in ALL_KINDS},
+        "median": {k: r.median(k) for k in ALL_KINDS},
+        "node_build_s": r.node_build_s,
+        "node_files": r.node_files,
         "pyc_files": r.pyc_files,
         "build_s": r.build_s,
         "errors": r.errors,

@@ -548,7 +548,9 @@ class Bench:
     def run(self) -> None:
         log("run: starting two localclouds on fresh data dirs (contained, previous sandbox) ...")
         # The default idle period (5 min) keeps the instances up between rounds.
-        hot_env = {"LOCALCLOUD_RUN_IDLE_MS": "300000"}
+        # LOCALCLOUD_PROJECT: testing.start grants localcloud's own project's default build
+        # account what builds need, and the builds run in PROJECT (else refused their source).
+        hot_env = {"LOCALCLOUD_RUN_IDLE_MS": "300000", "LOCALCLOUD_PROJECT": PROJECT}
         instance = testing.start(self.data_dir, extra_env=hot_env)
         previous = testing.start(
             self.scratch / "previous",
@@ -575,37 +577,52 @@ class Bench:
             instance = testing.start(
                 self.data_dir,
                 config=instance.config,
-                extra_env={"LOCALCLOUD_RUN_IDLE_MS": str(IDLE_MS)},
+                extra_env={"LOCALCLOUD_RUN_IDLE_MS": str(IDLE_MS), "LOCALCLOUD_PROJECT": PROJECT},
             )
             self.cold(service.uri, revision_id, load_image(self.data_dir, digest))
         finally:
             previous.stop()
             instance.stop()
 
-    def deploy_on(self, instance: testing.Instance) -> tuple[str, Any, Any]:
+    def deploy_on(
+        self,
+        instance: testing.Instance,
+        files: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        name: str = "bench-run",
+    ) -> tuple[str, Any, Any]:
         with instance.client_env():
             clients = Clients(Environment.from_env(instance.env))
             try:
-                return self.deploy(clients)
+                return self.deploy(clients, files, env, name)
             finally:
                 close(clients)
 
-    def deploy(self, clients: Clients) -> tuple[str, Any, Any]:
+    def deploy(
+        self,
+        clients: Clients,
+        files: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        name: str = "bench-run",
+    ) -> tuple[str, Any, Any]:
         """Build with Cloud Build, deploy public with one instance at most: (image digest,
-        the service, its revision)."""
+        the service, its revision). ``files`` and ``env`` (the build's): the Python
+        function answering ``hello <id>`` unless given (the cold start benchmark deploys a
+        Node.js one too)."""
         bucket = clients.storage.create_bucket(
             f"bench-run-{uuid.uuid4().hex[:8]}", timeout=SETUP_TIMEOUT
         )
         blob = bucket.blob("function.zip")
-        blob.upload_from_string(build.zip_tree({"main.py": MAIN}), timeout=SETUP_TIMEOUT)
-        image = f"{REGION}-docker.pkg.dev/{PROJECT}/functions/bench-run"
+        source = build.zip_tree(files or {"main.py": MAIN})
+        blob.upload_from_string(source, timeout=SETUP_TIMEOUT)
+        image = f"{REGION}-docker.pkg.dev/{PROJECT}/functions/{name}"
         t0 = time.perf_counter()
         operation = clients.cloud_build.create_build(
             project_id=PROJECT,
             build=build.pack_build(
                 (bucket.name, blob.name, blob.generation),
                 image,
-                {"GOOGLE_FUNCTION_TARGET": TARGET},
+                env or {"GOOGLE_FUNCTION_TARGET": TARGET},
             ),
             timeout=SETUP_TIMEOUT,
         )
