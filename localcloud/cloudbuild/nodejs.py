@@ -32,6 +32,7 @@ buildpack's ``select_python`` does: another Node.js than Google Cloud's would be
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -323,6 +324,23 @@ async def npm(node: Node, args: list[str], cwd: Path, log: Log, tools: Tools) ->
 
 
 def _npm_version(node: Node) -> str:
+    """npm's version, part of the dependency layer's key. Asked once per node and npm
+    install (by path and the npm package's modification time): starting npm costs about a
+    quarter of a second, on every Node.js build otherwise."""
+    npm = shutil.which("npm", path=_npm_env(node)["PATH"])
+    if npm is None:
+        raise BuildError("npm does not run on this machine: install npm to build Node.js functions")
+    real = os.path.realpath(npm)
+    try:
+        stamp = os.stat(os.path.join(os.path.dirname(os.path.dirname(real)), "package.json"))
+        changed = stamp.st_mtime_ns
+    except OSError:
+        changed = 0
+    return _asked_npm_version(node, real, changed)
+
+
+@functools.cache
+def _asked_npm_version(node: Node, npm: str, changed: int) -> str:
     try:
         done = subprocess.run(
             ["npm", "--version"],
