@@ -32,7 +32,9 @@ UP_TIMEOUT = 90.0
 # How long `local up` waits for a localcloud that is stopping (SIGTERM: it stops its
 # children and flushes the database; SIGKILL: the kernel lets go within milliseconds).
 STOP_TIMEOUT = 30.0
-CONSOLE_PORT = 8090  # orch console's default port (orch.console.DEFAULT_PORT)
+CONSOLE_PORT = (
+    8070  # orch console's default port (orch.console.DEFAULT_PORT); not localcloud's 8090
+)
 
 
 def _config(data: str | None) -> Config:

@@ -31,7 +31,7 @@ from orchestrator.config import Settings
 
 LOG = logging.getLogger(__name__)
 MAX_UPLOAD = 100 * 1024 * 1024  # Cloud Run functions' limit for a source upload (bytes)
-DEFAULT_PORT = 8090
+DEFAULT_PORT = 8070  # beside localcloud's ports (8085, 4443, 5000, 8090), not on them
 
 
 @dataclass

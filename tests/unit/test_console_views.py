@@ -411,3 +411,16 @@ def test_an_api_that_cannot_be_reached_is_on_the_page_at_once(store):
     worker.join(30)
     reader.close()
     assert failed, "a refresh against an unreachable bucket neither failed nor ended"
+
+
+def test_the_default_port_is_none_of_localclouds():
+    """`make demo` leaves localcloud on its default ports; `orch console` beside it must
+    start on its own default (it once took 8090, localcloud's HTTP port)."""
+    from localcloud.core.config import Config
+    from orch.cli import CONSOLE_PORT
+    from orch.console import DEFAULT_PORT
+
+    defaults = Config()
+    taken = {defaults.grpc_port, defaults.storage_port, defaults.registry_port, defaults.http_port}
+    assert DEFAULT_PORT == CONSOLE_PORT
+    assert DEFAULT_PORT not in taken
