@@ -31,20 +31,6 @@ PROJECT = "local-project"
 GREETING_MODULE = 'def greet(name):\n    return f"hello, {name}, from a wheel"\n'
 
 
-@pytest.fixture(scope="session", autouse=True)
-def build_tools_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One pip and npm download cache for every localcloud the suite starts (each on a fresh
-    data directory, which would otherwise download the same packages again)."""
-    path = tmp_path_factory.mktemp("build-tools-cache")
-    previous = os.environ.get("LOCALCLOUD_BUILD_TOOLS_CACHE")
-    os.environ["LOCALCLOUD_BUILD_TOOLS_CACHE"] = str(path)
-    yield path
-    if previous is None:
-        os.environ.pop("LOCALCLOUD_BUILD_TOOLS_CACHE", None)
-    else:
-        os.environ["LOCALCLOUD_BUILD_TOOLS_CACHE"] = previous
-
-
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where builds' pip finds packages (LOCALCLOUD_WHEELHOUSE): the ``localgreeting`` wheel."""

@@ -156,15 +156,10 @@ class Builder:
         self.op_names: dict[str, str] = {}
         wheelhouse = os.environ.get("LOCALCLOUD_WHEELHOUSE")
         caches = config.data_dir / "build-cache"
-        # pip's and npm's download caches: the data directory's own, unless several
-        # localclouds are to share one (the test suite's, which starts a dozen).
-        tools = os.environ.get("LOCALCLOUD_BUILD_TOOLS_CACHE")
         self.cache = buildpack.LayerCache(
             caches,
             Path(wheelhouse) if wheelhouse else None,
-            confined.Tools(
-                Path(tools) if tools else caches / "tools", unsandboxed=config.run_unsandboxed
-            ),
+            confined.Tools(caches / "tools", unsandboxed=config.run_unsandboxed),
         )
         self.work = config.data_dir / "build-work"
         self.log_dir = config.data_dir / "logs" / "builds"
