@@ -433,12 +433,34 @@ async def build(
     if target:
         image_env.update(GOOGLE_FUNCTION_TARGET=target, FUNCTION_TARGET=target)
     image_env["FUNCTION_SIGNATURE_TYPE"] = signature
+    return oci_image(
+        layers,
+        image_env,
+        ["python3", "-m", "functions_framework"],
+        runtime,
+        target,
+        signature,
+        "localcloud buildpack",
+    )
+
+
+def oci_image(
+    layers: list[Layer],
+    image_env: dict[str, str],
+    entrypoint: list[str],
+    runtime: str,
+    target: str,
+    signature: str,
+    builder: str,
+) -> Image:
+    """The OCI config and manifest of a function image, the same for every language's
+    buildpack: its env, entrypoint and ``localcloud.*`` labels, serialized reproducibly."""
     config = {
         "architecture": "amd64",
         "os": "linux",
         "config": {
             "Env": [f"{k}={v}" for k, v in sorted(image_env.items())],
-            "Entrypoint": ["python3", "-m", "functions_framework"],
+            "Entrypoint": entrypoint,
             "WorkingDir": WORKSPACE,
             "ExposedPorts": {"8080/tcp": {}},
             "Labels": {
@@ -448,9 +470,7 @@ async def build(
             },
         },
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-        "history": [
-            {"created_by": f"localcloud buildpack: {layer.description}"} for layer in layers
-        ],
+        "history": [{"created_by": f"{builder}: {layer.description}"} for layer in layers],
     }
     config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
     manifest = {

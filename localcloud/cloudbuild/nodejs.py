@@ -46,16 +46,15 @@ from pathlib import Path
 from typing import Any
 
 from localcloud.cloudbuild.buildpack import (
-    OCI_CONFIG,
-    OCI_MANIFEST,
     SIGNATURES,
     BuildError,
     Image,
     LayerCache,
     Log,
+    oci_image,
 )
 from localcloud.cloudbuild.confined import Tools, base_env
-from localcloud.cloudbuild.layers import OCI_LAYER_GZIP, Layer, write_layer
+from localcloud.cloudbuild.layers import Layer, write_layer
 from localcloud.run.sandbox import SandboxError
 
 FRAMEWORK = "@google-cloud/functions-framework"
@@ -477,7 +476,15 @@ async def build(
         image_env["GOOGLE_FUNCTION_TARGET"] = target
         image_env["FUNCTION_TARGET"] = target
     image_env["FUNCTION_SIGNATURE_TYPE"] = signature
-    return _image(layers, image_env, ["node", program], node.runtime, target, signature)
+    return oci_image(
+        layers,
+        image_env,
+        ["node", program],
+        node.runtime,
+        target,
+        signature,
+        "localcloud nodejs buildpack",
+    )
 
 
 def _framework_program(layer: Layer, modules: str) -> str:
@@ -497,48 +504,3 @@ def _framework_program(layer: Layer, modules: str) -> str:
     if not isinstance(target, str):
         raise BuildError(f"{FRAMEWORK} {doc.get('version')} has no functions-framework program")
     return os.path.normpath(f"{modules}/{FRAMEWORK}/{target}")
-
-
-def _image(
-    layers: list[Layer],
-    image_env: dict[str, str],
-    entrypoint: list[str],
-    runtime: str,
-    target: str,
-    signature: str,
-) -> Image:
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Env": [f"{k}={v}" for k, v in sorted(image_env.items())],
-            "Entrypoint": entrypoint,
-            "WorkingDir": WORKSPACE,
-            "ExposedPorts": {"8080/tcp": {}},
-            "Labels": {
-                "localcloud.runtime": runtime,
-                "localcloud.function-target": target,
-                "localcloud.signature-type": signature,
-            },
-        },
-        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-        "history": [
-            {"created_by": f"localcloud nodejs buildpack: {layer.description}"} for layer in layers
-        ],
-    }
-    config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": OCI_CONFIG,
-            "digest": "sha256:" + hashlib.sha256(config_bytes).hexdigest(),
-            "size": len(config_bytes),
-        },
-        "layers": [
-            {"mediaType": OCI_LAYER_GZIP, "digest": layer.digest, "size": layer.size}
-            for layer in layers
-        ],
-    }
-    manifest_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-    return Image(layers, config_bytes, manifest_bytes, runtime, image_env)
