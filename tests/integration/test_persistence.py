@@ -163,8 +163,10 @@ def test_an_answered_upload_is_announced_once_whatever_a_sigkill_interrupts(tmp_
                 if stop.is_set():
                     return
                 try:
+                    # No retry: a retried upload would land on the restarted instance
+                    # and store a second generation the listing below cannot see.
                     other.bucket(bucket.name).blob(f"in-flight-{i}").upload_from_string(
-                        b"x", timeout=10
+                        b"x", timeout=10, retry=None
                     )
                 except Exception:  # localcloud is gone: that is the point
                     return
@@ -176,6 +178,7 @@ def test_an_answered_upload_is_announced_once_whatever_a_sigkill_interrupts(tmp_
         instance.kill()
         stop.set()
         flight.join(30)
+        assert not flight.is_alive()
         assert wait_gone(children_of(instance.config.data_dir)) == []
 
         instance = testing.start(instance.config.data_dir, config=instance.config)
