@@ -198,7 +198,10 @@ class Supervisor:
         # Its port opens once the backend answers and a crash's unannounced writes are out.
         # Its requests are authorized against the server's IAM policies (storage/iam.py).
         await self.storage.start(self.cloud.notifier, self.cloud.policies)
-        await self.registry.start(self.cloud.repositories.location_of)
+        # A pushed image is unpacked for Cloud Run before a revision asks for it.
+        await self.registry.start(
+            self.cloud.repositories.location_of, self.cloud.autoscaler.cache.prepare
+        )
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Report a child that died; its log says why."""

@@ -113,10 +113,17 @@ class RegistryFront:
         self._runner: web.AppRunner | None = None
         # (project, repository) -> its location, from Artifact Registry's API (or None).
         self.location_of: Callable[[str, str], str | None] = lambda project, repo: None
+        # (image path, digest) of every manifest pushed: Cloud Run unpacks it ahead.
+        self.on_manifest: Callable[[str, str], None] | None = None
 
-    async def start(self, location_of: Callable[[str, str], str | None] | None = None) -> None:
+    async def start(
+        self,
+        location_of: Callable[[str, str], str | None] | None = None,
+        on_manifest: Callable[[str, str], None] | None = None,
+    ) -> None:
         if location_of is not None:
             self.location_of = location_of
+        self.on_manifest = on_manifest
         self.session = aiohttp.ClientSession(
             auto_decompress=False,
             connector=aiohttp.TCPConnector(limit=0),
@@ -215,10 +222,21 @@ class RegistryFront:
             if self.location_of(project, repo) is None:
                 return docker_error(404, "NAME_UNKNOWN", f'Repository "{repo}" not found')
         try:
-            return await self._forward(request)
+            response = await self._forward(request)
         except (aiohttp.ClientError, ConnectionError) as exc:
             LOG.warning("registry backend unreachable: %s", exc)
             return docker_error(503, "UNAVAILABLE", "the registry is starting or stopped")
+        if request.method == "PUT" and response.status == 201:
+            self._announce_manifest(request.path, response.headers.get("Docker-Content-Digest"))
+        return response
+
+    def _announce_manifest(self, path: str, digest: str | None) -> None:
+        """Tell ``on_manifest`` (Cloud Run's image cache) of a manifest just stored."""
+        found = OPERATION.match(path)
+        if found is None or found.group("kind") != "manifests" or not digest:
+            return
+        if self.on_manifest is not None:
+            self.on_manifest(found.group("name"), digest)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         """Stream the request to the registry and its answer back. The Host header goes as

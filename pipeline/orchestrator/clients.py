@@ -94,17 +94,19 @@ class Environment:
     def polling(self, timeout: float) -> Any:
         """How long-running operations are waited on, up to ``timeout`` seconds.
 
-        Locally every 20 ms rising to 250 ms, not api_core's 1 s steps: every pipeline
-        step waits on one (a build, a revision, a trigger), and the default's first second
-        of sleep would dominate a deploy that takes two. On Google Cloud, where a revision
-        takes tens of seconds and every poll counts against the API's quota, from 0.5 s
-        rising to 5 s.
+        Locally up to 20 ms apart, rising slowly (x1.1) to 250 ms, not api_core's 1 s
+        steps: every pipeline step waits on one (a build, a revision, a trigger) that takes
+        a fraction of a second here, and whatever the last sleep overshoots the
+        operation's end by is added to the deploy (api_core sleeps a random time up to the
+        step). A poll costs a millisecond or two. On Google Cloud, where a revision takes tens
+        of seconds and every poll counts against the API's quota, from 0.5 s rising x1.5
+        to 5 s.
         """
         from google.api_core.future.polling import DEFAULT_POLLING
 
-        initial, maximum = (0.02, 0.25) if self.local else (0.5, 5.0)
+        initial, maximum, multiplier = (0.02, 0.25, 1.1) if self.local else (0.5, 5.0, 1.5)
         return DEFAULT_POLLING.with_delay(
-            initial=initial, maximum=maximum, multiplier=1.5
+            initial=initial, maximum=maximum, multiplier=multiplier
         ).with_timeout(timeout)
 
     def log_file(self, log_uri: str) -> Path | None:

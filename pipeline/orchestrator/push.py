@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from orchestrator.step import Context, Deployment, StepFailed
@@ -135,22 +136,33 @@ def publish(
     """Put image ``source@digest`` under ``target:tag`` for each tag, blobs mounted, not
     uploaded; how many blobs were mounted, already present or copied."""
     body, kind = registry.manifest(source, digest)
-    counts = {"mounted": 0, "present": 0, "copied": 0}
-    for blob in _blobs(json.loads(body)):
+
+    def place(blob: str) -> str:
         if registry.has_blob(target, blob):
-            counts["present"] += 1
-        elif registry.mount(target, blob, source):
-            counts["mounted"] += 1
-        else:
-            registry.copy_blob(target, blob, source)
-            counts["copied"] += 1
-    for tag in tags:
-        reported = registry.put_manifest(target, tag, body, kind)
+            return "present"
+        if registry.mount(target, blob, source):
+            return "mounted"
+        registry.copy_blob(target, blob, source)
+        return "copied"
+
+    def tag(name: str) -> None:
+        reported = registry.put_manifest(target, name, body, kind)
         if reported and reported != digest:
             raise StepFailed(
                 "PUSH_FAILED",
-                f"the registry stored {target}:{tag} as {reported}, not the built {digest}",
+                f"the registry stored {target}:{name} as {reported}, not the built {digest}",
             )
+
+    # The blobs are independent of each other, and so are the tags once every blob is in
+    # place (the registry refuses a manifest naming a missing one): each group at once,
+    # as `docker push` uploads layers in parallel. A failure is raised as it came.
+    blobs = _blobs(json.loads(body))
+    with ThreadPoolExecutor(max(len(blobs), len(tags), 1)) as pool:
+        placed = list(pool.map(place, blobs))
+        list(pool.map(tag, tags))
+    counts = {"mounted": 0, "present": 0, "copied": 0}
+    for how in placed:
+        counts[how] += 1
     return counts
 
 

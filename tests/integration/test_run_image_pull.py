@@ -13,7 +13,10 @@ must have permission to read the image, ...".
 from __future__ import annotations
 
 import contextlib
+import shutil
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 from google.api_core import exceptions
@@ -23,9 +26,10 @@ from google.cloud.artifactregistry_v1.services.artifact_registry.transports impo
 )
 
 from localcloud.core.projects import project_number
-from localcloud.testing import run_service
+from localcloud.testing import build_function, call, run_service
 
-FUNCTIONS = "projects/local-project/locations/us-central1/repositories/functions"
+FUNCTIONS_REPO = "projects/local-project/locations/us-central1/repositories/functions"
+FUNCTIONS = Path(__file__).parent.parent / "functions"
 
 
 def registry_api(localcloud):
@@ -68,9 +72,9 @@ def test_another_projects_image_needs_a_grant_to_the_cloud_run_service_agent(
     )
 
     api = registry_api(localcloud)
-    policy = api.get_iam_policy(request={"resource": FUNCTIONS})
+    policy = api.get_iam_policy(request={"resource": FUNCTIONS_REPO})
     policy.bindings.add(role="roles/artifactregistry.reader", members=[f"serviceAccount:{agent}"])
-    api.set_iam_policy(request={"resource": FUNCTIONS, "policy": policy})
+    api.set_iam_policy(request={"resource": FUNCTIONS_REPO, "policy": policy})
     try:
         updated = clients.run_services.update_service(
             service=run_v2.Service(
@@ -82,3 +86,29 @@ def test_another_projects_image_needs_a_grant_to_the_cloud_run_service_agent(
         with contextlib.suppress(exceptions.NotFound):
             clients.run_services.delete_service(name=name).result(timeout=60)
         api.transport.close()
+
+
+def test_a_pushed_image_is_unpacked_before_a_revision_asks_for_it(
+    localcloud, clients, deploy, tmp_path
+) -> None:
+    """Issue 19: the registry tells Cloud Run of every manifest pushed, and the image is
+    unpacked (as its project's agent) while the deployment is still between steps, so the
+    revision's first instance does not wait for the pull. No revision imports it by that:
+    the import is marked when a revision of it is deployed, which reads the manifest again."""
+    source = tmp_path / "prepared"
+    shutil.copytree(FUNCTIONS / "hello_http", source)
+    marker = uuid.uuid4().hex
+    (source / "main.py").write_text((source / "main.py").read_text() + f"\nPREPARED = {marker!r}\n")
+    bucket = clients.storage.create_bucket(f"prepared-{uuid.uuid4().hex[:8]}")
+    image = build_function(
+        clients, bucket, source, "hello", "us-central1-docker.pkg.dev/local-project/functions/prep"
+    )
+    slot = localcloud.config.data_dir / "run" / "images" / image.split("@sha256:")[1]
+    deadline = time.monotonic() + 60
+    while not (slot / "image.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (slot / "image.json").exists(), "the pushed image was not unpacked ahead"
+    assert not (slot / "imported-by").exists(), "no revision has imported it yet"
+    service = deploy(image, public=True)
+    assert call(service.uri)[0] == 200
+    assert len(list((slot / "imported-by").iterdir())) == 1
