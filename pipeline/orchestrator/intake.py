@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -185,14 +186,18 @@ def accept(
     """Claim, check and start one deployment; the execution name, or None if not started."""
     ctx = ctx or context()
     service = _guess_service(source, overrides)
-    claimed = _claim(ctx, dep_id, source, service)
-    if claimed is None:
-        return None
-    try:
-        manifest = check_source(_read_source(ctx, source), source, overrides, origin)
-    except Rejected as rejected:
-        _fail(ctx, dep_id, service, source, rejected.code, rejected.message)
-        return None
+    # The source is read while the deployment is claimed (one round trip less before the
+    # workflow starts); only a claimed deployment looks at what was read.
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(_read_source, ctx, source)
+        claimed = _claim(ctx, dep_id, source, service)
+        if claimed is None:
+            return None
+        try:
+            manifest = check_source(reading.result(), source, overrides, origin)
+        except Rejected as rejected:
+            _fail(ctx, dep_id, service, source, rejected.code, rejected.message)
+            return None
 
     argument = {
         "deployment_id": dep_id,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -282,9 +283,10 @@ def _run(
         deployment = Deployment.from_request(body)
     except StepFailed as failure:
         return {"ok": False, "error": {"code": failure.code, "message": failure.message}}, 200
-    saved = ctx.records.step_result(deployment.deployment_id, step)
-    if saved is None and (under_lock or release_on_success):
-        saved = _unless_lock_lost(ctx, deployment, step)
+    check_lock = under_lock or release_on_success
+    saved, holder = _saved_and_holder(ctx, deployment, step, check_lock)
+    if saved is None and check_lock:
+        saved = _unless_lock_lost(ctx, deployment, step, holder)
     if saved is not None and "error" in saved:
         error, details = saved["error"], saved.get("details", {})
         ctx.publish(
@@ -340,11 +342,30 @@ def _run(
     return {"ok": True, "result": result}, 200
 
 
-def _unless_lock_lost(ctx: Context, deployment: Deployment, step: str) -> dict[str, Any] | None:
-    """None when ``deployment`` holds its service's lock, so ``step`` may work; otherwise
-    what the call answers instead: the result another call of the step saved before it
-    released the lock, or a LOCK_LOST failure (not saved: it describes this call)."""
-    holder = ctx.records.holder(deployment.service)
+def _saved_and_holder(
+    ctx: Context, deployment: Deployment, step: str, check_lock: bool
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The step's saved result, and (``check_lock``) who holds the service's lock: two
+    reads of the records bucket made at once, since every step after the build needs both
+    before it starts (one round trip less between the workflow's call and the work).
+    Read in either order they mean the same: a lock seen lost is checked against the
+    saved result again (``_unless_lock_lost``)."""
+    if not check_lock:
+        return ctx.records.step_result(deployment.deployment_id, step), None
+    records = ctx.records
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(records.holder, deployment.service)
+        saved = records.step_result(deployment.deployment_id, step)
+        return saved, holder.result()
+
+
+def _unless_lock_lost(
+    ctx: Context, deployment: Deployment, step: str, holder: str | None
+) -> dict[str, Any] | None:
+    """None when ``deployment`` holds its service's lock (``holder`` read), so ``step`` may
+    work; otherwise what the call answers instead: the result another call of the step
+    saved before it released the lock, or a LOCK_LOST failure (not saved: it describes
+    this call)."""
     if holder == deployment.deployment_id:
         return None
     saved = ctx.records.step_result(deployment.deployment_id, step)
