@@ -216,6 +216,7 @@ class Autoscaler:
             self.task.cancel()
         await asyncio.gather(*(p.stop() for p in self.pools.values()), return_exceptions=True)
         self.pools.clear()
+        await self.cache.close()  # its unpacks ahead, before the shared session closes
 
 
 def log_path(root: Path, revision: str) -> Path:

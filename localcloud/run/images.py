@@ -105,6 +105,10 @@ OPAQUE = ".wh..wh..opq"
 META = "image.json"
 T = TypeVar("T")
 PREPARE_AT_ONCE = 2  # images unpacked ahead of their revision at the same time
+PREPARE_QUEUE = 16  # pushes waiting for that at most; more are left to their revisions
+# An image whose layers are bigger than this is unpacked only when a revision asks for it:
+# pushing (artifactregistry.writer) must not be a way to fill the disk of Cloud Run's cache.
+PREPARE_MAX_BYTES = 1 << 30
 IMPORTS = "imported-by"  # one empty file per revision that imported the image
 MAX_LINK_HOPS = 40  # the kernel's own limit on symlinks followed in one lookup
 # How long a pull waits for a registry that is starting (the supervisor opens its port
@@ -508,6 +512,7 @@ class ImageCache:
         self._locks: dict[str, asyncio.Lock] = {}
         self._images: dict[str, UnpackedImage] = {}
         self._preparing: dict[str, asyncio.Task[None]] = {}
+        self._prepare_slots = asyncio.Semaphore(PREPARE_AT_ONCE)
         self._clean_stale()
 
     async def close(self) -> None:
@@ -612,11 +617,12 @@ class ImageCache:
         Nothing is granted by it: a revision still reads the manifest as its own
         project's agent when it is deployed (``ensure``). An image the agent may not read,
         or that is malformed, is left for the deployment to report; at most
-        ``PREPARE_AT_ONCE`` are unpacked ahead at a time, more pushes are not prepared.
+        ``PREPARE_AT_ONCE`` are unpacked ahead at a time (up to ``PREPARE_QUEUE`` more wait),
+        and only single-platform images of at most ``PREPARE_MAX_BYTES`` of layers.
         """
         if digest in self._images or digest in self._preparing:
             return
-        if len(self._preparing) >= PREPARE_AT_ONCE or not DIGEST_RE.fullmatch(digest):
+        if len(self._preparing) >= PREPARE_QUEUE or not DIGEST_RE.fullmatch(digest):
             return
         task = asyncio.get_running_loop().create_task(self._prepare(repo, digest))
         self._preparing[digest] = task
@@ -626,7 +632,14 @@ class ImageCache:
         project = repo.split("/", 1)[0]
         image = f"{self.registry_address}/{repo}@{digest}"
         try:
-            await self._unpacked(self._client(project), image, repo, digest, None, project)
+            async with self._prepare_slots:
+                client = self._client(project)
+                body, media_type, _ = await self._manifest(client, image, repo, digest, project)
+                size = _layers_size(body)
+                if size is None or size > PREPARE_MAX_BYTES:
+                    LOG.debug("not unpacking %s ahead: not one platform's image, or too big", image)
+                    return
+                await self._unpacked(client, image, repo, digest, (body, media_type), project)
         except ImageError as exc:
             LOG.debug("not unpacking %s ahead of a revision: %s", image, exc)
         except Exception:  # never a crash: the deployment pulls it again and reports
@@ -738,7 +751,16 @@ class ImageCache:
                         await client.get_blob(repo, layer["digest"], tmp / f"layer-{i}.tar")
                     )
                 unpacked = image_from_config(digest, config, slot / "rootfs")
-                await asyncio.to_thread(self._unpack, paths, tmp, slot, unpacked, base, have_base)
+                work = asyncio.ensure_future(
+                    asyncio.to_thread(self._unpack, paths, tmp, slot, unpacked, base, have_base)
+                )
+                try:
+                    await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    # The thread cannot be stopped: let it finish before its tree is
+                    # removed, or a half-removed base could be renamed into place.
+                    await asyncio.wait({work})
+                    raise
             finally:
                 await asyncio.to_thread(shutil.rmtree, tmp, True)
         except DigestMismatchError as exc:
@@ -805,6 +827,15 @@ class ImageCache:
             # Another process sharing this data directory unpacked it first: same content.
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or _read_slot(slot) is None:
                 raise
+
+
+def _layers_size(body: bytes) -> int | None:
+    """The bytes of an image manifest's layers; None for anything else (an index)."""
+    try:
+        doc = json.loads(body)
+        return sum(int(layer["size"]) for layer in doc["layers"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _touch(path: Path) -> None:

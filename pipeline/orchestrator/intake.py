@@ -121,7 +121,8 @@ def _unreadable(ctx: Context, source: Source, exc: exceptions.ClientError) -> Re
     )
 
 
-def _read_source(ctx: Context, source: Source) -> bytes:
+def _source_blob(ctx: Context, source: Source) -> Any:
+    """The source object's metadata, checked for the archive size limit."""
     bucket = ctx.clients.storage.bucket(source.bucket)
     try:
         blob = bucket.get_blob(source.object, generation=source.generation)
@@ -136,7 +137,16 @@ def _read_source(ctx: Context, source: Source) -> bytes:
             "INVALID_ARCHIVE",
             f"{source.uri()} is {blob.size} bytes; the limit is {archive.MAX_ARCHIVE_BYTES}",
         )
-    return blob.download_as_bytes()
+    return blob
+
+
+def _download(ctx: Context, source: Source, blob: Any) -> bytes:
+    try:
+        return blob.download_as_bytes()
+    except exceptions.ClientError as exc:
+        if isinstance(exc, (exceptions.TooManyRequests, exceptions.Conflict)):
+            raise  # transient: Eventarc retries
+        raise _unreadable(ctx, source, exc) from None
 
 
 def check_source(data: bytes, source: Source, overrides: dict[str, Any], origin: str) -> Manifest:
@@ -186,18 +196,19 @@ def accept(
     """Claim, check and start one deployment; the execution name, or None if not started."""
     ctx = ctx or context()
     service = _guess_service(source, overrides)
-    # The source is read while the deployment is claimed (one round trip less before the
-    # workflow starts); only a claimed deployment looks at what was read.
+    # The source's metadata is read while the deployment is claimed (one round trip less
+    # before the workflow starts); only a claimed deployment downloads and checks it.
     with ThreadPoolExecutor(1) as pool:
-        reading = pool.submit(_read_source, ctx, source)
+        looking = pool.submit(_source_blob, ctx, source)
         claimed = _claim(ctx, dep_id, source, service)
-        if claimed is None:
-            return None
-        try:
-            manifest = check_source(reading.result(), source, overrides, origin)
-        except Rejected as rejected:
-            _fail(ctx, dep_id, service, source, rejected.code, rejected.message)
-            return None
+    if claimed is None:
+        return None
+    try:
+        data = _download(ctx, source, looking.result())
+        manifest = check_source(data, source, overrides, origin)
+    except Rejected as rejected:
+        _fail(ctx, dep_id, service, source, rejected.code, rejected.message)
+        return None
 
     argument = {
         "deployment_id": dep_id,

@@ -24,6 +24,11 @@ MANIFEST_TYPES = (
 )
 
 
+# At most this many registry calls at once: within requests' pool of 10 connections, and
+# few blobs copied through memory at a time when a mount is refused.
+PARALLEL_CALLS = 4
+
+
 def split_image(image: str) -> tuple[str, str, str]:
     """``HOST/PATH@sha256:...`` -> (host, path, digest)."""
     name, at, digest = image.partition("@")
@@ -156,8 +161,8 @@ def publish(
     # The blobs are independent of each other, and so are the tags once every blob is in
     # place (the registry refuses a manifest naming a missing one): each group at once,
     # as `docker push` uploads layers in parallel. A failure is raised as it came.
-    blobs = _blobs(json.loads(body))
-    with ThreadPoolExecutor(max(len(blobs), len(tags), 1)) as pool:
+    blobs = list(dict.fromkeys(_blobs(json.loads(body))))  # a layer may be listed twice
+    with ThreadPoolExecutor(min(max(len(blobs), len(tags), 1), PARALLEL_CALLS)) as pool:
         placed = list(pool.map(place, blobs))
         list(pool.map(tag, tags))
     counts = {"mounted": 0, "present": 0, "copied": 0}
