@@ -154,6 +154,13 @@ def test_deploy_from_the_page_watch_five_steps_succeed_and_the_revision_take_all
         30,
         "a duration for every step",
     )
+    # The deployment ends with `done`, a moment after bind_triggers' event.
+    until(
+        browser,
+        lambda b: b.find_element(By.ID, "deployment-state").text == "succeeded",
+        30,
+        "the deployment to end",
+    )
     assert browser.find_element(By.ID, "deployment-state").text == "succeeded"
     assert browser.find_element(By.CSS_SELECTOR, "dd.source").text.endswith(f"/{name}.zip")
     assert browser.find_element(By.CSS_SELECTOR, "dd.generation").text.isdigit()
