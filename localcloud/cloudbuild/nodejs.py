@@ -32,6 +32,7 @@ buildpack's ``select_python`` does: another Node.js than Google Cloud's would be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -276,12 +277,21 @@ def _npm_env(node: Node) -> dict[str, str]:
     return env
 
 
+def _npm_for(node: Node) -> str:
+    """The npm a build with ``node`` runs (the one beside it first, as on its PATH), by its
+    real path: the same one is run, read in the sandbox and asked its version."""
+    npm = shutil.which("npm", path=_npm_env(node)["PATH"])
+    if npm is None:
+        raise BuildError("npm does not run on this machine: install npm to build Node.js functions")
+    return os.path.realpath(npm)
+
+
 def _node_paths(node: Node) -> list[str]:
     """What a confined node reads beyond the system directories: its install, and npm's."""
     paths = [os.path.dirname(os.path.dirname(node.executable))]  # as run/sandbox.find_node
-    npm = shutil.which("npm")
-    if npm is not None:  # its package: .../node_modules/npm/bin/npm-cli.js
-        paths.append(str(Path(os.path.realpath(npm)).parents[1]))
+    with contextlib.suppress(BuildError):
+        npm = _npm_for(node)  # its package: .../node_modules/npm/bin/npm-cli.js
+        paths.append(str(Path(npm).parents[1]))
     return paths
 
 
@@ -309,11 +319,9 @@ async def _confined(
 async def npm(node: Node, args: list[str], cwd: Path, log: Log, tools: Tools) -> None:
     """Run npm in ``cwd``, confined (it runs the packages' lifecycle scripts), streaming its
     output to the build log; BuildError with its last lines when it fails."""
-    found = shutil.which("npm")
-    if found is None:
-        raise BuildError("npm does not run on this machine: install npm to build Node.js functions")
+    found = await asyncio.to_thread(_npm_for, node)
     log("$ " + " ".join(["npm", *args]))
-    code, lines = await _confined(tools, node, [os.path.realpath(found), *args], cwd, log, True)
+    code, lines = await _confined(tools, node, [found, *args], cwd, log, True)
     if code != 0:
         tail = "\n".join(lines[-12:])
         raise BuildError(f"npm {args[0]} failed (exit code {code}):\n{tail}")
@@ -326,10 +334,7 @@ def _npm_version(node: Node) -> str:
     """npm's version, part of the dependency layer's key. Asked once per node and npm
     install (by path and the npm package's modification time): starting npm costs about a
     quarter of a second, on every Node.js build otherwise."""
-    npm = shutil.which("npm", path=_npm_env(node)["PATH"])
-    if npm is None:
-        raise BuildError("npm does not run on this machine: install npm to build Node.js functions")
-    real = os.path.realpath(npm)
+    real = _npm_for(node)
     try:
         stamp = os.stat(os.path.join(os.path.dirname(os.path.dirname(real)), "package.json"))
         changed = stamp.st_mtime_ns
@@ -342,7 +347,7 @@ def _npm_version(node: Node) -> str:
 def _asked_npm_version(node: Node, npm: str, changed: int) -> str:
     try:
         done = subprocess.run(
-            ["npm", "--version"],
+            [npm, "--version"],
             capture_output=True,
             text=True,
             timeout=60,

@@ -121,15 +121,24 @@ def _unreadable(ctx: Context, source: Source, exc: exceptions.ClientError) -> Re
     )
 
 
-def _source_blob(ctx: Context, source: Source) -> Any:
-    """The source object's metadata, checked for the archive size limit."""
-    bucket = ctx.clients.storage.bucket(source.bucket)
+@contextlib.contextmanager
+def _reading(ctx: Context, source: Source) -> Iterator[None]:
+    """Cloud Storage's errors reading ``source`` as the intake reports them: a transient one
+    raised as it is (Eventarc retries), any other a Rejected naming what is wrong."""
     try:
-        blob = bucket.get_blob(source.object, generation=source.generation)
+        yield
     except exceptions.ClientError as exc:
         if isinstance(exc, (exceptions.TooManyRequests, exceptions.Conflict)):
-            raise  # transient: Eventarc retries
+            raise
         raise _unreadable(ctx, source, exc) from None
+
+
+def _source_blob(ctx: Context, source: Source) -> Any:
+    """The source object's metadata, checked for the archive size limit."""
+    with _reading(ctx, source):
+        blob = ctx.clients.storage.bucket(source.bucket).get_blob(
+            source.object, generation=source.generation
+        )
     if blob is None:
         raise Rejected("SOURCE_NOT_FOUND", f"{source.uri()} does not exist")
     if blob.size is not None and blob.size > archive.MAX_ARCHIVE_BYTES:
@@ -138,15 +147,6 @@ def _source_blob(ctx: Context, source: Source) -> Any:
             f"{source.uri()} is {blob.size} bytes; the limit is {archive.MAX_ARCHIVE_BYTES}",
         )
     return blob
-
-
-def _download(ctx: Context, source: Source, blob: Any) -> bytes:
-    try:
-        return blob.download_as_bytes()
-    except exceptions.ClientError as exc:
-        if isinstance(exc, (exceptions.TooManyRequests, exceptions.Conflict)):
-            raise  # transient: Eventarc retries
-        raise _unreadable(ctx, source, exc) from None
 
 
 def check_source(data: bytes, source: Source, overrides: dict[str, Any], origin: str) -> Manifest:
@@ -204,7 +204,9 @@ def accept(
     if claimed is None:
         return None
     try:
-        data = _download(ctx, source, looking.result())
+        blob = looking.result()
+        with _reading(ctx, source):
+            data = blob.download_as_bytes()
         manifest = check_source(data, source, overrides, origin)
     except Rejected as rejected:
         _fail(ctx, dep_id, service, source, rejected.code, rejected.message)
