@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import field_mask_pb2
-from google.pubsub_v1.types import ReceivedMessage
 
 from localcloud.core.db import Database, Write, together
 from localcloud.core.errors import AlreadyExists, InvalidArgument, NotFound
@@ -33,7 +32,6 @@ from localcloud.pubsub.queue import Consumer, Entry, Message, SubscriptionQueue
 
 LOG = logging.getLogger(__name__)
 
-ReceivedMessagePb = ReceivedMessage.pb()
 MAX_REQUEST_BYTES = 10 * 1000 * 1000
 # One Pull/StreamingPull response stays under 4 MiB: with PUBSUB_EMULATOR_HOST the official
 # clients open a plain insecure channel, whose receive limit is gRPC's default 4 MiB. (A
@@ -366,7 +364,7 @@ class PubSub:
         if not messages:
             raise InvalidArgument("The request contains no messages.")
         now = time.time()
-        ns = time.time_ns()
+        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
         rows: list[tuple[int, bytes]] = []
         fanout: list[tuple[str, int]] = []
         deliveries: list[tuple[SubState, Message]] = []
@@ -380,7 +378,8 @@ class PubSub:
             self.seq += 1
             seq = self.seq
             pb.message_id = str(seq)
-            pb.publish_time.FromNanoseconds(ns)
+            published = pb.publish_time
+            published.seconds, published.nanos = seconds, nanos
             msg = Message(seq, pb, pb.ByteSize(), now)
             ids.append(pb.message_id)
             wanted = False
@@ -412,15 +411,15 @@ class PubSub:
             st.queue.notify()
 
     # -- delivery -----------------------------------------------------------------------
-    def received(self, st: SubState, entries: list[Entry]) -> list[Any]:
+    def received(self, st: SubState, entries: list[Entry], into: Any) -> None:
+        """Add ``entries`` to ``into``, a response's ``received_messages`` (built in place:
+        a list handed to the response's constructor would be copied again)."""
         with_attempt = st.pb.HasField("dead_letter_policy")
-        out = []
         for entry in entries:
-            rm = ReceivedMessagePb(ack_id=ack_id(entry), message=entry.msg.pb)
+            rm = into.add(ack_id=ack_id(entry))
+            rm.message.CopyFrom(entry.msg.pb)
             if with_attempt:
                 rm.delivery_attempt = entry.attempt
-            out.append(rm)
-        return out
 
     def attach(self, st: SubState, consumer: Consumer) -> None:
         st.consumers.add(consumer)

@@ -222,7 +222,9 @@ class Subscriber:
                 self.engine.detach(st, consumer)
             for entry in entries:
                 entry.holder = None  # a Pull's leases belong to no stream
-        return types.PullResponse.pb()(received_messages=self.engine.received(st, entries))
+        response = types.PullResponse.pb()()
+        self.engine.received(st, entries, response.received_messages)
+        return response
 
     @rpc(
         "StreamingPull",
@@ -274,10 +276,9 @@ class Subscriber:
                 if not entries:
                     break
                 last_sent = loop.time()
-                yield types.StreamingPullResponse.pb()(
-                    received_messages=self.engine.received(st, entries),
-                    subscription_properties=props,
-                )
+                response = types.StreamingPullResponse.pb()(subscription_properties=props)
+                self.engine.received(st, entries, response.received_messages)
+                yield response
         finally:
             self.engine.detach(st, consumer)
             reader.cancel()

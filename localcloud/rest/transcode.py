@@ -9,7 +9,8 @@ transcodes (https://cloud.google.com/endpoints/docs/grpc-service-config/referenc
 - every other field may come as a query parameter (``pageSize=10``, ``a.b=x``, a repeated
   field by repeating the key) unless the body is ``*``; a parameter naming no field is
   refused, as Google refuses it ("Cannot bind query parameter");
-- the response is printed with the same mapping (``google.protobuf.json_format``).
+- the response is printed with the same mapping (``google.protobuf.json_format``, through
+  ``protojson``'s shortcut for plain messages).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from localcloud.core.errors import FieldViolation, InvalidFields
+from localcloud.rest import protojson
 
 _FIELD_MASK = "google.protobuf.FieldMask"
 _WKT_SCALAR = {  # well-known messages a query parameter can carry as text
@@ -91,7 +93,7 @@ def parse_body(raw: bytes, target: Message, where: str) -> None:
             where,
         )
     try:
-        json_format.ParseDict(document, target, ignore_unknown_fields=False)
+        protojson.parse_dict(document, target)
     except json_format.ParseError as exc:
         raise _unknown_name(exc, where) from None
 
@@ -238,5 +240,5 @@ def parse_query(pairs: list[tuple[str, str]], request: Message, bound: set[str],
 def to_json(message: Message) -> dict[str, Any]:
     """The proto3 JSON form Google's REST APIs answer with: camelCase, default values left
     out, int64 as strings, enums by name, ``Any`` with its ``@type``."""
-    result: dict[str, Any] = json_format.MessageToDict(message)
+    result: dict[str, Any] = protojson.to_dict(message)
     return result

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import pytest
 import requests
+from google.protobuf import json_format
 
 from localcloud import testing
 from localcloud.core import wire
@@ -481,37 +482,87 @@ def _descendants(pid: int) -> list[str]:
     return [line.decode(errors="replace") for line in found]
 
 
+def _large_source(n: int) -> str:
+    """A workflow past ``workers.THRESHOLD`` (a Workflow has enums, so its JSON is
+    ``json_format``'s, which the workers run)."""
+    filler = f"{n}-" + "x" * 20_000
+    return f'main:\n  steps:\n    - done:\n        return: "{filler}"\n'
+
+
+def _create_workflow(session: requests.Session, base: str, workflow: str, body: Any) -> Any:
+    return session.post(
+        f"{base}/v1/{LOCATION}/workflows", params={"workflowId": workflow}, json=body
+    )
+
+
+def _workers_run(pid: int) -> bool:
+    return any("forkserver" in line for line in _descendants(pid))
+
+
 def test_large_bodies_are_transcoded_on_workers_to_the_same_json(base, session, localcloud):
-    """A body past ``workers.THRESHOLD`` is transcoded in a worker process
-    (``localcloud/rest/workers.py``): the JSON is the same as in-process, bad JSON gets the
-    same error, and the first large body is never kept waiting for the workers to start."""
+    """A body past ``workers.THRESHOLD`` whose JSON ``json_format`` makes is transcoded in
+    a worker process (``localcloud/rest/workers.py``): the JSON is the same as in-process,
+    bad JSON gets the same error, and the first large body is never kept waiting for the
+    workers to start. (Plain messages, Pub/Sub's bulk, are transcoded in-process at any
+    size: ``test_large_pub_sub_bodies_round_trip``.)"""
+    from google.cloud.workflows_v1.types import Workflow
+
+    name = f"large-{uuid.uuid4().hex[:6]}"
+    source = _large_source(0)
+    _wait(
+        session, base, "v1", _ok(_create_workflow(session, base, name, {"sourceContents": source}))
+    )
+    url = f"{base}/v1/{LOCATION}/workflows/{name}"
+    wait_for(
+        lambda: _ok(session.get(url)) and _workers_run(localcloud.process.pid),
+        60,
+        "REST transcoding workers to start",
+        every=0.2,
+    )
+    printed = _ok(session.get(url))  # printed by a worker
+    binary = session.get(url, params={"alt": "proto"})
+    assert binary.status_code == 200
+    in_process = json_format.MessageToDict(Workflow.pb().FromString(binary.content))
+    assert printed == in_process
+    assert printed["sourceContents"] == source and printed["state"] == "ACTIVE"
+    # A large body parsed by a worker, and its workflow as sent.
+    second = f"large-{uuid.uuid4().hex[:6]}"
+    created = _create_workflow(session, base, second, {"sourceContents": _large_source(1)})
+    _wait(session, base, "v1", _ok(created))
+    got = _ok(session.get(f"{base}/v1/{LOCATION}/workflows/{second}"))
+    assert got["sourceContents"] == _large_source(1)
+    # A large body with an unknown field: the same 400 as a small one.
+    small, large = (
+        _error(
+            _create_workflow(session, base, "unknown", {"sourceContents": s, "sourceContent": 1})
+        )
+        for s in ("x", _large_source(2))
+    )
+    assert large == small
+    assert large["message"] == (
+        "Invalid JSON payload received. Unknown name \"sourceContent\" at 'workflow': "
+        "Cannot find field."
+    )
+
+
+def test_large_pub_sub_bodies_round_trip(base, session):
+    """A publish and a pull of hundreds of messages (each body past the workers'
+    threshold, transcoded in-process: ``protojson``) keep every message as sent."""
     topic = f"projects/{PROJECT}/topics/large-{uuid.uuid4().hex[:8]}"
     sub = f"projects/{PROJECT}/subscriptions/large-{uuid.uuid4().hex[:8]}"
     _ok(session.put(f"{base}/v1/{topic}", json={}))
     _ok(session.put(f"{base}/v1/{sub}", json={"topic": topic}))
-
-    def batch(n: int) -> list[dict[str, Any]]:
-        return [
+    sent: dict[str, dict[str, Any]] = {}
+    for n in range(3):
+        messages = [
             {
                 "data": base64.b64encode(f"{n}-{i}".encode() * 40).decode(),
-                "attributes": {"i": str(i)},
+                "attributes": {"i": str(i), "é": "ü"},
             }
             for i in range(300)
         ]
-
-    sent: dict[str, dict[str, Any]] = {}
-    rounds = 0
-
-    def publish_until_workers_run() -> bool:
-        nonlocal rounds
-        messages = batch(rounds)
-        rounds += 1
         ids = _ok(session.post(f"{base}/v1/{topic}:publish", json={"messages": messages}))
         sent.update(zip(ids["messageIds"], messages, strict=True))
-        return any("forkserver" in line for line in _descendants(localcloud.process.pid))
-
-    wait_for(publish_until_workers_run, 60, "REST transcoding workers to start", every=0.2)
-    publish_until_workers_run()  # one large request parsed by a worker
     received: dict[str, dict[str, Any]] = {}
     while len(received) < len(sent):
         pulled = _ok(session.post(f"{base}/v1/{sub}:pull", json={"maxMessages": 1000}))
@@ -528,8 +579,7 @@ def test_large_bodies_are_transcoded_on_workers_to_the_same_json(base, session, 
         assert {k: message[k] for k in ("data", "attributes")} == sent[message_id]
         assert set(message) == {"data", "attributes", "messageId", "publishTime"}
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", message["publishTime"])
-    # A large body with an unknown field: the same 400 as a small one.
-    bad = {"messages": [*batch(0), {"data": "", "atributes": {}}]}
+    bad = {"messages": [*list(sent.values())[:300], {"data": "", "atributes": {}}]}
     error = _error(session.post(f"{base}/v1/{topic}:publish", json=bad))
     assert error["message"] == (
         "Invalid JSON payload received. Unknown name \"atributes\" at 'messages[300]': "
@@ -544,16 +594,16 @@ def test_transcoding_workers_end_with_a_killed_server(tmp_path):
     instance = testing.start(tmp_path, repository=False)
     try:
         base, pid = instance.config.http_url, instance.process.pid
-        topic = f"{base}/v1/projects/{PROJECT}/topics/killed"
-        messages = [{"data": base64.b64encode(b"x" * 300).decode()} for _ in range(300)]
         with requests.Session() as s:
-            _ok(s.put(topic, json={}))
-
-            def workers() -> list[str]:
-                _ok(s.post(f"{topic}:publish", json={"messages": messages}))
-                return [line for line in _descendants(pid) if "forkserver" in line]
-
-            running = wait_for(workers, 60, "REST transcoding workers to start", every=0.2)
+            created = _create_workflow(s, base, "killed", {"sourceContents": _large_source(0)})
+            _wait(s, base, "v1", _ok(created))
+            url = f"{base}/v1/{LOCATION}/workflows/killed"
+            running = wait_for(
+                lambda: _ok(s.get(url)) and _workers_run(pid),
+                60,
+                "REST transcoding workers to start",
+                every=0.2,
+            )
         pids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         forkserver = [p for p in pids if b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()]
         assert running and forkserver
