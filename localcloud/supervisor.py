@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -172,6 +173,11 @@ class Supervisor:
             loop.add_signal_handler(sig, stop.set)
         try:
             await self.start()
+            # What starting made (the API modules, their descriptors, the state loaded) lives
+            # as long as the server: kept out of the collector's full passes, which would
+            # otherwise walk its ~140,000 objects (about 0.1 s, the server standing still)
+            # every few seconds of busy serving.
+            gc.freeze()
             self.write_state()
             LOG.info("localcloud is ready (data directory %s)", self.config.data_dir)
             watch = loop.create_task(self._watch(stop))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -94,6 +95,13 @@ class Resolver:
         self.peers = peers
         self.grpc_local = (grpc_host, grpc_port)
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (member, expiry)
+        # An HTTP connection's caller, for the next requests on it (keep-alive): its two
+        # sockets stay the same while it is open, so only a change of the instances
+        # registered (``Peers.generation``) can change the answer, as for ``Peers``' own
+        # cache; tracing the socket again costs a netlink round trip a request.
+        self._by_transport: weakref.WeakKeyDictionary[Any, tuple[int, Caller]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def grpc(self, context: Any) -> str:
         return self.grpc_caller(context).member
@@ -113,11 +121,19 @@ class Resolver:
         if header is not None:
             return self._bearer(header)
         transport = request.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        local = transport.get_extra_info("sockname") if transport is not None else None
+        if transport is None:
+            return self._connection(None, ("", 0))
+        generation = self.peers.generation  # read first: a change meanwhile is seen next time
+        known = self._by_transport.get(transport)
+        if known is not None and known[0] == generation:
+            return known[1]
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
         if not peer or not local or not isinstance(peer, tuple):
             return self._connection(None, ("", 0))  # a Unix socket: this machine
-        return self._connection((peer[0], peer[1]), (local[0], local[1]))
+        caller = self._connection((peer[0], peer[1]), (local[0], local[1]))
+        self._by_transport[transport] = (generation, caller)
+        return caller
 
     def connection(self, peer: tuple[str, int] | None, local: tuple[str, int]) -> Identity | None:
         """The instance a connection comes from (None: not an instance); for the metadata

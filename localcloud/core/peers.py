@@ -131,6 +131,9 @@ class Peers:
         self._nl: socket.socket | None = None
         self._cache: dict[tuple, tuple[int, Identity | None]] = {}
         self._me = os.geteuid()
+        # Counts the instances added and removed: what was learnt of a connection before
+        # the count last moved may be wrong now.
+        self.generation = 0
 
     def open(self) -> None:
         """Open the netlink socket now, in this thread's (the host's) network namespace."""
@@ -158,6 +161,7 @@ class Peers:
         handle = next(self._next)
         with self._lock:
             self._holders[handle] = _Holder(identity, uid, root_pid, pids)
+            self.generation += 1
             # A connection seen before as the local user's may be held by the new instance
             # (gRPC shares one connection between channels to the same address): look again.
             self._cache = {k: v for k, v in self._cache.items() if v[1] is not None}
@@ -168,6 +172,7 @@ class Peers:
             return
         with self._lock:
             self._holders.pop(handle, None)
+            self.generation += 1
             # Its connections are gone or going: forget what was learnt about them.
             self._cache = {k: v for k, v in self._cache.items() if v[1] is None}
 

@@ -18,6 +18,7 @@ both directions to ``json_format``'s output for every message type localcloud se
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 from collections.abc import Callable
 from functools import cache, lru_cache
@@ -285,12 +286,16 @@ def _parse_string(value: Any) -> str:
     return value
 
 
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def _parse_bytes(value: Any) -> bytes:
     if type(value) is not str:
         raise _Fallback
     encoded = value.encode("utf-8")
-    # json_format's reading: URL-safe or standard base64, padding optional.
-    return base64.urlsafe_b64decode(encoded + b"=" * (4 - len(encoded) % 4))
+    # json_format's reading, base64.urlsafe_b64decode of the text padded with "=" (URL-safe
+    # or standard base64, padding optional), without its two layers of Python calls.
+    return binascii.a2b_base64((encoded + b"=" * (4 - len(encoded) % 4)).translate(_URLSAFE))
 
 
 def _parse_bool(value: Any) -> bool:

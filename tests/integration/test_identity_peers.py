@@ -173,3 +173,56 @@ def test_grpc_peer_strings():
     assert parse_grpc_peer("ipv6:[::1]:5000") == ("::1", 5000)
     assert parse_grpc_peer("unix:/tmp/s") is None
     assert MISSING_CREDENTIALS.startswith("Request is missing required authentication")
+
+
+def test_http_keep_alive_connections_follow_instances_added_and_removed(served, tmp_path):
+    """An HTTP connection's caller is kept for its next requests (``Resolver._by_transport``)
+    only until an instance is added or removed: the same keep-alive connection is the local
+    user's, then the instance's once this process is registered as one, then the local
+    user's again."""
+    import requests
+    from aiohttp import web
+
+    peers, issuer, _ = served
+    resolver = Resolver(issuer, peers, "127.0.0.1", 0)
+
+    async def whoami(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername")  # type: ignore[union-attr]
+        return web.Response(text=f"{resolver.http(request)} {peer[1]}")
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> tuple[web.AppRunner, int]:
+        app = web.Application()
+        app.router.add_get("/", whoami)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    runner, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        with requests.Session() as session:
+
+            def who() -> tuple[str, int]:
+                member, peer_port = session.get(
+                    f"http://127.0.0.1:{port}/", timeout=10
+                ).text.split()
+                return member, int(peer_port)
+
+            first, local_port = who()
+            assert first == "user:local@example.com"
+            assert who() == (first, local_port)  # one connection, kept alive
+            handle = peers.add(ME, os.getpid(), lambda: [os.getpid()])
+            try:
+                assert who() == (ME.member, local_port)
+            finally:
+                peers.remove(handle)
+            assert who() == ("user:local@example.com", local_port)
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
