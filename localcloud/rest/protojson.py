@@ -170,32 +170,40 @@ def parse_dict(document: Any, message: Message) -> None:
     json_format.ParseDict(document, message, ignore_unknown_fields=False)
 
 
-def _parse(js: Any, message: Message, depth: int) -> None:
+def _parse(js: Any, message: Message, depth: int, fields: _Table | None = None) -> None:
     if type(js) is not dict or depth > _MAX_DEPTH:
         raise _Fallback
-    fields = _fields(message.DESCRIPTOR)
+    if fields is None:
+        fields = _fields(message.DESCRIPTOR)
     seen: set[str] = set()
     for name, value in js.items():
         found = fields.get(name)
         if found is None or value is None:
             raise _Fallback
-        fd, setter = found
-        key = fd.containing_oneof.name if fd.containing_oneof is not None else fd.name
+        key, setter = found
         if key in seen:
             raise _Fallback
         seen.add(key)
-        setter(message, fd, value, depth)
+        setter(message, value, depth)
+
+
+# A plain message's fields by JSON and proto name: (the field's name, or its oneof's, which
+# one document may set once; what sets it).
+_Table = dict[str, tuple[str, Callable[[Message, Any, int], None]]]
 
 
 @cache
-def _fields(descriptor: Descriptor) -> dict[str, tuple[FieldDescriptor, Callable[..., None]]]:
+def _fields(descriptor: Descriptor) -> _Table:
     """A plain message's fields by JSON name and by proto name, with their setters."""
-    by_name = {fd.name: (fd, _setter(fd)) for fd in descriptor.fields}
+    by_name = {}
+    for fd in descriptor.fields:
+        oneof = fd.containing_oneof
+        by_name[fd.name] = (oneof.name if oneof is not None else fd.name, _setter(fd))
     # json_format looks a key up by JSON name first.
     return {**by_name, **{fd.json_name: by_name[fd.name] for fd in descriptor.fields}}
 
 
-def _setter(fd: FieldDescriptor) -> Callable[..., None]:
+def _setter(fd: FieldDescriptor) -> Callable[[Message, Any, int], None]:
     name = fd.name
     if _is_map(fd):
         key_fd = fd.message_type.fields_by_name["key"]
@@ -204,7 +212,7 @@ def _setter(fd: FieldDescriptor) -> Callable[..., None]:
             return _give_up
         convert_value = _scalar_parser(value_fd)
 
-        def set_map(message: Message, _fd: Any, value: Any, _depth: int) -> None:
+        def set_map(message: Message, value: Any, _depth: int) -> None:
             if type(value) is not dict:
                 raise _Fallback
             target = getattr(message, name)
@@ -218,25 +226,27 @@ def _setter(fd: FieldDescriptor) -> Callable[..., None]:
         if fd.is_repeated:
             return _give_up
 
-        def set_text(message: Message, _fd: Any, value: Any, _depth: int) -> None:
+        def set_text(message: Message, value: Any, _depth: int) -> None:
             if type(value) is not str:
                 raise _Fallback
             getattr(message, name).FromJsonString(value)
 
         return set_text
     if fd.cpp_type == _F.CPPTYPE_MESSAGE:
+        sub_type = fd.message_type
         if fd.is_repeated:
 
-            def add_messages(message: Message, _fd: Any, value: Any, depth: int) -> None:
+            def add_messages(message: Message, value: Any, depth: int) -> None:
                 if type(value) is not list:
                     raise _Fallback
                 target = getattr(message, name)
+                table = _fields(sub_type)
                 for item in value:
-                    _parse(item, target.add(), depth + 1)
+                    _parse(item, target.add(), depth + 1, table)
 
             return add_messages
 
-        def set_message(message: Message, _fd: Any, value: Any, depth: int) -> None:
+        def set_message(message: Message, value: Any, depth: int) -> None:
             sub = getattr(message, name)
             sub.SetInParent()
             _parse(value, sub, depth + 1)
@@ -245,14 +255,14 @@ def _setter(fd: FieldDescriptor) -> Callable[..., None]:
     convert = _scalar_parser(fd)
     if fd.is_repeated:
 
-        def add_scalars(message: Message, _fd: Any, value: Any, _depth: int) -> None:
+        def add_scalars(message: Message, value: Any, _depth: int) -> None:
             if type(value) is not list:
                 raise _Fallback
             getattr(message, name).extend([convert(item) for item in value])
 
         return add_scalars
 
-    def set_scalar(message: Message, _fd: Any, value: Any, _depth: int) -> None:
+    def set_scalar(message: Message, value: Any, _depth: int) -> None:
         setattr(message, name, convert(value))
 
     return set_scalar
