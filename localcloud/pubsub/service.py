@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 from google.protobuf import empty_pb2
@@ -53,31 +53,35 @@ def check_messages(request: types.PublishRequest) -> None:
             f"(this request has {size})."
         )
     for i, msg in enumerate(request.messages):
-        if not msg.data and not msg.attributes:
+        attributes = msg.attributes
+        if not attributes and not msg.data:
             raise InvalidArgument(
                 f"Message {i} is empty: each message must contain either non-empty data, "
                 "or at least one attribute."
             )
-        if len(msg.attributes) > MAX_ATTRIBUTES:
-            raise InvalidArgument(
-                f"Message {i} has {len(msg.attributes)} attributes; the maximum is "
-                f"{MAX_ATTRIBUTES}."
-            )
-        for key, value in msg.attributes.items():
-            if len(key.encode()) > 256:
-                raise InvalidArgument(
-                    f"Message {i}: attribute key {key[:40]!r}... exceeds 256 bytes."
-                )
-            if len(value.encode()) > value_limit:
-                raise InvalidArgument(
-                    f"Message {i}: the value of attribute {key!r} exceeds {value_limit} bytes."
-                )
-            if key.startswith("goog"):
-                raise InvalidArgument(
-                    f"Message {i}: attribute key {key!r} is reserved (keys must not start with goog)."
-                )
-        if len(msg.ordering_key.encode()) > 1024:
+        if attributes:
+            _check_attributes(i, attributes, value_limit)
+        key = msg.ordering_key  # over 1024 bytes takes over 256 characters
+        if len(key) > 256 and len(key.encode()) > 1024:
             raise InvalidArgument(f"Message {i}: ordering_key exceeds 1024 bytes.")
+
+
+def _check_attributes(i: int, attributes: Mapping[str, str], value_limit: int) -> None:
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidArgument(
+            f"Message {i} has {len(attributes)} attributes; the maximum is {MAX_ATTRIBUTES}."
+        )
+    for key, value in attributes.items():
+        if len(key.encode()) > 256:
+            raise InvalidArgument(f"Message {i}: attribute key {key[:40]!r}... exceeds 256 bytes.")
+        if len(value.encode()) > value_limit:
+            raise InvalidArgument(
+                f"Message {i}: the value of attribute {key!r} exceeds {value_limit} bytes."
+            )
+        if key.startswith("goog"):
+            raise InvalidArgument(
+                f"Message {i}: attribute key {key!r} is reserved (keys must not start with goog)."
+            )
 
 
 class Publisher:

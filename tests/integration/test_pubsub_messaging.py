@@ -173,6 +173,26 @@ def test_empty_message_is_invalid_argument(local_target, local_topic):
         local_target.publisher.api.publish(topic=local_topic(), messages=[{"data": b""}])
 
 
+@pytest.mark.parametrize(
+    ("message", "words"),
+    [
+        ({"data": b"x", "attributes": {str(i): "v" for i in range(101)}}, "101 attributes"),
+        ({"attributes": {"k" * 257: "v"}}, "exceeds 256 bytes"),
+        ({"attributes": {"k": "é" * 513}}, "exceeds 1024 bytes"),
+        ({"attributes": {"googkey": "v"}}, "reserved"),
+        ({"data": b"x", "ordering_key": "é" * 513}, "ordering_key exceeds 1024 bytes"),
+        ({"attributes": {"k": "v"}, "ordering_key": "k" * 1025}, "ordering_key exceeds"),
+    ],
+    ids=["attributes", "key", "value", "goog", "ordering-key-bytes", "ordering-key"],
+)
+def test_publish_limits_are_refused_naming_the_message(local_target, local_topic, message, words):
+    """Google's limits on a published message, counted in UTF-8 bytes; the message in
+    error is named by its index."""
+    fine = {"data": b"ok", "ordering_key": "é" * 512, "attributes": {"k": "é" * 512}}
+    with pytest.raises(exceptions.InvalidArgument, match=f"Message 1.*{words}"):
+        local_target.publisher.api.publish(topic=local_topic(), messages=[fine, message])
+
+
 def test_bad_ack_id_is_invalid_argument(local_target, local_topic, local_subscription):
     sub = local_subscription(local_topic())
     with pytest.raises(exceptions.InvalidArgument, match="ack ID"):
