@@ -177,6 +177,7 @@ class Supervisor:
             # as long as the server: kept out of the collector's full passes, which would
             # otherwise walk its ~140,000 objects (about 0.1 s, the server standing still)
             # every few seconds of busy serving.
+            gc.collect()  # what starting left unreachable is freed, not frozen
             gc.freeze()
             self.write_state()
             LOG.info("localcloud is ready (data directory %s)", self.config.data_dir)

@@ -203,13 +203,15 @@ class Peers:
             if cached is not None and cached[0] == inode:
                 return cached[1]
             holders = list(self._holders.values())
+            generation = self.generation
         identity = _find(inode, uid, holders)
         if identity is None and uid == NOBODY and self._me != NOBODY:
             raise Unidentified("the connection comes from a sandbox no instance owns")
         with self._lock:
-            if len(self._cache) >= CACHE_SIZE:
-                del self._cache[next(iter(self._cache))]
-            self._cache[key] = (inode, identity)
+            if self.generation == generation:  # else found among instances since changed
+                if len(self._cache) >= CACHE_SIZE:
+                    del self._cache[next(iter(self._cache))]
+                self._cache[key] = (inode, identity)
         return identity
 
 

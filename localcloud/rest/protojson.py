@@ -78,7 +78,10 @@ def to_dict(message: Message) -> Any:
     """``json_format.MessageToDict(message)``, the same dict in the same key order."""
     if not plain(message.DESCRIPTOR) or message.DESCRIPTOR.full_name in _TEXT_TYPES:
         return json_format.MessageToDict(message)
-    return _print(message)
+    try:
+        return _print(message)
+    except ValueError:  # a timestamp out of range, a field mask path with capitals, ...
+        return json_format.MessageToDict(message)  # raises json_format's error
 
 
 def _print(message: Message) -> dict[str, Any]:

@@ -281,3 +281,35 @@ def test_a_publish_is_parsed_without_json_format(monkeypatch):
             {"ackId": "a", "message": {"data": "aGk=", "publishTime": "2026-12-04T20:00:00.500Z"}}
         ]
     }
+
+
+def _print_outcome(printer: Any, message: Message) -> Any:
+    try:
+        return orjson.dumps(printer(message))
+    except Exception as exc:  # the same error is the point
+        return type(exc).__name__, str(exc)
+
+
+INVALID_TEXT = {
+    "google.protobuf.Timestamp": lambda m: setattr(m, "seconds", -(10**12)),
+    "google.protobuf.Duration": lambda m: setattr(m, "seconds", 10**12),
+    "google.protobuf.FieldMask": lambda m: m.paths.append("aB"),
+}
+
+
+def test_values_json_cannot_print_raise_json_formats_error():
+    """A timestamp out of range, a duration too long, a field mask path in capitals:
+    ``json_format`` refuses to print them, and so does ``protojson``, in its words."""
+    checked = set()
+    for d in PLAIN:
+        for fd in d.fields:
+            kind = fd.message_type.full_name if fd.message_type is not None else ""
+            if kind not in INVALID_TEXT or fd.is_repeated:
+                continue
+            message = GetMessageClass(d)()
+            INVALID_TEXT[kind](getattr(message, fd.name))
+            ours = _print_outcome(protojson.to_dict, message)
+            assert ours == _print_outcome(json_format.MessageToDict, message)
+            assert ours[0] == "SerializeToJsonError", ours
+            checked.add(kind)
+    assert checked == set(INVALID_TEXT)
