@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import struct
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -133,11 +135,29 @@ def test_a_sandboxed_connection_no_instance_owns_is_never_the_local_user(served,
         listener.close()
 
 
+def _outside_ephemeral_range() -> socket.socket:
+    """A socket bound to a loopback port below the kernel's ephemeral range: once its
+    connection is reset, no connect() elsewhere on the machine can take the port before
+    the test binds it again (an ephemeral port was taken so once, in a busy suite)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 8000), low), 200):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            continue
+        return sock
+    raise AssertionError(f"no free loopback port below {low}")
+
+
 def test_a_closed_connection_is_not_attributed_and_a_reused_port_is_looked_up_again(served):
     peers, _, _ = served
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    client = socket.create_connection(("127.0.0.1", port))
+    client = _outside_ephemeral_range()
+    client.connect(("127.0.0.1", port))
     conn, peer = listener.accept()
     assert peers.origin(peer, ("127.0.0.1", port)) is None  # this process: the local user
     handle = peers.add(ME, os.getpid(), lambda: [os.getpid()])
