@@ -10,7 +10,7 @@ Anything else is left to ``json_format`` itself, so there is one definition of t
 and this module only skips its overhead: a message whose type has an enum, a float, an
 extension or a well-known type is printed by ``json_format.MessageToDict``; a document the
 plan does not cover in every detail (a null, a name it does not know, a number given as a
-string, a text that is not ASCII, a duplicate or a oneof set twice, ...) is parsed by
+string, a text with an unpaired surrogate, a field or a oneof set twice, ...) is parsed by
 ``json_format.ParseDict`` from the start, which also raises its errors. The tests hold
 both directions to ``json_format``'s output for every message type localcloud serves.
 """
@@ -164,7 +164,7 @@ def parse_dict(document: Any, message: Message) -> None:
     if plain(descriptor) and descriptor.full_name not in _TEXT_TYPES and not message.ByteSize():
         scratch = type(message)()
         try:
-            _parse(document, scratch, 0)
+            _parse(document, scratch, 0, _fields(descriptor))
         except (_Fallback, ValueError, TypeError):
             pass
         else:
@@ -173,11 +173,9 @@ def parse_dict(document: Any, message: Message) -> None:
     json_format.ParseDict(document, message, ignore_unknown_fields=False)
 
 
-def _parse(js: Any, message: Message, depth: int, fields: _Table | None = None) -> None:
+def _parse(js: Any, message: Message, depth: int, fields: _Table) -> None:
     if type(js) is not dict or depth > _MAX_DEPTH:
         raise _Fallback
-    if fields is None:
-        fields = _fields(message.DESCRIPTOR)
     seen: set[str] = set()
     for name, value in js.items():
         found = fields.get(name)
@@ -252,7 +250,7 @@ def _setter(fd: FieldDescriptor) -> Callable[[Message, Any, int], None]:
         def set_message(message: Message, value: Any, depth: int) -> None:
             sub = getattr(message, name)
             sub.SetInParent()
-            _parse(value, sub, depth + 1)
+            _parse(value, sub, depth + 1, _fields(sub_type))
 
         return set_message
     convert = _scalar_parser(fd)
