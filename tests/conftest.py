@@ -70,6 +70,20 @@ def localcloud(
     assert code == 0, f"localcloud exited with {code}; see {instance.log_path}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failing test that used localcloud shows the end of localcloud's log with it: CI
+    keeps only what pytest prints, and the data directory goes with the machine."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    instance = getattr(item, "funcargs", {}).get("localcloud")
+    if report.failed and isinstance(instance, testing.Instance):
+        with contextlib.suppress(OSError), instance.log_path.open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 8192))
+            lines = log.read().decode(errors="replace").splitlines()[1:]
+            report.sections.append(("localcloud's log, its end", "\n".join(lines[-40:])))
+
+
 @pytest.fixture(scope="session")
 def official_emulator(
     tmp_path_factory: pytest.TempPathFactory,

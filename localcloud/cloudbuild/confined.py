@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from localcloud.core import procs
 from localcloud.run import sandbox, seccomp
 
 NOBODY = sandbox.NOBODY
@@ -193,7 +194,7 @@ class Tools:
                 seccomp_fd = await asyncio.to_thread(seccomp.memfd)
             cmd = self.argv(bwrap, command, cwd, env, writable, readable, seccomp_fd)
         try:
-            process = await asyncio.create_subprocess_exec(
+            process = await procs.start_sandbox(  # a session of its own, to end as one
                 *cmd,
                 cwd=cwd if self.unsandboxed else "/",
                 env=env if self.unsandboxed else {},
@@ -217,7 +218,9 @@ class Tools:
                     log(line)
             code = await process.wait()
         except asyncio.CancelledError:
-            process.kill()  # bwrap: its sandbox dies with it (--die-with-parent)
+            # Not process.kill(): a bwrap still setting up would leave its sandbox running,
+            # and wait() would wait for it to let go of the output pipe.
+            await procs.end_sandbox(process.pid)
             await process.wait()
             raise
         return code, lines

@@ -982,7 +982,7 @@ async def _start_sandboxed(
             # and gRPC's fork handlers then crash the child now and then (SIGSEGV, SIGABRT).
             cmd = [*_as_nobody(), *cmd]
         try:
-            process = await asyncio.create_subprocess_exec(
+            process = await procs.start_sandbox(  # a session of its own, to end as one
                 *cmd,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out_w,
@@ -990,7 +990,6 @@ async def _start_sandboxed(
                 env={},
                 cwd="/",
                 pass_fds=fds.passed(),
-                start_new_session=True,
             )
         except OSError as exc:
             raise SandboxError(f"cannot start {cmd[0]}: {exc}") from exc
@@ -1023,8 +1022,7 @@ async def _start_sandboxed(
             os.close(block_w)
             block_w = -1
         if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+            await procs.end_sandbox(process.pid)  # a bwrap still setting up: its child too
             await process.wait()
         if group is not None:
             await asyncio.to_thread(group.remove)
