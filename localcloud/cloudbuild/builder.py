@@ -23,6 +23,7 @@ its status detail quoting the registry's answer as docker prints it
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ LOG = logging.getLogger(__name__)
 S = types.Build.Status
 BuildPb = types.Build.pb()
 DEFAULT_TIMEOUT = 3600.0  # Cloud Build: "Default time is 60 minutes"
+SLOW_CANCEL = 10.0  # a cancel still ending after this long is logged with where it waits
 # What a build acquires by running; RetryBuild starts from the rest.
 RUN_FIELDS = (
     "id",
@@ -256,6 +258,16 @@ class Builder:
         task = self.tasks.get(build_id)
         if task is not None:
             task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=SLOW_CANCEL)
+            if not done:  # its tool's process should be gone in milliseconds: say where
+                where = io.StringIO()
+                task.print_stack(file=where)
+                LOG.warning(
+                    "build %s is still ending %gs after its cancel\n%s",
+                    build_id,
+                    SLOW_CANCEL,
+                    where.getvalue(),
+                )
             await asyncio.gather(task, return_exceptions=True)
         return self.get(project, build_id)
 

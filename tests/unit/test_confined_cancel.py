@@ -14,6 +14,7 @@ import os
 import random
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +86,38 @@ def test_a_tool_cancelled_while_its_sandbox_starts_ends_with_everything_it_start
             os.kill(pid, 9)
     assert not left, f"{len(left)} processes of cancelled sandboxes still running"
     assert max(took) < 5
+
+
+def test_a_cancel_still_ending_late_is_logged_with_where_it_waits(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Should a build's task take long to end again, CancelBuild's wait is logged with the
+    task's stack (and the tests show localcloud's log when one fails): the hang above
+    showed nothing but a client's timeout."""
+    from types import SimpleNamespace
+
+    from localcloud.cloudbuild import builder
+
+    monkeypatch.setattr(builder, "SLOW_CANCEL", 0.05)
+
+    async def stubborn_tool() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # a process that does not go at once
+            raise
+
+    async def scenario() -> Any:
+        task = asyncio.create_task(stubborn_tool())
+        await asyncio.sleep(0)
+        build = SimpleNamespace(status=builder.S.WORKING)
+        fake = SimpleNamespace(tasks={"b1": task}, get=lambda project, build_id: build)
+        answer = await builder.Builder.cancel(fake, "p", "b1")  # type: ignore[arg-type]
+        assert task.done()
+        return answer
+
+    with caplog.at_level("WARNING", logger=builder.LOG.name):
+        asyncio.run(scenario())
+    (record,) = [r for r in caplog.records if "after its cancel" in r.getMessage()]
+    assert "build b1 is still ending" in record.getMessage()
+    assert "stubborn_tool" in record.getMessage()
