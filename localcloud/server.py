@@ -21,7 +21,7 @@ from localcloud.artifactregistry.store import RepositoryStore
 from localcloud.cloudbuild.builder import Builder
 from localcloud.cloudbuild.service import CloudBuildService
 from localcloud.cloudbuild.store import BuildStore
-from localcloud.core import authz, identity, permissions, proxying
+from localcloud.core import acks, authz, identity, permissions, proxying
 from localcloud.core.config import Config
 from localcloud.core.db import Database
 from localcloud.core.errors import Unauthenticated
@@ -168,6 +168,7 @@ class LocalCloud:
         await self._grpc.start()
 
         app = web.Application(client_max_size=MAX_MESSAGE)
+        app.middlewares.append(acks.middleware)
         app.middlewares.append(proxying.middleware(cfg, lambda: self.session))
         app.add_routes(knative.routes(self.controller))
         app.add_routes(aiohttp_routes(self.issuer))

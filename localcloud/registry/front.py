@@ -51,7 +51,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from localcloud.core import authz, identity, permissions
+from localcloud.core import acks, authz, identity, permissions
 from localcloud.core.config import Config, free_port
 from localcloud.core.errors import Unauthenticated
 from localcloud.core.hops import HOP_BY_HOP
@@ -129,7 +129,7 @@ class RegistryFront:
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         )
-        app = web.Application(client_max_size=1 << 34)
+        app = web.Application(client_max_size=1 << 34, middlewares=[acks.middleware])
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from localcloud.core import authz
+from localcloud.core import acks, authz
 from localcloud.core.oidc import InvalidToken, Issuer, owner_email
 from localcloud.run import sandbox
 from localcloud.run.autoscaler import Overloaded, StartFailed
@@ -84,7 +84,7 @@ class Ingress:
         self.shared: web.AppRunner | None = None
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app = web.Application(client_max_size=32 * 1024 * 1024, middlewares=[acks.middleware])
         app.router.add_route("*", "/{tail:.*}", self._shared)
         self.shared = web.AppRunner(app, access_log=None)
         await self.shared.setup()
@@ -97,7 +97,7 @@ class Ingress:
         async def handle(request: web.Request) -> web.StreamResponse:
             return await self._serve(request, service, None)
 
-        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app = web.Application(client_max_size=32 * 1024 * 1024, middlewares=[acks.middleware])
         app.router.add_route("*", "/{tail:.*}", handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

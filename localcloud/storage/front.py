@@ -60,7 +60,7 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiDictProxy, MultiMapping
 from yarl import URL
 
-from localcloud.core import authz, identity, permissions
+from localcloud.core import acks, authz, identity, permissions
 from localcloud.core.children import ChildSpec
 from localcloud.core.config import Config, free_port
 from localcloud.core.errors import Unauthenticated
@@ -177,7 +177,7 @@ class StorageFront:
         stored, names = await self._stored()
         await asyncio.to_thread(self.buckets.adopt, names)
         await notifier.recover(stored)
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[acks.middleware])
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self._runner = web.AppRunner(
             app,
