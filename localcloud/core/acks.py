@@ -25,17 +25,18 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 def acknowledge(request: web.Request) -> None:
     """Send the ACK of what ``request`` has received so far now, if its body may still be
     on its way."""
-    if not request.body_exists or request.transport is None:
+    if QUICKACK is None or not request.body_exists or request.transport is None:
         return
     sock = request.transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
 
 
 @web.middleware
