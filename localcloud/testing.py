@@ -13,8 +13,10 @@ import hashlib
 import io
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +31,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
-from localcloud.core.config import Config, free_port
+from localcloud.core import config as config_module
+from localcloud.core.config import Config
 
 T = TypeVar("T")
 
@@ -107,6 +110,31 @@ PORTS = {
     "LOCALCLOUD_INGRESS_PORT": "ingress_port",
     "LOCALCLOUD_RUN_FIRST_PORT": "run_first_port",
 }
+
+
+RUN_PORTS = 100  # LOCALCLOUD_RUN_FIRST_PORT and the 99 ports after it serve services
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A loopback port free now for what a test starts, below the kernel's ephemeral range
+    (with room for the run ports after it): a port bind(0) hands out is one any connect()
+    on the machine may take as its own before the server binds it (an EADDRINUSE at a test
+    localcloud's start, in a busy suite); below the range only an explicit bind can. Not
+    for localcloud itself: a user's own services may live there (it keeps bind(0))."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return config_module.free_port(host)
+    candidates = range(max(1024, low - 16384), low - RUN_PORTS)
+    for port in random.sample(candidates, min(64, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    return config_module.free_port(host)
 
 
 def port_env(config: Config | None = None) -> dict[str, str]:
