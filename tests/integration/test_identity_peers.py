@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import socket
 import struct
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -27,6 +25,7 @@ from google.cloud import pubsub_v1
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.types import GetTopicRequest, Topic
 
+from localcloud import testing
 from localcloud.core import identity, wire
 from localcloud.core.identity import INVALID_CREDENTIALS, MISSING_CREDENTIALS, Resolver
 from localcloud.core.oidc import Issuer
@@ -136,20 +135,14 @@ def test_a_sandboxed_connection_no_instance_owns_is_never_the_local_user(served,
 
 
 def _outside_ephemeral_range() -> socket.socket:
-    """A socket bound to a loopback port below the kernel's ephemeral range: once its
-    connection is reset, no connect() elsewhere on the machine can take the port before
-    the test binds it again (an ephemeral port was taken so once, in a busy suite)."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in random.sample(range(max(1024, low - 8000), low), 200):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            sock.close()
-            continue
-        return sock
-    raise AssertionError(f"no free loopback port below {low}")
+    """A socket bound to a loopback port below the kernel's ephemeral range
+    (``testing.free_port``): once its connection is reset, no connect() elsewhere on the
+    machine can take the port before the test binds it again (an ephemeral port was taken
+    so once, in a busy suite)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", testing.free_port()))
+    return sock
 
 
 def test_a_closed_connection_is_not_attributed_and_a_reused_port_is_looked_up_again(served):
