@@ -63,6 +63,7 @@ import logging
 import os
 import shutil
 import stat
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -177,6 +178,40 @@ def _link_or_copy(source: str, dest: str) -> None:
         shutil.copy2(source, dest)
 
 
+# The symlinks of each base (by path) this process knows: a base never changes once made.
+_BASE_LINKS: dict[str, set[tuple[str, ...]]] = {}
+
+
+def _clone(base: Path, dest: Path) -> None:
+    """``dest``, a copy of the tree ``base`` made of hard links to its files.
+
+    GNU ``cp -al`` first: the same copy in C, 3-5x faster than ``shutil.copytree`` (20 ms
+    for the functions-framework base against 60-130 ms while localcloud is busy), and out
+    of this process, so the serving loop is not held behind a thousand ``os.link`` calls in
+    Python during the deploy it serves. ``copytree`` where cp is missing or fails (a link
+    limit reached: it copies those files)."""
+    cp = shutil.which("cp")
+    if cp is not None:
+        done = subprocess.run(
+            [cp, "-a", "--link", "--no-target-directory", "--", str(base), str(dest)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode == 0:
+            (dest / BASE_DONE).unlink(missing_ok=True)
+            return
+        LOG.debug("cp -al %s failed (%s): copying it", base, done.stderr[-500:])
+        shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(
+        base,
+        dest,
+        symlinks=True,
+        copy_function=_link_or_copy,
+        ignore=shutil.ignore_patterns(BASE_DONE),
+    )
+
+
 # -- unpacking ---------------------------------------------------------------------------
 
 
@@ -260,8 +295,9 @@ def _relative_target(link_parts: Sequence[str], target: str) -> str:
     return "/".join([".."] * depth + inside) if depth or inside else "."
 
 
-def _apply_layer(path: Path, root: Path) -> None:
-    """Applies one layer (tar, optionally gzip) on top of ``root``."""
+def _apply_layer(path: Path, root: Path) -> set[tuple[str, ...]]:
+    """Applies one layer (tar, optionally gzip) on top of ``root``; the paths it wrote
+    (with their parents)."""
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == b"\x28\xb5\x2f\xfd":
@@ -280,6 +316,7 @@ def _apply_layer(path: Path, root: Path) -> None:
         directory = _directory(root, rel, create=True)
         assert directory is not None
         _make_opaque(directory, rel, mine)
+    return mine
 
 
 def _apply_entry(
@@ -374,18 +411,36 @@ def _hard_link(root: Path, parts: list[str], target: str) -> None:
         shutil.copy2(source, dest, follow_symlinks=False)
 
 
-def _check_links(root: Path) -> None:
-    """Refuses a symlink that, followed on the host, would lead out of ``root``.
-
-    Checked on the final tree, following links through links as the kernel will, because
-    each link can be harmless alone and escape in combination (``a -> ..`` and ``b -> a/..``).
-    """
+def _symlinks(root: Path) -> set[tuple[str, ...]]:
+    """Every symlink in the tree ``root``, as path parts."""
+    found = set()
     for dirpath, dirnames, filenames in os.walk(root):
         rel = Path(dirpath).relative_to(root).parts
         for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            if path.is_symlink():
-                _follow(root, [*rel, name])
+            if os.path.islink(os.path.join(dirpath, name)):
+                found.add((*rel, name))
+    return found
+
+
+def _check_links(
+    root: Path, candidates: set[tuple[str, ...]] | None = None
+) -> set[tuple[str, ...]]:
+    """Refuses a symlink that, followed on the host, would lead out of ``root``; returns
+    the symlinks checked.
+
+    Checked on the final tree, following links through links as the kernel will, because
+    each link can be harmless alone and escape in combination (``a -> ..`` and ``b -> a/..``).
+    ``candidates``, when given, holds every path of ``root`` that may be a symlink (a
+    checked tree's symlinks and whatever was written over it since): only those are looked
+    at, instead of every entry of the tree.
+    """
+    if candidates is None:
+        links = _symlinks(root)
+    else:
+        links = {c for c in candidates if os.path.islink(root.joinpath(*c))}
+    for link in sorted(links):
+        _follow(root, list(link))
+    return links
 
 
 def _follow(root: Path, link: list[str]) -> None:
@@ -421,17 +476,24 @@ def _follow(root: Path, link: list[str]) -> None:
             return  # a missing or non-directory component ends the lookup (ENOENT/ENOTDIR)
 
 
-def unpack_layers(layer_paths: Iterable[Path], dest: Path) -> None:
-    """Applies layers in order into ``dest`` (created if missing), with OCI whiteouts.
+def unpack_layers(
+    layer_paths: Iterable[Path], dest: Path, links: set[tuple[str, ...]] | None = None
+) -> set[tuple[str, ...]]:
+    """Applies layers in order into ``dest`` (created if missing), with OCI whiteouts;
+    returns the final tree's symlinks.
 
+    ``links``: ``dest`` is a copy of a tree already checked, whose symlinks these are, so
+    only they and the paths the layers write can be symlinks, and only those are checked
+    (a clone of a base gets its source layer in milliseconds, not a walk of the base).
     Blocking; raises ImageError for an unsafe or damaged layer, leaving ``dest`` partly
     written (callers unpack into a temporary directory).
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    written: set[tuple[str, ...]] = set()
     for path in layer_paths:
-        _apply_layer(Path(path), dest)
-    _check_links(dest)
+        written |= _apply_layer(Path(path), dest)
+    return _check_links(dest, None if links is None else links | written)
 
 
 # -- the cache ---------------------------------------------------------------------------
@@ -732,24 +794,34 @@ class ImageCache:
         if not all(isinstance(d, str) and DIGEST_RE.fullmatch(d) for d in digests):
             raise ImageError(f"the manifest of {image} has a missing or malformed digest")
         try:
-            config_bytes = await client.get_blob_bytes(repo, config_desc["digest"])
-            config = _json(config_bytes, f"the config of {image}")
-            diff_ids = (config.get("rootfs") or {}).get("diff_ids")
-            if isinstance(diff_ids, list) and len(diff_ids) != len(layers):
-                raise ImageError(
-                    f"{image} lists {len(layers)} layers but its config {len(diff_ids)} diff_ids"
-                )
             slot = self.root / digest.removeprefix("sha256:")
             base = self._base_dir([x["digest"] for x in layers[:-1]])
             have_base = base is not None and (base / BASE_DONE).exists()
             fetch = layers[-1:] if have_base else layers
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{slot.name[:12]}-", dir=self.root))
             try:
-                paths = []
-                for i, layer in enumerate(fetch):
-                    paths.append(
-                        await client.get_blob(repo, layer["digest"], tmp / f"layer-{i}.tar")
+                # The config and the layers at once (one round trip instead of two or more).
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        reading = group.create_task(
+                            client.get_blob_bytes(repo, config_desc["digest"])
+                        )
+                        fetching = [
+                            group.create_task(
+                                client.get_blob(repo, layer["digest"], tmp / f"layer-{i}.tar")
+                            )
+                            for i, layer in enumerate(fetch)
+                        ]
+                except BaseExceptionGroup as failed:  # the first failure, as a lone call's
+                    raise failed.exceptions[0] from None
+                config = _json(reading.result(), f"the config of {image}")
+                diff_ids = (config.get("rootfs") or {}).get("diff_ids")
+                if isinstance(diff_ids, list) and len(diff_ids) != len(layers):
+                    raise ImageError(
+                        f"{image} lists {len(layers)} layers but its config {len(diff_ids)} "
+                        "diff_ids"
                     )
+                paths = [task.result() for task in fetching]
                 unpacked = image_from_config(digest, config, slot / "rootfs")
                 work = asyncio.ensure_future(
                     asyncio.to_thread(self._unpack, paths, tmp, slot, unpacked, base, have_base)
@@ -798,7 +870,7 @@ class ImageCache:
         else:
             if not have_base:
                 staging = tmp / "base"
-                unpack_layers(paths[:-1], staging)
+                _BASE_LINKS[str(base)] = unpack_layers(paths[:-1], staging)
                 (staging / BASE_DONE).touch()
                 base.parent.mkdir(parents=True, exist_ok=True)
                 try:
@@ -808,14 +880,11 @@ class ImageCache:
                         raise
                     shutil.rmtree(staging)
                 paths = paths[-1:]
-            shutil.copytree(
-                base,
-                rootfs,
-                symlinks=True,
-                copy_function=_link_or_copy,
-                ignore=shutil.ignore_patterns(BASE_DONE),
-            )
-            unpack_layers(paths, rootfs)
+            _clone(base, rootfs)
+            links = _BASE_LINKS.get(str(base))
+            if links is None:  # a base unpacked before this process started
+                links = _BASE_LINKS[str(base)] = _symlinks(base)
+            unpack_layers(paths, rootfs, links)
         for path in downloaded:
             path.unlink()
         (tmp / META).write_text(json.dumps(image.to_json(), indent=1, sort_keys=True))

@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import subprocess
 import tarfile
 import time
 import uuid
@@ -28,7 +29,7 @@ from google.cloud.devtools import cloudbuild_v1
 
 from localcloud.registry.client import OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST
 from localcloud.registry.names import parse_image
-from localcloud.run import network, sandbox
+from localcloud.run import images, network, sandbox
 from localcloud.run.images import ImageCache, ImageError, UnpackedImage, unpack_layers
 from localcloud.run.sandbox import InstanceSpec, SandboxError
 from localcloud.testing import free_port, pack_build, zip_dir, zip_tree
@@ -47,6 +48,7 @@ needs_bwrap = pytest.mark.skipif(
 PROBE_MAIN = """\
 import json
 import os
+import subprocess
 
 
 def probe(request):
@@ -399,6 +401,42 @@ def test_unpack_refuses_unsafe_layers(tmp_path, layers, message):
     assert not (tmp_path / "evil").exists()
 
 
+@pytest.mark.parametrize(
+    ("lower", "top", "message"),
+    [
+        # A link the top layer adds, escaping through a link of the base.
+        ([("dir", "s/"), ("symlink", "s/y", "..")], [("symlink", "s/x", "y/../..")], "/s/x"),
+        # A link of the base, harmless over the base, escaping once the top layer turns the
+        # directory it passes through into a link: only a check of the base's links sees it.
+        ([("dir", "s/"), ("dir", "s/y/"), ("symlink", "s/x", "y/../..")], [], None),
+        (
+            [("dir", "s/"), ("dir", "s/y/"), ("symlink", "s/x", "y/../..")],
+            [("file", "s/.wh.y"), ("symlink", "s/y", "..")],
+            "/s/x",
+        ),
+    ],
+)
+def test_a_clone_of_a_checked_base_is_checked_where_it_changed(tmp_path, lower, top, message):
+    """An image over a known base is a hard-link clone of it with its top layer applied,
+    whose links are checked without walking the base again: the base's own links and what
+    the top layer wrote. The tree and the verdict must be those of unpacking every layer."""
+    base_layer = layer(tmp_path / "base.tar.gz", *lower)
+    top_layer = layer(tmp_path / "top.tar.gz", *top)
+    links = unpack_layers([base_layer], tmp_path / "base")
+    images._clone(tmp_path / "base", tmp_path / "clone")
+    if message is None:
+        unpack_layers([top_layer], tmp_path / "clone", links)
+        unpack_layers([base_layer, top_layer], tmp_path / "whole")
+        assert tree(tmp_path / "clone") == tree(tmp_path / "whole")
+        return
+    before = tree(tmp_path / "base")
+    with pytest.raises(ImageError, match=message):
+        unpack_layers([top_layer], tmp_path / "clone", links)
+    with pytest.raises(ImageError, match=message):
+        unpack_layers([base_layer, top_layer], tmp_path / "whole")
+    assert tree(tmp_path / "base") == before  # the clone's changes never reach its base
+
+
 def test_unpack_refuses_damaged_and_zstd_layers(tmp_path):
     garbage = tmp_path / "garbage"
     garbage.write_bytes(b"\x1f\x8b" + os.urandom(64))
@@ -478,6 +516,49 @@ def test_pastas_left_by_a_killed_localcloud_are_stopped_at_start():
         assert not alive(pasta)
 
     run(scenario())
+
+
+@pytest.mark.skipif(not sandbox.isolation().network, reason="needs root, pasta and /dev/net/tun")
+def test_an_instance_network_acknowledges_at_once_and_the_host_is_unchanged():
+    """The loopback routes of an instance's namespace carry ``quickack`` (pasta's writes to
+    the instance would otherwise wait for its delayed ACKs); the host's do not change."""
+    host_routes = subprocess.run(
+        ["ip", "route", "show", "table", "local"], capture_output=True, text=True, check=True
+    ).stdout
+
+    async def scenario() -> str:
+        target = await asyncio.create_subprocess_exec(
+            *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
+            *("unshare", "--user", "--map-root-user", "--net", "sleep", "60"),
+        )
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{target.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+            assert time.monotonic() < deadline, "unshare did not enter its namespaces"
+            await asyncio.sleep(0.01)
+        try:
+            pasta = await network.attach(target.pid, [])
+            try:
+                shown = await asyncio.create_subprocess_exec(
+                    *("nsenter", f"--net=/proc/{target.pid}/ns/net", "--"),
+                    *("ip", "route", "show", "table", "local"),
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                out, _ = await shown.communicate()
+                return out.decode()
+            finally:
+                network.detach(pasta)
+        finally:
+            target.kill()
+            await target.wait()
+
+    routes = {line.split(" dev ")[0]: line for line in run(scenario()).splitlines()}
+    assert "quickack 1" in routes["local 127.0.0.1"]
+    assert "quickack 1" in routes["local 127.0.0.0/8"]
+    after = subprocess.run(
+        ["ip", "route", "show", "table", "local"], capture_output=True, text=True, check=True
+    ).stdout
+    assert after == host_routes
+    assert "quickack" not in host_routes
 
 
 @needs_bwrap
