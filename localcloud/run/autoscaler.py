@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from localcloud.core.config import free_port
 from localcloud.run import sandbox
 from localcloud.run.images import ImageCache
+from localcloud.run.prestart import Prestarts
 
 LOG = logging.getLogger(__name__)
 DEFAULT_CONCURRENCY = 80
@@ -49,10 +50,17 @@ class Pool:
     """One revision's instances."""
 
     def __init__(
-        self, name: str, spec_for: Callable[[int], Any], concurrency: int, min_n: int, max_n: int
+        self,
+        name: str,
+        spec_for: Callable[[int], Any],
+        concurrency: int,
+        min_n: int,
+        max_n: int,
+        start: Callable[[Any], Awaitable[Any]] = sandbox.start,
     ) -> None:
         self.name = name
         self.spec_for = spec_for
+        self.start = start  # an instance of a spec: prestart.Prestarts.start in localcloud
         self.concurrency = concurrency or DEFAULT_CONCURRENCY
         self.min = min_n
         self.max = max_n or DEFAULT_MAX_INSTANCES
@@ -129,7 +137,7 @@ class Pool:
     async def _start_one(self) -> Slot | None:
         instance = None
         try:
-            instance = await sandbox.start(self.spec_for(free_port()))
+            instance = await self.start(self.spec_for(free_port()))
             await instance.wait_ready(STARTUP_TIMEOUT)
         except BaseException as exc:  # cancelled too: never leak a started process
             if instance is not None:
@@ -192,6 +200,7 @@ class Autoscaler:
         self.cache = cache
         self.idle = idle_seconds
         self.pools: dict[str, Pool] = {}
+        self.prestarts = Prestarts()  # sandboxes started ahead of their revisions
         self.task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -214,6 +223,7 @@ class Autoscaler:
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
+        await self.prestarts.close()
         await asyncio.gather(*(p.stop() for p in self.pools.values()), return_exceptions=True)
         self.pools.clear()
         await self.cache.close()  # its unpacks ahead, before the shared session closes

@@ -67,6 +67,14 @@ class InstanceCgroup:
     def memory_dir(self) -> Path | None:
         return self.dirs.get("memory")
 
+    def set_background(self, background: bool) -> None:
+        """CPU for the group only when nothing else of localcloud's wants it (the least
+        weight: cpu.shares 2 of 1024, cpu.weight 1 of 100), or its share back."""
+        if self.version == 2:
+            (self.dirs["cpu"] / "cpu.weight").write_text("1" if background else "100")
+        else:
+            (self.dirs["cpu"] / "cpu.shares").write_text("2" if background else "1024")
+
     def add(self, pid: int) -> None:
         """Move ``pid`` (and so everything it forks from then on) into the cgroup."""
         for path in {p for p in self.dirs.values()}:

@@ -20,9 +20,11 @@ import asyncio
 import builtins
 import hashlib
 import logging
+import os
 import random
 import string
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,7 +47,7 @@ from localcloud.core.projects import project_number
 from localcloud.operations.store import OperationStore
 from localcloud.run import names, resources, sandbox
 from localcloud.run.autoscaler import DEFAULT_CONCURRENCY, Autoscaler, Pool, log_path
-from localcloud.run.images import ImageAccessDenied
+from localcloud.run.images import ImageAccessDenied, UnpackedImage
 from localcloud.run.store import RevisionPb, RunStore, ServicePb
 
 LOG = logging.getLogger(__name__)
@@ -123,6 +125,7 @@ class Controller:
         self.pending_ops: dict[str, list[str]] = {}  # service -> operations not yet reconciled
         self.stopping = False
         self._warming: set[asyncio.Task] = set()
+        autoscaler.cache.on_prepared = self._start_ahead
 
     # -- reading -------------------------------------------------------------------------
     def find(self, name: str) -> Any | None:
@@ -611,11 +614,6 @@ class Controller:
         unsandboxed = self.config.run_unsandboxed
         limits = resources.limits(dict(container.resources.limits))
         cfg = self.config
-        # What an instance reaches on its own loopback: localcloud's APIs, the services'
-        # ports as they are when it starts (pasta takes milliseconds a port, so not a range)
-        # and the host ports the user listed.
-        apis: tuple[int, ...] = (cfg.grpc_port, cfg.storage_port, cfg.registry_port)
-        apis += (cfg.http_port, cfg.ingress_port, *cfg.run_host_ports)
 
         # Whom the instance acts as: the revision's service account, else the Compute Engine
         # default one, as on Cloud Run (https://cloud.google.com/run/docs/securing/service-identity).
@@ -637,7 +635,7 @@ class Controller:
                 command=list(container.command) or None,
                 args=list(container.args) or None,
                 limits=limits,
-                forward_ports=(*apis, *self.store.ports.values()),
+                forward_ports=self._forward_ports(),
                 log_max_bytes=cfg.run_log_max_bytes,
                 contained=cfg.run_isolation == "full",
             )
@@ -648,9 +646,36 @@ class Controller:
             rev.max_instance_request_concurrency,
             rev.scaling.min_instance_count,
             rev.scaling.max_instance_count,
+            self.autoscaler.prestarts.start,
         )
         self.autoscaler.pools[rev.name] = pool
         return pool
+
+    def _forward_ports(self) -> tuple[int, ...]:
+        """What an instance reaches on its own loopback: localcloud's APIs, the services'
+        ports as they are when it starts (pasta takes milliseconds a port, so not a range)
+        and the host ports the user listed."""
+        cfg = self.config
+        apis: tuple[int, ...] = (cfg.grpc_port, cfg.storage_port, cfg.registry_port)
+        apis += (cfg.http_port, cfg.ingress_port, *cfg.run_host_ports)
+        return (*apis, *self.store.ports.values())
+
+    def _start_ahead(self, image: UnpackedImage) -> None:
+        """A sandbox of an image just pushed, started before any revision asks for it, as
+        a revision's first instance would be (``prestart.py``); its limits the defaults."""
+        cfg = self.config
+        spec = sandbox.InstanceSpec(
+            image=image,
+            env={},
+            port=0,
+            log_path=Path(os.devnull),
+            unsandboxed=cfg.run_unsandboxed,
+            limits=resources.limits({}),
+            forward_ports=self._forward_ports(),
+            log_max_bytes=cfg.run_log_max_bytes,
+            contained=cfg.run_isolation == "full",
+        )
+        self.autoscaler.prestarts.offer(spec)
 
     def pick_revision(self, svc: Any, tag: str | None = None) -> Any | None:
         """A revision for one request, by tag or by the traffic percentages."""

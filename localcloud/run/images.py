@@ -575,6 +575,8 @@ class ImageCache:
         self._images: dict[str, UnpackedImage] = {}
         self._preparing: dict[str, asyncio.Task[None]] = {}
         self._prepare_slots = asyncio.Semaphore(PREPARE_AT_ONCE)
+        # Told of each image unpacked ahead: Cloud Run starts a sandbox of it (prestart.py).
+        self.on_prepared: Callable[[UnpackedImage], None] | None = None
         self._clean_stale()
 
     async def close(self) -> None:
@@ -701,7 +703,11 @@ class ImageCache:
                 if size is None or size > PREPARE_MAX_BYTES:
                     LOG.debug("not unpacking %s ahead: not one platform's image, or too big", image)
                     return
-                await self._unpacked(client, image, repo, digest, (body, media_type), project)
+                unpacked = await self._unpacked(
+                    client, image, repo, digest, (body, media_type), project
+                )
+            if self.on_prepared is not None:
+                self.on_prepared(unpacked)
         except ImageError as exc:
             LOG.debug("not unpacking %s ahead of a revision: %s", image, exc)
         except Exception:  # never a crash: the deployment pulls it again and reports

@@ -49,6 +49,7 @@ import signal
 import site
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -451,8 +452,11 @@ def bwrap_argv(
     interpreter: Interpreter | None,
     fds: Fds = Fds(),
     own_network: bool = False,
+    program: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> list[str]:
-    """The whole bwrap command line for ``spec`` (separate so it can be read and tested)."""
+    """The whole bwrap command line for ``spec`` (separate so it can be read and tested);
+    ``program`` and ``env`` in place of the container's command and environment."""
     image = spec.image
     cmd = [bwrap, "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     if spec.contained:
@@ -497,9 +501,9 @@ def bwrap_argv(
     if fds.block is not None:
         cmd += ["--block-fd", str(fds.block)]
     cmd += ["--chdir", image.working_dir or "/", "--clearenv"]
-    for key, value in instance_env(spec).items():
+    for key, value in (instance_env(spec) if env is None else env).items():
         cmd += ["--setenv", key, value]
-    return [*cmd, "--", *container_argv(spec)]
+    return [*cmd, "--", *(container_argv(spec) if program is None else program)]
 
 
 def _unsandboxed_argv(
@@ -952,18 +956,45 @@ def _read_info(fd: int, timeout: float) -> dict:
         raise SandboxError("bwrap exited before its sandbox was set up") from None
 
 
-async def _start_sandboxed(
-    bwrap: str, spec: InstanceSpec, interpreter: Interpreter | None, argv: list[str]
-) -> Instance:
+@dataclass
+class _Sandbox:
+    """A bwrap started and let go: its program runs, in its cgroup, its network coming."""
+
+    process: asyncio.subprocess.Process
+    child: int  # the sandbox's init, as the host sees it
+    group: cgroups.InstanceCgroup | None
+    netns: network.Namespace | None
+    attaching: asyncio.Future[int] | None
+    out: int  # the read end of its output, -1 once handed to a log's pump
+    stdin: int  # the write end of its standard input, -1 when it has /dev/null
+
+
+async def _spawn(
+    bwrap: str,
+    spec: InstanceSpec,
+    interpreter: Interpreter | None,
+    *,
+    program: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    pump: Callable[[int], object] | None = None,
+    stdin_pipe: bool = False,
+    background: bool = False,
+) -> _Sandbox:
+    """bwrap for ``spec`` (running ``program`` with ``env``, by default the container's
+    command and environment), in its cgroup, its network attaching. ``pump`` takes its
+    output at once (so what bwrap says while it sets up is kept); without it, the caller
+    owns ``out``. ``background``: its cgroup gets CPU only when nothing else of
+    localcloud's wants it (``cgroups.InstanceCgroup.set_background``). Everything is undone
+    when the start fails or is cancelled."""
     iso = isolation()
     contained = spec.contained
     if contained and iso.seccomp_problem:
         raise SandboxError(f"instances need the default seccomp filter: {iso.seccomp_problem}")
-    log = logs.revision_log(spec.log_path, spec.log_max_bytes)
     seccomp_fd = seccomp.memfd() if contained else -1
     info_r, info_w = os.pipe()
     block_r, block_w = os.pipe()
     out_r, out_w = os.pipe()
+    in_r, in_w = os.pipe() if stdin_pipe else (-1, -1)
     fds = Fds(seccomp=seccomp_fd if contained else None, info=info_w, block=block_r)
     for fd in fds.passed():
         os.set_inheritable(fd, True)
@@ -973,10 +1004,13 @@ async def _start_sandboxed(
     attaching: asyncio.Future[int] | None = None
     try:
         network_ns = contained and iso.network
-        cmd = bwrap_argv(bwrap, spec, interpreter, fds, own_network=network_ns)
+        cmd = bwrap_argv(
+            bwrap, spec, interpreter, fds, own_network=network_ns, program=program, env=env
+        )
         if contained and iso.cgroups.enforced:
             group = await asyncio.to_thread(iso.cgroups.create, spec.limits)
-        offset = _log_start(log, spec, "sandboxed", argv)
+            if background and group is not None:
+                group.set_background(True)
         if contained and iso.root:
             # Not subprocess's user=/group=: they make Python fork() instead of vfork(),
             # and gRPC's fork handlers then crash the child now and then (SIGSEGV, SIGABRT).
@@ -984,7 +1018,7 @@ async def _start_sandboxed(
         try:
             process = await procs.start_sandbox(  # a session of its own, to end as one
                 *cmd,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=in_r if stdin_pipe else asyncio.subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=asyncio.subprocess.STDOUT,
                 env={},
@@ -993,12 +1027,13 @@ async def _start_sandboxed(
             )
         except OSError as exc:
             raise SandboxError(f"cannot start {cmd[0]}: {exc}") from exc
-        for fd in (info_w, block_r, out_w, seccomp_fd):
+        for fd in (info_w, block_r, out_w, seccomp_fd, in_r):
             if fd >= 0:
                 os.close(fd)
-        info_w = block_r = out_w = seccomp_fd = -1
-        log.pump(out_r, f"port {spec.port}")
-        out_r = -1
+        info_w = block_r = out_w = seccomp_fd = in_r = -1
+        if pump is not None:
+            pump(out_r)
+            out_r = -1
         fd, info_r = info_r, -1
         try:
             info = await asyncio.to_thread(_read_info, fd, STARTUP_REPORT)
@@ -1021,33 +1056,60 @@ async def _start_sandboxed(
         if block_w >= 0:  # a sandbox still waiting to start reads EOF and exits
             os.close(block_w)
             block_w = -1
-        if process is not None and process.returncode is None:
-            await procs.end_sandbox(process.pid)  # a bwrap still setting up: its child too
-            await process.wait()
-        if group is not None:
-            await asyncio.to_thread(group.remove)
-        if netns is not None:
-            netns.close()
-        if attaching is not None:
-            if not attaching.done():
-                attaching.cancel()  # attach stops the pasta it was starting
-            elif not attaching.cancelled() and attaching.exception() is None:
-                network.detach(attaching.result())
+        await _undo(process, group, netns, attaching)
         if isinstance(exc, (OSError, network.NetworkError)):
             raise SandboxError(f"the instance's sandbox could not be set up: {exc}") from exc
         raise
     finally:
-        for fd in (info_r, info_w, block_r, block_w, out_r, out_w, seccomp_fd):
+        for fd in (info_r, info_w, block_r, block_w, out_w, seccomp_fd, in_r):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+    sandbox = _Sandbox(process, child, group, netns, attaching, out_r, in_w)
+    out_r = in_w = -1
+    return sandbox
+
+
+async def _undo(
+    process: asyncio.subprocess.Process | None,
+    group: cgroups.InstanceCgroup | None,
+    netns: network.Namespace | None,
+    attaching: asyncio.Future[int] | None,
+) -> None:
+    """End a sandbox that never became an instance, and release what it held."""
+    if process is not None and process.returncode is None:
+        await procs.end_sandbox(process.pid)  # a bwrap still setting up: its child too
+        await process.wait()
+    if group is not None:
+        await asyncio.to_thread(group.remove)
+    if netns is not None:
+        netns.close()
+    if attaching is not None:
+        if not attaching.done():
+            attaching.cancel()  # attach stops the pasta it was starting
+        elif not attaching.cancelled() and attaching.exception() is None:
+            network.detach(attaching.result())
+
+
+async def _start_sandboxed(
+    bwrap: str, spec: InstanceSpec, interpreter: Interpreter | None, argv: list[str]
+) -> Instance:
+    log = logs.revision_log(spec.log_path, spec.log_max_bytes)
+    offset = _log_start(log, spec, "sandboxed", argv)
+    sb = await _spawn(bwrap, spec, interpreter, pump=lambda fd: log.pump(fd, f"port {spec.port}"))
     LOG.info(
         "started instance pid %d (sandboxed) of %s on port %d",
-        process.pid,
+        sb.process.pid,
         spec.image.digest,
         spec.port,
     )
-    instance = Instance(process, spec, argv, offset, True, log, netns, group, child)
-    instance.network_ready = attaching
+    return _instance(sb, spec, argv, offset, log)
+
+
+def _instance(
+    sb: _Sandbox, spec: InstanceSpec, argv: list[str], offset: int, log: logs.RevisionLog
+) -> Instance:
+    instance = Instance(sb.process, spec, argv, offset, True, log, sb.netns, sb.group, sb.child)
+    instance.network_ready = sb.attaching
     instance.identify()
     return instance

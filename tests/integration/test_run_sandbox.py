@@ -18,7 +18,7 @@ import subprocess
 import tarfile
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,8 +29,9 @@ from google.cloud.devtools import cloudbuild_v1
 
 from localcloud.registry.client import OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST
 from localcloud.registry.names import parse_image
-from localcloud.run import images, network, sandbox
+from localcloud.run import cgroups, images, network, prestart, sandbox
 from localcloud.run.images import ImageCache, ImageError, UnpackedImage, unpack_layers
+from localcloud.run.prestart import Prestarts
 from localcloud.run.sandbox import InstanceSpec, SandboxError
 from localcloud.testing import free_port, pack_build, zip_dir, zip_tree
 from orchestrator.clients import Clients, Environment
@@ -49,12 +50,18 @@ PROBE_MAIN = """\
 import json
 import os
 import subprocess
+import sys
+
+import __main__
 
 
 def probe(request):
     status = open("/proc/self/status").read()
     return json.dumps({
         "pid": os.getpid(),
+        "argv": sys.argv,
+        "path": sys.path,
+        "main": getattr(__main__, "__file__", None),
         "cwd": os.getcwd(),
         "env": dict(os.environ),
         "exists": {p: os.path.exists(p) for p in json.loads(os.environ["PROBE_PATHS"])},
@@ -559,6 +566,128 @@ def test_an_instance_network_acknowledges_at_once_and_the_host_is_unchanged():
     ).stdout
     assert after == host_routes
     assert "quickack" not in host_routes
+
+
+async def until(check: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def ahead_of(image: UnpackedImage, tmp_path: Path) -> InstanceSpec:
+    """What Cloud Run starts when an image is pushed: no revision, no environment yet."""
+    return InstanceSpec(image=image, env={}, port=0, log_path=tmp_path / "never-written.log")
+
+
+@needs_bwrap
+def test_an_instance_started_ahead_is_the_instance_started_anew(
+    localcloud, built, cache_root, tmp_path
+):
+    """A revision's first instance that takes over the sandbox started when its image was
+    pushed (prestart.py) runs the function as one started anew would: the same
+    environment, arguments, import path, working directory and capabilities; its log is
+    the revision's."""
+    image = unpacked(localcloud, cache_root, *built["probe"])
+    paths = json.dumps(["/workspace/main.py", "/tmp"])
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        prestarts = Prestarts()
+        started: list[sandbox.Instance] = []
+        try:
+            prestarts.offer(ahead_of(image, tmp_path))
+            await until(lambda: image.digest in prestarts.waiting)
+            taken = prestarts.take(spec_for(image, tmp_path / "ahead.log", PROBE_PATHS=paths))
+            assert taken is not None
+            started.append(taken)
+            assert image.digest not in prestarts.waiting  # taken once
+            fresh = await sandbox.start(spec_for(image, tmp_path / "anew.log", PROBE_PATHS=paths))
+            started.append(fresh)
+            answers = []
+            for instance in started:
+                await instance.wait_ready(30)
+                status, text = await get(instance)
+                assert status == 200, text
+                answers.append(json.loads(text))
+            return answers[0], answers[1]
+        finally:
+            for instance in started:
+                await instance.stop(grace=2)
+            await prestarts.close()
+
+    ahead, anew = run(scenario())
+    for answer in (ahead, anew):
+        assert answer["env"].pop("PORT") != "0"
+        answer.pop("pid")
+    assert ahead["env"]["K_REVISION"] == "sandbox-test-00001-abc"
+    both = {*ahead["env"], *anew["env"]}
+    assert sorted(k for k in both if ahead["env"].get(k) != anew["env"].get(k)) == []
+    assert ahead == anew
+    assert ahead["argv"][0].endswith("functions_framework/__main__.py")
+    assert ahead["path"][0] == "/workspace"
+    log = (tmp_path / "ahead.log").read_text()
+    assert "[localcloud] starting (sandboxed, started ahead" in log
+    assert not (tmp_path / "never-written.log").exists()
+
+
+@needs_bwrap
+def test_a_sandbox_started_ahead_serves_only_an_instance_started_the_same_way(
+    localcloud, built, cache_root, tmp_path, monkeypatch
+):
+    """Other limits, another command, a variable Python reads as it starts: the instance
+    starts anew and the sandbox started ahead waits on. It is stopped, leaving no process,
+    when nothing takes it over within its time, and when localcloud stops."""
+    image = unpacked(localcloud, cache_root, *built["hello"])
+
+    def variants() -> list[InstanceSpec]:
+        other_limits = spec_for(image, tmp_path / "x.log")
+        other_limits.limits = cgroups.Limits(memory=256 * 1024 * 1024, cpu=1.0, pids=1024)
+        command = spec_for(image, tmp_path / "x.log")
+        command.command = ["python3", "-m", "functions_framework"]
+        return [
+            other_limits,
+            command,
+            spec_for(image, tmp_path / "x.log", PYTHONHASHSEED="0"),
+            spec_for(image, tmp_path / "x.log", PYTHONPATH="/workspace"),
+            spec_for(image, tmp_path / "x.log", LANG="C"),
+        ]
+
+    async def scenario() -> None:
+        prestarts = Prestarts()
+        try:
+            prestarts.offer(ahead_of(image, tmp_path))
+            await until(lambda: image.digest in prestarts.waiting)
+            waiting = prestarts.waiting[image.digest]
+            pids = [waiting.sandbox.process.pid, waiting.sandbox.child]
+            assert all(alive(pid) for pid in pids)
+            for spec in variants():
+                assert prestarts.take(spec) is None
+            assert prestarts.waiting[image.digest] is waiting
+        finally:
+            await prestarts.close()
+        await until(lambda: not any(alive(pid) for pid in pids), 10)
+        assert prestarts.waiting == {}
+
+        monkeypatch.setattr(prestart, "TTL", 0.2)
+        prestarts = Prestarts()
+        try:
+            prestarts.offer(ahead_of(image, tmp_path))
+            await until(lambda: image.digest in prestarts.waiting)
+            waiting = prestarts.waiting[image.digest]
+            pids = [waiting.sandbox.process.pid, waiting.sandbox.child]
+            await until(lambda: image.digest not in prestarts.waiting, 10)
+            await until(lambda: not any(alive(pid) for pid in pids), 10)
+            fresh = await prestarts.start(spec_for(image, tmp_path / "hello.log"))
+            try:  # none waits: a new instance
+                await fresh.wait_ready(30)
+                assert await get(fresh) == (200, "hello from a localcloud build")
+            finally:
+                await fresh.stop(grace=2)
+            assert "started ahead" not in (tmp_path / "hello.log").read_text()
+        finally:
+            await prestarts.close()
+
+    run(scenario())
 
 
 @needs_bwrap
