@@ -494,21 +494,27 @@ def test_instance_serves_requests_and_stops_without_leftovers(
     assert "[localcloud] starting (sandboxed" in (tmp_path / "hello.log").read_text()
 
 
+async def namespace_like_an_instance() -> asyncio.subprocess.Process:
+    """A process in a namespace like an instance's: nobody's user namespace, its own
+    network (kill and wait for it when done)."""
+    target = await asyncio.create_subprocess_exec(
+        *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
+        *("unshare", "--user", "--map-root-user", "--net", "sleep", "60"),
+    )
+    deadline = time.monotonic() + 10
+    while os.readlink(f"/proc/{target.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+        assert time.monotonic() < deadline, "unshare did not enter its namespaces"
+        await asyncio.sleep(0.01)
+    return target
+
+
 @pytest.mark.skipif(not sandbox.isolation().network, reason="needs root, pasta and /dev/net/tun")
 def test_pastas_left_by_a_killed_localcloud_are_stopped_at_start():
     """pasta keeps a namespace given by PID alive and so never leaves by itself: one whose
     instance is gone (what a SIGKILLed localcloud leaves) is stopped at the next start."""
 
     async def scenario() -> None:
-        # A namespace like an instance's: nobody's user namespace, its own network.
-        target = await asyncio.create_subprocess_exec(
-            *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
-            *("unshare", "--user", "--map-root-user", "--net", "sleep", "60"),
-        )
-        deadline = time.monotonic() + 10
-        while os.readlink(f"/proc/{target.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
-            assert time.monotonic() < deadline, "unshare did not enter its namespaces"
-            await asyncio.sleep(0.01)
+        target = await namespace_like_an_instance()
         try:
             pasta = await network.attach(target.pid, [])
             assert alive(pasta)
@@ -534,14 +540,7 @@ def test_an_instance_network_acknowledges_at_once_and_the_host_is_unchanged():
     ).stdout
 
     async def scenario() -> str:
-        target = await asyncio.create_subprocess_exec(
-            *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
-            *("unshare", "--user", "--map-root-user", "--net", "sleep", "60"),
-        )
-        deadline = time.monotonic() + 10
-        while os.readlink(f"/proc/{target.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
-            assert time.monotonic() < deadline, "unshare did not enter its namespaces"
-            await asyncio.sleep(0.01)
+        target = await namespace_like_an_instance()
         try:
             pasta = await network.attach(target.pid, [])
             try:
@@ -652,13 +651,17 @@ def test_a_sandbox_started_ahead_serves_only_an_instance_started_the_same_way(
             spec_for(image, tmp_path / "x.log", LANG="C"),
         ]
 
+    async def started_ahead(prestarts: Prestarts) -> tuple[Any, list[int]]:
+        """The sandbox started ahead of ``image``, and its processes (bwrap, its init)."""
+        prestarts.offer(ahead_of(image, tmp_path))
+        await until(lambda: image.digest in prestarts.waiting)
+        waiting = prestarts.waiting[image.digest]
+        return waiting, [waiting.sandbox.process.pid, waiting.sandbox.child]
+
     async def scenario() -> None:
         prestarts = Prestarts()
         try:
-            prestarts.offer(ahead_of(image, tmp_path))
-            await until(lambda: image.digest in prestarts.waiting)
-            waiting = prestarts.waiting[image.digest]
-            pids = [waiting.sandbox.process.pid, waiting.sandbox.child]
+            waiting, pids = await started_ahead(prestarts)
             assert all(alive(pid) for pid in pids)
             for spec in variants():
                 assert prestarts.take(spec) is None
@@ -671,10 +674,7 @@ def test_a_sandbox_started_ahead_serves_only_an_instance_started_the_same_way(
         monkeypatch.setattr(prestart, "TTL", 0.2)
         prestarts = Prestarts()
         try:
-            prestarts.offer(ahead_of(image, tmp_path))
-            await until(lambda: image.digest in prestarts.waiting)
-            waiting = prestarts.waiting[image.digest]
-            pids = [waiting.sandbox.process.pid, waiting.sandbox.child]
+            _, pids = await started_ahead(prestarts)
             await until(lambda: image.digest not in prestarts.waiting, 10)
             await until(lambda: not any(alive(pid) for pid in pids), 10)
             fresh = await prestarts.start(spec_for(image, tmp_path / "hello.log"))
