@@ -200,7 +200,7 @@ class Autoscaler:
         self.cache = cache
         self.idle = idle_seconds
         self.pools: dict[str, Pool] = {}
-        self.prestarts = Prestarts()  # sandboxes started ahead of their revisions
+        self.prestarts = Prestarts(cache.root / "spares")  # sandboxes started ahead
         self.task: asyncio.Task | None = None
 
     async def start(self) -> None:

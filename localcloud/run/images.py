@@ -70,7 +70,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -141,6 +141,15 @@ class UnpackedImage:
     working_dir: str
     runtime: str | None  # the localcloud.runtime label, e.g. "python311"
     exposed_port: int | None
+    # The tree of its lower layers (``bases/<chain id>``), the one top-level directory its
+    # last layer wrote and the paths it wrote there, when that layer wrote nothing else,
+    # removed nothing, and replaced nothing of the base but directories: the image is then
+    # its base with those paths added (a buildpack's source layer, in ``/workspace``),
+    # which lets a sandbox of the base started ahead become an instance of it
+    # (``prestart.py``).
+    base: str | None = None
+    top: str | None = None
+    added: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -151,6 +160,9 @@ class UnpackedImage:
             "working_dir": self.working_dir,
             "runtime": self.runtime,
             "exposed_port": self.exposed_port,
+            "base": self.base,
+            "top": self.top,
+            "added": list(self.added),
         }
 
     @classmethod
@@ -164,6 +176,9 @@ class UnpackedImage:
             working_dir=doc["working_dir"],
             runtime=doc["runtime"],
             exposed_port=doc["exposed_port"],
+            base=doc.get("base"),
+            top=doc.get("top"),
+            added=tuple(doc.get("added") or ()),
         )
 
 
@@ -295,9 +310,12 @@ def _relative_target(link_parts: Sequence[str], target: str) -> str:
     return "/".join([".."] * depth + inside) if depth or inside else "."
 
 
-def _apply_layer(path: Path, root: Path) -> set[tuple[str, ...]]:
+def _apply_layer(
+    path: Path, root: Path, removed: set[tuple[str, ...]] | None = None
+) -> set[tuple[str, ...]]:
     """Applies one layer (tar, optionally gzip) on top of ``root``; the paths it wrote
-    (with their parents)."""
+    (with their parents). ``removed`` collects the directories its whiteouts and opaque
+    markers are in."""
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == b"\x28\xb5\x2f\xfd":
@@ -307,7 +325,7 @@ def _apply_layer(path: Path, root: Path) -> set[tuple[str, ...]]:
     try:
         with tarfile.open(path, "r|*") as tar:  # streamed: one pass, no seeking
             for info in tar:
-                _apply_entry(tar, info, root, mine, opaque)
+                _apply_entry(tar, info, root, mine, opaque, removed)
     except _DAMAGED as exc:
         raise ImageError(f"layer {path.name} is damaged or not a tar archive: {exc}") from exc
     # Opaque markers may come after this layer's own entries in that directory, so lower
@@ -325,11 +343,14 @@ def _apply_entry(
     root: Path,
     mine: set[tuple[str, ...]],
     opaque: list[tuple[str, ...]],
+    removed: set[tuple[str, ...]] | None = None,
 ) -> None:
     parts = _parts(info.name, "layer entry")
     if not parts:
         return  # the root directory itself
     name = parts[-1]
+    if removed is not None and (name == OPAQUE or name.startswith(WHITEOUT)):
+        removed.add(tuple(parts[:-1]))
     if name == OPAQUE:
         opaque.append(tuple(parts[:-1]))
         return
@@ -833,7 +854,7 @@ class ImageCache:
                     asyncio.to_thread(self._unpack, paths, tmp, slot, unpacked, base, have_base)
                 )
                 try:
-                    await asyncio.shield(work)
+                    unpacked = await asyncio.shield(work)
                 except asyncio.CancelledError:
                     # The thread cannot be stopped: let it finish before its tree is
                     # removed, or a half-removed base could be renamed into place.
@@ -863,11 +884,12 @@ class ImageCache:
         image: UnpackedImage,
         base: Path | None = None,
         have_base: bool = False,
-    ) -> None:
+    ) -> UnpackedImage:
         """Unpacks into ``tmp``, then renames it to ``slot``: the cache never holds half a tree.
 
         With ``base``, ``paths`` are every layer (``have_base`` false: the lower ones are
         unpacked into a new base first) or only the last one (a clone of ``base`` gets it).
+        Returns ``image``, with its base and top directory when it is one over its base.
         """
         rootfs = tmp / "rootfs"
         downloaded = list(paths)
@@ -890,7 +912,14 @@ class ImageCache:
             links = _BASE_LINKS.get(str(base))
             if links is None:  # a base unpacked before this process started
                 links = _BASE_LINKS[str(base)] = _symlinks(base)
-            unpack_layers(paths, rootfs, links)
+            (last,) = paths
+            removed: set[tuple[str, ...]] = set()
+            written = _apply_layer(Path(last), rootfs, removed)
+            _check_links(rootfs, links | written)
+            tops = {p[0] for p in written | removed if p}
+            if len(tops) == 1 and not removed and _adds_only(base, rootfs, written):
+                added = tuple(sorted("/".join(p) for p in written))
+                image = replace(image, base=str(base), top=tops.pop(), added=added)
         for path in downloaded:
             path.unlink()
         (tmp / META).write_text(json.dumps(image.to_json(), indent=1, sort_keys=True))
@@ -902,6 +931,21 @@ class ImageCache:
             # Another process sharing this data directory unpacked it first: same content.
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or _read_slot(slot) is None:
                 raise
+        return image
+
+
+def _adds_only(base: Path, rootfs: Path, written: set[tuple[str, ...]]) -> bool:
+    """Whether the paths a layer ``written`` over ``base`` into ``rootfs`` are all new,
+    but for directories that stayed directories."""
+    for parts in written:
+        below = base.joinpath(*parts)
+        if os.path.lexists(below) and not (_real_dir(below) and _real_dir(rootfs.joinpath(*parts))):
+            return False
+    return True
+
+
+def _real_dir(path: Path) -> bool:
+    return not path.is_symlink() and path.is_dir()
 
 
 def _layers_size(body: bytes) -> int | None:

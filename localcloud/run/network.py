@@ -29,6 +29,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from socket import socket as Socket
@@ -140,6 +141,33 @@ def pasta_argv(pasta: str, pid: int, forward: Iterable[int], pidfile: str) -> li
         _spec(forward),  # ...and only localcloud's ports are reachable on its loopback
         str(pid),
     ]
+
+
+LOOPBACK_WAIT = 2.0  # seconds
+
+
+async def loopback_up(pid: int, timeout: float = LOOPBACK_WAIT) -> None:
+    """Wait until the loopback of ``pid``'s network namespace is up (with its 127.0.0.0/8
+    routes), as bwrap's ``--unshare-net`` sets it up: its address, then the link.
+
+    pasta brings the loopback up too when it attaches. Had it done so first, the kernel
+    would have added 127.0.0.1 itself and bwrap's own RTM_NEWADDR would fail, ending the
+    sandbox ("bwrap: loopback: Failed RTM_NEWADDR"): seen when a busy machine slowed
+    bwrap's setup. So pasta attaches once the loopback is up. Gives up quietly after
+    ``timeout``, or when the process is gone (its exit is reported where it is awaited).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/net/fib_trie") as f:
+                if "127.0.0.0/8" in f.read():
+                    return
+        except OSError:
+            return
+        if time.monotonic() > deadline:
+            LOG.debug("the loopback of %d is not up after %.1f s: attaching anyway", pid, timeout)
+            return
+        await asyncio.sleep(0.002)
 
 
 async def attach(pid: int, forward: Iterable[int]) -> int:

@@ -583,6 +583,9 @@ class Instance:
         self.stopping = False  # stop() was called: an exit now is no crash
         # The instance's way out (pasta), set up while the program starts; see wait_ready.
         self.network_ready: asyncio.Future[int] | None = None
+        # A tree of its own, removed once it has exited: the root of a sandbox started
+        # ahead from its image's base (prestart.py).
+        self.scratch: Path | None = None
         self._log_offset = log_offset
         self._rotations = self.log.rotations
         self._session: aiohttp.ClientSession | None = None
@@ -673,6 +676,8 @@ class Instance:
             self.netns.close()
         if self._session is not None:
             await self._session.close()
+        if self.scratch is not None:
+            await asyncio.to_thread(shutil.rmtree, self.scratch, True)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -1050,7 +1055,7 @@ async def _spawn(
             # it is set up while the program starts, and the instance is ready only once
             # both are (wait_ready). A program reaches out only after importing its
             # framework and code, by which time the way out is there.
-            attaching = asyncio.ensure_future(network.attach(child, forward))
+            attaching = asyncio.ensure_future(_attach(child, forward))
         os.write(block_w, b"go")  # in its cgroup: let the program start
     except BaseException as exc:
         if block_w >= 0:  # a sandbox still waiting to start reads EOF and exits
@@ -1068,6 +1073,12 @@ async def _spawn(
     sandbox = _Sandbox(process, child, group, netns, attaching, out_r, in_w)
     out_r = in_w = -1
     return sandbox
+
+
+async def _attach(child: int, forward: list[int]) -> int:
+    """pasta for the sandbox of ``child``, once bwrap has its loopback up."""
+    await network.loopback_up(child)
+    return await network.attach(child, forward)
 
 
 async def _undo(

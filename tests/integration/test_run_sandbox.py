@@ -14,11 +14,14 @@ import contextlib
 import io
 import json
 import os
+import platform
+import shutil
 import subprocess
 import tarfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,7 +70,22 @@ def probe(request):
         "exists": {p: os.path.exists(p) for p in json.loads(os.environ["PROBE_PATHS"])},
         "workspace_writable": os.access("/workspace", os.W_OK),
         "caps": status.split("CapEff:")[1].split()[0],
+        "calendar": getattr(sys.modules.get("calendar"), "SHADOWED", False),
     })
+"""
+# The function's own module of a name functions-framework imports, standing in for it.
+SHADOW_CALENDAR = """\
+import importlib.util
+import os
+import sysconfig
+
+_spec = importlib.util.spec_from_file_location(
+    "_stdlib_calendar", os.path.join(sysconfig.get_path("stdlib"), "calendar.py")
+)
+_real = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_real)
+globals().update({k: v for k, v in vars(_real).items() if not k.startswith("__")})
+SHADOWED = True
 """
 CRASH_MAIN = """\
 raise RuntimeError("boom: this function fails at import")
@@ -118,12 +136,13 @@ def spec_for(image: UnpackedImage, log_path: Path, **env: str) -> InstanceSpec:
 
 @pytest.fixture(scope="module")
 def built(localcloud: Any) -> dict[str, tuple[str, str]]:
-    """Three functions built at once: name -> (image, digest)."""
+    """Functions built at once: name -> (image, digest)."""
     clients = Clients(Environment.from_env(localcloud.env))
     bucket = clients.storage.create_bucket(f"sandbox-src-{uuid.uuid4().hex[:8]}")
     sources = {
         "hello": (zip_dir(FUNCTIONS / "hello_http"), "hello"),
         "probe": (zip_tree({"main.py": PROBE_MAIN}), "probe"),
+        "shadow": (zip_tree({"main.py": PROBE_MAIN, "calendar.py": SHADOW_CALENDAR}), "probe"),
         "crash": (zip_tree({"main.py": CRASH_MAIN}), "hello"),
     }
     started = {}
@@ -444,6 +463,69 @@ def test_a_clone_of_a_checked_base_is_checked_where_it_changed(tmp_path, lower, 
     assert tree(tmp_path / "base") == before  # the clone's changes never reach its base
 
 
+@pytest.mark.parametrize(
+    ("top", "over_base"),
+    [
+        (
+            [("dir", "workspace/"), ("file", "workspace/main.py", "x"), ("dir", "workspace/d/")],
+            True,
+        ),
+        ([("file", "workspace/main.py", "x"), ("symlink", "workspace/l", "main.py")], True),
+        ([("file", "workspace/node_modules/new.js", "x")], True),  # into a base's directory
+        ([("dir", "workspace/node_modules/"), ("hardlink", "workspace/h", "layers/lib.txt")], True),
+        ([("file", "etc/main.py", "x")], True),  # any one directory
+        ([("file", "workspace/main.py", "x"), ("file", "layers/extra.txt", "y")], False),
+        ([("file", "workspace/main.py", "x"), ("file", "layers/.wh.lib.txt")], False),
+        ([("dir", "workspace/"), ("file", "workspace/.wh..wh..opq")], False),
+        ([("file", "layers/lib.txt", "changed")], False),
+        ([("file", "workspace/node_modules/m.js", "changed")], False),
+        ([("file", "workspace/node_modules", "a file where the base has a directory")], False),
+    ],
+)
+def test_an_image_over_its_base_is_told_apart(tmp_path, top, over_base):
+    """An image is its base with paths added under one top directory (what a spare of the
+    base can become, prestart.py) only when its last layer wrote nothing else, removed
+    nothing and replaced nothing but directories; the spare's copy of the base, filled,
+    is then the image's tree."""
+    lower = layer(
+        tmp_path / "lower.tar.gz",
+        ("dir", "layers/"),
+        ("file", "layers/lib.txt", "l"),
+        ("dir", "workspace/"),
+        ("dir", "workspace/node_modules/"),
+        ("file", "workspace/node_modules/m.js", "m"),
+    )
+    last = layer(tmp_path / "last.tar.gz", *top)
+    slot, base = tmp_path / "slot", tmp_path / "bases" / "chain"
+    image = UnpackedImage(
+        "sha256:" + "0" * 64, slot / "rootfs", {}, [], [], "/workspace", None, None
+    )
+    for i, have_base in enumerate((False, True)):  # the base made now, then found made
+        tmp = tmp_path / f"tmp-{i}"
+        tmp.mkdir()
+        paths = [lower, last] if not have_base else [last]
+        copies = [tmp / f"l{n}.tar.gz" for n in range(len(paths))]
+        for src, dest in zip(paths, copies, strict=True):
+            shutil.copy(src, dest)
+        done = ImageCache._unpack(copies, tmp, slot, image, base, have_base)
+        whole = tmp_path / f"whole-{i}"
+        unpack_layers([lower, last], whole)
+        assert tree(slot / "rootfs") == tree(whole)
+        assert UnpackedImage.from_json(json.loads((slot / "image.json").read_text()), slot) == (
+            replace(done, rootfs=slot)
+        )
+        if not over_base:
+            assert (done.base, done.top, done.added) == (None, None, ())
+        else:
+            assert (done.base, done.top) == (str(base), top[0][1].split("/")[0])
+            spare = tmp_path / f"spare-{i}"
+            prestart._spare_tree(base, spare, done.top)
+            prestart._fill(done, spare)
+            assert tree(spare) == tree(whole)
+            assert (spare / "layers" / "lib.txt").read_text() == "l"  # the base unchanged
+        shutil.rmtree(slot)
+
+
 def test_unpack_refuses_damaged_and_zstd_layers(tmp_path):
     garbage = tmp_path / "garbage"
     garbage.write_bytes(b"\x1f\x8b" + os.urandom(64))
@@ -567,11 +649,67 @@ def test_an_instance_network_acknowledges_at_once_and_the_host_is_unchanged():
     assert "quickack" not in host_routes
 
 
+@pytest.mark.skipif(not sandbox.isolation().network, reason="needs root, pasta and /dev/net/tun")
+def test_pasta_attaches_once_the_sandbox_has_its_loopback_up():
+    """pasta brings an instance's loopback up itself: had it done so before bwrap did, the
+    kernel's own 127.0.0.1 would make bwrap's RTM_NEWADDR fail and end the sandbox. So
+    the attach waits for the loopback (and not for a process that is gone)."""
+
+    async def scenario() -> None:
+        target = await namespace_like_an_instance()
+        try:
+            waiting = asyncio.ensure_future(network.loopback_up(target.pid, timeout=30))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()  # lo is down: unshare does not bring it up
+            up = await asyncio.create_subprocess_exec(
+                *("nsenter", f"--net=/proc/{target.pid}/ns/net", "--"),
+                *("ip", "link", "set", "lo", "up"),
+            )
+            assert await up.wait() == 0
+            await asyncio.wait_for(waiting, 5)
+        finally:
+            target.kill()
+            await target.wait()
+        await asyncio.wait_for(network.loopback_up(target.pid, timeout=30), 1)  # gone
+
+    run(scenario())
+
+
 async def until(check: Callable[[], bool], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+READ_SYSCALL = {"aarch64": "63"}.get(platform.machine(), "0")
+
+
+def reading_stdin(pid: int) -> bool:
+    """Whether a process of the tree under ``pid`` is blocked reading its standard input."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            if f.read().split()[:2] == [READ_SYSCALL, "0x0"]:  # read(0, ...)
+                return True
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        return False
+    return any(reading_stdin(child) for child in children)
+
+
+async def spare_of(prestarts: Prestarts, image: UnpackedImage, seen: list[Path]) -> Path:
+    """The tree of the next spare of ``image``'s base (not one of ``seen``), once its
+    framework is loaded (it waits on its stdin): taken over sooner, the modules it loads
+    after the image's tree is in come from that tree."""
+    key = f"base:{image.base}"
+    await until(lambda: key in prestarts.waiting and prestarts.waiting[key].root not in seen)
+    spare = prestarts.waiting[key]
+    assert spare.root is not None and image.base is not None
+    has = sorted(p.name for p in (Path(image.base) / "workspace").glob("*"))
+    assert sorted(p.name for p in (spare.root / "workspace").iterdir()) == has  # the base's
+    await until(lambda: reading_stdin(spare.sandbox.child))
+    return spare.root
 
 
 def ahead_of(image: UnpackedImage, tmp_path: Path) -> InstanceSpec:
@@ -596,7 +734,7 @@ def test_an_instance_started_ahead_is_the_instance_started_anew(
         try:
             prestarts.offer(ahead_of(image, tmp_path))
             await until(lambda: image.digest in prestarts.waiting)
-            taken = prestarts.take(spec_for(image, tmp_path / "ahead.log", PROBE_PATHS=paths))
+            taken = await prestarts.take(spec_for(image, tmp_path / "ahead.log", PROBE_PATHS=paths))
             assert taken is not None
             started.append(taken)
             assert image.digest not in prestarts.waiting  # taken once
@@ -627,6 +765,150 @@ def test_an_instance_started_ahead_is_the_instance_started_anew(
     log = (tmp_path / "ahead.log").read_text()
     assert "[localcloud] starting (sandboxed, started ahead" in log
     assert not (tmp_path / "never-written.log").exists()
+
+
+@needs_bwrap
+def test_a_spare_of_a_base_becomes_an_instance_of_the_next_image_over_it(
+    localcloud, built, cache_root, tmp_path, monkeypatch
+):
+    """Once an instance of an image over a base has started, a spare of that base waits
+    (prestart.py): the next image over it takes it over, its /workspace linked in, and runs
+    as an instance started anew would, also when the function has a module of the name of
+    one the framework imported (the sandbox then starts anew in place). An instance's copy
+    of the base is removed when it exits; a waiting spare's when localcloud stops."""
+    monkeypatch.setattr(prestart, "SPARE_DELAY", 0.0)
+    probe = unpacked(localcloud, cache_root, *built["probe"])
+    shadow = unpacked(localcloud, cache_root, *built["shadow"])
+    assert probe.base is not None and probe.top == "workspace"
+    assert (shadow.base, shadow.top) == (probe.base, probe.top)
+    paths = json.dumps(["/workspace/main.py", "/workspace/calendar.py", "/tmp"])
+    roots: list[Path] = []
+
+    async def next_spare(prestarts: Prestarts) -> None:
+        roots.append(await spare_of(prestarts, probe, roots))
+
+    async def scenario() -> dict[str, dict[str, Any]]:
+        prestarts = Prestarts(tmp_path / "spares")
+        started: dict[str, sandbox.Instance] = {}
+
+        async def start(name: str, image: UnpackedImage, ahead: bool) -> None:
+            spec = spec_for(image, tmp_path / f"{name}.log", PROBE_PATHS=paths)
+            started[name] = await (prestarts.start(spec) if ahead else sandbox.start(spec))
+
+        try:
+            await start("anew", probe, True)  # no spare yet: started anew, a spare planned
+            await next_spare(prestarts)
+            await start("ahead", probe, True)
+            assert started["ahead"].scratch == roots[0]
+            await next_spare(prestarts)  # planned again after the take-over
+            await start("shadow-ahead", shadow, True)
+            assert started["shadow-ahead"].scratch == roots[1]
+            await start("shadow-anew", shadow, False)
+            await next_spare(prestarts)
+            answers = {}
+            for name, instance in started.items():
+                await instance.wait_ready(30)
+                status, text = await get(instance)
+                assert status == 200, text
+                answers[name] = json.loads(text)
+            assert all(root.exists() for root in roots)
+        finally:
+            for instance in started.values():
+                await instance.stop(grace=2)
+            await prestarts.close()
+        await until(lambda: not any(root.exists() for root in roots), 10)
+        return answers
+
+    answers = run(scenario())
+    for answer in answers.values():
+        answer["env"].pop("PORT")
+        answer.pop("pid")
+    assert answers["ahead"] == answers["anew"]
+    assert answers["shadow-ahead"] == answers["shadow-anew"]
+    assert answers["shadow-ahead"]["calendar"] is True
+    assert answers["ahead"]["calendar"] is False
+    assert answers["shadow-ahead"]["exists"]["/workspace/calendar.py"]
+    for name in ("ahead", "shadow-ahead"):
+        assert "started ahead" in (tmp_path / f"{name}.log").read_text()
+    assert "started ahead" not in (tmp_path / "anew.log").read_text()
+
+
+NODE_PROBE = """\
+exports.probe = (req, res) => {
+  res.send(JSON.stringify({
+    argv: process.argv,
+    execArgv: process.execArgv,
+    main: require.main && require.main.filename,
+    cwd: process.cwd(),
+    env: process.env,
+    paths: module.paths,
+  }));
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def node_probe(localcloud: Any) -> tuple[str, str]:
+    """A Node.js function that reports how it was started: (image, digest)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are needed to build Node.js functions")
+    major = subprocess.run(["node", "--version"], capture_output=True, text=True, check=True)
+    runtime = "nodejs" + major.stdout.strip().removeprefix("v").split(".")[0]
+    clients = Clients(Environment.from_env(localcloud.env))
+    bucket = clients.storage.create_bucket(f"sandbox-node-{uuid.uuid4().hex[:8]}")
+    package = '{"name": "probe", "version": "1.0.0", "main": "index.js"}'
+    blob = bucket.blob("probe.zip")
+    blob.upload_from_string(zip_tree({"index.js": NODE_PROBE, "package.json": package}))
+    image = f"us-central1-docker.pkg.dev/{PROJECT}/functions/sandbox-node-{uuid.uuid4().hex[:8]}"
+    env = {"GOOGLE_FUNCTION_TARGET": "probe", "GOOGLE_RUNTIME": runtime}
+    build = pack_build((bucket.name, blob.name, blob.generation), image, env)
+    operation = clients.cloud_build.create_build(project_id=PROJECT, build=build)
+    with contextlib.suppress(exceptions.GoogleAPICallError):
+        operation.result(timeout=170)
+    done = clients.cloud_build.get_build(project_id=PROJECT, id=operation.metadata.build.id)
+    assert done.status == S.SUCCESS, done.status_detail
+    return image, done.results.images[0].digest
+
+
+@needs_bwrap
+def test_a_nodejs_spare_becomes_an_instance_as_started_anew(
+    localcloud, node_probe, cache_root, tmp_path, monkeypatch
+):
+    """Node.js: a spare of the framework's base, its modules loaded, becomes an instance
+    that runs as ``node main.js`` started anew does (argv, execArgv, require.main, the
+    environment, the module paths)."""
+    monkeypatch.setattr(prestart, "SPARE_DELAY", 0.0)
+    image = unpacked(localcloud, cache_root, *node_probe)
+    assert image.base is not None and image.top == "workspace"
+
+    async def scenario() -> dict[str, dict[str, Any]]:
+        prestarts = Prestarts(tmp_path / "spares")
+        started: dict[str, sandbox.Instance] = {}
+        try:
+            started["anew"] = await prestarts.start(spec_for(image, tmp_path / "anew.log"))
+            root = await spare_of(prestarts, image, [])
+            started["ahead"] = await prestarts.start(spec_for(image, tmp_path / "ahead.log"))
+            assert started["ahead"].scratch == root
+            answers = {}
+            for name, instance in started.items():
+                await instance.wait_ready(30)
+                status, text = await get(instance)
+                assert status == 200, text
+                answers[name] = json.loads(text)
+        finally:
+            for instance in started.values():
+                await instance.stop(grace=2)
+            await prestarts.close()
+        return answers
+
+    answers = run(scenario())
+    for answer in answers.values():
+        answer["env"].pop("PORT")
+    assert answers["ahead"] == answers["anew"]
+    assert answers["ahead"]["execArgv"] == []
+    assert answers["ahead"]["main"] == answers["ahead"]["argv"][1]
+    assert answers["ahead"]["main"].endswith("/functions-framework/build/src/main.js")
+    assert "started ahead" in (tmp_path / "ahead.log").read_text()
 
 
 @needs_bwrap
@@ -664,7 +946,7 @@ def test_a_sandbox_started_ahead_serves_only_an_instance_started_the_same_way(
             waiting, pids = await started_ahead(prestarts)
             assert all(alive(pid) for pid in pids)
             for spec in variants():
-                assert prestarts.take(spec) is None
+                assert await prestarts.take(spec) is None
             assert prestarts.waiting[image.digest] is waiting
         finally:
             await prestarts.close()
