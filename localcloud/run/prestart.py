@@ -195,7 +195,10 @@ STARTERS = (
 
 def starter(spec: InstanceSpec) -> tuple[Starter, list[str]] | None:
     """The language of ``spec``'s entrypoint and the program started ahead for it."""
-    argv = sandbox.container_argv(spec)
+    try:
+        argv = sandbox.container_argv(spec)
+    except SandboxError:
+        return None  # nothing to run: the revision reports it
     for each in STARTERS:
         program = each.program(argv)
         if program is not None:

@@ -717,6 +717,27 @@ def ahead_of(image: UnpackedImage, tmp_path: Path) -> InstanceSpec:
     return InstanceSpec(image=image, env={}, port=0, log_path=tmp_path / "never-written.log")
 
 
+def test_only_a_functions_framework_entrypoint_is_started_ahead(tmp_path):
+    """What is started ahead: Python's and Node.js's framework entrypoints as the buildpacks
+    write them; not another program, nor an image with nothing to run (which its revision
+    reports), without an error."""
+
+    def spec(entrypoint: list[str]) -> InstanceSpec:
+        image = UnpackedImage("sha256:" + "1" * 64, tmp_path, {}, entrypoint, [], "/", None, None)
+        return InstanceSpec(image=image, env={}, port=0, log_path=tmp_path / "x.log")
+
+    main_js = "/layers/nodejs/functions-framework/node_modules/x/build/src/main.js"
+    assert prestart.starter(spec(["python3", "-m", "functions_framework"]))[0].name == "python"
+    assert prestart.starter(spec(["node", main_js]))[0].name == "nodejs"
+    for other in (
+        spec([]),
+        spec(["python3", "-m", "http.server"]),
+        spec(["node", "main.js"]),
+        spec(["node", main_js, "--target=x"]),
+    ):
+        assert prestart.starter(other) is None
+
+
 @needs_bwrap
 def test_an_instance_started_ahead_is_the_instance_started_anew(
     localcloud, built, cache_root, tmp_path
