@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 TTL = 60.0  # seconds a prestarted sandbox waits for its revision
 SPARE_TTL = 300.0  # seconds a spare of a base waits for the next image over it
-SPARE_DELAY = 0.5  # seconds after an instance over a base started before its spare starts
+SPARE_DELAY = 0.1  # seconds after an instance over a base started before its spare starts
 AT_ONCE = 2
 MAX_MESSAGE = 60 * 1024  # the claim goes through a pipe (64 KiB) in one write
 
@@ -254,6 +254,7 @@ class Prestarted:
     spec: InstanceSpec  # as it was started: the image, limits, forwarded ports, isolation
     sandbox: _Sandbox
     started: float
+    given: dict[str, str]  # the environment it was started with
     expiry: asyncio.TimerHandle | None = None
     root: Path | None = None
 
@@ -283,9 +284,9 @@ class Prestarted:
         found = starter(spec)
         assert found is not None  # eligible
         env = sandbox.instance_env(spec)
-        if found[0].startup_env(env) != found[0].startup_env(mine.image.env):
+        if found[0].startup_env(env) != found[0].startup_env(self.given):
             return "variables read as the interpreter and framework load differ"
-        if len(_message(spec, mine.image.env)) > MAX_MESSAGE:
+        if len(_message(spec, self.given)) > MAX_MESSAGE:
             return "an environment too large to hand over"
         if self.sandbox.process.returncode is not None:
             return "it has exited"
@@ -304,7 +305,7 @@ class Prestarted:
         log.pump(sb.out, f"port {spec.port}")
         sb.out = -1
         try:
-            os.write(sb.stdin, _message(spec, self.spec.image.env))
+            os.write(sb.stdin, _message(spec, self.given))
         except OSError:
             pass  # it died meanwhile: the instance reports its exit as any other
         finally:
@@ -336,13 +337,19 @@ class Prestarted:
             await asyncio.to_thread(shutil.rmtree, self.root, True)
 
 
-def _base_key(image: UnpackedImage) -> str | None:
-    return None if image.base is None else f"base:{image.base}"
+def spare_key(spec: InstanceSpec) -> str | None:
+    """The spare an instance of ``spec`` could take over: of its image's base, with its
+    limits (a Cloud Functions revision's 256M and a sixth of a CPU, next to a Cloud Run
+    service's defaults, keep a spare each)."""
+    image, limits = spec.image, spec.limits
+    if image.base is None:
+        return None
+    return f"base:{image.base}:{limits.memory}:{limits.cpu}:{limits.pids}"
 
 
 class Prestarts:
-    """The sandboxes started ahead: by image digest, and spares by base (``base:PATH``),
-    the spares' trees under ``scratch`` (None: no spares)."""
+    """The sandboxes started ahead: by image digest, and spares by base and limits
+    (:func:`spare_key`), the spares' trees under ``scratch`` (None: no spares)."""
 
     def __init__(self, scratch: Path | None = None) -> None:
         self.waiting: dict[str, Prestarted] = {}
@@ -360,7 +367,7 @@ class Prestarts:
         """Start a sandbox of ``spec.image`` ahead, if it qualifies and none is there yet
         (nor a spare of its base)."""
         digest = spec.image.digest
-        base = _base_key(spec.image)
+        base = spare_key(spec)
         if self.closed or digest in self.waiting or digest in self._starting:
             return
         if base is not None and (base in self.waiting or base in self._starting):
@@ -377,9 +384,12 @@ class Prestarts:
     def _plan_spare(self, spec: InstanceSpec) -> None:
         """A spare of ``spec``'s base, started ``SPARE_DELAY`` from now (after the instance
         just started has had the CPU for its own start)."""
-        key, scratch = _base_key(spec.image), self.scratch
+        key, scratch = spare_key(spec), self.scratch
         if key is None or scratch is None or self.closed or not eligible(spec):
             return
+        waiting = self.waiting.get(key)
+        if waiting is not None and waiting.fits(spec) is not None:
+            self._end(key)  # one that would not do now (other forwarded ports, ...): renewed
         if key in self.waiting or key in self._starting or key in self._planned:
             return
 
@@ -394,6 +404,12 @@ class Prestarts:
         image = spec.image
         ttl = TTL
         try:
+            found = starter(spec)
+            assert found is not None  # eligible
+            # The image's environment; a spare's with what the instance that started before
+            # it was started with of what loads with the interpreter (PYTHONHASHSEED...),
+            # as the next instance of the service is likely to be.
+            given = {**image.env, **found[0].startup_env(sandbox.instance_env(spec))}
             if root is not None:  # a spare: the base's tree, with its top directory empty
                 assert image.base is not None and image.top is not None
                 await asyncio.to_thread(_spare_tree, Path(image.base), root, image.top)
@@ -404,14 +420,12 @@ class Prestarts:
             interpreter = await asyncio.to_thread(sandbox.find_interpreter, runtime or "")
             bwrap = sandbox.bwrap_available()
             assert bwrap is not None  # eligible
-            found = starter(spec)
-            assert found is not None  # eligible
             sb = await sandbox._spawn(
                 bwrap,
                 spec,
                 interpreter,
                 program=found[1],
-                env=dict(image.env),
+                env=given,
                 stdin_pipe=True,
                 background=True,
             )
@@ -420,7 +434,7 @@ class Prestarts:
             if root is not None:
                 await asyncio.to_thread(shutil.rmtree, root, True)
             return
-        ready = Prestarted(spec, sb, time.monotonic(), root=root)
+        ready = Prestarted(spec, sb, time.monotonic(), given, root=root)
         if self.closed:
             await ready.discard()
             return
@@ -440,7 +454,7 @@ class Prestarts:
     async def take(self, spec: InstanceSpec) -> Instance | None:
         """``spec``'s instance, if a sandbox started ahead fits it: one of its image, else
         a spare of its base (else None: start one)."""
-        keys = [spec.image.digest, _base_key(spec.image)]
+        keys = [spec.image.digest, spare_key(spec)]
         for key in [k for k in keys if k is not None]:
             ready = self.waiting.get(key)
             if ready is None:

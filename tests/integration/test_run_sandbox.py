@@ -698,11 +698,13 @@ def reading_stdin(pid: int) -> bool:
     return any(reading_stdin(child) for child in children)
 
 
-async def spare_of(prestarts: Prestarts, image: UnpackedImage, seen: list[Path]) -> Path:
-    """The tree of the next spare of ``image``'s base (not one of ``seen``), once its
+async def spare_of(prestarts: Prestarts, spec: InstanceSpec, seen: list[Path]) -> Path:
+    """The tree of the next spare for ``spec`` (not one of ``seen``), once its
     framework is loaded (it waits on its stdin): taken over sooner, the modules it loads
     after the image's tree is in come from that tree."""
-    key = f"base:{image.base}"
+    image = spec.image
+    key = prestart.spare_key(spec)
+    assert key is not None
     await until(lambda: key in prestarts.waiting and prestarts.waiting[key].root not in seen)
     spare = prestarts.waiting[key]
     assert spare.root is not None and image.base is not None
@@ -795,8 +797,9 @@ def test_a_spare_of_a_base_becomes_an_instance_of_the_next_image_over_it(
     """Once an instance of an image over a base has started, a spare of that base waits
     (prestart.py): the next image over it takes it over, its /workspace linked in, and runs
     as an instance started anew would, also when the function has a module of the name of
-    one the framework imported (the sandbox then starts anew in place). An instance's copy
-    of the base is removed when it exits; a waiting spare's when localcloud stops."""
+    one the framework imported (the sandbox then starts anew in place). A spare that does
+    not fit an instance started anew is renewed for it. An instance's copy of the base is
+    removed when it exits; a waiting spare's when it is renewed or localcloud stops."""
     monkeypatch.setattr(prestart, "SPARE_DELAY", 0.0)
     probe = unpacked(localcloud, cache_root, *built["probe"])
     shadow = unpacked(localcloud, cache_root, *built["shadow"])
@@ -806,7 +809,7 @@ def test_a_spare_of_a_base_becomes_an_instance_of_the_next_image_over_it(
     roots: list[Path] = []
 
     async def next_spare(prestarts: Prestarts) -> None:
-        roots.append(await spare_of(prestarts, probe, roots))
+        roots.append(await spare_of(prestarts, spec_for(probe, tmp_path / "x.log"), roots))
 
     async def scenario() -> dict[str, dict[str, Any]]:
         prestarts = Prestarts(tmp_path / "spares")
@@ -822,17 +825,29 @@ def test_a_spare_of_a_base_becomes_an_instance_of_the_next_image_over_it(
             await start("ahead", probe, True)
             assert started["ahead"].scratch == roots[0]
             await next_spare(prestarts)  # planned again after the take-over
+            other_limits = spec_for(shadow, tmp_path / "x.log")
+            other_limits.limits = cgroups.Limits(memory=256 * 1024 * 1024, cpu=1.0, pids=1024)
+            assert await prestarts.take(other_limits) is None  # a spare is of its limits
             await start("shadow-ahead", shadow, True)
             assert started["shadow-ahead"].scratch == roots[1]
             await start("shadow-anew", shadow, False)
             await next_spare(prestarts)
+            # One that does not fit the instance just started anew is renewed for it.
+            seeded = spec_for(probe, tmp_path / "seeded.log", PROBE_PATHS=paths, PYTHONHASHSEED="0")
+            started["seeded"] = await prestarts.start(seeded)
+            assert started["seeded"].scratch is None
+            await next_spare(prestarts)
+            again = spec_for(probe, tmp_path / "again.log", PROBE_PATHS=paths, PYTHONHASHSEED="0")
+            started["seeded-ahead"] = await prestarts.start(again)
+            assert started["seeded-ahead"].scratch == roots[-1]
             answers = {}
             for name, instance in started.items():
                 await instance.wait_ready(30)
                 status, text = await get(instance)
                 assert status == 200, text
                 answers[name] = json.loads(text)
-            assert all(root.exists() for root in roots)
+            assert all(i.scratch.exists() for i in started.values() if i.scratch is not None)
+            await until(lambda: not roots[2].exists(), 10)  # the spare renewed
         finally:
             for instance in started.values():
                 await instance.stop(grace=2)
@@ -907,7 +922,7 @@ def test_a_nodejs_spare_becomes_an_instance_as_started_anew(
         started: dict[str, sandbox.Instance] = {}
         try:
             started["anew"] = await prestarts.start(spec_for(image, tmp_path / "anew.log"))
-            root = await spare_of(prestarts, image, [])
+            root = await spare_of(prestarts, spec_for(image, tmp_path / "x.log"), [])
             started["ahead"] = await prestarts.start(spec_for(image, tmp_path / "ahead.log"))
             assert started["ahead"].scratch == root
             answers = {}
