@@ -250,10 +250,12 @@ def percentile(ordered: list[int], q: float) -> float:
     return float(ordered[min(int(q * len(ordered)), len(ordered) - 1)])
 
 
-def cpu_snapshot() -> tuple[float, float, float] | None:
-    """(monotonic time, CPU-seconds of the whole machine, of this process tree); Linux only.
+def cpu_snapshot(roots: set[int] | None = None) -> tuple[float, float, float] | None:
+    """(monotonic time, CPU-seconds of the whole machine, of the process trees under
+    ``roots``, by default this process's); Linux only.
 
-    The servers are this process's children, so the tree is the client and the server.
+    The servers are this process's children, so the tree is the client and the server;
+    what its processes started and waited for counts too, through their children's times.
     """
     try:
         ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
@@ -261,12 +263,14 @@ def cpu_snapshot() -> tuple[float, float, float] | None:
         stats: dict[int, tuple[int, int]] = {}  # pid -> (parent, CPU ticks)
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, IndexError, ValueError):
                     f = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                    stats[int(entry.name)] = (int(f[1]), int(f[11]) + int(f[12]))
+                    # utime + stime, and cutime + cstime: the children it reaped (a
+                    # sandbox, a build step), which are gone from /proc by now
+                    stats[int(entry.name)] = (int(f[1]), sum(int(t) for t in f[11:15]))
     except (OSError, ValueError):
         return None
-    tree, grew = {os.getpid()}, True
+    tree, grew = set(roots) if roots is not None else {os.getpid()}, True
     while grew:
         new = {pid for pid, (parent, _) in stats.items() if parent in tree} - tree
         tree |= new

@@ -60,7 +60,7 @@ from google.api_core import exceptions
 
 from benchmarks import run as run_bench
 from benchmarks.pipeline import PLAIN_MAIN, POLL, Poller, event_seconds
-from benchmarks.pubsub import log
+from benchmarks.pubsub import cpu_snapshot, log
 from localcloud import testing
 from localcloud.core.config import Config, free_port
 from localcloud.testing import zip_tree
@@ -242,34 +242,12 @@ class CpuMeter:
         self.elapsed = 0.0
         self.began: tuple[float, float, float] | None = None
 
-    @staticmethod
-    def snapshot(roots: set[int]) -> tuple[float, float, float] | None:
-        try:
-            ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-            machine = sum(ticks) - ticks[3] - ticks[4]
-            stats: dict[int, tuple[int, int]] = {}
-            for entry in Path("/proc").iterdir():
-                if entry.name.isdigit():
-                    with contextlib.suppress(OSError, IndexError, ValueError):
-                        f = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                        stats[int(entry.name)] = (int(f[1]), int(f[11]) + int(f[12]))
-        except (OSError, ValueError):
-            return None
-        tree, grew = set(roots), True
-        while grew:
-            new = {pid for pid, (parent, _) in stats.items() if parent in tree} - tree
-            tree |= new
-            grew = bool(new)
-        tick = os.sysconf("SC_CLK_TCK")
-        ours = sum(stats[pid][1] for pid in tree if pid in stats)
-        return time.monotonic(), machine / tick, ours / tick
-
     def start(self, roots: set[int]) -> None:
-        self.began = self.snapshot(roots)
+        self.began = cpu_snapshot(roots)
 
     def stop(self, roots: set[int]) -> None:
         began, self.began = self.began, None
-        after = self.snapshot(roots)
+        after = cpu_snapshot(roots)
         if began is None or after is None or after[0] <= began[0]:
             return
         self.other += max((after[1] - began[1]) - (after[2] - began[2]), 0.0)

@@ -574,10 +574,13 @@ class Bench:
             previous.stop()
             instance.stop()
             log(f"run: restarting localcloud with LOCALCLOUD_RUN_IDLE_MS={IDLE_MS} ...")
+            # Each cold start started anew: with spares, the instance would take over a
+            # sandbox of its base waiting since the one before (measured by coldstart.py).
+            cold_env = {"LOCALCLOUD_RUN_IDLE_MS": str(IDLE_MS), "LOCALCLOUD_PROJECT": PROJECT}
             instance = testing.start(
                 self.data_dir,
                 config=instance.config,
-                extra_env={"LOCALCLOUD_RUN_IDLE_MS": str(IDLE_MS), "LOCALCLOUD_PROJECT": PROJECT},
+                extra_env={**cold_env, "LOCALCLOUD_RUN_SPARES": "false"},
             )
             self.cold(service.uri, revision_id, load_image(self.data_dir, digest))
         finally:

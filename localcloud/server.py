@@ -129,7 +129,7 @@ class LocalCloud:
         images = ImageCache(
             cfg.data_dir / "run" / "images", cfg.registry_address, session, self.issuer
         )
-        self.autoscaler = Autoscaler(images, cfg.run_idle_seconds)
+        self.autoscaler = Autoscaler(images, cfg.run_idle_seconds, spares=cfg.run_spares)
         self.controller = Controller(
             cfg, self.run_store, self.operations, self.policies, self.autoscaler, cfg.client_env()
         )

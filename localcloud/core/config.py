@@ -128,6 +128,8 @@ class Config:
     ingress_port: int = 8080
     run_first_port: int = 8100
     run_idle_seconds: float = 300.0
+    # Whether a spare of an image's base waits for the next image over it (run/prestart.py).
+    run_spares: bool = True
     run_unsandboxed: bool = False
     # "full": instances contained as on Cloud Run (localcloud/run/sandbox.py); "filesystem":
     # only bubblewrap's mounts and PID namespace, the host's network and no limits (the
@@ -176,6 +178,7 @@ class Config:
             ingress_port=_int(env, "LOCALCLOUD_INGRESS_PORT", 8080, 0, 65535),
             run_first_port=_int(env, "LOCALCLOUD_RUN_FIRST_PORT", 8100, 1, 65535),
             run_idle_seconds=_int(env, "LOCALCLOUD_RUN_IDLE_MS", 300_000, 100, 86_400_000) / 1000,
+            run_spares=_bool(env, "LOCALCLOUD_RUN_SPARES", True),
             run_unsandboxed=_bool(env, "LOCALCLOUD_RUN_UNSANDBOXED", False),
             run_isolation=_choice(env, "LOCALCLOUD_RUN_ISOLATION", ("full", "filesystem")),
             run_host_ports=_ports(env, "LOCALCLOUD_RUN_HOST_PORTS"),

@@ -196,11 +196,12 @@ class Pool:
 class Autoscaler:
     """All pools; the idle reaper."""
 
-    def __init__(self, cache: ImageCache, idle_seconds: float) -> None:
+    def __init__(self, cache: ImageCache, idle_seconds: float, spares: bool = True) -> None:
         self.cache = cache
         self.idle = idle_seconds
         self.pools: dict[str, Pool] = {}
-        self.prestarts = Prestarts(cache.root / "spares")  # sandboxes started ahead
+        # sandboxes started ahead; spares of bases in their own scratch directory
+        self.prestarts = Prestarts(cache.root / "spares" if spares else None)
         self.task: asyncio.Task | None = None
 
     async def start(self) -> None:

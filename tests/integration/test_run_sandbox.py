@@ -869,6 +869,32 @@ def test_a_spare_of_a_base_becomes_an_instance_of_the_next_image_over_it(
     assert "started ahead" not in (tmp_path / "anew.log").read_text()
 
 
+def test_no_spare_follows_an_instance_with_spares_off(localcloud, built, cache_root, tmp_path):
+    """``LOCALCLOUD_RUN_SPARES=false`` (the autoscaler built with ``spares=False``): an
+    instance of an image over a base starts as before, and nothing waits after it."""
+    from localcloud.run.autoscaler import Autoscaler
+
+    probe = unpacked(localcloud, cache_root, *built["probe"])
+    assert probe.base is not None
+    spec = spec_for(probe, tmp_path / "x.log")
+
+    async def scenario() -> None:
+        cache = ImageCache(tmp_path / "cache", "127.0.0.1:1")  # no image is fetched
+        prestarts = Autoscaler(cache, 300, spares=False).prestarts
+        instance = await prestarts.start(spec)
+        try:
+            await instance.wait_ready(30)
+            await asyncio.sleep(prestart.SPARE_DELAY + 0.5)
+            assert not prestarts.waiting and not prestarts._starting
+            assert not prestarts._planned
+        finally:
+            await instance.stop(grace=2)
+            await prestarts.close()
+
+    run(scenario())
+    assert not (tmp_path / "cache" / "spares").exists()
+
+
 NODE_PROBE = """\
 exports.probe = (req, res) => {
   res.send(JSON.stringify({

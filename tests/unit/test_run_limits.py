@@ -65,6 +65,7 @@ def test_the_default_container_profile_compiles_to_bpf():
         ("LOCALCLOUD_RUN_ISOLATION", "none", "LOCALCLOUD_RUN_ISOLATION must be one of full"),
         ("LOCALCLOUD_RUN_HOST_PORTS", "5432,db", "LOCALCLOUD_RUN_HOST_PORTS must be a comma"),
         ("LOCALCLOUD_RUN_HOST_PORTS", "70000", "LOCALCLOUD_RUN_HOST_PORTS: ports are between"),
+        ("LOCALCLOUD_RUN_SPARES", "sometimes", "LOCALCLOUD_RUN_SPARES"),
     ],
 )
 def test_bad_sandbox_settings_are_named(name, value, named):
@@ -74,6 +75,11 @@ def test_bad_sandbox_settings_are_named(name, value, named):
 
 def test_sandbox_settings_are_read():
     cfg = Config.from_env(
-        {"LOCALCLOUD_RUN_ISOLATION": "Filesystem", "LOCALCLOUD_RUN_HOST_PORTS": "5432, 6379"}
+        {
+            "LOCALCLOUD_RUN_ISOLATION": "Filesystem",
+            "LOCALCLOUD_RUN_HOST_PORTS": "5432, 6379",
+            "LOCALCLOUD_RUN_SPARES": "false",
+        }
     )
     assert (cfg.run_isolation, cfg.run_host_ports) == ("filesystem", (5432, 6379))
+    assert not cfg.run_spares and Config.from_env({}).run_spares
