@@ -714,6 +714,17 @@ async def spare_of(prestarts: Prestarts, spec: InstanceSpec, seen: list[Path]) -
     return spare.root
 
 
+async def answers_of(started: dict[str, sandbox.Instance]) -> dict[str, dict[str, Any]]:
+    """What each instance answers once ready (the probe's JSON)."""
+    answers = {}
+    for name, instance in started.items():
+        await instance.wait_ready(30)
+        status, text = await get(instance)
+        assert status == 200, text
+        answers[name] = json.loads(text)
+    return answers
+
+
 def ahead_of(image: UnpackedImage, tmp_path: Path) -> InstanceSpec:
     """What Cloud Run starts when an image is pushed: no revision, no environment yet."""
     return InstanceSpec(image=image, env={}, port=0, log_path=tmp_path / "never-written.log")
@@ -840,12 +851,7 @@ def test_a_spare_of_a_base_becomes_an_instance_of_the_next_image_over_it(
             again = spec_for(probe, tmp_path / "again.log", PROBE_PATHS=paths, PYTHONHASHSEED="0")
             started["seeded-ahead"] = await prestarts.start(again)
             assert started["seeded-ahead"].scratch == roots[-1]
-            answers = {}
-            for name, instance in started.items():
-                await instance.wait_ready(30)
-                status, text = await get(instance)
-                assert status == 200, text
-                answers[name] = json.loads(text)
+            answers = await answers_of(started)
             assert all(i.scratch.exists() for i in started.values() if i.scratch is not None)
             await until(lambda: not roots[2].exists(), 10)  # the spare renewed
         finally:
@@ -951,12 +957,7 @@ def test_a_nodejs_spare_becomes_an_instance_as_started_anew(
             root = await spare_of(prestarts, spec_for(image, tmp_path / "x.log"), [])
             started["ahead"] = await prestarts.start(spec_for(image, tmp_path / "ahead.log"))
             assert started["ahead"].scratch == root
-            answers = {}
-            for name, instance in started.items():
-                await instance.wait_ready(30)
-                status, text = await get(instance)
-                assert status == 200, text
-                answers[name] = json.loads(text)
+            answers = await answers_of(started)
         finally:
             for instance in started.values():
                 await instance.stop(grace=2)
