@@ -52,6 +52,7 @@ where the instance's time goes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -226,88 +227,101 @@ def node_source() -> dict[str, str]:
 def bench(s: ColdSettings, result: ColdResult, scratch: Path) -> None:
     settings = cloud_run.RunSettings(timeout=s.timeout, wrk=False)
     helper = cloud_run.Bench(settings, cloud_run.RunResult(), scratch)
-    log(f"coldstart: localcloud with LOCALCLOUD_RUN_IDLE_MS={cloud_run.IDLE_MS} ...")
+    log(
+        f"coldstart: two localclouds, spares off and on, LOCALCLOUD_RUN_IDLE_MS={cloud_run.IDLE_MS}"
+    )
     # The deploy goes to the run benchmark's project: localcloud's own project, so that its
     # default build account is granted what builds need (testing.start does that).
     env = {
         "LOCALCLOUD_RUN_IDLE_MS": str(cloud_run.IDLE_MS),
         "LOCALCLOUD_PROJECT": cloud_run.PROJECT,
     }
-    instance = testing.start(helper.data_dir, extra_env={**env, "LOCALCLOUD_RUN_SPARES": "false"})
     (scratch / "spares").mkdir()
     spares_helper = cloud_run.Bench(settings, cloud_run.RunResult(), scratch / "spares")
-    with_spares = testing.start(spares_helper.data_dir, extra_env=env)
-    try:
-        _, spare_service, spare_revision = spares_helper.deploy_on(with_spares)
-        _, node_spare_service, node_spare_revision = spares_helper.deploy_on(
-            with_spares, node_source(), NODE_BUILD_ENV, "bench-cold-node"
+    with contextlib.ExitStack() as running:  # each localcloud stopped, whatever fails
+        instance = testing.start(
+            helper.data_dir, extra_env={**env, "LOCALCLOUD_RUN_SPARES": "false"}
         )
-        digest, service, revision = helper.deploy_on(instance)
-        result.build_s = helper.result.build_s
-        node_digest, node_service, node_revision = helper.deploy_on(
-            instance, node_source(), NODE_BUILD_ENV, "bench-cold-node"
-        )
-        result.node_build_s = helper.result.build_s
-        all_revisions = (revision, node_revision, spare_revision, node_spare_revision)
-        revisions = [r.name.rsplit("/", 1)[-1] for r in all_revisions]
-        node_image = cloud_run.load_image(helper.data_dir, node_digest)
-        template = node_template(node_image, scratch)
-        result.node_files = sum(1 for _ in template.rglob("*") if _.is_file())
-        image = cloud_run.load_image(helper.data_dir, digest)
-        result.pyc_files = sum(1 for _ in image.rootfs.rglob("*.pyc"))
-        log_file = scratch / "by-hand.log"
+        running.callback(instance.stop)
+        with_spares = testing.start(spares_helper.data_dir, extra_env=env)
+        running.callback(with_spares.stop)
+        measure(s, result, scratch, helper, spares_helper, instance, with_spares)
 
-        def through_ingress(uri: str) -> float:
-            port = int(uri.rsplit(":", 1)[1].strip("/"))
-            t0 = time.perf_counter()
-            status = cloud_run.status_of(port, s.timeout)
-            if status != 200:
-                raise RuntimeError(f"the cold request to {uri} answered {status}")
-            return time.perf_counter() - t0
 
-        def with_spare(uri: str) -> float:
-            seconds = through_ingress(uri)
-            time.sleep(SPARE_SETTLE_S)
-            return seconds
+def measure(
+    s: ColdSettings,
+    result: ColdResult,
+    scratch: Path,
+    helper: cloud_run.Bench,
+    spares_helper: cloud_run.Bench,
+    instance: testing.Instance,
+    with_spares: testing.Instance,
+) -> None:
+    """Deploy both services on both localclouds, then time the rounds."""
+    _, spare_service, spare_revision = spares_helper.deploy_on(with_spares)
+    _, node_spare_service, node_spare_revision = spares_helper.deploy_on(
+        with_spares, node_source(), NODE_BUILD_ENV, "bench-cold-node"
+    )
+    digest, service, revision = helper.deploy_on(instance)
+    result.build_s = helper.result.build_s
+    node_digest, node_service, node_revision = helper.deploy_on(
+        instance, node_source(), NODE_BUILD_ENV, "bench-cold-node"
+    )
+    result.node_build_s = helper.result.build_s
+    all_revisions = (revision, node_revision, spare_revision, node_spare_revision)
+    revisions = [r.name.rsplit("/", 1)[-1] for r in all_revisions]
+    node_image = cloud_run.load_image(helper.data_dir, node_digest)
+    template = node_template(node_image, scratch)
+    result.node_files = sum(1 for _ in template.rglob("*") if _.is_file())
+    image = cloud_run.load_image(helper.data_dir, digest)
+    result.pyc_files = sum(1 for _ in image.rootfs.rglob("*.pyc"))
+    log_file = scratch / "by-hand.log"
 
-        def fresh() -> float:
-            copy = fresh_copy(image, scratch)
-            try:
-                return cloud_run.bare_start(copy, log_file, s.timeout)
-            finally:
-                shutil.rmtree(copy.rootfs, ignore_errors=True)
+    def through_ingress(uri: str) -> float:
+        port = int(uri.rsplit(":", 1)[1].strip("/"))
+        t0 = time.perf_counter()
+        status = cloud_run.status_of(port, s.timeout)
+        if status != 200:
+            raise RuntimeError(f"the cold request to {uri} answered {status}")
+        return time.perf_counter() - t0
 
-        starts = {
-            "instance": lambda: through_ingress(service.uri),
-            "fresh": fresh,
-            "bare": lambda: cloud_run.bare_start(image, log_file, s.timeout),
-            "sandbox": lambda: cloud_run.bwrap_start(image, log_file, s.timeout),
-            "interpreter": lambda: interpreter_start(image),
-            "node-instance": lambda: through_ingress(node_service.uri),
-            "npx": lambda: npx_start(template, scratch, log_file, s.timeout),
-            "node-bare": lambda: node_bare_start(node_image, log_file, s.timeout),
-            "node-sandbox": lambda: cloud_run.bwrap_start(node_image, log_file, s.timeout),
-            "node-interpreter": lambda: node_interpreter_start(node_image),
-            "spare": lambda: with_spare(spare_service.uri),
-            "node-spare": lambda: with_spare(node_spare_service.uri),
-        }
-        # The first start after deploying: not a cold start like the others.
-        for uri in (service.uri, node_service.uri, spare_service.uri, node_spare_service.uri):
-            through_ingress(uri)
-        log(f"coldstart: {s.rounds} rounds of {', '.join(ALL_KINDS)} ...")
-        for i in range(s.rounds):
-            shift = i % len(ALL_KINDS)
-            for kind in ALL_KINDS[shift:] + ALL_KINDS[:shift]:
-                for rid in revisions:  # also a quiet moment before each start
-                    helper.wait_for_zero(rid)
-                result.starts[kind].append(starts[kind]())
-        log(
-            "coldstart: medians "
-            + ", ".join(f"{k} {result.median(k) or 0:.3f} s" for k in ALL_KINDS)
-        )
-    finally:
-        with_spares.stop()
-        instance.stop()
+    def with_spare(uri: str) -> float:
+        seconds = through_ingress(uri)
+        time.sleep(SPARE_SETTLE_S)
+        return seconds
+
+    def fresh() -> float:
+        copy = fresh_copy(image, scratch)
+        try:
+            return cloud_run.bare_start(copy, log_file, s.timeout)
+        finally:
+            shutil.rmtree(copy.rootfs, ignore_errors=True)
+
+    starts = {
+        "instance": lambda: through_ingress(service.uri),
+        "fresh": fresh,
+        "bare": lambda: cloud_run.bare_start(image, log_file, s.timeout),
+        "sandbox": lambda: cloud_run.bwrap_start(image, log_file, s.timeout),
+        "interpreter": lambda: interpreter_start(image),
+        "node-instance": lambda: through_ingress(node_service.uri),
+        "npx": lambda: npx_start(template, scratch, log_file, s.timeout),
+        "node-bare": lambda: node_bare_start(node_image, log_file, s.timeout),
+        "node-sandbox": lambda: cloud_run.bwrap_start(node_image, log_file, s.timeout),
+        "node-interpreter": lambda: node_interpreter_start(node_image),
+        "spare": lambda: with_spare(spare_service.uri),
+        "node-spare": lambda: with_spare(node_spare_service.uri),
+    }
+    # The first start after deploying: not a cold start like the others.
+    for uri in (service.uri, node_service.uri, spare_service.uri, node_spare_service.uri):
+        through_ingress(uri)
+    log(f"coldstart: {s.rounds} rounds of {', '.join(ALL_KINDS)} ...")
+    for i in range(s.rounds):
+        shift = i % len(ALL_KINDS)
+        for kind in ALL_KINDS[shift:] + ALL_KINDS[:shift]:
+            for rid in revisions:  # also a quiet moment before each start
+                helper.wait_for_zero(rid)
+            result.starts[kind].append(starts[kind]())
+    log("coldstart: medians " + ", ".join(f"{k} {result.median(k) or 0:.3f} s" for k in ALL_KINDS))
 
 
 def run(s: ColdSettings) -> ColdResult:
