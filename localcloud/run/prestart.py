@@ -429,6 +429,10 @@ class Prestarts:
                 stdin_pipe=True,
                 background=True,
             )
+        except asyncio.CancelledError:  # the loop ending: the spawn undid itself
+            if root is not None:
+                shutil.rmtree(root, ignore_errors=True)
+            raise
         except (SandboxError, OSError) as exc:
             LOG.debug("not starting %s ahead: %s", key, exc)
             if root is not None:
@@ -490,8 +494,8 @@ class Prestarts:
         for handle in self._planned.values():
             handle.cancel()
         self._planned.clear()
-        for task in list(self._starting.values()):
-            task.cancel()
+        # Those starting end by themselves once spawned (they see ``closed``): cancelled,
+        # a spare's tree could still be being copied by its thread when removed.
         await asyncio.gather(*self._starting.values(), return_exceptions=True)
         for key in list(self.waiting):
             self._end(key)

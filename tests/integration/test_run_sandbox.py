@@ -901,6 +901,37 @@ def test_no_spare_follows_an_instance_with_spares_off(localcloud, built, cache_r
     assert not (tmp_path / "cache" / "spares").exists()
 
 
+def test_a_spare_still_starting_when_localcloud_closes_leaves_nothing(
+    localcloud, built, cache_root, tmp_path, monkeypatch
+):
+    """Closing while a spare's tree is copied or its sandbox spawned: it ends once
+    spawned, its tree removed, its sandbox stopped."""
+    monkeypatch.setattr(prestart, "SPARE_DELAY", 0.0)
+    probe = unpacked(localcloud, cache_root, *built["probe"])
+    spec = spec_for(probe, tmp_path / "x.log")
+    key = prestart.spare_key(spec)
+
+    async def scenario() -> None:
+        prestarts = Prestarts(tmp_path / "spares")
+        instance = await prestarts.start(spec)
+        try:
+            await until(lambda: key in prestarts._starting, 5)
+            await prestarts.close()
+            assert not prestarts.waiting and not prestarts._starting
+        finally:
+            await instance.stop(grace=2)
+
+    run(scenario())
+    assert not any((tmp_path / "spares").glob("*/*"))  # no spare's tree left
+    spares = str(tmp_path / "spares").encode()
+    running = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if spares in cmdline.read_bytes():
+                running.append(cmdline.parent.name)
+    assert not running  # no spare's sandbox left
+
+
 NODE_PROBE = """\
 exports.probe = (req, res) => {
   res.send(JSON.stringify({
