@@ -55,7 +55,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from localcloud.run import images, logs, sandbox
+from localcloud.run import images, logs, sandbox, stage
 from localcloud.run.sandbox import InstanceSpec, SandboxError
 
 if TYPE_CHECKING:
@@ -438,6 +438,11 @@ class Prestarts:
             if root is not None:
                 await asyncio.to_thread(shutil.rmtree, root, True)
             return
+        except Exception:  # not expected: logged, and nothing left behind
+            LOG.exception("starting %s ahead failed", key)
+            if root is not None:
+                await asyncio.to_thread(shutil.rmtree, root, True)
+            return
         ready = Prestarted(spec, sb, time.monotonic(), given, root=root)
         if self.closed:
             await ready.discard()
@@ -472,14 +477,16 @@ class Prestarts:
             del self.waiting[key]
             if ready.expiry is not None:
                 ready.expiry.cancel()
-            if ready.root is not None:
-                try:
+            try:
+                if ready.root is not None:
                     await asyncio.to_thread(_fill, spec.image, ready.root)
-                except OSError as exc:
-                    LOG.warning("could not use the spare of %s: %s", spec.image.base, exc)
-                    await ready.discard()
-                    continue
-            return ready.claim(spec)
+                return ready.claim(spec)
+            except OSError as exc:
+                LOG.warning("could not use %s started ahead: %s", key, exc)
+                await asyncio.shield(ready.discard())
+            except BaseException:  # cancelled meanwhile: out of waiting, so stopped here
+                await asyncio.shield(ready.discard())
+                raise
         return None
 
     async def start(self, spec: InstanceSpec) -> Instance:
@@ -504,6 +511,7 @@ class Prestarts:
 
 def _spare_tree(base: Path, root: Path, top: str) -> None:
     root.parent.mkdir(parents=True, exist_ok=True)
+    stage.reachable(str(root.parent))  # staged once: the spares' trees under it add no mount
     images._clone(base, root)
     (root / top).mkdir(exist_ok=True)
 
@@ -512,7 +520,10 @@ def _remove_orphans(scratch: Path) -> None:
     """Spares' trees of a localcloud no longer running (killed before it removed them)."""
     for child in scratch.glob("*-*"):
         pid = child.name.split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
+        if not pid.isdigit():
+            continue
+        if int(pid) == os.getpid():  # an earlier run given the same pid (a container's)
+            shutil.rmtree(child, ignore_errors=True)
             continue
         try:
             os.kill(int(pid), 0)

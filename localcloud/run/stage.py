@@ -22,6 +22,7 @@ import logging
 import os
 import stat
 import threading
+from pathlib import Path
 
 LOG = logging.getLogger(__name__)
 
@@ -123,6 +124,12 @@ def reachable(path: str) -> str:
         found = _staged.get(path)
         if found is not None:
             return found
+        # Under a directory staged already (a recursive bind shows what is made under it
+        # later): no mount of its own, so paths made anew (spares' trees) add none.
+        for parent in Path(path).parents:
+            staged = _staged.get(str(parent))
+            if staged is not None and os.path.isdir(str(parent)):
+                return os.path.join(staged, os.path.relpath(path, parent))
         target = os.path.join(STAGE, hashlib.sha256(path.encode()).hexdigest()[:16])
         if os.path.isdir(path):
             os.makedirs(target, exist_ok=True)
