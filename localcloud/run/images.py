@@ -936,8 +936,14 @@ class ImageCache:
 
 def _adds_only(base: Path, rootfs: Path, written: set[tuple[str, ...]]) -> bool:
     """Whether the paths a layer ``written`` over ``base`` into ``rootfs`` are all new,
-    but for directories that stayed directories."""
+    but for directories that stayed directories, and are all still there as written (not
+    skipped, as a device is, nor under what the layer later made a symlink)."""
+    links = {parts for parts in written if rootfs.joinpath(*parts).is_symlink()}
     for parts in written:
+        if not os.path.lexists(rootfs.joinpath(*parts)):
+            return False
+        if any(parts[:i] in links for i in range(1, len(parts))):
+            return False
         below = base.joinpath(*parts)
         if os.path.lexists(below) and not (_real_dir(below) and _real_dir(rootfs.joinpath(*parts))):
             return False

@@ -281,8 +281,10 @@ class Prestarted:
             return "other limits or isolation"
         if set(spec.forward_ports) != set(mine.forward_ports) or spec.port in mine.forward_ports:
             return "other forwarded ports"
-        found = starter(spec)
+        found, started = starter(spec), starter(mine)
         assert found is not None  # eligible
+        if started is None or started[0].name != found[0].name:
+            return "another language's framework"
         env = sandbox.instance_env(spec)
         if found[0].startup_env(env) != found[0].startup_env(self.given):
             return "variables read as the interpreter and framework load differ"
@@ -412,7 +414,9 @@ class Prestarts:
             given = {**image.env, **found[0].startup_env(sandbox.instance_env(spec))}
             if root is not None:  # a spare: the base's tree, with its top directory empty
                 assert image.base is not None and image.top is not None
-                await asyncio.to_thread(_spare_tree, Path(image.base), root, image.top)
+                await asyncio.to_thread(
+                    _spare_tree, Path(image.base), root, image.top, image.working_dir
+                )
                 image = replace(image, rootfs=root)
                 spec = replace(spec, image=image, env={}, port=0, identity=None)
                 ttl = SPARE_TTL
@@ -509,11 +513,14 @@ class Prestarts:
         await asyncio.gather(*self._ending, return_exceptions=True)
 
 
-def _spare_tree(base: Path, root: Path, top: str) -> None:
+def _spare_tree(base: Path, root: Path, top: str, working_dir: str | None = None) -> None:
     root.parent.mkdir(parents=True, exist_ok=True)
     stage.reachable(str(root.parent))  # staged once: the spares' trees under it add no mount
     images._clone(base, root)
     (root / top).mkdir(exist_ok=True)
+    inside = (working_dir or "").strip("/")
+    if inside.startswith(top + "/"):  # the sandbox starts there: made ahead of the fill
+        (root / inside).mkdir(parents=True, exist_ok=True)
 
 
 def _remove_orphans(scratch: Path) -> None:

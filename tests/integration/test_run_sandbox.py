@@ -480,6 +480,22 @@ def test_a_clone_of_a_checked_base_is_checked_where_it_changed(tmp_path, lower, 
         ([("file", "layers/lib.txt", "changed")], False),
         ([("file", "workspace/node_modules/m.js", "changed")], False),
         ([("file", "workspace/node_modules", "a file where the base has a directory")], False),
+        (  # written, then under what the layer made a symlink: not there as written
+            [
+                ("dir", "workspace/d/"),
+                ("file", "workspace/d/m.js", "x"),
+                ("symlink", "workspace/d", "node_modules"),
+            ],
+            False,
+        ),
+        (
+            [
+                ("dir", "workspace/d/"),
+                ("file", "workspace/d/f", "x"),
+                ("symlink", "workspace/d", "e"),
+            ],
+            False,
+        ),
     ],
 )
 def test_an_image_over_its_base_is_told_apart(tmp_path, top, over_base):
