@@ -236,7 +236,6 @@ def bench(s: ColdSettings, result: ColdResult, scratch: Path) -> None:
         "LOCALCLOUD_RUN_IDLE_MS": str(cloud_run.IDLE_MS),
         "LOCALCLOUD_PROJECT": cloud_run.PROJECT,
     }
-    (scratch / "spares").mkdir()
     spares_helper = cloud_run.Bench(settings, cloud_run.RunResult(), scratch / "spares")
     with contextlib.ExitStack() as running:  # each localcloud stopped, whatever fails
         instance = testing.start(

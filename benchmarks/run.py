@@ -540,6 +540,7 @@ class Bench:
         self.data_dir = scratch / "data"
         self.wrk = shutil.which("wrk") if s.wrk else None
         self.script = scratch / "report.lua"
+        scratch.mkdir(parents=True, exist_ok=True)
         self.script.write_text(WRK_SCRIPT)
         result.clients = ["wrk", "python"] if self.wrk else ["python"]
         if s.wrk and not self.wrk:

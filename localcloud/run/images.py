@@ -938,14 +938,16 @@ def _adds_only(base: Path, rootfs: Path, written: set[tuple[str, ...]]) -> bool:
     """Whether the paths a layer ``written`` over ``base`` into ``rootfs`` are all new,
     but for directories that stayed directories, and are all still there as written (not
     skipped, as a device is, nor under what the layer later made a symlink)."""
-    links = {parts for parts in written if rootfs.joinpath(*parts).is_symlink()}
-    for parts in written:
-        if not os.path.lexists(rootfs.joinpath(*parts)):
-            return False
+    try:
+        modes = {parts: os.lstat(rootfs.joinpath(*parts)).st_mode for parts in written}
+    except OSError:  # skipped (a device), or under what the layer made a link
+        return False
+    links = {parts for parts, mode in modes.items() if stat.S_ISLNK(mode)}
+    for parts, mode in modes.items():
         if any(parts[:i] in links for i in range(1, len(parts))):
             return False
         below = base.joinpath(*parts)
-        if os.path.lexists(below) and not (_real_dir(below) and _real_dir(rootfs.joinpath(*parts))):
+        if os.path.lexists(below) and not (_real_dir(below) and stat.S_ISDIR(mode)):
             return False
     return True
 

@@ -437,13 +437,15 @@ class Prestarts:
             if root is not None:
                 shutil.rmtree(root, ignore_errors=True)
             raise
-        except (SandboxError, OSError) as exc:
-            LOG.debug("not starting %s ahead: %s", key, exc)
-            if root is not None:
-                await asyncio.to_thread(shutil.rmtree, root, True)
-            return
-        except Exception:  # not expected: logged, and nothing left behind
-            LOG.exception("starting %s ahead failed", key)
+        except Exception as exc:  # nothing left behind; only the unexpected logged loudly
+            expected = isinstance(exc, (SandboxError, OSError))
+            LOG.log(
+                logging.DEBUG if expected else logging.ERROR,
+                "not starting %s ahead: %s",
+                key,
+                exc,
+                exc_info=not expected,
+            )
             if root is not None:
                 await asyncio.to_thread(shutil.rmtree, root, True)
             return
@@ -485,12 +487,11 @@ class Prestarts:
                 if ready.root is not None:
                     await asyncio.to_thread(_fill, spec.image, ready.root)
                 return ready.claim(spec)
-            except OSError as exc:
+            except BaseException as exc:  # out of waiting: stopped here, whatever it was
+                await asyncio.shield(ready.discard())
+                if not isinstance(exc, OSError):
+                    raise  # cancelled meanwhile, or not expected
                 LOG.warning("could not use %s started ahead: %s", key, exc)
-                await asyncio.shield(ready.discard())
-            except BaseException:  # cancelled meanwhile: out of waiting, so stopped here
-                await asyncio.shield(ready.discard())
-                raise
         return None
 
     async def start(self, spec: InstanceSpec) -> Instance:
@@ -527,14 +528,16 @@ def _remove_orphans(scratch: Path) -> None:
     """Spares' trees of a localcloud no longer running (killed before it removed them)."""
     for child in scratch.glob("*-*"):
         pid = child.name.split("-", 1)[0]
-        if not pid.isdigit():
-            continue
-        if int(pid) == os.getpid():  # an earlier run given the same pid (a container's)
+        # this pid's: an earlier run given the same pid (a container's)
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
             shutil.rmtree(child, ignore_errors=True)
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(child, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, someone else's
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's
+    return True

@@ -128,7 +128,7 @@ def reachable(path: str) -> str:
         # later): no mount of its own, so paths made anew (spares' trees) add none.
         for parent in Path(path).parents:
             staged = _staged.get(str(parent))
-            if staged is not None and os.path.isdir(str(parent)):
+            if staged is not None:
                 return os.path.join(staged, os.path.relpath(path, parent))
         target = os.path.join(STAGE, hashlib.sha256(path.encode()).hexdigest()[:16])
         if os.path.isdir(path):

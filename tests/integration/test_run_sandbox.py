@@ -33,6 +33,7 @@ from google.cloud.devtools import cloudbuild_v1
 from localcloud.registry.client import OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST
 from localcloud.registry.names import parse_image
 from localcloud.run import cgroups, images, network, prestart, sandbox
+from localcloud.run.autoscaler import Autoscaler
 from localcloud.run.images import ImageCache, ImageError, UnpackedImage, unpack_layers
 from localcloud.run.prestart import Prestarts
 from localcloud.run.sandbox import InstanceSpec, SandboxError
@@ -894,8 +895,6 @@ def test_a_spare_of_a_base_becomes_an_instance_of_the_next_image_over_it(
 def test_no_spare_follows_an_instance_with_spares_off(localcloud, built, cache_root, tmp_path):
     """``LOCALCLOUD_RUN_SPARES=false`` (the autoscaler built with ``spares=False``): an
     instance of an image over a base starts as before, and nothing waits after it."""
-    from localcloud.run.autoscaler import Autoscaler
-
     probe = unpacked(localcloud, cache_root, *built["probe"])
     assert probe.base is not None
     spec = spec_for(probe, tmp_path / "x.log")
